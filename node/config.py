@@ -1,0 +1,289 @@
+"""Configuration: frozen per-component dataclasses in Centrifugo v6's JSON layout, plus ``load()``.
+
+Each dataclass mirrors one section of a Centrifugo v6 ``config.json``; field names are the JSON keys, so a
+Centrifugo user's file maps onto these classes unchanged. Durations are floats in seconds here; in files
+they are Go duration strings (``"25s"``, ``"720h"``) or integer nanoseconds, as Centrifugo reads them.
+Fields carrying ``metadata={"duration": True}`` are parsed that way by the loader.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from node.errors import ConfigError
+
+DURATION: Final = {"duration": True}
+
+
+def _dur(default: float) -> Any:
+    return field(default=default, metadata=DURATION)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpServerConfig:
+    address: str = ""
+    port: int = 8000
+    internal_address: str = ""
+    internal_port: int = 0  # 0 = serve the API, metrics and health on the main port
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    level: str = "info"
+    file: str = ""
+
+    def __post_init__(self) -> None:
+        if self.level not in ("none", "trace", "debug", "info", "warn", "error", "fatal"):
+            raise ConfigError(f"log.level: unknown level {self.level!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineConfig:
+    type: str = "memory"
+
+    def __post_init__(self) -> None:
+        if self.type != "memory":
+            raise ConfigError(f"engine.type: {self.type!r} is not supported yet (only \"memory\")")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenConfig:
+    """How connection (or, with ``enabled``, subscription) JWTs are verified."""
+
+    enabled: bool = False  # only meaningful for client.subscription_token
+    hmac_secret_key: str = ""
+    hmac_previous_secret_key: str = ""
+    hmac_previous_secret_key_valid_until: int = 0  # unix seconds; 0 = no limit
+    rsa_public_key: str = ""
+    ecdsa_public_key: str = ""
+    jwks_public_endpoint: str = ""
+    audience: str = ""
+    audience_regex: str = ""
+    issuer: str = ""
+    issuer_regex: str = ""
+    user_id_claim: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("audience_regex", "issuer_regex"):
+            pattern = getattr(self, name)
+            if pattern:
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise ConfigError(f"token.{name}: invalid regular expression: {e}") from e
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    token: TokenConfig = TokenConfig()
+    subscription_token: TokenConfig = TokenConfig()
+    allowed_origins: tuple[str, ...] = ()
+    allow_anonymous_connect_without_token: bool = False
+    disallow_anonymous_connection_tokens: bool = False
+    insecure: bool = False
+    insecure_skip_token_signature_verify: bool = False
+    ping_interval: float = _dur(25.0)
+    pong_timeout: float = _dur(8.0)
+    expired_close_delay: float = _dur(25.0)
+    expired_sub_close_delay: float = _dur(25.0)
+    stale_close_delay: float = _dur(10.0)
+    channel_limit: int = 128
+    queue_max_size: int = 1048576
+    presence_update_interval: float = _dur(27.0)
+    user_connection_limit: int = 0
+    connection_limit: int = 0
+    connect_include_server_time: bool = False
+    history_max_publication_limit: int = 300
+    recovery_max_publication_limit: int = 300
+    # Messages joined into one WebSocket frame at most (Centrifugo's writer uses 16).
+    max_messages_in_frame: int = 16
+
+    def __post_init__(self) -> None:
+        if self.pong_timeout > 0 and self.ping_interval <= self.pong_timeout:
+            raise ConfigError("client.ping_interval must be greater than client.pong_timeout")
+        if self.ping_interval <= 0:
+            raise ConfigError("client.ping_interval must be positive")
+        for name in ("channel_limit", "queue_max_size", "user_connection_limit", "connection_limit",
+                     "history_max_publication_limit", "recovery_max_publication_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"client.{name} must not be negative")
+        if self.max_messages_in_frame < 1:
+            raise ConfigError("client.max_messages_in_frame must be at least 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelOptions:
+    """Options of one namespace (or of channels without a namespace). All off by default, as in Centrifugo."""
+
+    presence: bool = False
+    join_leave: bool = False
+    force_push_join_leave: bool = False
+    history_size: int = 0
+    history_ttl: float = _dur(0.0)
+    history_meta_ttl: float = _dur(0.0)  # 0 = channel.history_meta_ttl
+    force_positioning: bool = False
+    allow_positioning: bool = False
+    force_recovery: bool = False
+    allow_recovery: bool = False
+    force_recovery_mode: str = ""
+    allowed_delta_types: tuple[str, ...] = ()
+    delta_publish: bool = False
+    allow_subscribe_for_client: bool = False
+    allow_subscribe_for_anonymous: bool = False
+    allow_publish_for_client: bool = False
+    allow_publish_for_subscriber: bool = False
+    allow_publish_for_anonymous: bool = False
+    allow_presence_for_client: bool = False
+    allow_presence_for_subscriber: bool = False
+    allow_presence_for_anonymous: bool = False
+    allow_history_for_client: bool = False
+    allow_history_for_subscriber: bool = False
+    allow_history_for_anonymous: bool = False
+    allow_user_limited_channels: bool = False
+    channel_regex: str = ""
+    publication_data_format: str = ""
+    # Proxies are not implemented: a namespace that turns one on answers 108 "not available", as Centrifugo
+    # does when the named proxy is missing.
+    subscribe_proxy_enabled: bool = False
+    publish_proxy_enabled: bool = False
+    sub_refresh_proxy_enabled: bool = False
+
+    @property
+    def history_enabled(self) -> bool:
+        return self.history_size > 0 and self.history_ttl > 0
+
+    def validate(self, where: str) -> None:
+        if (self.history_size > 0) != (self.history_ttl > 0):
+            raise ConfigError(f"{where}: history_size and history_ttl must be set together")
+        if self.history_size < 0 or self.history_ttl < 0 or self.history_meta_ttl < 0:
+            raise ConfigError(f"{where}: history_size/history_ttl/history_meta_ttl must not be negative")
+        if self.history_meta_ttl and self.history_ttl > self.history_meta_ttl:
+            raise ConfigError(f"{where}: history_ttl must not exceed history_meta_ttl")
+        if self.history_ttl != int(self.history_ttl) or self.history_meta_ttl != int(self.history_meta_ttl):
+            raise ConfigError(f"{where}: history_ttl and history_meta_ttl must be whole seconds")
+        if self.force_recovery and not self.history_enabled:
+            raise ConfigError(f"{where}: force_recovery requires history (history_size and history_ttl)")
+        if self.force_recovery_mode not in ("", "stream", "cache"):
+            raise ConfigError(f"{where}: force_recovery_mode must be \"stream\" or \"cache\"")
+        for delta in self.allowed_delta_types:
+            if delta != "fossil":
+                raise ConfigError(f"{where}: unknown delta type {delta!r} (only \"fossil\")")
+        if self.publication_data_format not in ("", "json", "json_object", "binary"):
+            raise ConfigError(f"{where}: unknown publication_data_format {self.publication_data_format!r}")
+        if self.channel_regex:
+            try:
+                re.compile(self.channel_regex)
+            except re.error as e:
+                raise ConfigError(f"{where}: invalid channel_regex: {e}") from e
+
+
+NAMESPACE_NAME_RE: Final = re.compile(r"^[-a-zA-Z0-9_.]{2,}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NamespaceConfig(ChannelOptions):
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not NAMESPACE_NAME_RE.match(self.name):
+            raise ConfigError(f"channel.namespaces: invalid namespace name {self.name!r} "
+                              "(must match ^[-a-zA-Z0-9_.]{2,}$)")
+        self.validate(f"channel.namespaces[{self.name}]")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelConfig:
+    without_namespace: ChannelOptions = ChannelOptions()
+    namespaces: tuple[NamespaceConfig, ...] = ()
+    history_meta_ttl: float = _dur(720 * 3600.0)
+    max_length: int = 255
+    private_prefix: str = "$"
+    namespace_boundary: str = ":"
+    user_boundary: str = "#"
+    user_separator: str = ","
+
+    def __post_init__(self) -> None:
+        self.without_namespace.validate("channel.without_namespace")
+        names = [ns.name for ns in self.namespaces]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"channel.namespaces: duplicate names {', '.join(dupes)}")
+        if self.max_length <= 0:
+            raise ConfigError("channel.max_length must be positive")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RpcPingConfig:
+    enabled: bool = False
+    method: str = "ping"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RpcConfig:
+    ping: RpcPingConfig = RpcPingConfig()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpApiConfig:
+    disabled: bool = False
+    handler_prefix: str = "/api"
+    key: str = ""
+    error_mode: str = ""
+    external: bool = False
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.error_mode not in ("", "transport"):
+            raise ConfigError("http_api.error_mode must be \"\" or \"transport\"")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebsocketConfig:
+    disabled: bool = False
+    handler_prefix: str = "/connection/websocket"
+    message_size_limit: int = 65536
+    write_timeout: float = _dur(1.0)
+    compression: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthConfig:
+    # On by default (Centrifugo defaults to off): orchestrators and the README's quick start rely on it.
+    enabled: bool = True
+    handler_prefix: str = "/health"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrometheusConfig:
+    enabled: bool = False
+    handler_prefix: str = "/metrics"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSection:
+    name: str = ""  # "" = <hostname>_<port>
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShutdownConfig:
+    timeout: float = _dur(30.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The whole configuration; each component receives only its own section."""
+
+    http_server: HttpServerConfig = HttpServerConfig()
+    log: LogConfig = LogConfig()
+    engine: EngineConfig = EngineConfig()
+    client: ClientConfig = ClientConfig()
+    channel: ChannelConfig = ChannelConfig()
+    rpc: RpcConfig = RpcConfig()
+    http_api: HttpApiConfig = HttpApiConfig()
+    websocket: WebsocketConfig = WebsocketConfig()
+    health: HealthConfig = HealthConfig()
+    prometheus: PrometheusConfig = PrometheusConfig()
+    node: NodeSection = NodeSection()
+    shutdown: ShutdownConfig = ShutdownConfig()

@@ -1,0 +1,132 @@
+"""Frozen value objects shared by the node, the engines, the protocol codec and the API.
+
+Payload fields (``data``, ``conn_info``, ``chan_info``) are raw JSON bytes: they are stored and spliced into
+outgoing frames as they arrived and are never parsed on the fan-out path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """A position in a channel's history stream; ``offset`` 0 means "before the first publication"."""
+
+    offset: int = 0
+    epoch: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who is behind a connection in a channel: attached to client publications, presence and join/leave."""
+
+    client: str
+    user: str
+    conn_info: bytes | None = None
+    chan_info: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One message in a channel. ``offset`` is set only for channels that keep history."""
+
+    data: bytes
+    offset: int = 0
+    info: ClientInfo | None = None
+    tags: Mapping[str, str] | None = None
+    time_ms: int = 0
+    # Set by the broker when the publisher asked for delta and the broker knows the previous payload.
+    delta: bool = False
+    prev_data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublishOptions:
+    """How the broker stores and announces a publication."""
+
+    history_size: int = 0
+    history_ttl: float = 0.0
+    history_meta_ttl: float = 0.0
+    client_info: ClientInfo | None = None
+    tags: Mapping[str, str] | None = None
+    idempotency_key: str = ""
+    idempotent_result_ttl: float = 300.0
+    use_delta: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """Where the publication landed; ``suppressed`` is true when an idempotency key matched a cached result."""
+
+    position: StreamPosition = StreamPosition()
+    suppressed: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryOptions:
+    """A history read. ``limit`` 0 returns only the top position, -1 returns everything kept."""
+
+    since: StreamPosition | None = None
+    limit: int = 0
+    reverse: bool = False
+    history_meta_ttl: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    publications: tuple[Publication, ...]
+    position: StreamPosition
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStats:
+    num_clients: int
+    num_users: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscribeOptions:
+    """Per-subscription behaviour resolved by the policy (namespace options, token claims, overrides)."""
+
+    expire_at: int = 0  # unix seconds; 0 = the subscription never expires
+    chan_info: bytes | None = None
+    data: bytes | None = None  # custom data for the subscribe reply / push
+    emit_presence: bool = False
+    emit_join_leave: bool = False
+    push_join_leave: bool = False
+    enable_positioning: bool = False
+    enable_recovery: bool = False
+    recovery_mode_cache: bool = False
+    history_meta_ttl: float = 0.0
+    delta: bool = False
+    recover_since: StreamPosition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStat:
+    num_clients: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeInfo:
+    """One node's entry in the API ``info`` result."""
+
+    uid: str
+    name: str
+    version: str
+    num_clients: int
+    num_users: int
+    num_subs: int
+    num_channels: int
+    uptime: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestInfo:
+    """What the transport knows about the HTTP request behind a connection."""
+
+    transport: str
+    remote: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
