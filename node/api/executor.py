@@ -1,0 +1,302 @@
+"""The server API, independent of how it is called (HTTP now; gRPC could reuse it).
+
+Each method takes the decoded request object and returns the encoded ``result`` object, or raises
+``ReplyError`` with one of the API's error codes (100, 102, 104, 107, 108, 112)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+from node.auth.jwt import SubscribeOverride
+from node.errors import (
+    API_ERROR_NOT_FOUND,
+    DISCONNECT_FORCE_NO_RECONNECT,
+    ERROR_BAD_REQUEST,
+    ERROR_INTERNAL,
+    ERROR_NOT_AVAILABLE,
+    ERROR_UNRECOVERABLE_POSITION,
+    Disconnect,
+    ReplyError,
+)
+from node.models import HistoryOptions, PublishOptions, StreamPosition
+from node.node import Node
+from node.protocol import codec
+
+Params = Mapping[str, Any]
+Method = Callable[[Params], Awaitable[bytes]]
+
+# Broadcast publishes concurrently, but bounded like Centrifugo's.
+MAX_BROADCAST_CONCURRENCY: Final = 1024
+
+
+def _bad() -> ReplyError:
+    return ReplyError(ERROR_BAD_REQUEST)
+
+
+def _str(p: Params, key: str, *, required: bool = False) -> str:
+    value = p.get(key)
+    if value is None or value == "":
+        if required:
+            raise _bad()
+        return ""
+    if not isinstance(value, str):
+        raise _bad()
+    return value
+
+
+def _int(p: Params, key: str) -> int:
+    value = p.get(key, 0)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _bad()
+    return value
+
+
+def _bool(p: Params, key: str) -> bool:
+    value = p.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _bad()
+    return value
+
+
+def _raw(p: Params, key: str) -> bytes | None:
+    """A raw JSON field, or its ``b64<key>`` sibling decoded (binary payloads)."""
+    if p.get(key) is not None:
+        return codec.raw(p[key])
+    b64 = p.get("b64" + key)
+    if b64:
+        if not isinstance(b64, str):
+            raise _bad()
+        try:
+            return base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad() from None
+    return None
+
+
+def _tags(p: Params) -> dict[str, str] | None:
+    tags = p.get("tags")
+    if tags is None:
+        return None
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise _bad()
+    return tags
+
+
+def _override(p: Params) -> SubscribeOverride | None:
+    raw = p.get("override")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _bad()
+
+    def flag(name: str) -> bool | None:
+        item = raw.get(name)
+        if isinstance(item, dict) and isinstance(item.get("value"), bool):
+            return bool(item["value"])
+        return None
+
+    return SubscribeOverride(presence=flag("presence"), join_leave=flag("join_leave"),
+                             force_push_join_leave=flag("force_push_join_leave"),
+                             force_positioning=flag("force_positioning"), force_recovery=flag("force_recovery"))
+
+
+class Executor:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.methods: dict[str, Method] = {
+            "publish": self.publish, "broadcast": self.broadcast, "subscribe": self.subscribe,
+            "unsubscribe": self.unsubscribe, "disconnect": self.disconnect, "refresh": self.refresh,
+            "presence": self.presence, "presence_stats": self.presence_stats, "history": self.history,
+            "history_remove": self.history_remove, "channels": self.channels, "info": self.info, "rpc": self.rpc,
+            "batch": self.batch,
+        }
+
+    async def call(self, method: str, params: Any) -> bytes:
+        handler = self.methods.get(method)
+        if handler is None:
+            raise ReplyError(API_ERROR_NOT_FOUND)
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise _bad()
+        started = time.perf_counter()
+        code = 0
+        try:
+            return await handler(params)
+        except ReplyError as e:
+            code = e.error.code
+            raise
+        finally:
+            self.node.metrics.api_command(method, time.perf_counter() - started, code)
+
+    # --- publishing ------------------------------------------------------------------------------------
+
+    async def publish(self, p: Params) -> bytes:
+        return await self._publish(_str(p, "channel", required=True), p)
+
+    async def _publish(self, channel: str, p: Params) -> bytes:
+        data = _raw(p, "data")
+        if data is None:
+            raise _bad()
+        ns = self.node.policy.namespace(channel)
+        skip_history = _bool(p, "skip_history")
+        opts = PublishOptions(
+            history_size=0 if skip_history else ns.history_size,
+            history_ttl=0 if skip_history else ns.history_ttl,
+            history_meta_ttl=ns.history_meta_ttl,
+            tags=_tags(p),
+            idempotency_key=_str(p, "idempotency_key"),
+            use_delta=_bool(p, "delta") or ns.delta_publish,
+        )
+        try:
+            result = await self.node.publish(channel, data, opts)
+        except ReplyError:
+            raise
+        except Exception:
+            raise ReplyError(ERROR_INTERNAL) from None
+        sp = result.position
+        return codec.result_object({"offset": sp.offset, "epoch": sp.epoch})
+
+    async def broadcast(self, p: Params) -> bytes:
+        channels = p.get("channels")
+        if not isinstance(channels, list) or not channels or not all(isinstance(c, str) and c for c in channels):
+            raise _bad()
+        if _raw(p, "data") is None:
+            raise _bad()
+        sem = asyncio.Semaphore(MAX_BROADCAST_CONCURRENCY)
+
+        async def one(channel: str) -> bytes:
+            async with sem:
+                try:
+                    return b'{"result":' + await self._publish(channel, p) + b"}"
+                except ReplyError as e:
+                    return b'{"error":' + codec.encode_error(e.error) + b"}"
+
+        responses = await asyncio.gather(*(one(c) for c in channels))
+        return b'{"responses":[' + b",".join(responses) + b"]}"
+
+    # --- acting on connections -------------------------------------------------------------------------
+
+    async def subscribe(self, p: Params) -> bytes:
+        channel = _str(p, "channel", required=True)
+        opts = self.node.policy.server_subscribe_options(
+            channel, _override(p), expire_at=_int(p, "expire_at"), chan_info=_raw(p, "info"), data=_raw(p, "data"))
+        await self.node.subscribe_user(_str(p, "user"), channel, opts, client_id=_str(p, "client"))
+        return b"{}"
+
+    async def unsubscribe(self, p: Params) -> bytes:
+        channel = _str(p, "channel", required=True)
+        await self.node.unsubscribe_user(_str(p, "user"), channel, client_id=_str(p, "client"))
+        return b"{}"
+
+    async def disconnect(self, p: Params) -> bytes:
+        d = DISCONNECT_FORCE_NO_RECONNECT
+        raw = p.get("disconnect")
+        if raw is not None:
+            if not isinstance(raw, dict):
+                raise _bad()
+            code = _int(raw, "code")
+            if code:
+                reason = _str(raw, "reason")
+                if code < 3000 or code > 4999 or len(reason.encode()) > 123:
+                    raise _bad()
+                d = Disconnect(code, reason or "disconnect")
+        whitelist = p.get("whitelist") or []
+        if not isinstance(whitelist, list):
+            raise _bad()
+        await self.node.disconnect_user(_str(p, "user"), d, client_id=_str(p, "client"), whitelist=whitelist)
+        return b"{}"
+
+    async def refresh(self, p: Params) -> bytes:
+        await self.node.refresh_user(_str(p, "user"), client_id=_str(p, "client"), expired=_bool(p, "expired"),
+                                     expire_at=_int(p, "expire_at"), info=_raw(p, "info"))
+        return b"{}"
+
+    # --- reads -----------------------------------------------------------------------------------------
+
+    async def presence(self, p: Params) -> bytes:
+        channel = _str(p, "channel", required=True)
+        if not self.node.policy.namespace(channel).presence:
+            raise ReplyError(ERROR_NOT_AVAILABLE)
+        entries = await self.node.engine.presence.presence(channel)
+        body = b",".join(codec.raw(cid) + b":" + codec.encode_client_info(i) for cid, i in entries.items())
+        return b'{"presence":{' + body + b"}}"
+
+    async def presence_stats(self, p: Params) -> bytes:
+        channel = _str(p, "channel", required=True)
+        if not self.node.policy.namespace(channel).presence:
+            raise ReplyError(ERROR_NOT_AVAILABLE)
+        stats = await self.node.engine.presence.presence_stats(channel)
+        return b'{"num_clients":%d,"num_users":%d}' % (stats.num_clients, stats.num_users)
+
+    async def history(self, p: Params) -> bytes:
+        channel = _str(p, "channel", required=True)
+        ns = self.node.policy.namespace(channel)
+        if not ns.history_enabled:
+            raise ReplyError(ERROR_NOT_AVAILABLE)
+        since_raw = p.get("since")
+        since = None
+        if since_raw is not None:
+            if not isinstance(since_raw, dict):
+                raise _bad()
+            since = StreamPosition(_int(since_raw, "offset"), _str(since_raw, "epoch"))
+        result = await self.node.history(channel, HistoryOptions(
+            since=since, limit=_int(p, "limit"), reverse=_bool(p, "reverse"), history_meta_ttl=ns.history_meta_ttl))
+        if since is not None and since.epoch and since.epoch != result.position.epoch:
+            raise ReplyError(ERROR_UNRECOVERABLE_POSITION)
+        return b'{"publications":%s,"epoch":%s,"offset":%d}' % (
+            codec.encode_publications(result.publications), codec.raw(result.position.epoch), result.position.offset)
+
+    async def history_remove(self, p: Params) -> bytes:
+        channel = _str(p, "channel", required=True)
+        if not self.node.policy.namespace(channel).history_enabled:
+            raise ReplyError(ERROR_NOT_AVAILABLE)
+        await self.node.engine.broker.remove_history(channel)
+        return b"{}"
+
+    async def channels(self, p: Params) -> bytes:
+        chans = self.node.channels(_str(p, "pattern"))
+        body = b",".join(b'%s:{"num_clients":%d}' % (codec.raw(ch), s.num_clients) for ch, s in chans.items())
+        return b'{"channels":{' + body + b"}}"
+
+    async def info(self, p: Params) -> bytes:
+        n = self.node.info()
+        node = codec.raw({"uid": n.uid, "name": n.name, "version": n.version, "num_clients": n.num_clients,
+                          "num_users": n.num_users, "num_subs": n.num_subs, "num_channels": n.num_channels,
+                          "uptime": n.uptime})
+        return b'{"nodes":[' + node + b"]}"
+
+    async def rpc(self, p: Params) -> bytes:
+        _str(p, "method", required=True)
+        raise ReplyError(API_ERROR_NOT_FOUND)
+
+    async def batch(self, p: Params) -> bytes:
+        commands = p.get("commands")
+        if not isinstance(commands, list):
+            raise _bad()
+
+        async def one(cmd: Any) -> bytes:
+            if not isinstance(cmd, dict):
+                return b'{"error":' + codec.encode_error(ERROR_BAD_REQUEST) + b"}"
+            method = next((k for k, v in cmd.items() if k in self.methods and k != "batch" and v is not None), None)
+            if method is None:
+                return b'{"error":' + codec.encode_error(ERROR_BAD_REQUEST) + b"}"
+            try:
+                return b'{"%s":%s}' % (method.encode(), await self.call(method, cmd[method]))
+            except ReplyError as e:
+                return b'{"error":' + codec.encode_error(e.error) + b"}"
+
+        if _bool(p, "parallel"):
+            replies = await asyncio.gather(*(one(c) for c in commands))
+        else:
+            replies = [await one(c) for c in commands]
+        return b'{"replies":[' + b",".join(replies) + b"]}"

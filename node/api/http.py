@@ -1,0 +1,106 @@
+"""HTTP routes of the server API: ``POST /api/<method>`` and the legacy ``POST /api`` (method + params lines)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from node.api.executor import Executor
+from node.config import HttpApiConfig
+from node.errors import Error, ReplyError
+from node.protocol import codec
+
+# Legacy numeric method ids (API protobuf enum order).
+LEGACY_METHODS: Final = ("publish", "broadcast", "unsubscribe", "disconnect", "presence", "presence_stats", "history",
+                         "history_remove", "channels", "info", "rpc", "subscribe", "refresh")
+
+# Transport error mode: API error code → HTTP status.
+_STATUS: Final = {100: 500, 102: 404, 104: 404, 107: 400, 108: 400, 112: 416, 113: 409}
+JSON: Final = "application/json"
+
+
+class ApiHandler:
+    def __init__(self, executor: Executor, config: HttpApiConfig) -> None:
+        self.executor = executor
+        self.config = config
+        self._key = config.key.encode()
+
+    def routes(self) -> list[web.RouteDef]:
+        prefix = self.config.handler_prefix.rstrip("/")
+        return [web.post(prefix or "/", self.legacy), web.post(prefix + "/{method}", self.method)]
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self.config.insecure:
+            return True
+        if not self._key:
+            return False
+        given = request.headers.get("X-API-Key")
+        if given is None:
+            auth = request.headers.get("Authorization", "")
+            scheme, _, value = auth.partition(" ")
+            given = value.strip() if scheme.lower() == "apikey" else None
+        if given is not None and hmac.compare_digest(given.encode(), self._key):
+            return True
+        query_key = request.query.get("api_key")
+        return query_key is not None and hmac.compare_digest(query_key.encode(), self._key)
+
+    async def _body(self, request: web.Request) -> Any:
+        body = await request.read()
+        try:
+            return orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            raise web.HTTPBadRequest(text="Bad Request") from None
+
+    def _transport_mode(self, request: web.Request) -> bool:
+        return self.config.error_mode == "transport" or \
+            request.headers.get("X-Centrifugo-Error-Mode", "").lower() == "transport"
+
+    async def method(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return web.Response(status=401)
+        method = request.match_info["method"]
+        if method not in self.executor.methods:
+            return web.Response(status=404, text="Not Found")
+        params = await self._body(request)
+        try:
+            result = await self.executor.call(method, params)
+        except ReplyError as e:
+            return self._error(request, e.error)
+        return web.Response(body=b'{"result":' + result + b"}", content_type=JSON)
+
+    def _error(self, request: web.Request, error: Error) -> web.Response:
+        if self._transport_mode(request):
+            return web.Response(status=_STATUS.get(error.code, 500), body=codec.encode_error(error), content_type=JSON)
+        return web.Response(body=b'{"error":' + codec.encode_error(error) + b"}", content_type=JSON)
+
+    async def legacy(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return web.Response(status=401)
+        body = (await request.read()).strip()
+        if not body:
+            raise web.HTTPBadRequest(text="Bad Request")
+        try:
+            commands = [orjson.loads(line) for line in body.split(b"\n") if line.strip()]
+        except orjson.JSONDecodeError:
+            raise web.HTTPBadRequest(text="Bad Request") from None
+        replies = [await self._legacy_one(cmd) for cmd in commands]
+        return web.Response(body=b"\n".join(replies), content_type=JSON)
+
+    async def _legacy_one(self, cmd: Any) -> bytes:
+        if not isinstance(cmd, dict):
+            raise web.HTTPBadRequest(text="Bad Request")
+        cmd_id = cmd.get("id")
+        head = b'{"id":%d,' % cmd_id if isinstance(cmd_id, int) and cmd_id > 0 else b"{"
+        method = cmd.get("method")
+        if isinstance(method, int) and 0 <= method < len(LEGACY_METHODS):
+            method = LEGACY_METHODS[method]
+        if not isinstance(method, str):
+            raise web.HTTPBadRequest(text="Bad Request")
+        try:
+            result = await self.executor.call(method.lower(), cmd.get("params"))
+        except ReplyError as e:
+            return head + b'"error":' + codec.encode_error(e.error) + b"}"
+        return head + b'"result":' + result + b"}"

@@ -1,0 +1,1 @@
+"""Client authentication: verification of Centrifugo connection and subscription JWTs."""

@@ -1,0 +1,82 @@
+"""Engine interfaces: the Broker (PUB/SUB fan-out between nodes plus history streams) and the PresenceManager.
+
+History lives inside the Broker because saving a publication to the channel's stream and publishing it to
+subscribers must be one atomic step per channel: offsets then arrive at every node in stream order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from node.models import (
+    ClientInfo,
+    HistoryOptions,
+    HistoryResult,
+    PresenceStats,
+    Publication,
+    PublishOptions,
+    PublishResult,
+    StreamPosition,
+)
+
+
+class BrokerEventHandler(Protocol):
+    """Implemented by the Node. Called on the broker's reader; must not await (it only enqueues)."""
+
+    def handle_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None: ...
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    def handle_control(self, data: bytes) -> None: ...
+
+
+class Broker(Protocol):
+    """Delivers every publication of a subscribed channel to ``handler`` exactly in stream order."""
+
+    async def start(self, handler: BrokerEventHandler) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def subscribe(self, *channels: str) -> None:
+        """Start receiving the channels' publications on this node (idempotent)."""
+
+    async def unsubscribe(self, *channels: str) -> None: ...
+
+    async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+        """Append to history (when ``opts.history_size``) and publish, atomically per channel."""
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def publish_control(self, data: bytes, node_id: str = "") -> None:
+        """Send a control message to one node, or to every node when ``node_id`` is empty."""
+
+    async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult: ...
+
+    async def remove_history(self, channel: str) -> None: ...
+
+
+class PresenceManager(Protocol):
+    """Presence entries expire unless re-added within the presence TTL; a live connection re-adds its own."""
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]: ...
+
+    async def presence_stats(self, channel: str) -> PresenceStats: ...
+
+    async def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> None: ...
+
+    async def remove_presence(self, channel: str, client_id: str, user_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """The broker and presence manager a node runs with (built by ``broker.factory``)."""
+
+    broker: Broker
+    presence: PresenceManager

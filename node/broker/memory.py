@@ -1,0 +1,183 @@
+"""The memory engine: a single-node Broker with per-channel history streams, and an in-process presence map."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import string
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+from node.broker.base import Broker, BrokerEventHandler, PresenceManager
+from node.models import (
+    ClientInfo,
+    HistoryOptions,
+    HistoryResult,
+    PresenceStats,
+    Publication,
+    PublishOptions,
+    PublishResult,
+    StreamPosition,
+)
+
+# How often expired streams and idempotency results are dropped. Reads check expiry themselves, so this
+# only bounds memory held by channels nobody touches any more.
+SWEEP_INTERVAL: Final = 30.0
+DEFAULT_META_TTL: Final = 720 * 3600.0
+
+
+def new_epoch() -> str:
+    return "".join(random.choices(string.ascii_letters, k=8))
+
+
+@dataclass(slots=True)
+class _Stream:
+    epoch: str
+    top: int = 0
+    pubs: deque[Publication] = field(default_factory=deque)
+    size: int = 0
+    expire_at: float = 0.0  # entries vanish at this time (history_ttl after the last publish)
+    meta_expire_at: float = 0.0  # the whole stream (epoch, top) vanishes at this time
+
+
+class MemoryBroker(Broker):
+    def __init__(self, *, history_meta_ttl: float = DEFAULT_META_TTL) -> None:
+        self._handler: BrokerEventHandler | None = None
+        self._streams: dict[str, _Stream] = {}
+        self._results: dict[tuple[str, str], tuple[PublishResult, float]] = {}
+        self._default_meta_ttl = history_meta_ttl
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        self._handler = handler
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for ch in [ch for ch, s in self._streams.items() if s.meta_expire_at <= now]:
+            del self._streams[ch]
+        for key in [k for k, (_, exp) in self._results.items() if exp <= now]:
+            del self._results[key]
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+
+    async def subscribe(self, *channels: str) -> None:
+        return None  # every publication passes through this process already
+
+    async def unsubscribe(self, *channels: str) -> None:
+        return None
+
+    def _stream(self, channel: str, now: float, create: bool) -> _Stream | None:
+        stream = self._streams.get(channel)
+        if stream is not None and stream.meta_expire_at <= now:
+            del self._streams[channel]
+            stream = None
+        if stream is None and create:
+            stream = self._streams[channel] = _Stream(epoch=new_epoch())
+        if stream is not None and stream.expire_at <= now and stream.pubs:
+            stream.pubs.clear()
+        return stream
+
+    def _meta_ttl(self, ttl: float) -> float:
+        return ttl if ttl > 0 else self._default_meta_ttl
+
+    async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+        # No await from here to the fan-out: the append and the delivery are atomic for this channel.
+        now = time.monotonic()
+        if opts.idempotency_key:
+            cached = self._results.get((channel, opts.idempotency_key))
+            if cached is not None and cached[1] > now:
+                return PublishResult(cached[0].position, suppressed=True)
+        pub = Publication(data=data, info=opts.client_info, tags=opts.tags, time_ms=int(time.time() * 1000))
+        position = StreamPosition()
+        if opts.history_size > 0 and opts.history_ttl > 0:
+            stream = self._stream(channel, now, create=True)
+            assert stream is not None  # create=True always returns a stream
+            prev = stream.pubs[-1] if stream.pubs else None
+            stream.top += 1
+            pub = Publication(data=data, offset=stream.top, info=opts.client_info, tags=opts.tags,
+                              time_ms=pub.time_ms, delta=opts.use_delta,
+                              prev_data=prev.data if prev is not None and prev.offset == stream.top - 1 else None)
+            stream.pubs.append(pub)
+            while len(stream.pubs) > opts.history_size:
+                stream.pubs.popleft()
+            stream.expire_at = now + opts.history_ttl
+            stream.meta_expire_at = now + self._meta_ttl(opts.history_meta_ttl)
+            position = StreamPosition(stream.top, stream.epoch)
+        result = PublishResult(position)
+        if opts.idempotency_key:
+            self._results[(channel, opts.idempotency_key)] = (result, now + opts.idempotent_result_ttl)
+        if self._handler is not None:
+            self._handler.handle_publication(channel, pub, position)
+        return result
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        if self._handler is not None:
+            self._handler.handle_join(channel, info)
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        if self._handler is not None:
+            self._handler.handle_leave(channel, info)
+
+    async def publish_control(self, data: bytes, node_id: str = "") -> None:
+        return None  # a single node has nobody to tell
+
+    async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
+        now = time.monotonic()
+        # Reading creates the stream so that a positioned subscriber gets a stable epoch (spec §4.1).
+        stream = self._stream(channel, now, create=True)
+        assert stream is not None
+        stream.meta_expire_at = max(stream.meta_expire_at, now + self._meta_ttl(opts.history_meta_ttl))
+        position = StreamPosition(stream.top, stream.epoch)
+        if opts.limit == 0:
+            return HistoryResult((), position)
+        pubs: list[Publication] = list(stream.pubs)
+        since = opts.since
+        if since is not None:
+            if opts.reverse:
+                pubs = [p for p in pubs if p.offset < since.offset]
+            else:
+                pubs = [p for p in pubs if p.offset > since.offset]
+        if opts.reverse:
+            pubs.reverse()
+        if opts.limit > 0:
+            pubs = pubs[: opts.limit]
+        return HistoryResult(tuple(pubs), position)
+
+    async def remove_history(self, channel: str) -> None:
+        stream = self._streams.get(channel)
+        if stream is not None:
+            stream.pubs.clear()
+
+
+class MemoryPresenceManager(PresenceManager):
+    """Entries live until removed: in one process a connection's disconnect always removes its own."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, dict[str, ClientInfo]] = {}
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        return dict(self._channels.get(channel, {}))
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        entries = self._channels.get(channel, {})
+        return PresenceStats(len(entries), len({info.user for info in entries.values()}))
+
+    async def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> None:
+        self._channels.setdefault(channel, {})[client_id] = info
+
+    async def remove_presence(self, channel: str, client_id: str, user_id: str) -> None:
+        entries = self._channels.get(channel)
+        if entries is not None:
+            entries.pop(client_id, None)
+            if not entries:
+                del self._channels[channel]
+
+    async def close(self) -> None:
+        self._channels.clear()

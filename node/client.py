@@ -1,0 +1,359 @@
+"""One connection: protocol state machine, one timer for ping/pong/expiry/presence, and the outgoing queue.
+
+Command logic lives in ``commands.py``; this module only dispatches. Outgoing frames are queued with the
+synchronous ``enqueue`` (called by the hub's fan-out) and flushed once per event-loop tick, joined into as few
+transport writes as possible; a client whose unsent bytes pass ``client.queue_max_size`` is disconnected with
+3008 "slow" instead of being buffered without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from node import commands
+from node.errors import (
+    DISCONNECT_BAD_REQUEST,
+    DISCONNECT_CONNECTION_CLOSED,
+    DISCONNECT_EXPIRED,
+    DISCONNECT_NO_PONG,
+    DISCONNECT_SERVER_ERROR,
+    DISCONNECT_SLOW,
+    DISCONNECT_STALE,
+    DISCONNECT_SUB_EXPIRED,
+    UNSUBSCRIBE_EXPIRED,
+    Disconnect,
+    DisconnectError,
+    ReplyError,
+    Unsubscribe,
+)
+from node.models import ClientInfo, RequestInfo, SubscribeOptions
+from node.protocol import codec
+
+if TYPE_CHECKING:
+    from node.node import Node
+    from node.transport import Transport
+
+logger = logging.getLogger(__name__)
+
+
+class ClientState(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class ChannelState:
+    """What a connection holds for one of its subscriptions."""
+
+    opts: SubscribeOptions
+    server_side: bool
+    expire_at: int  # unix seconds, 0 = never
+    info: ClientInfo
+
+
+class Client:
+    __slots__ = (
+        "_close_task",
+        "_closing",
+        "_connect_failed",
+        "_flush_scheduled",
+        "_loop",
+        "_next_ping",
+        "_next_tick",
+        "_out",
+        "_out_size",
+        "_pong_deadline",
+        "_stale_deadline",
+        "_tasks",
+        "_timer",
+        "channels",
+        "conn_info",
+        "expire_at",
+        "id",
+        "node",
+        "request",
+        "state",
+        "subscribing",
+        "transport",
+        "unidirectional",
+        "user",
+    )
+
+    def __init__(self, node: Node, transport: Transport, request: RequestInfo) -> None:
+        self.node = node
+        self.transport = transport
+        self.request = request
+        self.unidirectional = transport.unidirectional
+        self.id = str(uuid.uuid4())
+        self.user = ""
+        self.conn_info: bytes | None = None
+        self.expire_at = 0
+        self.state = ClientState.CONNECTING
+        self.channels: dict[str, ChannelState] = {}
+        self.subscribing: set[str] = set()
+        self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._flush_scheduled = False
+        self._closing = False
+        self._close_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connect_failed = False
+        now = self._loop.time()
+        self._stale_deadline = now + node.config.client.stale_close_delay
+        self._next_ping = 0.0
+        self._pong_deadline = 0.0
+        self._next_tick = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._schedule_timer()
+
+    @property
+    def info(self) -> ClientInfo:
+        return ClientInfo(client=self.id, user=self.user, conn_info=self.conn_info)
+
+    def channel_info(self, channel: str) -> ClientInfo:
+        state = self.channels.get(channel)
+        return state.info if state is not None else self.info
+
+    # --- inbound ---------------------------------------------------------------------------------------
+
+    async def handle_data(self, data: bytes | str) -> bool:
+        """Process one inbound frame; False means the connection is closing and reading should stop."""
+        if self.state is ClientState.CLOSED:
+            return False
+        try:
+            cmds = codec.decode_frame(data)
+        except codec.DecodeError as e:
+            logger.info("client %s sent a malformed frame: %s", self.id, e)
+            await self.close(DISCONNECT_BAD_REQUEST)
+            return False
+        for cmd in cmds:
+            if not await self._dispatch(cmd):
+                return False
+        return True
+
+    async def _dispatch(self, cmd: codec.Command) -> bool:
+        if self.state is ClientState.CLOSED:
+            return False
+        if self.state is ClientState.CONNECTED and cmd.id == 0 and cmd.method != "send":
+            return await self._handle_pong()
+        if cmd.method in ("", "?") or self._connect_failed:
+            await self.close(DISCONNECT_BAD_REQUEST)
+            return False
+        if (self.state is ClientState.CONNECTING) != (cmd.method == "connect"):
+            await self.close(DISCONNECT_BAD_REQUEST)
+            return False
+        handler = commands.HANDLERS.get(cmd.method)
+        if handler is None:
+            await self.close(DISCONNECT_BAD_REQUEST)
+            return False
+        started = time.perf_counter()
+        try:
+            result = await handler(self, cmd)
+            if result is not None and cmd.id:
+                self.enqueue(codec.reply(cmd.id, cmd.method, result))
+        except ReplyError as e:
+            self.node.metrics.reply_error(cmd.method, e.error.code)
+            if cmd.method == "connect":
+                self._connect_failed = True
+            if cmd.id:
+                self.enqueue(codec.error_reply(cmd.id, e.error))
+        except DisconnectError as e:
+            await self.close(e.disconnect)
+            return False
+        except Exception:
+            logger.exception("client %s: %s command failed", self.id, cmd.method)
+            await self.close(DISCONNECT_SERVER_ERROR)
+            return False
+        finally:
+            self.node.metrics.command_duration(cmd.method, time.perf_counter() - started)
+        return not self._closing
+
+    async def _handle_pong(self) -> bool:
+        if not self._pong_deadline:
+            # No ping is outstanding: protocol violation (centrifuge answers 3501 as well).
+            if self.node.config.client.pong_timeout <= 0:
+                return True
+            await self.close(DISCONNECT_BAD_REQUEST)
+            return False
+        self._pong_deadline = 0.0
+        return True
+
+    # --- lifecycle hooks used by commands ---------------------------------------------------------------
+
+    def mark_connected(self) -> None:
+        self.state = ClientState.CONNECTED
+        cfg = self.node.config.client
+        now = self._loop.time()
+        # The first ping lands in [interval/2, interval) so that a reconnect storm does not ping in lockstep.
+        self._next_ping = now + cfg.ping_interval * (0.5 + random.random() / 2)
+        self._next_tick = now + cfg.presence_update_interval
+        self._schedule_timer()
+
+    def set_expire_at(self, expire_at: int) -> None:
+        self.expire_at = expire_at
+        self._schedule_timer()
+
+    # --- outbound --------------------------------------------------------------------------------------
+
+    def enqueue(self, frame: bytes) -> None:
+        """Queue one protocol message; O(1), never awaits. Flushed once per loop tick."""
+        if self._closing:
+            return
+        self._out.append(frame)
+        self._out_size += len(frame)
+        if self._out_size > self.node.config.client.queue_max_size:
+            self.schedule_close(DISCONNECT_SLOW)
+            return
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out or self.transport.closed:
+            return
+        self._out = []
+        size = self._out_size
+        self._out_size = 0
+        if self.transport.buffered() + size > self.node.config.client.queue_max_size:
+            self.schedule_close(DISCONNECT_SLOW)
+            return
+        n = self.node.config.client.max_messages_in_frame
+        if len(out) == 1:
+            self.transport.write_frames(out)
+        elif len(out) <= n:
+            self.transport.write_frames((b"\n".join(out),))
+        else:
+            self.transport.write_frames([b"\n".join(out[i:i + n]) for i in range(0, len(out), n)])
+
+    # --- timers ----------------------------------------------------------------------------------------
+
+    def _schedule_timer(self) -> None:
+        if self._closing:
+            return
+        deadlines = []
+        if self.state is ClientState.CONNECTING:
+            deadlines.append(self._stale_deadline)
+        else:
+            deadlines.append(self._next_ping)
+            deadlines.append(self._next_tick)
+            if self._pong_deadline:
+                deadlines.append(self._pong_deadline)
+            if self.expire_at:
+                deadlines.append(self._expire_deadline())
+        when = min(deadlines)
+        if self._timer is not None:
+            if self._timer.when() <= when and not self._timer.cancelled():
+                return  # an earlier wake-up is already set; it reschedules itself
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _expire_deadline(self) -> float:
+        delay = self.expire_at - time.time() + self.node.config.client.expired_close_delay
+        return self._loop.time() + max(delay, 0.0)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closing:
+            return
+        now = self._loop.time()
+        cfg = self.node.config.client
+        if self.state is ClientState.CONNECTING:
+            if now >= self._stale_deadline:
+                self.schedule_close(DISCONNECT_STALE)
+                return
+        else:
+            if self._pong_deadline and now >= self._pong_deadline:
+                self.schedule_close(DISCONNECT_NO_PONG)
+                return
+            if self.expire_at and time.time() >= self.expire_at + cfg.expired_close_delay:
+                self.schedule_close(DISCONNECT_EXPIRED)
+                return
+            if now >= self._next_ping:
+                self.enqueue(codec.PING_BIDI)
+                self._next_ping = now + cfg.ping_interval
+                if cfg.pong_timeout > 0 and not self.unidirectional and not self._pong_deadline:
+                    self._pong_deadline = now + cfg.pong_timeout
+            if now >= self._next_tick:
+                self._next_tick = now + cfg.presence_update_interval
+                self.spawn(self._periodic())
+        self._schedule_timer()
+
+    async def _periodic(self) -> None:
+        """Every presence_update_interval: refresh presence entries and expire lapsed subscriptions."""
+        now = time.time()
+        delay = self.node.config.client.expired_sub_close_delay
+        for channel, state in list(self.channels.items()):
+            if state.expire_at and now >= state.expire_at + delay:
+                if state.server_side:
+                    await self.close(DISCONNECT_SUB_EXPIRED)
+                    return
+                await self.unsubscribe(channel, UNSUBSCRIBE_EXPIRED)
+            elif state.opts.emit_presence:
+                await self.node.engine.presence.add_presence(channel, self.id, state.info)
+
+    # --- server-side actions ---------------------------------------------------------------------------
+
+    async def unsubscribe(self, channel: str, unsub: Unsubscribe) -> None:
+        """Unsubscribe from the server side and tell the client with an unsubscribe push."""
+        if channel not in self.channels:
+            return
+        await self.node.remove_subscription(self, channel)
+        self.enqueue(codec.wrap_push(codec.push_unsubscribe(channel, unsub.code, unsub.reason), self.unidirectional))
+
+    def spawn(self, coro: object) -> None:
+        """Run a coroutine owned by this client; it is cancelled if the client closes first."""
+        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("client %s: background task failed", self.id, exc_info=task.exception())
+
+    def schedule_close(self, disconnect: Disconnect) -> None:
+        """Close from synchronous code (timers, the fan-out path)."""
+        if self._closing or self._close_task is not None:
+            return
+        self._close_task = self._loop.create_task(self.close(disconnect))
+
+    async def close(self, disconnect: Disconnect) -> None:
+        """Idempotent. Flushes what is queued, leaves every channel, then closes the transport."""
+        if self._closing:
+            return
+        self._closing = True
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("client %s closing: %d %s", self.id, disconnect.code, disconnect.reason)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        was_slow = disconnect is DISCONNECT_SLOW
+        if not was_slow and self._out and not self.transport.closed:
+            self._flush_now()
+        connected = self.state is ClientState.CONNECTED
+        self.state = ClientState.CLOSED
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        if connected:
+            await self.node.remove_client(self, disconnect)
+        if disconnect is not DISCONNECT_CONNECTION_CLOSED:
+            self.node.metrics.disconnect(disconnect.code)
+        await self.transport.close(disconnect)
+
+    def _flush_now(self) -> None:
+        self._out_size = 0
+        out, self._out = self._out, []
+        self.transport.write_frames(out)

@@ -1,0 +1,283 @@
+"""One coroutine per client protocol command. Each returns the encoded result object (or None for no reply)
+and refuses by raising ``ReplyError`` / ``DisconnectError``; ``client.py`` turns both into frames."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from node import VERSION_STRING
+from node.errors import (
+    DISCONNECT_BAD_REQUEST,
+    DISCONNECT_CHANNEL_LIMIT,
+    DISCONNECT_CONNECTION_LIMIT,
+    DISCONNECT_NOT_AVAILABLE,
+    ERROR_ALREADY_SUBSCRIBED,
+    ERROR_BAD_REQUEST,
+    ERROR_EXPIRED,
+    ERROR_LIMIT_EXCEEDED,
+    ERROR_METHOD_NOT_FOUND,
+    ERROR_NOT_AVAILABLE,
+    ERROR_PERMISSION_DENIED,
+    ERROR_UNRECOVERABLE_POSITION,
+    DisconnectError,
+    ReplyError,
+)
+from node.models import HistoryOptions, PublishOptions, StreamPosition, SubscribeOptions
+from node.protocol import codec
+
+if TYPE_CHECKING:
+    from node.client import Client
+
+Handler = Callable[["Client", codec.Command], Awaitable[bytes | None]]
+
+
+def _str(params: Mapping[str, Any], key: str) -> str:
+    value = params.get(key, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    return value
+
+
+def _int(params: Mapping[str, Any], key: str) -> int:
+    value = params.get(key, 0)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    return value
+
+
+def _bool(params: Mapping[str, Any], key: str) -> bool:
+    return params.get(key) is True
+
+
+def _channel(params: Mapping[str, Any]) -> str:
+    channel = _str(params, "channel")
+    if not channel:
+        raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    return channel
+
+
+def _data(params: Mapping[str, Any]) -> bytes | None:
+    if "data" not in params or params["data"] is None:
+        return None
+    return codec.raw(params["data"])
+
+
+def _ttl(expire_at: int) -> int:
+    return max(int(expire_at - time.time()), 0)
+
+
+async def connect(client: Client, cmd: codec.Command) -> bytes:
+    node = client.node
+    decision = await node.policy.connect(client, cmd.params)
+    cfg = node.config.client
+    if decision.expire_at and decision.expire_at < time.time():
+        raise ReplyError(ERROR_EXPIRED)
+    if cfg.user_connection_limit and decision.user and \
+            node.hub.num_user_connections(decision.user) >= cfg.user_connection_limit:
+        raise DisconnectError(DISCONNECT_CONNECTION_LIMIT)
+    if len(decision.subs) > cfg.channel_limit:
+        raise DisconnectError(DISCONNECT_CHANNEL_LIMIT)
+    client.user = decision.user
+    client.conn_info = decision.info
+    client.set_expire_at(decision.expire_at)
+    # Server-side subscriptions are prepared (engine work, awaited) before the reply, then committed together
+    # with it in one synchronous step so that no publication can overtake the connect reply.
+    prepared = []
+    for channel, opts in decision.subs.items():
+        prepared.append((channel, opts, await node.prepare_subscription(client, channel, opts)))
+    subs_results = []
+    node.add_client(client)
+    client.mark_connected()
+    for channel, opts, position in prepared:
+        node.commit_subscription(client, channel, opts, position, server_side=True)
+        subs_results.append(b'"%s":%s' % (codec.raw(channel)[1:-1], _subscribe_result(opts, position)))
+    fields: dict[str, Any] = {"client": client.id, "version": VERSION_STRING}
+    if decision.expire_at:
+        fields["expires"] = True
+        fields["ttl"] = _ttl(decision.expire_at)
+    fields["ping"] = int(cfg.ping_interval)
+    fields["pong"] = cfg.pong_timeout > 0 and not client.unidirectional
+    if cfg.connect_include_server_time:
+        fields["time"] = int(time.time() * 1000)
+    raw_fields = {"data": decision.data}
+    if subs_results:
+        raw_fields["subs"] = b"{" + b",".join(subs_results) + b"}"
+    result = codec.result_object(fields, raw_fields)
+    for channel, opts, _ in prepared:
+        client.spawn(node.after_subscribe(client, channel, opts))
+    return result
+
+
+def _subscribe_result(opts: SubscribeOptions, position: StreamPosition | None) -> bytes:
+    fields: dict[str, Any] = {}
+    if opts.expire_at:
+        fields["expires"] = True
+        fields["ttl"] = _ttl(opts.expire_at)
+    if position is not None:
+        fields["recoverable"] = opts.enable_recovery
+        fields["epoch"] = position.epoch
+        fields["offset"] = position.offset
+        fields["positioned"] = True
+    return codec.result_object(fields, {"data": opts.data})
+
+
+async def subscribe(client: Client, cmd: codec.Command) -> bytes:
+    node = client.node
+    params = cmd.params
+    channel = _channel(params)
+    delta = _str(params, "delta")
+    if delta not in ("", "fossil"):
+        raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    if len(channel) > node.config.channel.max_length:
+        raise ReplyError(ERROR_BAD_REQUEST)
+    if channel in client.channels or channel in client.subscribing:
+        raise ReplyError(ERROR_ALREADY_SUBSCRIBED)
+    if len(client.channels) + len(client.subscribing) >= node.config.client.channel_limit:
+        raise ReplyError(ERROR_LIMIT_EXCEEDED)
+    client.subscribing.add(channel)
+    try:
+        opts = await node.policy.subscribe(client, channel, params)
+        position = await node.prepare_subscription(client, channel, opts)
+    finally:
+        client.subscribing.discard(channel)
+    if client.state.value == "closed":
+        return b"{}"
+    # Commit and reply in the same tick: the reply is queued before any live publication of the channel.
+    node.commit_subscription(client, channel, opts, position, server_side=False)
+    client.enqueue(codec.reply(cmd.id, "subscribe", _subscribe_result(opts, position)))
+    client.spawn(node.after_subscribe(client, channel, opts))
+    return None  # type: ignore[return-value]  # already replied
+
+
+async def unsubscribe(client: Client, cmd: codec.Command) -> bytes:
+    channel = _channel(cmd.params)
+    if channel in client.channels:
+        await client.node.remove_subscription(client, channel)
+    return b"{}"
+
+
+async def publish(client: Client, cmd: codec.Command) -> bytes:
+    node = client.node
+    channel = _channel(cmd.params)
+    data = _data(cmd.params)
+    if data is None or data in (b'""',):
+        raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    ns = node.policy.check_publish(client, channel, data)
+    await node.publish(channel, data, PublishOptions(
+        history_size=ns.history_size, history_ttl=ns.history_ttl, history_meta_ttl=ns.history_meta_ttl,
+        client_info=client.channel_info(channel), use_delta=ns.delta_publish))
+    return b"{}"
+
+
+async def presence(client: Client, cmd: codec.Command) -> bytes:
+    channel = _channel(cmd.params)
+    client.node.policy.check_presence(client, channel)
+    entries = await client.node.engine.presence.presence(channel)
+    body = b",".join(b'%s:%s' % (codec.raw(cid), codec.encode_client_info(info)) for cid, info in entries.items())
+    return b'{"presence":{' + body + b"}}"
+
+
+async def presence_stats(client: Client, cmd: codec.Command) -> bytes:
+    channel = _channel(cmd.params)
+    client.node.policy.check_presence(client, channel)
+    stats = await client.node.engine.presence.presence_stats(channel)
+    return b'{"num_clients":%d,"num_users":%d}' % (stats.num_clients, stats.num_users)
+
+
+async def history(client: Client, cmd: codec.Command) -> bytes:
+    node = client.node
+    params = cmd.params
+    channel = _channel(params)
+    ns = node.policy.check_history(client, channel)
+    limit = _int(params, "limit")
+    max_limit = node.config.client.history_max_publication_limit
+    if limit < 0 or limit > max_limit:
+        limit = max_limit
+    reverse = _bool(params, "reverse")
+    since_raw = params.get("since")
+    since: StreamPosition | None = None
+    if isinstance(since_raw, dict):
+        since = StreamPosition(_int(since_raw, "offset"), _str(since_raw, "epoch"))
+        if reverse and since.offset == 0:
+            raise ReplyError(ERROR_BAD_REQUEST)
+    result = await node.history(channel, HistoryOptions(
+        since=since, limit=limit, reverse=reverse, history_meta_ttl=ns.history_meta_ttl))
+    if since is not None and since.epoch and since.epoch != result.position.epoch:
+        raise ReplyError(ERROR_UNRECOVERABLE_POSITION)
+    return b'{"publications":%s,"epoch":%s,"offset":%d}' % (
+        codec.encode_publications(result.publications), codec.raw(result.position.epoch), result.position.offset)
+
+
+async def rpc(client: Client, cmd: codec.Command) -> bytes:
+    ping = client.node.config.rpc.ping
+    if not ping.enabled:
+        raise ReplyError(ERROR_NOT_AVAILABLE)
+    if _str(cmd.params, "method") != ping.method:
+        raise ReplyError(ERROR_METHOD_NOT_FOUND)
+    return b"{}"
+
+
+async def send(client: Client, cmd: codec.Command) -> bytes | None:
+    # Centrifugo OSS registers no message handler, and centrifuge answers such a send with 3508.
+    raise DisconnectError(DISCONNECT_NOT_AVAILABLE)
+
+
+async def refresh(client: Client, cmd: codec.Command) -> bytes:
+    token = _str(cmd.params, "token")
+    if not token:
+        raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    expire_at, info = await client.node.policy.refresh(client, token)
+    if expire_at and expire_at < time.time():
+        raise ReplyError(ERROR_EXPIRED)
+    client.conn_info = info if info is not None else client.conn_info
+    client.set_expire_at(expire_at)
+    fields: dict[str, Any] = {"client": client.id, "version": VERSION_STRING}
+    if expire_at:
+        fields["expires"] = True
+        fields["ttl"] = _ttl(expire_at)
+    return codec.result_object(fields)
+
+
+async def sub_refresh(client: Client, cmd: codec.Command) -> bytes:
+    channel = _channel(cmd.params)
+    token = _str(cmd.params, "token")
+    if not token:
+        raise ReplyError(ERROR_BAD_REQUEST)
+    state = client.channels.get(channel)
+    if state is None:
+        raise ReplyError(ERROR_PERMISSION_DENIED)
+    expire_at = await client.node.policy.sub_refresh(client, channel, token)
+    if expire_at and expire_at < time.time():
+        raise ReplyError(ERROR_EXPIRED)
+    state.expire_at = expire_at
+    fields: dict[str, Any] = {}
+    if expire_at:
+        fields["expires"] = True
+        fields["ttl"] = _ttl(expire_at)
+    return codec.result_object(fields)
+
+
+async def ping(client: Client, cmd: codec.Command) -> bytes:
+    raise ReplyError(ERROR_NOT_AVAILABLE)
+
+
+HANDLERS: Final[dict[str, Handler]] = {
+    "connect": connect,
+    "subscribe": subscribe,
+    "unsubscribe": unsubscribe,
+    "publish": publish,
+    "presence": presence,
+    "presence_stats": presence_stats,
+    "history": history,
+    "rpc": rpc,
+    "send": send,
+    "refresh": refresh,
+    "sub_refresh": sub_refresh,
+    "ping": ping,
+}

@@ -1,0 +1,254 @@
+"""The Node: owns the hub and the engine, keeps broker subscriptions in step with local subscribers, and is the
+broker's event handler (every publication, including our own clients', reaches the hub through the broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final
+
+from node import VERSION_STRING
+from node.broker.base import BrokerEventHandler, Engine
+from node.client import ChannelState, ClientState
+from node.config import Config
+from node.errors import DISCONNECT_EXPIRED, DISCONNECT_SHUTDOWN, UNSUBSCRIBE_SERVER, Disconnect
+from node.hub import Hub
+from node.metrics import Metrics
+from node.models import (
+    ChannelStat,
+    ClientInfo,
+    HistoryOptions,
+    HistoryResult,
+    NodeInfo,
+    Publication,
+    PublishOptions,
+    PublishResult,
+    StreamPosition,
+    SubscribeOptions,
+)
+from node.policy import Policy
+from node.protocol import codec
+
+if TYPE_CHECKING:
+    from node.client import Client
+
+logger = logging.getLogger(__name__)
+
+# Absorbs subscribe/unsubscribe churn: the broker unsubscribe of an emptied channel waits this long.
+LAZY_UNSUBSCRIBE_DELAY: Final = 1.0
+
+
+class Node(BrokerEventHandler):
+    def __init__(self, config: Config, engine: Engine, policy: Policy, metrics: Metrics) -> None:
+        self.config = config
+        self.engine = engine
+        self.policy = policy
+        self.metrics = metrics
+        self.id = str(uuid.uuid4())
+        self.name = config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
+        self.hub = Hub()
+        self.started_at = time.time()
+        self._broker_channels: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.shutting_down = False
+
+    async def start(self) -> None:
+        await self.engine.broker.start(self)
+        await self.policy.verifier.start()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Disconnect every client with 3001 "shutdown" (they reconnect elsewhere), then close the engine."""
+        await self.shutdown_clients(timeout)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.policy.verifier.close()
+        await self.engine.presence.close()
+        await self.engine.broker.close()
+
+    async def shutdown_clients(self, timeout: float) -> None:
+        self.shutting_down = True
+        clients = list(self.hub.clients())
+        if clients:
+            done = asyncio.gather(*(c.close(DISCONNECT_SHUTDOWN) for c in clients), return_exceptions=True)
+            try:
+                await asyncio.wait_for(done, timeout)
+            except TimeoutError:
+                logger.warning("shutdown: %d clients did not close within %.1fs", len(clients), timeout)
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _lock(self, channel: str) -> asyncio.Lock:
+        lock = self._locks.get(channel)
+        if lock is None:
+            lock = self._locks[channel] = asyncio.Lock()
+        return lock
+
+    # --- connections -----------------------------------------------------------------------------------
+
+    def add_client(self, client: Client) -> None:
+        self.hub.add(client)
+        self._update_gauges()
+
+    async def remove_client(self, client: Client, disconnect: Disconnect) -> None:
+        self.hub.remove(client)
+        for channel in list(client.channels):
+            await self.remove_subscription(client, channel)
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self.metrics.clients.set(self.hub.num_clients())
+        self.metrics.users.set(self.hub.num_users())
+        self.metrics.channels.set(self.hub.num_channels())
+
+    # --- subscriptions ---------------------------------------------------------------------------------
+
+    async def prepare_subscription(self, client: Client, channel: str, opts: SubscribeOptions) -> StreamPosition | None:
+        """Engine work before a subscription is committed: broker subscribe and the stream position."""
+        async with self._lock(channel):
+            if channel not in self._broker_channels:
+                await self.engine.broker.subscribe(channel)
+                self._broker_channels.add(channel)
+        if not opts.enable_positioning:
+            return None
+        result = await self.engine.broker.history(channel, HistoryOptions(limit=0,
+                                                                          history_meta_ttl=opts.history_meta_ttl))
+        return result.position
+
+    def commit_subscription(self, client: Client, channel: str, opts: SubscribeOptions,
+                            position: StreamPosition | None, *, server_side: bool) -> None:
+        """Synchronous: from here on the client receives the channel's publications."""
+        self.hub.add_sub(channel, client, push_join_leave=opts.push_join_leave)
+        info = ClientInfo(client=client.id, user=client.user, conn_info=client.conn_info, chan_info=opts.chan_info)
+        client.channels[channel] = ChannelState(opts=opts, server_side=server_side, expire_at=opts.expire_at,
+                                                info=info)
+        self.metrics.subscriptions.inc()
+        self.metrics.channels.set(self.hub.num_channels())
+
+    async def after_subscribe(self, client: Client, channel: str, opts: SubscribeOptions) -> None:
+        state = client.channels.get(channel)
+        if state is None:
+            return
+        if opts.emit_presence:
+            await self.engine.presence.add_presence(channel, client.id, state.info)
+        if opts.emit_join_leave:
+            await self.engine.broker.publish_join(channel, state.info)
+
+    async def remove_subscription(self, client: Client, channel: str) -> None:
+        state = client.channels.pop(channel, None)
+        if state is None:
+            return
+        self.metrics.subscriptions.dec()
+        if self.hub.remove_sub(channel, client):
+            self.metrics.channels.set(self.hub.num_channels())
+            asyncio.get_running_loop().call_later(LAZY_UNSUBSCRIBE_DELAY, self._maybe_unsubscribe, channel)
+        if state.opts.emit_presence:
+            await self.engine.presence.remove_presence(channel, client.id, client.user)
+        if state.opts.emit_join_leave:
+            await self.engine.broker.publish_leave(channel, state.info)
+
+    def _maybe_unsubscribe(self, channel: str) -> None:
+        if self.hub.num_subscribers(channel) == 0 and channel in self._broker_channels:
+            self._spawn(self._unsubscribe_broker(channel))
+
+    async def _unsubscribe_broker(self, channel: str) -> None:
+        async with self._lock(channel):
+            if self.hub.num_subscribers(channel) == 0 and channel in self._broker_channels:
+                self._broker_channels.discard(channel)
+                await self.engine.broker.unsubscribe(channel)
+                self._locks.pop(channel, None)
+
+    # --- publishing and reads --------------------------------------------------------------------------
+
+    async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+        result = await self.engine.broker.publish(channel, data, opts)
+        self.metrics.published("publication")
+        return result
+
+    async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
+        return await self.engine.broker.history(channel, opts)
+
+    # --- BrokerEventHandler (hot path: synchronous) ----------------------------------------------------
+
+    def handle_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
+        self.hub.broadcast_publication(channel, pub, sp)
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None:
+        self.hub.broadcast_join(channel, info)
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        self.hub.broadcast_leave(channel, info)
+
+    def handle_control(self, data: bytes) -> None:
+        return None  # node-to-node control arrives with the Redis engine
+
+    # --- server-side operations on users (API) ---------------------------------------------------------
+
+    def _targets(self, user: str, client_id: str, session: str = "") -> list[Client]:
+        if client_id:
+            client = next((c for c in self.hub.clients() if c.id == client_id), None)
+            if client is None or (user and client.user != user):
+                return []
+            return [client]
+        return [c for c in self.hub.user_clients(user) if c.state is ClientState.CONNECTED]
+
+    async def disconnect_user(self, user: str, disconnect: Disconnect, *, client_id: str = "",
+                              whitelist: Iterable[str] = ()) -> None:
+        keep = set(whitelist)
+        for client in self._targets(user, client_id):
+            if client.id not in keep:
+                await client.close(disconnect)
+
+    async def unsubscribe_user(self, user: str, channel: str, *, client_id: str = "") -> None:
+        for client in self._targets(user, client_id):
+            await client.unsubscribe(channel, UNSUBSCRIBE_SERVER)
+
+    async def subscribe_user(self, user: str, channel: str, opts: SubscribeOptions, *, client_id: str = "") -> None:
+        for client in self._targets(user, client_id):
+            if channel in client.channels or channel in client.subscribing:
+                continue
+            client.subscribing.add(channel)
+            try:
+                position = await self.prepare_subscription(client, channel, opts)
+            finally:
+                client.subscribing.discard(channel)
+            if client.state is not ClientState.CONNECTED:
+                continue
+            self.commit_subscription(client, channel, opts, position, server_side=True)
+            fields: dict[str, object] = {}
+            if position is not None:
+                fields = {"recoverable": opts.enable_recovery, "epoch": position.epoch, "offset": position.offset,
+                          "positioned": True}
+            push = codec.push_subscribe(channel, codec.result_object(fields, {"data": opts.data}))
+            client.enqueue(codec.wrap_push(push, client.unidirectional))
+            await self.after_subscribe(client, channel, opts)
+
+    async def refresh_user(self, user: str, *, client_id: str = "", expired: bool = False, expire_at: int = 0,
+                           info: bytes | None = None) -> None:
+        for client in self._targets(user, client_id):
+            if expired:
+                await client.close(DISCONNECT_EXPIRED)
+                continue
+            if info is not None:
+                client.conn_info = info
+            client.set_expire_at(expire_at)
+            ttl = max(int(expire_at - time.time()), 0) if expire_at else 0
+            client.enqueue(codec.wrap_push(codec.push_refresh(bool(expire_at), ttl), client.unidirectional))
+
+    # --- introspection ---------------------------------------------------------------------------------
+
+    def info(self) -> NodeInfo:
+        return NodeInfo(uid=self.id, name=self.name, version=VERSION_STRING, num_clients=self.hub.num_clients(),
+                        num_users=self.hub.num_users(), num_subs=self.hub.num_subscriptions(),
+                        num_channels=self.hub.num_channels(), uptime=int(time.time() - self.started_at))
+
+    def channels(self, pattern: str = "") -> dict[str, ChannelStat]:
+        return {ch: ChannelStat(n) for ch, n in self.hub.channels() if not pattern or fnmatch.fnmatchcase(ch, pattern)}

@@ -1,0 +1,246 @@
+"""Centrifugo's application policy: namespaces, channel rules, JWT-based authentication and permissions.
+
+This is the part of Centrifugo that lives above the library (its ``internal/client`` handler): it decides who a
+connection is, whether it may subscribe, publish, read history or presence, and with which options. The order
+of checks and the error codes follow spec §2.6-§2.8 exactly, because SDKs react to the codes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from node.auth.jwt import JWTVerifier, SubscribeOverride
+from node.config import ChannelOptions, Config
+from node.errors import (
+    DISCONNECT_BAD_REQUEST,
+    DISCONNECT_EXPIRED,
+    DISCONNECT_INVALID_TOKEN,
+    DISCONNECT_PERMISSION_DENIED,
+    ERROR_BAD_REQUEST,
+    ERROR_NOT_AVAILABLE,
+    ERROR_PERMISSION_DENIED,
+    ERROR_TOKEN_EXPIRED,
+    ERROR_UNKNOWN_CHANNEL,
+    DisconnectError,
+    ReplyError,
+    TokenError,
+    TokenExpiredError,
+)
+from node.models import SubscribeOptions
+
+if TYPE_CHECKING:
+    from node.client import Client
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectDecision:
+    user: str
+    expire_at: int
+    info: bytes | None
+    data: bytes | None
+    subs: dict[str, SubscribeOptions]
+
+
+class Policy:
+    def __init__(self, config: Config, verifier: JWTVerifier) -> None:
+        self.config = config
+        self.verifier = verifier
+        self._namespaces = {ns.name: ns for ns in config.channel.namespaces}
+        self._regexes: dict[str, re.Pattern[str]] = {}
+        for opts in (config.channel.without_namespace, *config.channel.namespaces):
+            if opts.channel_regex:
+                self._regexes[opts.channel_regex] = re.compile(opts.channel_regex)
+
+    # --- channels --------------------------------------------------------------------------------------
+
+    def namespace(self, channel: str) -> ChannelOptions:
+        """The options of the channel's namespace; unknown namespace → 102."""
+        return self._split(channel)[0]
+
+    def _split(self, channel: str) -> tuple[ChannelOptions, str]:
+        cfg = self.config.channel
+        name = channel.removeprefix(cfg.private_prefix) if cfg.private_prefix else channel
+        ns_name, sep, rest = name.partition(cfg.namespace_boundary)
+        if not sep:
+            return cfg.without_namespace, name
+        ns = self._namespaces.get(ns_name)
+        if ns is None:
+            raise ReplyError(ERROR_UNKNOWN_CHANNEL)
+        return ns, rest
+
+    def _check_name(self, channel: str) -> ChannelOptions:
+        ns, rest = self._split(channel)
+        if ns.channel_regex:
+            if not self._regexes[ns.channel_regex].fullmatch(rest):
+                raise ReplyError(ERROR_BAD_REQUEST)
+        elif not channel.isascii():
+            raise ReplyError(ERROR_BAD_REQUEST)
+        return ns
+
+    def _user_allowed(self, channel: str, user: str) -> bool:
+        cfg = self.config.channel
+        _, sep, users = channel.rpartition(cfg.user_boundary)
+        return bool(sep) and bool(user) and user in users.split(cfg.user_separator)
+
+    # --- connect and refresh ---------------------------------------------------------------------------
+
+    async def connect(self, client: Client, params: Mapping[str, Any]) -> ConnectDecision:
+        cfg = self.config.client
+        token = params.get("token") or ""
+        if not isinstance(token, str):
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)
+        if not token:
+            if cfg.allow_anonymous_connect_without_token or cfg.insecure:
+                return ConnectDecision("", 0, None, None, {})
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)
+        try:
+            claims = await self.verifier.verify_connect_token(token)
+        except TokenExpiredError:
+            raise ReplyError(ERROR_TOKEN_EXPIRED) from None
+        except TokenError:
+            raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
+        if not claims.user and cfg.disallow_anonymous_connection_tokens:
+            raise DisconnectError(DISCONNECT_PERMISSION_DENIED)
+        subs: dict[str, SubscribeOptions] = {}
+        for channel in claims.channels:
+            subs[channel] = self._options(self.namespace(channel), claims.user, {}, None)
+        for channel, sub in claims.subs.items():
+            subs[channel] = self._options(self.namespace(channel), claims.user, {}, sub.override,
+                                          chan_info=sub.info, data=sub.data)
+        return ConnectDecision(claims.user, claims.expire_at, claims.info, None, subs)
+
+    async def refresh(self, client: Client, token: str) -> tuple[int, bytes | None]:
+        try:
+            claims = await self.verifier.verify_connect_token(token)
+        except TokenExpiredError:
+            raise DisconnectError(DISCONNECT_EXPIRED) from None
+        except TokenError:
+            raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
+        if claims.user != client.user:
+            raise DisconnectError(DISCONNECT_INVALID_TOKEN)
+        return claims.expire_at, claims.info
+
+    # --- subscriptions ---------------------------------------------------------------------------------
+
+    async def subscribe(self, client: Client, channel: str, params: Mapping[str, Any]) -> SubscribeOptions:
+        ns = self._check_name(channel)
+        token = params.get("token") or ""
+        if not isinstance(token, str):
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)
+        private = bool(self.config.channel.private_prefix) and channel.startswith(self.config.channel.private_prefix)
+        if private and not token:
+            raise ReplyError(ERROR_PERMISSION_DENIED)
+        if token:
+            claims = await self._verify_sub_token(client, channel, token)
+            return self._options(ns, client.user, params, claims.override, expire_at=claims.expire_at,
+                                 chan_info=claims.info, data=claims.data)
+        if ns.allow_user_limited_channels and self._user_allowed(channel, client.user):
+            return self._options(ns, client.user, params, None)
+        if ns.subscribe_proxy_enabled:
+            raise ReplyError(ERROR_NOT_AVAILABLE)
+        if ns.allow_subscribe_for_client and (client.user or ns.allow_subscribe_for_anonymous):
+            return self._options(ns, client.user, params, None)
+        if self.config.client.insecure:
+            return self._options(ns, client.user, params, None)
+        raise ReplyError(ERROR_PERMISSION_DENIED)
+
+    async def _verify_sub_token(self, client: Client, channel: str, token: str) -> Any:
+        try:
+            claims = await self.verifier.verify_subscribe_token(token)
+        except TokenExpiredError:
+            raise ReplyError(ERROR_TOKEN_EXPIRED) from None
+        except TokenError:
+            raise ReplyError(ERROR_PERMISSION_DENIED) from None
+        if claims.channel != channel or claims.user != client.user or (claims.client and claims.client != client.id):
+            raise DisconnectError(DISCONNECT_INVALID_TOKEN)
+        return claims
+
+    async def sub_refresh(self, client: Client, channel: str, token: str) -> int:
+        claims = await self._verify_sub_token(client, channel, token)
+        return int(claims.expire_at)
+
+    def _options(self, ns: ChannelOptions, user: str, params: Mapping[str, Any],
+                 override: SubscribeOverride | None, *, expire_at: int = 0, chan_info: bytes | None = None,
+                 data: bytes | None = None) -> SubscribeOptions:
+        """Resolve one subscription's behaviour from namespace options, the request's flags and overrides."""
+
+        def pick(base: bool, name: str) -> bool:
+            value = getattr(override, name, None) if override is not None else None
+            return base if value is None else bool(value)
+
+        presence_access = self._access(ns.allow_presence_for_client, ns.allow_presence_for_subscriber,
+                                       ns.allow_presence_for_anonymous, user, subscribed=True)
+        history_access = ns.history_enabled and self._access(
+            ns.allow_history_for_client, ns.allow_history_for_subscriber, ns.allow_history_for_anonymous, user,
+            subscribed=True)
+        join_leave = pick(ns.join_leave, "join_leave")
+        positioning = ns.history_enabled and (
+            pick(ns.force_positioning, "force_positioning")
+            or (params.get("positioned") is True and (ns.allow_positioning or history_access)))
+        recovery = ns.history_enabled and (
+            pick(ns.force_recovery, "force_recovery")
+            or (params.get("recoverable") is True and (ns.allow_recovery or history_access)))
+        push_join_leave = pick(ns.force_push_join_leave, "force_push_join_leave") or (
+            join_leave and params.get("join_leave") is True and presence_access)
+        return SubscribeOptions(
+            expire_at=expire_at,
+            chan_info=chan_info,
+            data=data,
+            emit_presence=pick(ns.presence, "presence"),
+            emit_join_leave=join_leave,
+            push_join_leave=push_join_leave,
+            enable_positioning=positioning or recovery,
+            enable_recovery=recovery,
+            recovery_mode_cache=ns.force_recovery_mode == "cache",
+            history_meta_ttl=ns.history_meta_ttl,
+            delta=params.get("delta") == "fossil" and "fossil" in ns.allowed_delta_types and (positioning or recovery),
+        )
+
+    def _access(self, for_client: bool, for_subscriber: bool, for_anonymous: bool, user: str, *,
+                subscribed: bool) -> bool:
+        if self.config.client.insecure:
+            return True
+        if not user and not for_anonymous:
+            return False
+        return for_client or (for_subscriber and subscribed)
+
+    # --- other commands --------------------------------------------------------------------------------
+
+    def check_publish(self, client: Client, channel: str, data: bytes) -> ChannelOptions:
+        ns = self.namespace(channel)
+        if ns.publish_proxy_enabled:
+            raise ReplyError(ERROR_NOT_AVAILABLE)
+        if not self._access(ns.allow_publish_for_client, ns.allow_publish_for_subscriber,
+                            ns.allow_publish_for_anonymous, client.user, subscribed=channel in client.channels):
+            raise ReplyError(ERROR_PERMISSION_DENIED)
+        fmt = ns.publication_data_format
+        if fmt == "json_object" and not data.startswith(b"{"):
+            raise ReplyError(ERROR_BAD_REQUEST)
+        return ns
+
+    def check_history(self, client: Client, channel: str) -> ChannelOptions:
+        ns = self.namespace(channel)
+        if not ns.history_enabled:
+            raise ReplyError(ERROR_NOT_AVAILABLE)
+        if not self._access(ns.allow_history_for_client, ns.allow_history_for_subscriber,
+                            ns.allow_history_for_anonymous, client.user, subscribed=channel in client.channels):
+            raise ReplyError(ERROR_PERMISSION_DENIED)
+        return ns
+
+    def check_presence(self, client: Client, channel: str) -> ChannelOptions:
+        ns = self.namespace(channel)
+        if not ns.presence:
+            raise ReplyError(ERROR_NOT_AVAILABLE)
+        if not self._access(ns.allow_presence_for_client, ns.allow_presence_for_subscriber,
+                            ns.allow_presence_for_anonymous, client.user, subscribed=channel in client.channels):
+            raise ReplyError(ERROR_PERMISSION_DENIED)
+        return ns
+
+    def server_subscribe_options(self, channel: str, override: SubscribeOverride | None, *, expire_at: int = 0,
+                                 chan_info: bytes | None = None, data: bytes | None = None) -> SubscribeOptions:
+        """Options for a subscription made by the server API (namespace options plus overrides)."""
+        return self._options(self.namespace(channel), "", {}, override, expire_at=expire_at, chan_info=chan_info,
+                             data=data)

@@ -1,0 +1,115 @@
+"""The bidirectional WebSocket transport at ``/connection/websocket`` (protocol v2, JSON text frames).
+
+Outgoing frames bypass aiohttp's awaitable ``send_str``: the node writes pre-encoded, unmasked text frames
+straight to the asyncio transport, so a fan-out never awaits and a client's queued messages of one loop tick
+leave in a single ``write()``. Close frames, pongs and reading stay with aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import struct
+from collections.abc import Sequence
+from typing import Final
+
+from aiohttp import WSMsgType, web
+
+from node.client import Client
+from node.errors import DISCONNECT_CONNECTION_CLOSED, Disconnect
+from node.models import RequestInfo
+from node.node import Node
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT: Final = 5.0  # how long a closing client may take to answer our close frame
+
+
+def frame_header(length: int) -> bytes:
+    """Header of a final, unmasked text frame (RFC 6455 §5.2)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
+
+
+class WebSocketTransport:
+    __slots__ = ("_raw", "_ws")
+
+    name: Final = "websocket"
+    unidirectional: Final = False
+
+    def __init__(self, ws: web.WebSocketResponse, raw: asyncio.Transport) -> None:
+        self._ws = ws
+        self._raw = raw
+
+    def write_frames(self, frames: Sequence[bytes]) -> None:
+        if self._raw.is_closing():
+            return
+        if len(frames) == 1:
+            frame = frames[0]
+            self._raw.write(frame_header(len(frame)) + frame)
+            return
+        parts: list[bytes] = []
+        for frame in frames:
+            parts.append(frame_header(len(frame)))
+            parts.append(frame)
+        self._raw.write(b"".join(parts))
+
+    def buffered(self) -> int:
+        return self._raw.get_write_buffer_size()
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed or self._raw.is_closing()
+
+    async def close(self, disconnect: Disconnect) -> None:
+        if self._ws.closed:
+            return
+        if disconnect.code == DISCONNECT_CONNECTION_CLOSED.code:
+            await self._ws.close()
+            return
+        try:
+            await asyncio.wait_for(
+                self._ws.close(code=disconnect.code, message=disconnect.reason.encode()), CLOSE_TIMEOUT)
+        except TimeoutError:
+            self._raw.abort()
+
+
+def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:
+    """Centrifugo's rule: no Origin header is fine; otherwise it must match a pattern (empty list = none)."""
+    if origin is None:
+        return True
+    origin = origin.lower()
+    return any(p == "*" or fnmatch.fnmatchcase(origin, p.lower()) for p in allowed)
+
+
+async def websocket_handler(request: web.Request, node: Node) -> web.StreamResponse:
+    cfg = node.config
+    if node.shutting_down:
+        return web.Response(status=503)
+    if not origin_allowed(request.headers.get("Origin"), cfg.client.allowed_origins):
+        return web.Response(status=403, text="Invalid origin")
+    if cfg.client.connection_limit and node.hub.num_clients() >= cfg.client.connection_limit:
+        return web.Response(status=503)
+    ws = web.WebSocketResponse(max_msg_size=cfg.websocket.message_size_limit, compress=False, autoping=True,
+                               timeout=CLOSE_TIMEOUT)
+    await ws.prepare(request)
+    raw = request.transport
+    if raw is None:
+        return ws
+    transport = WebSocketTransport(ws, raw)
+    client = Client(node, transport, RequestInfo(transport="websocket", remote=request.remote or "",
+                                                 headers=dict(request.headers)))
+    try:
+        async for msg in ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if not await client.handle_data(msg.data):
+                    break
+            elif msg.type is WSMsgType.ERROR:
+                break
+    finally:
+        await client.close(DISCONNECT_CONNECTION_CLOSED)
+    return ws
