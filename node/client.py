@@ -9,7 +9,6 @@ transport writes as possible; a client whose unsent bytes pass ``client.queue_ma
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import random
 import time
@@ -33,7 +32,7 @@ from node.errors import (
     ReplyError,
     Unsubscribe,
 )
-from node.models import ClientInfo, RequestInfo, SubscribeOptions
+from node.models import ClientInfo, ClientState, RequestInfo, SubscribeOptions
 from node.protocol import codec
 
 if TYPE_CHECKING:
@@ -41,12 +40,6 @@ if TYPE_CHECKING:
     from node.transport import Transport
 
 logger = logging.getLogger(__name__)
-
-
-class ClientState(enum.Enum):
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    CLOSED = "closed"
 
 
 @dataclass(slots=True)

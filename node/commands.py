@@ -24,7 +24,7 @@ from node.errors import (
     DisconnectError,
     ReplyError,
 )
-from node.models import HistoryOptions, PublishOptions, StreamPosition, SubscribeOptions
+from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosition, SubscribeOptions
 from node.protocol import codec
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def _ttl(expire_at: int) -> int:
     return max(int(expire_at - time.time()), 0)
 
 
-async def connect(client: Client, cmd: codec.Command) -> bytes:
+async def connect(client: Client, cmd: codec.Command) -> bytes | None:
     node = client.node
     decision = await node.policy.connect(client, cmd.params)
     cfg = node.config.client
@@ -96,7 +96,7 @@ async def connect(client: Client, cmd: codec.Command) -> bytes:
     client.mark_connected()
     for channel, opts, position in prepared:
         node.commit_subscription(client, channel, opts, position, server_side=True)
-        subs_results.append(b'"%s":%s' % (codec.raw(channel)[1:-1], _subscribe_result(opts, position)))
+        subs_results.append(codec.raw(channel) + b":" + _subscribe_result(opts, position))
     fields: dict[str, Any] = {"client": client.id, "version": VERSION_STRING}
     if decision.expire_at:
         fields["expires"] = True
@@ -108,10 +108,11 @@ async def connect(client: Client, cmd: codec.Command) -> bytes:
     raw_fields = {"data": decision.data}
     if subs_results:
         raw_fields["subs"] = b"{" + b",".join(subs_results) + b"}"
-    result = codec.result_object(fields, raw_fields)
+    client.enqueue(codec.reply(cmd.id, "connect", codec.result_object(fields, raw_fields)))
+    # Presence and join come after the reply is queued and before the next command runs.
     for channel, opts, _ in prepared:
-        client.spawn(node.after_subscribe(client, channel, opts))
-    return result
+        await node.after_subscribe(client, channel, opts)
+    return None
 
 
 def _subscribe_result(opts: SubscribeOptions, position: StreamPosition | None) -> bytes:
@@ -127,7 +128,7 @@ def _subscribe_result(opts: SubscribeOptions, position: StreamPosition | None) -
     return codec.result_object(fields, {"data": opts.data})
 
 
-async def subscribe(client: Client, cmd: codec.Command) -> bytes:
+async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
     node = client.node
     params = cmd.params
     channel = _channel(params)
@@ -146,13 +147,13 @@ async def subscribe(client: Client, cmd: codec.Command) -> bytes:
         position = await node.prepare_subscription(client, channel, opts)
     finally:
         client.subscribing.discard(channel)
-    if client.state.value == "closed":
-        return b"{}"
+    if client.state is ClientState.CLOSED:
+        return None
     # Commit and reply in the same tick: the reply is queued before any live publication of the channel.
     node.commit_subscription(client, channel, opts, position, server_side=False)
     client.enqueue(codec.reply(cmd.id, "subscribe", _subscribe_result(opts, position)))
-    client.spawn(node.after_subscribe(client, channel, opts))
-    return None  # type: ignore[return-value]  # already replied
+    await node.after_subscribe(client, channel, opts)
+    return None  # already replied
 
 
 async def unsubscribe(client: Client, cmd: codec.Command) -> bytes:

@@ -6,8 +6,15 @@ outgoing frames as they arrived and are never parsed on the fan-out path.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+
+class ClientState(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from node import VERSION_STRING
 from node.broker.base import BrokerEventHandler, Engine
-from node.client import ChannelState, ClientState
+from node.client import ChannelState
 from node.config import Config
 from node.errors import DISCONNECT_EXPIRED, DISCONNECT_SHUTDOWN, UNSUBSCRIBE_SERVER, Disconnect
 from node.hub import Hub
@@ -22,6 +22,7 @@ from node.metrics import Metrics
 from node.models import (
     ChannelStat,
     ClientInfo,
+    ClientState,
     HistoryOptions,
     HistoryResult,
     NodeInfo,

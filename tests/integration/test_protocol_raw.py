@@ -1,0 +1,227 @@
+"""Protocol edge cases over a raw WebSocket (aiohttp client), where the SDKs would hide what the server sent:
+malformed input, ordering, close codes, ping/pong and the slow-consumer cut-off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from harness import ServerFactory, ServerProcess, unique_channel
+
+
+class Raw:
+    """A bare protocol-v2 JSON connection."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.pending: list[dict[str, Any]] = []
+
+    async def send(self, *commands: dict[str, Any]) -> None:
+        await self.ws.send_str("\n".join(json.dumps(c) for c in commands))
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        while not self.pending:
+            msg = await self.ws.receive(timeout)
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                raise AssertionError(f"expected a text frame, got {msg.type} {msg.data!r} {msg.extra!r}")
+            self.pending.extend(json.loads(line) for line in msg.data.split("\n"))
+        return self.pending.pop(0)
+
+    async def reply(self, cmd_id: int, timeout: float = 5.0) -> dict[str, Any]:
+        """The reply to command ``cmd_id``, skipping pushes and pings that arrive first."""
+        while True:
+            msg = await self.recv(timeout)
+            if msg.get("id") == cmd_id:
+                return msg
+
+    async def closed(self, timeout: float = 10.0) -> tuple[int | None, str]:
+        """Read until the server closes; return the close code and reason."""
+        while True:
+            msg = await self.ws.receive(timeout)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                return self.ws.close_code, msg.extra or ""
+
+    async def connect(self, token: str, **extra: Any) -> dict[str, Any]:
+        await self.send({"id": 1, "connect": {"token": token, **extra}})
+        return await self.reply(1)
+
+
+@asynccontextmanager
+async def raw(server: ServerProcess) -> AsyncIterator[Raw]:
+    async with aiohttp.ClientSession() as session, session.ws_connect(server.ws_url, autoping=True) as ws:
+        yield Raw(ws)
+
+
+@pytest.fixture(scope="module")
+def srv(module_server: ServerProcess) -> ServerProcess:
+    return module_server
+
+
+async def test_connect_reply_shape(srv: ServerProcess) -> None:
+    async with raw(srv) as c:
+        reply = await c.connect(srv.token("alice"))
+    result = reply["connect"]
+    assert len(result["client"]) == 36
+    assert result["version"].endswith(" OSS")
+    assert result["ping"] == 25 and result["pong"] is True
+    assert result["expires"] is True and 3500 < result["ttl"] <= 3600
+
+
+async def test_several_commands_in_one_frame_get_replies_in_order(srv: ServerProcess) -> None:
+    ch = unique_channel()
+    async with raw(srv) as c:
+        await c.send({"id": 1, "connect": {"token": srv.token("alice")}},
+                     {"id": 2, "subscribe": {"channel": ch}},
+                     {"id": 3, "presence_stats": {"channel": ch}})
+        replies = [await c.recv() for _ in range(3)]
+    assert [r["id"] for r in replies] == [1, 2, 3]
+    assert replies[1]["subscribe"] == {}
+    assert replies[2]["presence_stats"] == {"num_clients": 1, "num_users": 1}
+
+
+@pytest.mark.parametrize("frame", [
+    "{not json",
+    '{"id":1,"connect":{}}\n\n{"id":2,"subscribe":{"channel":"x"}}',
+    '[1,2,3]',
+    '{"id":-5,"connect":{}}',
+])
+async def test_malformed_frame_is_3501_and_other_clients_keep_working(srv: ServerProcess, frame: str) -> None:
+    ch = unique_channel()
+    async with raw(srv) as good, raw(srv) as bad:
+        await good.connect(srv.token("good"))
+        await good.send({"id": 2, "subscribe": {"channel": ch}})
+        await good.reply(2)
+        await bad.ws.send_str(frame)
+        assert await bad.closed() == (3501, "bad request")
+        await srv.api_result("publish", {"channel": ch, "data": {"n": 1}})
+        push = await good.recv()
+        assert push["push"]["pub"]["data"] == {"n": 1}
+
+
+async def test_unknown_method_and_command_before_connect_are_3501(srv: ServerProcess) -> None:
+    async with raw(srv) as c:
+        await c.connect(srv.token("u"))
+        await c.send({"id": 2, "frobnicate": {}})
+        assert (await c.closed())[0] == 3501
+    async with raw(srv) as c:
+        await c.send({"id": 1, "subscribe": {"channel": "x"}})
+        assert (await c.closed())[0] == 3501
+
+
+async def test_oversize_frame_closes_1009_only_that_client(server_factory: ServerFactory) -> None:
+    srv = await server_factory({"websocket": {"message_size_limit": 1024}})
+    ch = unique_channel()
+    async with raw(srv) as good, raw(srv) as bad:
+        await good.connect(srv.token("good"))
+        await good.send({"id": 2, "subscribe": {"channel": ch}})
+        await good.reply(2)
+        await bad.connect(srv.token("bad"))
+        await bad.send({"id": 2, "publish": {"channel": ch, "data": "x" * 4096}})
+        assert (await bad.closed())[0] == 1009
+        await srv.api_result("publish", {"channel": ch, "data": "after"})
+        assert (await good.recv())["push"]["pub"]["data"] == "after"
+
+
+async def test_errors_keep_the_connection_usable(srv: ServerProcess) -> None:
+    async with raw(srv) as c:
+        await c.connect(srv.token("u"))
+        await c.send({"id": 2, "subscribe": {"channel": "nope:x"}},
+                     {"id": 3, "subscribe": {"channel": "secret:x"}},
+                     {"id": 4, "rpc": {"method": "m", "data": {}}},
+                     {"id": 5, "subscribe": {"channel": "c" * 256}},
+                     {"id": 6, "subscribe": {"channel": "$private"}},
+                     {"id": 7, "history": {"channel": "plain"}})
+        errors = {i: (await c.reply(i))["error"]["code"] for i in range(2, 8)}
+        assert errors == {2: 102, 3: 103, 4: 108, 5: 107, 6: 103, 7: 108}
+        await c.send({"id": 8, "subscribe": {"channel": "ok"}}, {"id": 9, "subscribe": {"channel": "ok"}})
+        assert (await c.reply(8))["subscribe"] == {}
+        assert (await c.reply(9))["error"]["code"] == 105
+
+
+async def test_expired_token_is_109_then_connection_unusable(srv: ServerProcess) -> None:
+    async with raw(srv) as c:
+        reply = await c.connect(srv.token("u", ttl=-10))
+        assert reply["error"] == {"code": 109, "message": "token expired"}
+        await c.send({"id": 2, "subscribe": {"channel": "x"}})
+        assert (await c.closed())[0] == 3501
+
+
+async def test_invalid_token_is_3500(srv: ServerProcess) -> None:
+    async with raw(srv) as c:
+        await c.send({"id": 1, "connect": {"token": srv.token("u", secret="wrong-secret-wrong-secret-wrong-secret")}})
+        assert await c.closed() == (3500, "invalid token")
+
+
+async def test_refresh_extends_connection(srv: ServerProcess) -> None:
+    async with raw(srv) as c:
+        first = await c.connect(srv.token("u", ttl=100))
+        assert first["connect"]["ttl"] <= 100
+        await c.send({"id": 2, "refresh": {"token": srv.token("u", ttl=5000)}})
+        result = (await c.reply(2))["refresh"]
+        assert result["expires"] is True and 4000 < result["ttl"] <= 5000
+        await c.send({"id": 3, "refresh": {"token": srv.token("someone-else")}})
+        assert (await c.closed())[0] == 3500
+
+
+async def test_stale_connection_without_connect_is_closed(server_factory: ServerFactory) -> None:
+    srv = await server_factory({"client": {"stale_close_delay": "300ms"}})
+    async with raw(srv) as c:
+        assert await c.closed() == (3502, "stale")
+
+
+async def test_ping_pong(server_factory: ServerFactory) -> None:
+    srv = await server_factory({"client": {"ping_interval": "1s", "pong_timeout": "500ms"}})
+    async with raw(srv) as silent, raw(srv) as polite:
+        assert (await silent.connect(srv.token("s")))["connect"]["ping"] == 1
+        await polite.connect(srv.token("p"))
+        assert await silent.recv() == {}, "the server pings with an empty reply"
+        assert await silent.closed() == (3012, "no pong")
+        for _ in range(3):
+            assert await polite.recv() == {}
+            await polite.ws.send_str("{}")
+        info = await srv.api_result("info")
+        assert info["nodes"][0]["num_clients"] == 1
+
+
+async def test_slow_consumer_is_disconnected_others_get_everything(server_factory: ServerFactory) -> None:
+    srv = await server_factory({"client": {"queue_max_size": 65536}})
+    ch = unique_channel()
+    payload = "x" * 16000
+    count = 600  # ~10 MB: far more than the kernel's socket buffers hold for a reader that never reads
+    async with aiohttp.ClientSession() as session:
+        slow_ws = await session.ws_connect(srv.ws_url)
+        slow = Raw(slow_ws)
+        await slow.connect(srv.token("slow"))
+        await slow.send({"id": 2, "subscribe": {"channel": ch}})
+        await slow.reply(2)
+        async with raw(srv) as fast:
+            await fast.connect(srv.token("fast"))
+            await fast.send({"id": 2, "subscribe": {"channel": ch}})
+            await fast.reply(2)
+            # Stop reading on the slow socket: pause its transport so the kernel buffers fill up.
+            conn = slow_ws._response.connection
+            assert conn is not None and conn.transport is not None
+            conn.transport.pause_reading()
+            received = 0
+
+            async def read_fast() -> None:
+                nonlocal received
+                while received < count:
+                    msg = await fast.recv(timeout=20)
+                    if "push" in msg:
+                        received += 1
+
+            reader = asyncio.create_task(read_fast())
+            for i in range(count):
+                await srv.api_result("publish", {"channel": ch, "data": {"i": i, "p": payload}})
+            await asyncio.wait_for(reader, 30)
+            assert received == count
+            info = await srv.api_result("info")
+            assert info["nodes"][0]["num_clients"] == 1, "the slow client must be gone"
+            conn.transport.resume_reading()
+        await slow_ws.close()
