@@ -6,14 +6,13 @@ import asyncio
 import dataclasses
 
 import orjson
-import pytest
+from fakes import FakeTransport
 
 from node.client import Client
 from node.config import ClientConfig, Config
 from node.errors import DISCONNECT_SLOW
 from node.models import ClientInfo, Publication, RequestInfo, StreamPosition
 from node.server import build_node
-from fakes import FakeTransport
 
 
 def make_node(**client_opts: object) -> object:
