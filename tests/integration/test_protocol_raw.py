@@ -43,7 +43,9 @@ class Raw:
         """Read until the server closes; return the close code and reason."""
         while True:
             msg = await self.ws.receive(timeout)
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            if msg.type is aiohttp.WSMsgType.CLOSE:
+                return int(msg.data), msg.extra or ""
+            if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
                 return self.ws.close_code, msg.extra or ""
 
     async def connect(self, token: str, **extra: Any) -> dict[str, Any]:
@@ -179,11 +181,16 @@ async def test_ping_pong(server_factory: ServerFactory) -> None:
     async with raw(srv) as silent, raw(srv) as polite:
         assert (await silent.connect(srv.token("s")))["connect"]["ping"] == 1
         await polite.connect(srv.token("p"))
+
+        async def answer_pings() -> None:
+            for _ in range(3):
+                assert await polite.recv() == {}
+                await polite.ws.send_str("{}")
+
+        answering = asyncio.create_task(answer_pings())
         assert await silent.recv() == {}, "the server pings with an empty reply"
         assert await silent.closed() == (3012, "no pong")
-        for _ in range(3):
-            assert await polite.recv() == {}
-            await polite.ws.send_str("{}")
+        await answering
         info = await srv.api_result("info")
         assert info["nodes"][0]["num_clients"] == 1
 
