@@ -238,7 +238,7 @@ async def refresh(client: Client, cmd: codec.Command) -> bytes:
         raise ReplyError(ERROR_EXPIRED)
     client.conn_info = info if info is not None else client.conn_info
     client.set_expire_at(expire_at)
-    fields: dict[str, Any] = {"client": client.id, "version": VERSION_STRING}
+    fields: dict[str, Any] = {"client": client.id}  # Centrifugo leaves RefreshResult.version empty
     if expire_at:
         fields["expires"] = True
         fields["ttl"] = _ttl(expire_at)

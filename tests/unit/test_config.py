@@ -364,7 +364,7 @@ def test_shipped_configs_load_cleanly(name: str) -> None:
 
 def test_dev_config_contents() -> None:
     cfg = load(str(REPO / "conf" / "config.dev.json"), {}, {}).config
-    assert cfg.client.token.hmac_secret_key == "dev-secret-change-me"
+    assert cfg.client.token.hmac_secret_key == "fugato-dev-secret-change-me-in-production"
     assert cfg.http_api.key == "dev-api-key"
     assert cfg.client.allowed_origins == ("*",)
     assert cfg.client.allow_anonymous_connect_without_token is False
