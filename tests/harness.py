@@ -685,6 +685,11 @@ class PyClient:
 
     async def close(self) -> None:
         await self.client.disconnect()
+        # The SDK closes its WebSocket in a background task; let it finish (bounded) so the socket is not left
+        # open when the test's event loop ends (a ResourceWarning later, which filterwarnings=error fails).
+        pending = [t for t in self.client._background_tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
         self.log.close()
 
     async def __aenter__(self) -> Self:
