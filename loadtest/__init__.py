@@ -1,0 +1,1 @@
+"""Benchmarks and load scenarios (fan-out, many channels, idle connections, connect storm)."""

@@ -232,3 +232,46 @@ async def test_slow_consumer_is_disconnected_others_get_everything(server_factor
             assert info["nodes"][0]["num_clients"] == 1, "the slow client must be gone"
             conn.transport.resume_reading()
         await slow_ws.close()
+
+
+async def test_limits_and_channel_regex(server_factory: ServerFactory) -> None:
+    srv = await server_factory({
+        "client": {"channel_limit": 2, "user_connection_limit": 1},
+        "channel": {"namespaces": [{"name": "ids", "channel_regex": "^[0-9]+$", "allow_subscribe_for_client": True}]},
+    })
+    async with raw(srv) as c, raw(srv) as twin:
+        await c.connect(srv.token("limited"))
+        await c.send({"id": 2, "subscribe": {"channel": "ids:123"}},
+                     {"id": 3, "subscribe": {"channel": "ids:abc"}},
+                     {"id": 4, "subscribe": {"channel": "a"}},
+                     {"id": 5, "subscribe": {"channel": "b"}})
+        assert (await c.reply(2))["subscribe"] == {}
+        assert (await c.reply(3))["error"]["code"] == 107
+        assert (await c.reply(4))["subscribe"] == {}
+        assert (await c.reply(5))["error"] == {"code": 106, "message": "limit exceeded"}
+        await twin.send({"id": 1, "connect": {"token": srv.token("limited")}})
+        assert await twin.closed() == (3504, "connection limit")
+
+
+async def test_origin_check(server_factory: ServerFactory) -> None:
+    srv = await server_factory({"client": {"allowed_origins": ["https://*.example.com"]}})
+    async with aiohttp.ClientSession() as session:
+        for origin, allowed in (("https://app.example.com", True), ("https://evil.test", False), (None, True)):
+            headers = {"Origin": origin} if origin else {}
+            try:
+                async with session.ws_connect(srv.ws_url, headers=headers) as ws:
+                    await ws.send_str(json.dumps({"id": 1, "connect": {"token": srv.token("o")}}))
+                    msg = await ws.receive(5)
+                    assert allowed and "connect" in json.loads(msg.data)
+            except aiohttp.WSServerHandshakeError as e:
+                assert not allowed and e.status == 403
+
+
+async def test_connection_limit_refuses_upgrade_with_503(server_factory: ServerFactory) -> None:
+    srv = await server_factory({"client": {"connection_limit": 1}})
+    async with raw(srv) as first:
+        await first.connect(srv.token("a"))
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await session.ws_connect(srv.ws_url)
+            assert info.value.status == 503
