@@ -21,12 +21,14 @@ from node.errors import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_CONNECTION_CLOSED,
     DISCONNECT_EXPIRED,
+    DISCONNECT_INSUFFICIENT_STATE,
     DISCONNECT_NO_PONG,
     DISCONNECT_SERVER_ERROR,
     DISCONNECT_SLOW,
     DISCONNECT_STALE,
     DISCONNECT_SUB_EXPIRED,
     UNSUBSCRIBE_EXPIRED,
+    UNSUBSCRIBE_INSUFFICIENT_STATE,
     Disconnect,
     DisconnectError,
     ReplyError,
@@ -64,6 +66,7 @@ class Client:
         "_out",
         "_out_size",
         "_pong_deadline",
+        "_positions_checked",
         "_stale_deadline",
         "_tasks",
         "_timer",
@@ -100,6 +103,7 @@ class Client:
         self._close_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._connect_failed = False
+        self._positions_checked = time.time()
         now = self._loop.time()
         self._stale_deadline = now + node.config.client.stale_close_delay
         self._next_ping = 0.0
@@ -283,17 +287,24 @@ class Client:
         self._schedule_timer()
 
     async def _periodic(self) -> None:
-        """Every presence_update_interval: refresh presence entries and expire lapsed subscriptions."""
+        """Every presence_update_interval: refresh presence entries, expire lapsed subscriptions and, every
+        channel_position_check_delay, compare positioned subscriptions with the stream top."""
         now = time.time()
-        delay = self.node.config.client.expired_sub_close_delay
+        cfg = self.node.config.client
+        check_positions = now - self._positions_checked >= cfg.channel_position_check_delay
+        if check_positions:
+            self._positions_checked = now
         for channel, state in list(self.channels.items()):
-            if state.expire_at and now >= state.expire_at + delay:
+            if state.expire_at and now >= state.expire_at + cfg.expired_sub_close_delay:
                 if state.server_side:
                     await self.close(DISCONNECT_SUB_EXPIRED)
                     return
                 await self.unsubscribe(channel, UNSUBSCRIBE_EXPIRED)
-            elif state.opts.emit_presence:
+                continue
+            if state.opts.emit_presence:
                 await self.node.engine.presence.add_presence(channel, self.id, state.info)
+            if check_positions and state.opts.enable_positioning and not await self.node.position_valid(self, channel):
+                self.insufficient_state(channel)
 
     # --- server-side actions ---------------------------------------------------------------------------
 
@@ -303,6 +314,18 @@ class Client:
             return
         await self.node.remove_subscription(self, channel)
         self.enqueue(codec.wrap_push(codec.push_unsubscribe(channel, unsub.code, unsub.reason), self.unidirectional))
+
+    def insufficient_state(self, channel: str) -> None:
+        """The client missed publications of a positioned channel (a gap or a new epoch): a client-side
+        subscription is unsubscribed with 2500 (the SDK resubscribes and recovers); a server-side one, which the
+        SDK cannot resubscribe, disconnects with 3010."""
+        state = self.channels.get(channel)
+        if state is None:
+            return
+        if state.server_side:
+            self.schedule_close(DISCONNECT_INSUFFICIENT_STATE)
+        else:
+            self.spawn(self.unsubscribe(channel, UNSUBSCRIBE_INSUFFICIENT_STATE))
 
     def spawn(self, coro: object) -> None:
         """Run a coroutine owned by this client; it is cancelled if the client closes first."""

@@ -24,7 +24,7 @@ from node.errors import (
     DisconnectError,
     ReplyError,
 )
-from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosition, SubscribeOptions
+from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosition
 from node.protocol import codec
 
 if TYPE_CHECKING:
@@ -86,17 +86,16 @@ async def connect(client: Client, cmd: codec.Command) -> bytes | None:
     client.user = decision.user
     client.conn_info = decision.info
     client.set_expire_at(decision.expire_at)
-    # Server-side subscriptions are prepared (engine work, awaited) before the reply, then committed together
-    # with it in one synchronous step so that no publication can overtake the connect reply.
-    prepared = []
-    for channel, opts in decision.subs.items():
-        prepared.append((channel, opts, await node.prepare_subscription(client, channel, opts)))
-    subs_results = []
     node.add_client(client)
     client.mark_connected()
-    for channel, opts, position in prepared:
-        node.commit_subscription(client, channel, opts, position, server_side=True)
-        subs_results.append(codec.raw(channel) + b":" + _subscribe_result(opts, position))
+    # Server-side subscriptions are set up (engine work, awaited) before the reply; their publications are
+    # buffered by the hub until the reply is queued, so none can overtake it.
+    recover = cmd.params.get("subs")
+    started = []
+    for channel, opts in decision.subs.items():
+        since = _since(recover.get(channel) if isinstance(recover, dict) else None)
+        started.append((channel, opts, await node.subscribe_client(client, channel, opts, server_side=True,
+                                                                   since=since)))
     fields: dict[str, Any] = {"client": client.id, "version": VERSION_STRING}
     if decision.expire_at:
         fields["expires"] = True
@@ -106,26 +105,24 @@ async def connect(client: Client, cmd: codec.Command) -> bytes | None:
     if cfg.connect_include_server_time:
         fields["time"] = int(time.time() * 1000)
     raw_fields = {"data": decision.data}
-    if subs_results:
-        raw_fields["subs"] = b"{" + b",".join(subs_results) + b"}"
+    if started:
+        raw_fields["subs"] = b"{" + b",".join(
+            codec.raw(ch) + b":" + codec.encode_subscribe_result(opts, start, _ttl(opts.expire_at))
+            for ch, opts, start in started) + b"}"
     client.enqueue(codec.reply(cmd.id, "connect", codec.result_object(fields, raw_fields)))
+    for channel, _, start in started:
+        node.start_delivery(client, channel, start)
     # Presence and join come after the reply is queued and before the next command runs.
-    for channel, opts, _ in prepared:
+    for channel, opts, _ in started:
         await node.after_subscribe(client, channel, opts)
     return None
 
 
-def _subscribe_result(opts: SubscribeOptions, position: StreamPosition | None) -> bytes:
-    fields: dict[str, Any] = {}
-    if opts.expire_at:
-        fields["expires"] = True
-        fields["ttl"] = _ttl(opts.expire_at)
-    if position is not None:
-        fields["recoverable"] = opts.enable_recovery
-        fields["epoch"] = position.epoch
-        fields["offset"] = position.offset
-        fields["positioned"] = True
-    return codec.result_object(fields, {"data": opts.data})
+def _since(params: Any) -> StreamPosition | None:
+    """The stream position a (re)subscribing client asks to recover from, if it asks."""
+    if not isinstance(params, dict) or params.get("recover") is not True:
+        return None
+    return StreamPosition(_int(params, "offset"), _str(params, "epoch"))
 
 
 async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
@@ -144,14 +141,14 @@ async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
     client.subscribing.add(channel)
     try:
         opts = await node.policy.subscribe(client, channel, params)
-        position = await node.prepare_subscription(client, channel, opts)
+        start = await node.subscribe_client(client, channel, opts, server_side=False, since=_since(params))
     finally:
         client.subscribing.discard(channel)
     if client.state is ClientState.CLOSED:
         return None
-    # Commit and reply in the same tick: the reply is queued before any live publication of the channel.
-    node.commit_subscription(client, channel, opts, position, server_side=False)
-    client.enqueue(codec.reply(cmd.id, "subscribe", _subscribe_result(opts, position)))
+    client.enqueue(codec.reply(cmd.id, "subscribe", codec.encode_subscribe_result(opts, start,
+                                                                                  _ttl(opts.expire_at))))
+    node.start_delivery(client, channel, start)
     await node.after_subscribe(client, channel, opts)
     return None  # already replied
 

@@ -98,6 +98,7 @@ class ClientConfig:
     channel_limit: int = 128
     queue_max_size: int = 1048576
     presence_update_interval: float = _dur(27.0)
+    channel_position_check_delay: float = _dur(40.0)
     user_connection_limit: int = 0
     connection_limit: int = 0
     connect_include_server_time: bool = False

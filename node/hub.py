@@ -1,7 +1,8 @@
 """The hub: which clients are connected and which are subscribed to what, and synchronous fan-out to them.
 
-No I/O and no awaits here. A broadcast encodes the push once per kind of subscriber (bidirectional frames are
-wrapped in ``{"push": ...}``, unidirectional ones are not) and hands the same bytes to every client queue.
+No I/O and no awaits here. A broadcast encodes each kind of frame at most once (bidirectional frames are
+wrapped in ``{"push": ...}``, unidirectional ones are not; delta subscribers get the payload as a JSON string
+or a fossil patch) and hands the same bytes to every matching client queue.
 """
 
 from __future__ import annotations
@@ -9,22 +10,57 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING
 
+import orjson
+
+from node.delta import fossil
 from node.models import ClientInfo, Publication, StreamPosition
 from node.protocol import codec
 
 if TYPE_CHECKING:
     from node.client import Client
 
+# Frame kinds of one broadcast; the cache key is (kind, unidirectional).
+_PLAIN, _DELTA_FULL, _DELTA_PATCH = 0, 1, 2
+
 
 class Subscriber:
-    """One client's subscription to one channel, as the fan-out loop needs it."""
+    """One client's subscription to one channel, as the fan-out loop needs it.
 
-    __slots__ = ("client", "push_join_leave", "unidirectional")
+    While ``buffer`` is a list the subscription is being set up (its reply is not queued yet): publications are
+    held there and released by ``Hub.release`` in order, so none is lost or delivered before the reply.
+    A positioned subscriber tracks the last offset it got; a gap or an epoch change breaks the subscription
+    (the client is told "insufficient state" and recovers on resubscribe).
+    """
 
-    def __init__(self, client: Client, *, push_join_leave: bool) -> None:
+    __slots__ = ("broken", "buffer", "client", "delta", "delta_ready", "epoch", "offset", "positioned",
+                 "push_join_leave", "unidirectional")
+
+    def __init__(self, client: Client, *, push_join_leave: bool, positioned: bool, delta: bool) -> None:
         self.client = client
         self.unidirectional = client.unidirectional
         self.push_join_leave = push_join_leave
+        self.positioned = positioned
+        self.delta = delta
+        self.delta_ready = False  # the client holds the previous payload, so it can apply a patch
+        self.offset = 0
+        self.epoch = ""
+        self.broken = False
+        self.buffer: list[tuple[Publication, StreamPosition]] | None = []
+
+    def accept(self, pub: Publication, sp: StreamPosition, channel: str) -> bool:
+        """Position check for one live publication: False drops it (duplicate, or the subscription broke)."""
+        if self.broken:
+            return False
+        if not self.positioned or not pub.offset:
+            return True
+        if sp.epoch != self.epoch or pub.offset > self.offset + 1:
+            self.broken = True
+            self.client.insufficient_state(channel)
+            return False
+        if pub.offset <= self.offset:
+            return False
+        self.offset = pub.offset
+        return True
 
 
 class Hub:
@@ -52,6 +88,9 @@ class Hub:
     def clients(self) -> Collection[Client]:
         return self._clients.values()
 
+    def client(self, client_id: str) -> Client | None:
+        return self._clients.get(client_id)
+
     def user_clients(self, user: str) -> Collection[Client]:
         return tuple(self._users.get(user, {}).values())
 
@@ -66,14 +105,31 @@ class Hub:
 
     # --- subscriptions ----------------------------------------------------------------------------------
 
-    def add_sub(self, channel: str, client: Client, *, push_join_leave: bool = False) -> bool:
-        """Register the subscription; True when it is the channel's first local subscriber."""
+    def add_sub(self, channel: str, client: Client, *, push_join_leave: bool = False, positioned: bool = False,
+                delta: bool = False) -> bool:
+        """Register the subscription in buffering mode; True when it is the channel's first local subscriber."""
         subs = self._subs.get(channel)
         first = subs is None
         if subs is None:
             subs = self._subs[channel] = {}
-        subs[client.id] = Subscriber(client, push_join_leave=push_join_leave)
+        subs[client.id] = Subscriber(client, push_join_leave=push_join_leave, positioned=positioned, delta=delta)
         return first
+
+    def release(self, channel: str, client: Client, position: StreamPosition | None, *,
+                delta_ready: bool = False) -> None:
+        """End buffering: from ``position`` on, deliver what arrived meanwhile and then everything live.
+
+        Call right after the subscribe reply is queued, with the position the reply told the client."""
+        sub = self._subs.get(channel, {}).get(client.id)
+        if sub is None or sub.buffer is None:
+            return
+        buffered, sub.buffer = sub.buffer, None
+        if position is not None:
+            sub.offset, sub.epoch = position.offset, position.epoch
+        sub.delta_ready = delta_ready
+        for pub, sp in buffered:
+            if sub.accept(pub, sp, channel):
+                client.enqueue(self._frame(channel, pub, sub, {}))
 
     def remove_sub(self, channel: str, client: Client) -> bool:
         """Drop the subscription; True when the channel has no local subscribers left."""
@@ -99,21 +155,42 @@ class Hub:
         for channel, subs in self._subs.items():
             yield channel, len(subs)
 
+    def position(self, channel: str, client: Client) -> StreamPosition | None:
+        sub = self._subs.get(channel, {}).get(client.id)
+        if sub is None or not sub.positioned or sub.buffer is not None:
+            return None
+        return StreamPosition(sub.offset, sub.epoch)
+
     # --- fan-out (hot path) -----------------------------------------------------------------------------
 
     def broadcast_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
         subs = self._subs.get(channel)
         if not subs:
             return
-        push = codec.push_publication(channel, codec.encode_publication(pub))
-        bidi: bytes | None = None
+        cache: dict[tuple[int, bool], bytes] = {}
+        plain_bidi: bytes | None = None
         for sub in subs.values():
-            if sub.unidirectional:
-                sub.client.enqueue(push)
-            else:
-                if bidi is None:
-                    bidi = codec.wrap_push(push, False)
-                sub.client.enqueue(bidi)
+            if sub.buffer is not None:
+                sub.buffer.append((pub, sp))
+            elif not (sub.positioned or sub.delta or sub.unidirectional):
+                # The common case, kept free of the lookups below.
+                if plain_bidi is None:
+                    plain_bidi = self._frame(channel, pub, sub, cache)
+                sub.client.enqueue(plain_bidi)
+            elif sub.accept(pub, sp, channel):
+                sub.client.enqueue(self._frame(channel, pub, sub, cache))
+
+    def _frame(self, channel: str, pub: Publication, sub: Subscriber, cache: dict[tuple[int, bool], bytes]) -> bytes:
+        kind = _PLAIN
+        if sub.delta:
+            kind = _DELTA_PATCH if sub.delta_ready and pub.delta and pub.prev_data is not None else _DELTA_FULL
+            sub.delta_ready = True
+        key = (kind, sub.unidirectional)
+        frame = cache.get(key)
+        if frame is None:
+            frame = cache[key] = codec.wrap_push(codec.push_publication(channel, _pub_object(pub, kind)),
+                                                 sub.unidirectional)
+        return frame
 
     def broadcast_join(self, channel: str, info: ClientInfo) -> None:
         self._broadcast_join_leave(channel, codec.push_join(channel, info))
@@ -127,5 +204,15 @@ class Hub:
             return
         bidi = codec.wrap_push(push, False)
         for sub in subs.values():
-            if sub.push_join_leave:
+            if sub.push_join_leave and sub.buffer is None:
                 sub.client.enqueue(push if sub.unidirectional else bidi)
+
+
+def _pub_object(pub: Publication, kind: int) -> bytes:
+    if kind == _PLAIN:
+        return codec.encode_publication(pub)
+    if kind == _DELTA_PATCH and pub.prev_data is not None:
+        patch = fossil.create(pub.prev_data, pub.data)
+        if len(patch) < len(pub.data):
+            return codec.encode_publication(pub, data=orjson.dumps(patch.decode()), delta=True)
+    return codec.encode_publication(pub, data=orjson.dumps(pub.data.decode()))

@@ -27,6 +27,8 @@ class Metrics:
                                    namespace=NAMESPACE, registry=r)
         self._published = Counter("node_messages_sent_count", "Messages published by this node.", ["type"],
                                   namespace=NAMESPACE, registry=r)
+        self._recover = Counter("client_recover", "Subscribe recoveries by outcome.", ["recovered"],
+                                namespace=NAMESPACE, registry=r)
         self.clients = Gauge("node_num_clients", "Connected clients.", namespace=NAMESPACE, registry=r)
         self.users = Gauge("node_num_users", "Unique users connected.", namespace=NAMESPACE, registry=r)
         self.subscriptions = Gauge("node_num_subscriptions", "Subscriptions.", namespace=NAMESPACE, registry=r)
@@ -48,6 +50,9 @@ class Metrics:
         self._api_duration.labels("http", method).observe(seconds)
         if error_code:
             self._api_errors.labels("http", method, str(error_code)).inc()
+
+    def recover(self, recovered: bool) -> None:
+        self._recover.labels("yes" if recovered else "no").inc()
 
     def published(self, kind: str) -> None:
         self._published.labels(kind).inc()

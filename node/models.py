@@ -112,6 +112,18 @@ class SubscribeOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamStart:
+    """Where a new positioned subscription starts: what its reply tells the client, and where live delivery
+    continues."""
+
+    top: StreamPosition  # the stream's position when it was read: live publications continue after it
+    reply_offset: int  # the offset the reply carries (the client's own after a stream recovery)
+    publications: tuple[Publication, ...] = ()
+    recovered: bool = False
+    was_recovering: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelStat:
     num_clients: int
 

@@ -30,10 +30,12 @@ from node.models import (
     PublishOptions,
     PublishResult,
     StreamPosition,
+    StreamStart,
     SubscribeOptions,
 )
 from node.policy import Policy
 from node.protocol import codec
+from node.recovery import stream_start
 
 if TYPE_CHECKING:
     from node.client import Client
@@ -42,6 +44,11 @@ logger = logging.getLogger(__name__)
 
 # Absorbs subscribe/unsubscribe churn: the broker unsubscribe of an emptied channel waits this long.
 LAZY_UNSUBSCRIBE_DELAY: Final = 1.0
+
+
+def _ttl(expire_at: int) -> int:
+    """Seconds left until ``expire_at`` (0 when it never expires)."""
+    return max(int(expire_at - time.time()), 0) if expire_at else 0
 
 
 class Node(BrokerEventHandler):
@@ -112,27 +119,51 @@ class Node(BrokerEventHandler):
 
     # --- subscriptions ---------------------------------------------------------------------------------
 
-    async def prepare_subscription(self, client: Client, channel: str, opts: SubscribeOptions) -> StreamPosition | None:
-        """Engine work before a subscription is committed: broker subscribe and the stream position."""
+    async def subscribe_client(self, client: Client, channel: str, opts: SubscribeOptions, *, server_side: bool,
+                               since: StreamPosition | None = None) -> StreamStart | None:
+        """Subscribe ``client``: broker subscription, hub registration (buffering), stream position/recovery.
+
+        The caller queues the reply and then calls ``start_delivery`` in the same tick; publications that arrive
+        in between are buffered by the hub, so none is lost, duplicated or delivered before the reply."""
         async with self._lock(channel):
             if channel not in self._broker_channels:
                 await self.engine.broker.subscribe(channel)
                 self._broker_channels.add(channel)
-        if not opts.enable_positioning:
-            return None
-        result = await self.engine.broker.history(channel, HistoryOptions(limit=0,
-                                                                          history_meta_ttl=opts.history_meta_ttl))
-        return result.position
-
-    def commit_subscription(self, client: Client, channel: str, opts: SubscribeOptions,
-                            position: StreamPosition | None, *, server_side: bool) -> None:
-        """Synchronous: from here on the client receives the channel's publications."""
-        self.hub.add_sub(channel, client, push_join_leave=opts.push_join_leave)
+        self.hub.add_sub(channel, client, push_join_leave=opts.push_join_leave, positioned=opts.enable_positioning,
+                         delta=opts.delta)
         info = ClientInfo(client=client.id, user=client.user, conn_info=client.conn_info, chan_info=opts.chan_info)
         client.channels[channel] = ChannelState(opts=opts, server_side=server_side, expire_at=opts.expire_at,
                                                 info=info)
         self.metrics.subscriptions.inc()
         self.metrics.channels.set(self.hub.num_channels())
+        if not opts.enable_positioning:
+            return None
+        try:
+            start = await stream_start(self.engine.broker, channel, opts, since,
+                                       self.config.client.recovery_max_publication_limit)
+        except BaseException:
+            await self.remove_subscription(client, channel)
+            raise
+        if start.was_recovering:
+            self.metrics.recover(start.recovered)
+        return start
+
+    async def position_valid(self, client: Client, channel: str) -> bool:
+        """Whether a positioned subscriber is still at the stream's top (it has missed nothing)."""
+        position = self.hub.position(channel, client)
+        if position is None:
+            return True
+        state = client.channels.get(channel)
+        meta_ttl = state.opts.history_meta_ttl if state is not None else 0.0
+        top = (await self.engine.broker.history(channel, HistoryOptions(limit=0, history_meta_ttl=meta_ttl))).position
+        current = self.hub.position(channel, client)  # publications may have arrived while reading
+        return current is not None and current.epoch == top.epoch and current.offset >= top.offset
+
+    def start_delivery(self, client: Client, channel: str, start: StreamStart | None) -> None:
+        """Synchronous: release what arrived while subscribing, then deliver live."""
+        state = client.channels.get(channel)
+        delta_ready = bool(start and start.publications and state and state.opts.delta)
+        self.hub.release(channel, client, start.top if start is not None else None, delta_ready=delta_ready)
 
     async def after_subscribe(self, client: Client, channel: str, opts: SubscribeOptions) -> None:
         state = client.channels.get(channel)
@@ -218,18 +249,12 @@ class Node(BrokerEventHandler):
                 continue
             client.subscribing.add(channel)
             try:
-                position = await self.prepare_subscription(client, channel, opts)
+                start = await self.subscribe_client(client, channel, opts, server_side=True, since=opts.recover_since)
             finally:
                 client.subscribing.discard(channel)
-            if client.state is not ClientState.CONNECTED:
-                continue
-            self.commit_subscription(client, channel, opts, position, server_side=True)
-            fields: dict[str, object] = {}
-            if position is not None:
-                fields = {"recoverable": opts.enable_recovery, "epoch": position.epoch, "offset": position.offset,
-                          "positioned": True}
-            push = codec.push_subscribe(channel, codec.result_object(fields, {"data": opts.data}))
-            client.enqueue(codec.wrap_push(push, client.unidirectional))
+            result = codec.encode_subscribe_result(opts, start, ttl=_ttl(opts.expire_at))
+            client.enqueue(codec.wrap_push(codec.push_subscribe(channel, result), client.unidirectional))
+            self.start_delivery(client, channel, start)
             await self.after_subscribe(client, channel, opts)
 
     async def refresh_user(self, user: str, *, client_id: str = "", expired: bool = False, expire_at: int = 0,
@@ -241,8 +266,7 @@ class Node(BrokerEventHandler):
             if info is not None:
                 client.conn_info = info
             client.set_expire_at(expire_at)
-            ttl = max(int(expire_at - time.time()), 0) if expire_at else 0
-            client.enqueue(codec.wrap_push(codec.push_refresh(bool(expire_at), ttl), client.unidirectional))
+            client.enqueue(codec.wrap_push(codec.push_refresh(bool(expire_at), _ttl(expire_at)), client.unidirectional))
 
     # --- introspection ---------------------------------------------------------------------------------
 

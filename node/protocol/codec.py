@@ -15,7 +15,7 @@ from typing import Any, Final
 import orjson
 
 from node.errors import Disconnect, Error
-from node.models import ClientInfo, Publication, StreamPosition
+from node.models import ClientInfo, Publication, StreamPosition, StreamStart, SubscribeOptions
 
 # Command fields in protobuf field order: the first one present wins, as in centrifuge's dispatcher.
 METHODS: Final = (
@@ -99,7 +99,7 @@ def encode_client_info(info: ClientInfo) -> bytes:
     return out + b"}"
 
 
-def encode_publication(pub: Publication, data: bytes | None = None) -> bytes:
+def encode_publication(pub: Publication, data: bytes | None = None, *, delta: bool = False) -> bytes:
     """A Publication object; ``data`` replaces the payload (delta subscribers get a JSON string)."""
     out = b'{"data":' + (pub.data if data is None else data)
     if pub.info is not None:
@@ -108,7 +108,7 @@ def encode_publication(pub: Publication, data: bytes | None = None) -> bytes:
         out += b',"offset":%d' % pub.offset
     if pub.tags:
         out += b',"tags":' + orjson.dumps(pub.tags)
-    if pub.delta and data is not None:
+    if delta:
         out += b',"delta":true'
     return out + b"}"
 
@@ -182,3 +182,28 @@ def push_connect(result: bytes) -> bytes:
 
 def encode_position_result(sp: StreamPosition) -> dict[str, Any]:
     return {"offset": sp.offset, "epoch": sp.epoch}
+
+
+def encode_subscribe_result(opts: SubscribeOptions, start: StreamStart | None, ttl: int) -> bytes:
+    """SubscribeResult (reply, connect ``subs`` entry or ``subscribe`` push). Delta subscribers get recovered
+    payloads as JSON strings, which their SDK expects once delta is negotiated."""
+    fields: dict[str, Any] = {}
+    if opts.expire_at:
+        fields["expires"] = True
+        fields["ttl"] = ttl
+    raw_fields: dict[str, bytes | None] = {"data": opts.data}
+    if start is not None:
+        fields["recoverable"] = opts.enable_recovery
+        fields["epoch"] = start.top.epoch
+        fields["offset"] = start.reply_offset
+        fields["positioned"] = True
+        fields["recovered"] = start.recovered
+        fields["was_recovering"] = start.was_recovering
+        fields["delta"] = opts.delta
+        if start.publications:
+            if opts.delta:
+                raw_fields["publications"] = b"[" + b",".join(
+                    encode_publication(p, data=orjson.dumps(p.data.decode())) for p in start.publications) + b"]"
+            else:
+                raw_fields["publications"] = encode_publications(start.publications)
+    return result_object(fields, raw_fields)

@@ -11,13 +11,19 @@ from fakes import FakeTransport
 from node.client import Client
 from node.config import ClientConfig, Config
 from node.errors import DISCONNECT_SLOW
-from node.models import ClientInfo, Publication, RequestInfo, StreamPosition
+from node.models import ClientInfo, Publication, RequestInfo, StreamPosition, SubscribeOptions
 from node.server import build_node
 
 
 def make_node(**client_opts: object) -> object:
     cfg = Config(client=dataclasses.replace(ClientConfig(), **client_opts))  # type: ignore[arg-type]
     return build_node(cfg)
+
+
+def live_sub(node: object, channel: str, client: Client, **opts: bool) -> None:
+    """Subscribe and end the set-up buffering at once (what the node does right after the reply)."""
+    node.hub.add_sub(channel, client, **opts)  # type: ignore[attr-defined]
+    node.hub.release(channel, client, None)  # type: ignore[attr-defined]
 
 
 async def tick() -> None:
@@ -37,7 +43,7 @@ async def test_broadcast_encodes_once_and_shares_bytes() -> None:
     node = make_node()
     clients = [new_client(node) for _ in range(3)]
     for c, _ in clients:
-        node.hub.add_sub("ch", c)  # type: ignore[attr-defined]
+        live_sub(node, "ch", c)
     node.hub.broadcast_publication("ch", Publication(b'{"a":1}', offset=7), StreamPosition(7, "e"))  # type: ignore[attr-defined]
     await tick()
     frames = [t.frames for _, t in clients]
@@ -53,8 +59,8 @@ async def test_unidirectional_subscribers_get_bare_push() -> None:
     node = make_node()
     bidi, bt = new_client(node)
     uni, ut = new_client(node, unidirectional=True)
-    node.hub.add_sub("ch", bidi)  # type: ignore[attr-defined]
-    node.hub.add_sub("ch", uni)  # type: ignore[attr-defined]
+    live_sub(node, "ch", bidi)
+    live_sub(node, "ch", uni)
     node.hub.broadcast_publication("ch", Publication(b"1"), StreamPosition())  # type: ignore[attr-defined]
     await tick()
     assert orjson.loads(bt.frames[0]) == {"push": {"channel": "ch", "pub": {"data": 1}}}
@@ -65,8 +71,8 @@ async def test_join_leave_only_to_subscribers_that_asked() -> None:
     node = make_node()
     asked, at = new_client(node)
     silent, st = new_client(node)
-    node.hub.add_sub("ch", asked, push_join_leave=True)  # type: ignore[attr-defined]
-    node.hub.add_sub("ch", silent)  # type: ignore[attr-defined]
+    live_sub(node, "ch", asked, push_join_leave=True)
+    live_sub(node, "ch", silent)
     node.hub.broadcast_join("ch", ClientInfo("c1", "u1"))  # type: ignore[attr-defined]
     node.hub.broadcast_leave("ch", ClientInfo("c1", "u1"))  # type: ignore[attr-defined]
     await tick()
@@ -104,8 +110,8 @@ async def test_slow_consumer_is_disconnected_when_the_socket_does_not_drain() ->
     node = make_node(queue_max_size=1000)
     slow, st = new_client(node)
     fast, ft = new_client(node)
-    node.hub.add_sub("ch", slow)  # type: ignore[attr-defined]
-    node.hub.add_sub("ch", fast)  # type: ignore[attr-defined]
+    live_sub(node, "ch", slow)
+    live_sub(node, "ch", fast)
     st.buffer = 990  # the kernel has not taken these bytes: the peer is not reading
     payload = b'"' + b"x" * 100 + b'"'
     for _ in range(3):
@@ -126,3 +132,66 @@ async def test_a_burst_over_the_queue_limit_within_one_tick_disconnects() -> Non
     await tick()
     assert transport.closed_with == DISCONNECT_SLOW
     assert transport.frames == [], "queued bytes of a slow client are dropped, not written"
+
+
+def pub(offset: int, data: bytes = b"1", *, prev: bytes | None = None) -> Publication:
+    return Publication(data, offset=offset, delta=prev is not None, prev_data=prev)
+
+
+async def test_buffered_publications_are_released_after_the_position_without_duplicates() -> None:
+    node = make_node()
+    client, transport = new_client(node)
+    node.hub.add_sub("ch", client, positioned=True)  # type: ignore[attr-defined]
+    for offset in (4, 5, 6):  # arrive while the subscribe reply is being prepared
+        node.hub.broadcast_publication("ch", pub(offset), StreamPosition(offset, "e"))  # type: ignore[attr-defined]
+    await tick()
+    assert transport.frames == [], "nothing is delivered before the reply"
+    client.enqueue(b'{"id":1,"subscribe":{}}')
+    node.hub.release("ch", client, StreamPosition(4, "e"))  # type: ignore[attr-defined]
+    node.hub.broadcast_publication("ch", pub(7), StreamPosition(7, "e"))  # type: ignore[attr-defined]
+    await tick()
+    messages = [orjson.loads(m) for m in transport.messages]
+    assert messages[0] == {"id": 1, "subscribe": {}}
+    assert [m["push"]["pub"]["offset"] for m in messages[1:]] == [5, 6, 7]
+
+
+async def test_a_gap_unsubscribes_the_positioned_client_with_2500() -> None:
+    node = make_node()
+    client, transport = new_client(node)
+    await node.subscribe_client(client, "ch", SubscribeOptions(), server_side=False)  # type: ignore[attr-defined]
+    node.hub.release("ch", client, None)  # type: ignore[attr-defined]
+    sub = node.hub._subs["ch"][client.id]  # type: ignore[attr-defined]
+    sub.positioned, sub.offset, sub.epoch = True, 10, "e"
+    node.hub.broadcast_publication("ch", pub(11), StreamPosition(11, "e"))  # type: ignore[attr-defined]
+    node.hub.broadcast_publication("ch", pub(11), StreamPosition(11, "e"))  # type: ignore[attr-defined]
+    node.hub.broadcast_publication("ch", pub(13), StreamPosition(13, "e"))  # type: ignore[attr-defined]
+    node.hub.broadcast_publication("ch", pub(14), StreamPosition(14, "e"))  # type: ignore[attr-defined]
+    for _ in range(4):
+        await tick()
+    messages = [orjson.loads(m)["push"] for m in transport.messages]
+    assert messages[0]["pub"]["offset"] == 11, "the duplicate 11 is dropped"
+    assert messages[1] == {"channel": "ch", "unsubscribe": {"code": 2500, "reason": "insufficient state"}}
+    assert len(messages) == 2, "nothing after the gap"
+    assert "ch" not in client.channels
+
+
+async def test_delta_subscribers_get_a_full_string_then_patches() -> None:
+    from centrifuge.fossil import apply_delta
+
+    node = make_node()
+    client, transport = new_client(node)
+    node.hub.add_sub("ch", client, positioned=True, delta=True)  # type: ignore[attr-defined]
+    node.hub.release("ch", client, StreamPosition(0, "e"))  # type: ignore[attr-defined]
+    plain, pt = new_client(node)
+    live_sub(node, "ch", plain)
+    first = b'{"items":[' + b",".join(b'{"id":%d,"v":"value"}' % i for i in range(50)) + b"]}"
+    second = first.replace(b'"id":25,"v":"value"', b'"id":25,"v":"other"')
+    node.hub.broadcast_publication("ch", pub(1, first), StreamPosition(1, "e"))  # type: ignore[attr-defined]
+    node.hub.broadcast_publication("ch", pub(2, second, prev=first), StreamPosition(2, "e"))  # type: ignore[attr-defined]
+    await tick()
+    full, patch = (orjson.loads(m)["push"]["pub"] for m in transport.messages)
+    assert "delta" not in full and full["data"] == first.decode()
+    assert patch["delta"] is True and len(patch["data"]) < len(second) / 4
+    assert bytes(apply_delta(first, patch["data"].encode())) == second
+    plain_pubs = [orjson.loads(m)["push"]["pub"] for m in pt.messages]
+    assert [p["data"]["items"][25]["v"] for p in plain_pubs] == ["value", "other"], "plain subscribers get JSON"

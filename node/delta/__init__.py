@@ -1,0 +1,1 @@
+"""Delta compression of publication payloads for subscribers that negotiated it."""
