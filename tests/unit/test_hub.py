@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 
 import orjson
+from centrifuge.fossil import apply_delta
 from fakes import FakeTransport
 
 from node.client import Client
@@ -176,8 +177,6 @@ async def test_a_gap_unsubscribes_the_positioned_client_with_2500() -> None:
 
 
 async def test_delta_subscribers_get_a_full_string_then_patches() -> None:
-    from centrifuge.fossil import apply_delta
-
     node = make_node()
     client, transport = new_client(node)
     node.hub.add_sub("ch", client, positioned=True, delta=True)  # type: ignore[attr-defined]
