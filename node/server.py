@@ -1,9 +1,16 @@
-"""Composition root: builds the aiohttp application for one node from a Config, and runs it."""
+"""Composition root: builds the aiohttp applications of one node from a Config, and runs them.
+
+The external application serves client transports. The server API, health and metrics go on the internal
+address when ``http_server.internal_port`` is set (as in Centrifugo), else on the external one too.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
@@ -36,17 +43,14 @@ def build_node(config: Config) -> Node:
     return Node(config, build_engine(config), Policy(config, verifier), Metrics(VERSION_STRING))
 
 
-def build_app(config: Config) -> web.Application:
-    node = build_node(config)
-    app = web.Application(client_max_size=max(config.websocket.message_size_limit, 1024**2))
-    app[NODE_KEY] = node
+def _separate_internal(config: Config) -> bool:
+    internal = config.http_server.internal_port
+    return bool(internal) and internal != config.http_server.port
 
-    async def ws(request: web.Request) -> web.StreamResponse:
-        return await websocket_handler(request, node)
 
-    if not config.websocket.disabled:
-        app.router.add_get(config.websocket.handler_prefix, ws)
-    if not config.http_api.disabled:
+def _add_internal_routes(app: web.Application, node: Node, *, api: bool) -> None:
+    config = node.config
+    if api and not config.http_api.disabled:
         app.router.add_routes(ApiHandler(Executor(node), config.http_api).routes())
     if config.health.enabled:
         async def health(request: web.Request) -> web.Response:
@@ -58,6 +62,34 @@ def build_app(config: Config) -> web.Application:
             return web.Response(body=node.metrics.render(), content_type="text/plain", charset="utf-8")
 
         app.router.add_get(config.prometheus.handler_prefix, metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class Apps:
+    node: Node
+    external: web.Application
+    internal: web.Application | None  # None: everything is served by ``external``
+
+
+def build_apps(config: Config) -> Apps:
+    node = build_node(config)
+    client_max_size = max(config.websocket.message_size_limit, 1024**2)
+    app = web.Application(client_max_size=client_max_size)
+    app[NODE_KEY] = node
+
+    async def ws(request: web.Request) -> web.StreamResponse:
+        return await websocket_handler(request, node)
+
+    if not config.websocket.disabled:
+        app.router.add_get(config.websocket.handler_prefix, ws)
+    internal: web.Application | None = None
+    if _separate_internal(config):
+        internal = web.Application(client_max_size=client_max_size)
+        _add_internal_routes(internal, node, api=True)
+        if config.http_api.external and not config.http_api.disabled:
+            app.router.add_routes(ApiHandler(Executor(node), config.http_api).routes())
+    else:
+        _add_internal_routes(app, node, api=True)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await node.start()
@@ -72,12 +104,50 @@ def build_app(config: Config) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
-    return app
+    return Apps(node, app, internal)
+
+
+def build_app(config: Config) -> web.Application:
+    """The external application alone (tests and embedding)."""
+    return build_apps(config).external
+
+
+async def serve(config: Config, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set, then shut down gracefully within ``shutdown.timeout``."""
+    apps = build_apps(config)
+    timeout = config.shutdown.timeout
+    runners: list[web.AppRunner] = []
+    external = web.AppRunner(apps.external, access_log=None, shutdown_timeout=timeout, handle_signals=False)
+    await external.setup()
+    runners.append(external)
+    try:
+        host = config.http_server.address or None
+        await web.TCPSite(external, host, config.http_server.port).start()
+        if apps.internal is not None:
+            internal = web.AppRunner(apps.internal, access_log=None, shutdown_timeout=timeout, handle_signals=False)
+            await internal.setup()
+            runners.append(internal)
+            await web.TCPSite(internal, config.http_server.internal_address or None,
+                              config.http_server.internal_port).start()
+        logger.info("serving on %s:%d%s", host or "*", config.http_server.port,
+                    f" (internal :{config.http_server.internal_port})" if apps.internal is not None else "")
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        # The external runner first: its on_shutdown disconnects clients while the API can still answer.
+        for runner in runners:
+            await runner.cleanup()
 
 
 def run_server(config: Config) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully within ``shutdown.timeout``."""
-    host = config.http_server.address or None
-    logger.info("starting Fugato %s on %s:%d", VERSION_STRING, host or "*", config.http_server.port)
-    web.run_app(build_app(config), host=host, port=config.http_server.port, print=None,
-                shutdown_timeout=config.shutdown.timeout, access_log=None, handle_signals=True)
+    """Serve until SIGINT/SIGTERM."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    logger.info("starting Fugato %s", VERSION_STRING)
+    asyncio.run(main())
