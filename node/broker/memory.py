@@ -26,6 +26,7 @@ from node.models import (
 # only bounds memory held by channels nobody touches any more.
 SWEEP_INTERVAL: Final = 30.0
 DEFAULT_META_TTL: Final = 720 * 3600.0
+DEFAULT_PRESENCE_TTL: Final = 60.0
 
 
 def new_epoch() -> str:
@@ -157,20 +158,34 @@ class MemoryBroker(Broker):
 
 
 class MemoryPresenceManager(PresenceManager):
-    """Entries live until removed: in one process a connection's disconnect always removes its own."""
+    """Entries expire ``ttl`` seconds after they were last added, like the Redis engine's: a live connection
+    re-adds its own every ``client.presence_update_interval``, so only abandoned entries lapse."""
 
-    def __init__(self) -> None:
-        self._channels: dict[str, dict[str, ClientInfo]] = {}
+    def __init__(self, *, ttl: float = DEFAULT_PRESENCE_TTL) -> None:
+        self._ttl = ttl
+        self._channels: dict[str, dict[str, tuple[ClientInfo, float]]] = {}
+
+    def _live(self, channel: str) -> dict[str, tuple[ClientInfo, float]]:
+        entries = self._channels.get(channel)
+        if not entries:
+            return {}
+        now = time.monotonic()
+        expired = [cid for cid, (_, exp) in entries.items() if exp <= now]
+        for cid in expired:
+            del entries[cid]
+        if not entries:
+            del self._channels[channel]
+        return entries
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
-        return dict(self._channels.get(channel, {}))
+        return {cid: info for cid, (info, _) in self._live(channel).items()}
 
     async def presence_stats(self, channel: str) -> PresenceStats:
-        entries = self._channels.get(channel, {})
-        return PresenceStats(len(entries), len({info.user for info in entries.values()}))
+        entries = self._live(channel)
+        return PresenceStats(len(entries), len({info.user for info, _ in entries.values()}))
 
     async def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> None:
-        self._channels.setdefault(channel, {})[client_id] = info
+        self._channels.setdefault(channel, {})[client_id] = (info, time.monotonic() + self._ttl)
 
     async def remove_presence(self, channel: str, client_id: str, user_id: str) -> None:
         entries = self._channels.get(channel)

@@ -18,6 +18,7 @@ from node.broker.memory import MemoryBroker, MemoryPresenceManager
 from node.models import ClientInfo, HistoryOptions, Publication, PublishOptions, StreamPosition
 
 ENGINES = ["memory"]
+PRESENCE_TTL = 2.0  # engines are built with this presence TTL so that expiry can be observed
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Recorder(BrokerEventHandler):
 
 async def make_engine(name: str) -> Engine:
     if name == "memory":
-        return Engine(broker=MemoryBroker(), presence=MemoryPresenceManager())
+        return Engine(broker=MemoryBroker(), presence=MemoryPresenceManager(ttl=PRESENCE_TTL))
     raise AssertionError(f"unknown engine {name}")
 
 
@@ -199,3 +200,17 @@ async def test_presence(engine: Engine) -> None:
     stats = await presence.presence_stats("p")
     assert (stats.num_clients, stats.num_users) == (2, 1)
     assert await presence.presence("other") == {}
+
+
+async def test_presence_entries_expire_unless_refreshed(engine: Engine) -> None:
+    presence = engine.presence
+    await presence.add_presence("e", "stale", ClientInfo("stale", "u1"))
+    await presence.add_presence("e", "live", ClientInfo("live", "u2"))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PRESENCE_TTL * 1.5
+    while loop.time() < deadline:  # "live" is refreshed, as a connection's timer does; "stale" is not
+        await presence.add_presence("e", "live", ClientInfo("live", "u2"))
+        await asyncio.sleep(PRESENCE_TTL / 4)
+    assert set(await presence.presence("e")) == {"live"}
+    stats = await presence.presence_stats("e")
+    assert (stats.num_clients, stats.num_users) == (1, 1)
