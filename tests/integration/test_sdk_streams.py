@@ -134,7 +134,7 @@ async def test_python_recovers_missed_publications_after_reconnect(server: Serve
     assert (await py.wait("publication", ch)).ctx.pub.offset == 1
 
     await server.api_result("disconnect", {"user": user, "disconnect": RECONNECT})
-    going = await py.wait("connecting")
+    going = await py.wait_event(lambda e: e.kind == "connecting" and e.ctx.code != 0)
     assert (going.ctx.code, going.ctx.reason) == (4000, "reconnect")
     missed = await publish_many(server, ch, range(2, 7))
     assert [p["offset"] for p in missed] == [2, 3, 4, 5, 6]
@@ -166,7 +166,7 @@ async def test_js_recovers_missed_publications_after_reconnect(server: ServerPro
     assert (await js.wait("publication", channel=ch))["offset"] == 1
 
     await server.api_result("disconnect", {"user": user, "disconnect": RECONNECT})
-    going = await js.wait("connecting")
+    going = await js.wait_event(lambda e: e.get("event") == "connecting" and e["code"] != 0)
     assert (going["code"], going["reason"]) == (4000, "reconnect")
     missed = await publish_many(server, ch, range(2, 7))
     assert [p["offset"] for p in missed] == [2, 3, 4, 5, 6]
@@ -221,7 +221,8 @@ async def test_cache_recovery_mode_delivers_only_the_latest_publication(server_f
     assert (await py.wait("publication", ch)).ctx.pub.offset == 1
 
     await srv.api_result("disconnect", {"user": "cache-py", "disconnect": RECONNECT})
-    await py.wait("connecting")
+    going = await py.wait_event(lambda e: e.kind == "connecting" and e.ctx.code != 0)
+    assert going.ctx.code == 4000
     assert [p["offset"] for p in await publish_many(srv, ch, range(2, 5))] == [2, 3, 4]
     assert len(py.events("connected")) == 1, "reconnected before the publications were made: nothing to recover"
 
