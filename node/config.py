@@ -46,12 +46,57 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EngineConfig:
-    type: str = "memory"
+class RedisTlsConfig:
+    enabled: bool = False
+    insecure_skip_verify: bool = False
+    server_ca_pem: str = ""  # PEM text of the CA that signed the Redis servers' certificates
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisEngineConfig:
+    """Redis for the broker and presence. Each entry of ``address`` (or of ``cluster_address``) is one shard:
+    ``redis://host:port[/db]`` (``rediss://`` for TLS) for a standalone server, ``redis+cluster://h1:p1,h2:p2``
+    (or a ``cluster_address`` entry ``h1:p1,h2:p2``) for a Redis Cluster. Channels are spread over shards with
+    jump consistent hashing."""
+
+    address: tuple[str, ...] = ("redis://127.0.0.1:6379",)
+    cluster_address: tuple[str, ...] = ()
+    prefix: str = "centrifugo"
+    user: str = ""
+    password: str = ""
+    db: int = 0
+    connect_timeout: float = _dur(1.0)
+    io_timeout: float = _dur(4.0)
+    presence_ttl: float = _dur(60.0)
+    tls: RedisTlsConfig = RedisTlsConfig()
 
     def __post_init__(self) -> None:
-        if self.type != "memory":
-            raise ConfigError(f"engine.type: {self.type!r} is not supported yet (only \"memory\")")
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ConfigError("engine.redis.prefix must not contain braces (they are Redis Cluster hash tags)")
+        if not self.prefix:
+            raise ConfigError("engine.redis.prefix must not be empty")
+        for addr in (*self.address, *self.cluster_address):
+            if not addr:
+                raise ConfigError("engine.redis: empty address")
+        if self.presence_ttl <= 0:
+            raise ConfigError("engine.redis.presence_ttl must be positive")
+
+    @property
+    def shards(self) -> tuple[str, ...]:
+        """One address per shard; cluster_address entries become ``redis+cluster://`` URLs."""
+        if self.cluster_address:
+            return tuple(a if "://" in a else "redis+cluster://" + a for a in self.cluster_address)
+        return self.address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineConfig:
+    type: str = "memory"
+    redis: RedisEngineConfig = RedisEngineConfig()
+
+    def __post_init__(self) -> None:
+        if self.type not in ("memory", "redis"):
+            raise ConfigError(f"engine.type: {self.type!r} is not supported (\"memory\" or \"redis\")")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -525,6 +570,8 @@ def _convert(tp: Any, value: object, where: str, duration: bool, warnings: list[
         raise ConfigError(f"{where}: expected string, got {_describe(value)}")
     item = _tuple_item(tp)
     if item is not None:
+        if item is str and isinstance(value, str):
+            value = [value]  # Centrifugo also takes a single string where a list of strings is expected
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected array, got {_describe(value)}")
         out: list[object] = []

@@ -142,6 +142,9 @@ class Hub:
         del self._subs[channel]
         return True
 
+    def subscribers(self, channel: str) -> list[Client]:
+        return [sub.client for sub in self._subs.get(channel, {}).values()]
+
     def num_subscribers(self, channel: str) -> int:
         return len(self._subs.get(channel, ()))
 

@@ -16,6 +16,7 @@ from node import VERSION_STRING
 from node.broker.base import BrokerEventHandler, Engine
 from node.client import ChannelState
 from node.config import Config
+from node.control import Controller
 from node.errors import DISCONNECT_EXPIRED, DISCONNECT_SHUTDOWN, UNSUBSCRIBE_SERVER, Disconnect
 from node.hub import Hub
 from node.metrics import Metrics
@@ -52,12 +53,14 @@ def _ttl(expire_at: int) -> int:
 
 
 class Node(BrokerEventHandler):
-    def __init__(self, config: Config, engine: Engine, policy: Policy, metrics: Metrics) -> None:
+    def __init__(self, config: Config, engine: Engine, policy: Policy, metrics: Metrics, *,
+                 node_id: str = "") -> None:
         self.config = config
         self.engine = engine
         self.policy = policy
         self.metrics = metrics
-        self.id = str(uuid.uuid4())
+        self.id = node_id or str(uuid.uuid4())
+        self.controller = Controller(self)
         self.name = config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
         self.hub = Hub()
         self.started_at = time.time()
@@ -69,12 +72,14 @@ class Node(BrokerEventHandler):
     async def start(self) -> None:
         await self.engine.broker.start(self)
         await self.policy.verifier.start()
+        await self.controller.start()
 
     async def shutdown(self, timeout: float) -> None:
         """Disconnect every client with 3001 "shutdown" (they reconnect elsewhere), then close the engine."""
         await self.shutdown_clients(timeout)
         for task in list(self._tasks):
             task.cancel()
+        await self.controller.close()
         await self.policy.verifier.close()
         await self.engine.presence.close()
         await self.engine.broker.close()
@@ -220,7 +225,18 @@ class Node(BrokerEventHandler):
         self.hub.broadcast_leave(channel, info)
 
     def handle_control(self, data: bytes) -> None:
-        return None  # node-to-node control arrives with the Redis engine
+        self.controller.handle(data)
+
+    def handle_resubscribed(self, channels: list[str]) -> None:
+        # Publications sent while PUB/SUB was down never reached us: positioned subscribers whose position is
+        # now behind the stream are sent through recovery (insufficient state).
+        self._spawn(self._check_positions(channels))
+
+    async def _check_positions(self, channels: list[str]) -> None:
+        for channel in channels:
+            for client in self.hub.subscribers(channel):
+                if not await self.position_valid(client, channel):
+                    client.insufficient_state(channel)
 
     # --- server-side operations on users (API) ---------------------------------------------------------
 

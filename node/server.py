@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
@@ -19,8 +20,7 @@ from node import VERSION_STRING
 from node.api.executor import Executor
 from node.api.http import ApiHandler
 from node.auth.jwt import JWTVerifier
-from node.broker.base import Engine
-from node.broker.memory import MemoryBroker, MemoryPresenceManager
+from node.broker.factory import build_engine
 from node.config import Config
 from node.metrics import Metrics
 from node.node import Node
@@ -32,15 +32,12 @@ logger = logging.getLogger(__name__)
 NODE_KEY: Final = web.AppKey("node", Node)
 
 
-def build_engine(config: Config) -> Engine:
-    return Engine(broker=MemoryBroker(history_meta_ttl=config.channel.history_meta_ttl),
-                  presence=MemoryPresenceManager())
-
-
 def build_node(config: Config) -> Node:
     verifier = JWTVerifier(config.client.token, config.client.subscription_token,
                            skip_signature=config.client.insecure_skip_token_signature_verify)
-    return Node(config, build_engine(config), Policy(config, verifier), Metrics(VERSION_STRING))
+    node_id = str(uuid.uuid4())
+    return Node(config, build_engine(config, node_id), Policy(config, verifier), Metrics(VERSION_STRING),
+                node_id=node_id)
 
 
 def _separate_internal(config: Config) -> bool:
@@ -54,6 +51,8 @@ def _add_internal_routes(app: web.Application, node: Node, *, api: bool) -> None
         app.router.add_routes(ApiHandler(Executor(node), config.http_api).routes())
     if config.health.enabled:
         async def health(request: web.Request) -> web.Response:
+            if not node.engine.broker.healthy():
+                return web.json_response({"error": "engine unavailable"}, status=503)
             return web.json_response({})
 
         app.router.add_get(config.health.handler_prefix, health)

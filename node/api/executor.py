@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -23,7 +24,7 @@ from node.errors import (
     Disconnect,
     ReplyError,
 )
-from node.models import HistoryOptions, PublishOptions, StreamPosition
+from node.models import HistoryOptions, PublishOptions, StreamPosition, SubscribeOptions
 from node.node import Node
 from node.protocol import codec
 
@@ -119,6 +120,12 @@ class Executor:
             "history_remove": self.history_remove, "channels": self.channels, "info": self.info, "rpc": self.rpc,
             "batch": self.batch,
         }
+        controller = node.controller
+        controller.on_action("subscribe", self._local_subscribe)
+        controller.on_action("unsubscribe", self._local_unsubscribe)
+        controller.on_action("disconnect", self._local_disconnect)
+        controller.on_action("refresh", self._local_refresh)
+        controller.on_survey("channels", self._local_channels)
 
     async def call(self, method: str, params: Any) -> bytes:
         handler = self.methods.get(method)
@@ -184,42 +191,71 @@ class Executor:
         responses = await asyncio.gather(*(one(c) for c in channels))
         return b'{"responses":[' + b",".join(responses) + b"]}"
 
-    # --- acting on connections -------------------------------------------------------------------------
+    # --- acting on connections (on every node: applied here and broadcast as control commands) ------------
 
     async def subscribe(self, p: Params) -> bytes:
-        channel = _str(p, "channel", required=True)
-        opts = self.node.policy.server_subscribe_options(
-            channel, _override(p), expire_at=_int(p, "expire_at"), chan_info=_raw(p, "info"), data=_raw(p, "data"))
-        await self.node.subscribe_user(_str(p, "user"), channel, opts, client_id=_str(p, "client"))
+        _str(p, "channel", required=True)
+        self._subscribe_options(p)  # validate here: other nodes cannot report errors back
+        await self.node.controller.broadcast("subscribe", dict(p))
         return b"{}"
+
+    def _subscribe_options(self, p: Params) -> SubscribeOptions:
+        since_raw = p.get("recover_since")
+        since = None
+        if isinstance(since_raw, dict):
+            since = StreamPosition(_int(since_raw, "offset"), _str(since_raw, "epoch"))
+        opts = self.node.policy.server_subscribe_options(
+            _str(p, "channel"), _override(p), expire_at=_int(p, "expire_at"), chan_info=_raw(p, "info"),
+            data=_raw(p, "data"))
+        return dataclasses.replace(opts, recover_since=since) if since is not None else opts
+
+    async def _local_subscribe(self, p: Params) -> None:
+        await self.node.subscribe_user(_str(p, "user"), _str(p, "channel"), self._subscribe_options(p),
+                                       client_id=_str(p, "client"))
 
     async def unsubscribe(self, p: Params) -> bytes:
-        channel = _str(p, "channel", required=True)
-        await self.node.unsubscribe_user(_str(p, "user"), channel, client_id=_str(p, "client"))
+        _str(p, "channel", required=True)
+        await self.node.controller.broadcast("unsubscribe", dict(p))
         return b"{}"
 
+    async def _local_unsubscribe(self, p: Params) -> None:
+        await self.node.unsubscribe_user(_str(p, "user"), _str(p, "channel"), client_id=_str(p, "client"))
+
     async def disconnect(self, p: Params) -> bytes:
-        d = DISCONNECT_FORCE_NO_RECONNECT
-        raw = p.get("disconnect")
-        if raw is not None:
-            if not isinstance(raw, dict):
-                raise _bad()
-            code = _int(raw, "code")
-            if code:
-                reason = _str(raw, "reason")
-                if code < 3000 or code > 4999 or len(reason.encode()) > 123:
-                    raise _bad()
-                d = Disconnect(code, reason or "disconnect")
+        self._disconnect_of(p)
         whitelist = p.get("whitelist") or []
         if not isinstance(whitelist, list):
             raise _bad()
-        await self.node.disconnect_user(_str(p, "user"), d, client_id=_str(p, "client"), whitelist=whitelist)
+        await self.node.controller.broadcast("disconnect", dict(p))
         return b"{}"
 
+    def _disconnect_of(self, p: Params) -> Disconnect:
+        raw = p.get("disconnect")
+        if raw is None:
+            return DISCONNECT_FORCE_NO_RECONNECT
+        if not isinstance(raw, dict):
+            raise _bad()
+        code = _int(raw, "code")
+        if not code:
+            return DISCONNECT_FORCE_NO_RECONNECT
+        reason = _str(raw, "reason")
+        if code < 3000 or code > 4999 or len(reason.encode()) > 123:
+            raise _bad()
+        return Disconnect(code, reason or "disconnect")
+
+    async def _local_disconnect(self, p: Params) -> None:
+        await self.node.disconnect_user(_str(p, "user"), self._disconnect_of(p), client_id=_str(p, "client"),
+                                        whitelist=p.get("whitelist") or ())
+
     async def refresh(self, p: Params) -> bytes:
+        _bool(p, "expired")
+        _int(p, "expire_at")
+        await self.node.controller.broadcast("refresh", dict(p))
+        return b"{}"
+
+    async def _local_refresh(self, p: Params) -> None:
         await self.node.refresh_user(_str(p, "user"), client_id=_str(p, "client"), expired=_bool(p, "expired"),
                                      expire_at=_int(p, "expire_at"), info=_raw(p, "info"))
-        return b"{}"
 
     # --- reads -----------------------------------------------------------------------------------------
 
@@ -264,16 +300,19 @@ class Executor:
         return b"{}"
 
     async def channels(self, p: Params) -> bytes:
-        chans = self.node.channels(_str(p, "pattern"))
-        body = b",".join(b'%s:{"num_clients":%d}' % (codec.raw(ch), s.num_clients) for ch, s in chans.items())
+        counts: dict[str, int] = {}
+        for answer in await self.node.controller.survey("channels", {"pattern": _str(p, "pattern")}):
+            for ch, n in answer.items():
+                counts[ch] = counts.get(ch, 0) + n
+        body = b",".join(b'%s:{"num_clients":%d}' % (codec.raw(ch), n) for ch, n in counts.items())
         return b'{"channels":{' + body + b"}}"
 
+    async def _local_channels(self, p: Params) -> dict[str, int]:
+        return {ch: stat.num_clients for ch, stat in self.node.channels(_str(p, "pattern")).items()}
+
     async def info(self, p: Params) -> bytes:
-        n = self.node.info()
-        node = codec.raw({"uid": n.uid, "name": n.name, "version": n.version, "num_clients": n.num_clients,
-                          "num_users": n.num_users, "num_subs": n.num_subs, "num_channels": n.num_channels,
-                          "uptime": n.uptime})
-        return b'{"nodes":[' + node + b"]}"
+        nodes = [codec.raw(dataclasses.asdict(n)) for n in self.node.controller.nodes()]
+        return b'{"nodes":[' + b",".join(nodes) + b"]}"
 
     async def rpc(self, p: Params) -> bytes:
         _str(p, "method", required=True)

@@ -6,6 +6,8 @@ subscribers must be one atomic step per channel: offsets then arrive at every no
 
 from __future__ import annotations
 
+import random
+import string
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +33,9 @@ class BrokerEventHandler(Protocol):
     def handle_leave(self, channel: str, info: ClientInfo) -> None: ...
 
     def handle_control(self, data: bytes) -> None: ...
+
+    def handle_resubscribed(self, channels: list[str]) -> None:
+        """PUB/SUB for these channels was re-established after a failure: publications may have been missed."""
 
 
 class Broker(Protocol):
@@ -59,6 +64,9 @@ class Broker(Protocol):
 
     async def remove_history(self, channel: str) -> None: ...
 
+    def healthy(self) -> bool:
+        """False while PUB/SUB to some part of the engine is down (the node's /health reports it)."""
+
 
 class PresenceManager(Protocol):
     """Presence entries expire unless re-added within the presence TTL; a live connection re-adds its own."""
@@ -72,6 +80,11 @@ class PresenceManager(Protocol):
     async def remove_presence(self, channel: str, client_id: str, user_id: str) -> None: ...
 
     async def close(self) -> None: ...
+
+
+def new_epoch() -> str:
+    """A stream epoch: 8 random letters, as Centrifugo generates them."""
+    return "".join(random.choices(string.ascii_letters, k=8))
 
 
 @dataclass(frozen=True, slots=True)

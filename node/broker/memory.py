@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import random
-import string
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
-from node.broker.base import Broker, BrokerEventHandler, PresenceManager
+from node.broker.base import Broker, BrokerEventHandler, PresenceManager, new_epoch
 from node.models import (
     ClientInfo,
     HistoryOptions,
@@ -27,10 +25,6 @@ from node.models import (
 SWEEP_INTERVAL: Final = 30.0
 DEFAULT_META_TTL: Final = 720 * 3600.0
 DEFAULT_PRESENCE_TTL: Final = 60.0
-
-
-def new_epoch() -> str:
-    return "".join(random.choices(string.ascii_letters, k=8))
 
 
 @dataclass(slots=True)
@@ -150,6 +144,9 @@ class MemoryBroker(Broker):
         if opts.limit > 0:
             pubs = pubs[: opts.limit]
         return HistoryResult(tuple(pubs), position)
+
+    def healthy(self) -> bool:
+        return True
 
     async def remove_history(self, channel: str) -> None:
         stream = self._streams.get(channel)

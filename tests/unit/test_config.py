@@ -210,7 +210,7 @@ def test_v5_key_gets_hint(tmp_path: Path) -> None:
     ({"client": {"insecure": "maybe"}}, "client.insecure: expected boolean"),
     ({"client": {"ping_interval": "soon"}}, "client.ping_interval: invalid duration"),
     ({"client": {"token": {"hmac_secret_key": 5}}}, "client.token.hmac_secret_key: expected string"),
-    ({"client": {"allowed_origins": "*"}}, "client.allowed_origins: expected array"),
+    ({"client": {"allowed_origins": 5}}, "client.allowed_origins: expected array"),
     ({"client": {"allowed_origins": ["ok", 3]}}, r"client.allowed_origins\[1\]: expected string"),
     ({"client": 5}, "client: expected object"),
     ({"channel": {"namespaces": {"name": "x"}}}, "channel.namespaces: expected array"),
@@ -234,7 +234,7 @@ def test_wrong_types_name_the_key(tmp_path: Path, data: Any, message: str) -> No
     ({"client": {"ping_interval": "5s", "pong_timeout": "8s"}}, "ping_interval must be greater than"),
     ({"client": {"ping_interval": "8s"}}, "ping_interval must be greater than"),
     ({"log": {"level": "loud"}}, "log.level"),
-    ({"engine": {"type": "redis"}}, "engine.type"),
+    ({"engine": {"type": "tarantool"}}, "engine.type"),
     ({"http_api": {"error_mode": "weird"}}, "http_api.error_mode"),
     ({"client": {"token": {"audience_regex": "("}}}, "invalid regular expression"),
 ])
@@ -376,3 +376,11 @@ def test_dev_config_contents() -> None:
     assert namespaces["chat"].allow_publish_for_client
     assert namespaces["news"].allow_subscribe_for_client
     assert not namespaces["news"].allow_publish_for_client
+
+
+def test_a_single_string_is_accepted_for_a_list_of_strings(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"client": {"allowed_origins": "*"}, "engine": {"redis": {"address": "redis://h:1"}}}))
+    cfg = load(str(path), {}, {}).config
+    assert cfg.client.allowed_origins == ("*",)
+    assert cfg.engine.redis.address == ("redis://h:1",)

@@ -1,0 +1,100 @@
+"""The msgpack wire format between nodes (PUB/SUB messages and history entries).
+
+A channel message is a sequence of msgpack objects: ``VERSION``, a kind, then kind-specific fields. The Lua
+publish script writes the head (version, kind, offset, epoch) itself with ``cmsgpack`` and appends the body
+the node encoded, so offsets assigned atomically in Redis travel in the same message. A receiver that sees
+another version drops the message and logs it: mixed-version clusters are detected, never misparsed.
+
+Publication body (also the history entry): ``[data, info, tags, time_ms]`` where info is
+``[client, user, conn_info, chan_info]`` or nil. Publication message: version, PUB, offset, epoch, the body
+object, and for delta publishing the previous entry's offset and body object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from node.models import ClientInfo, Publication, StreamPosition
+
+VERSION: Final = 1
+PUB: Final = 0
+JOIN: Final = 1
+LEAVE: Final = 2
+
+
+class WireError(ValueError):
+    """A message this node cannot read (garbage, or another wire version)."""
+
+
+def encode_info(info: ClientInfo | None) -> Any:
+    if info is None:
+        return None
+    return [info.client, info.user, info.conn_info, info.chan_info]
+
+
+def decode_info(raw: Any) -> ClientInfo | None:
+    if raw is None:
+        return None
+    client, user, conn_info, chan_info = raw
+    return ClientInfo(client=client, user=user, conn_info=conn_info, chan_info=chan_info)
+
+
+def encode_body(data: bytes, info: ClientInfo | None, tags: Any, time_ms: int) -> bytes:
+    body: bytes = msgpack.packb([data, encode_info(info), dict(tags) if tags else None, time_ms], use_bin_type=True)
+    return body
+
+
+def decode_body(body: bytes | list[Any], offset: int = 0) -> Publication:
+    """A publication from its body, given as bytes (a history entry) or already unpacked (inside a message)."""
+    data, info, tags, time_ms = msgpack.unpackb(body, raw=False) if isinstance(body, bytes) else body
+    return Publication(data=data, offset=offset, info=decode_info(info), tags=tags, time_ms=time_ms)
+
+
+def encode_publication_message(body: bytes) -> bytes:
+    """A message for a publication that keeps no history (offset 0, no epoch); the Lua script builds the others."""
+    return b"".join(msgpack.packb(x, use_bin_type=True) for x in (VERSION, PUB, 0, "")) + body
+
+
+def encode_join_leave(kind: int, info: ClientInfo) -> bytes:
+    return b"".join(msgpack.packb(x, use_bin_type=True) for x in (VERSION, kind, encode_info(info)))
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    kind: int
+    publication: Publication | None = None
+    position: StreamPosition = StreamPosition()
+    info: ClientInfo | None = None
+
+
+def decode(message: bytes) -> Message:
+    """Decode one channel message; raises WireError on anything unexpected."""
+    try:
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(message)
+        items: Iterator[Any] = iter(unpacker)
+        version = next(items)
+        if version != VERSION:
+            raise WireError(f"wire version {version!r}, this node speaks {VERSION}")
+        kind = next(items)
+        if kind == PUB:
+            offset, epoch, body = next(items), next(items), next(items)
+            pub = decode_body(body, offset)
+            prev_offset = next(items, None)
+            if prev_offset is not None:
+                prev_body = next(items)
+                prev = decode_body(prev_body).data if offset and prev_offset == offset - 1 else None
+                pub = Publication(data=pub.data, offset=pub.offset, info=pub.info, tags=pub.tags,
+                                  time_ms=pub.time_ms, delta=True, prev_data=prev)
+            return Message(PUB, publication=pub, position=StreamPosition(offset, epoch))
+        if kind in (JOIN, LEAVE):
+            return Message(kind, info=decode_info(next(items)))
+    except WireError:
+        raise
+    except (ValueError, TypeError, StopIteration, msgpack.UnpackException) as e:
+        raise WireError(f"undecodable message: {e}") from None
+    raise WireError(f"unknown message kind {kind!r}")
