@@ -8,10 +8,23 @@
 * ``js_factory`` / ``js_client``: centrifuge-js drivers (``JsClient``), closed at teardown.
 * ``py_factory`` / ``py_client``: centrifuge-python clients (``PyClient``), disconnected at teardown.
 * ``cent_client``: a ``cent.AsyncClient`` for ``server``.
+
+Real Redis servers (``redis_servers.py``; need ``redis-server``/``redis-cli`` >= 7 on PATH), started on first use
+on free loopback ports and stopped at the end of the session:
+
+* ``redis_standalone``: one ``RedisStandalone`` (``.url``, ``.address``, ``.port``).
+* ``redis_shards``: two more ``RedisStandalone``, for a 2-shard setup.
+* ``redis_cluster``: a shared 6-node ``RedisCluster`` (3 masters + 3 replicas); don't kill or reconfigure it.
+* ``redis_cluster_factory``: ``redis_cluster_factory(**kw)`` starts a private ``RedisCluster`` for destructive
+  tests (failover), stopped at test teardown.
+* ``redis_prefix``: a unique key/channel prefix per test (``"fgt" + 8 hex``) so tests sharing a server don't
+  collide.
 """
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +33,7 @@ import cent
 import pytest
 from harness import JsFactory, PyClient, PyFactory, ServerFactory, ServerProcess
 from jsclient import JsClient
+from redis_servers import RedisCluster, RedisClusterFactory, RedisStandalone
 
 
 @pytest.fixture
@@ -90,3 +104,44 @@ async def py_client(server: ServerProcess, py_factory: PyFactory) -> PyClient:
 async def cent_client(server: ServerProcess) -> AsyncIterator[cent.AsyncClient]:
     async with server.cent() as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def redis_standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisStandalone]:
+    server = RedisStandalone(tmp_path_factory.mktemp("redis-standalone")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisStandalone, RedisStandalone]]:
+    with contextlib.ExitStack() as stack:
+        shards = tuple(stack.enter_context(RedisStandalone(tmp_path_factory.mktemp(f"redis-shard{i}")))
+                       for i in range(2))
+        yield shards[0], shards[1]
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterFactory]:
+    clusters: list[RedisCluster] = []
+
+    def make(*, ports: list[int] | None = None, replicas: int = 1, node_timeout_ms: int = 2000) -> RedisCluster:
+        cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster-private"), ports, replicas, node_timeout_ms)
+        clusters.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return "fgt" + uuid.uuid4().hex[:8]

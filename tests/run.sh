@@ -17,6 +17,24 @@ if ! command -v node >/dev/null 2>&1; then
 fi
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 
+# The Redis engine tests start their own redis-server/redis-cli (>= 7) processes on free loopback ports.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing redis-server and redis-cli (apt-get)" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "redis-server and redis-cli (>= 7) are required for the Redis tests; install them, e.g." \
+      "'sudo apt-get install -y redis-server' (Debian/Ubuntu) or 'brew install redis' (macOS)" >&2
+    exit 1
+  fi
+fi
+redis_version=$(redis-server --version | sed -n 's/.* v=\([0-9]*\)\..*/\1/p')
+if [ "${redis_version:-0}" -lt 7 ]; then
+  echo "redis-server >= 7 is required for the Redis tests (found: $(redis-server --version))" >&2
+  exit 1
+fi
+
 .venv/bin/ruff check node tests loadtest
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

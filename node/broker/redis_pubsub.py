@@ -359,10 +359,8 @@ class ClusterPubSub(_Base):
             if conn is None or conn.closed:
                 continue
             futures = [conn.unsubscribe("SUNSUBSCRIBE", chs) for chs in slots.values()]
-            try:
+            with contextlib.suppress(PubSubError):  # a failed connection has nothing subscribed any more
                 await asyncio.gather(*futures)
-            except PubSubError:
-                pass  # the connection failed: nothing is subscribed there any more
 
     def _lost(self, conn: PubSubConnection) -> None:
         if self._closing:
