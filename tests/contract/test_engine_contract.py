@@ -7,6 +7,7 @@ engines join the list when they exist. A recording handler stands in for the nod
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -15,9 +16,12 @@ from harness import wait_until
 
 from node.broker.base import BrokerEventHandler, Engine
 from node.broker.memory import MemoryBroker, MemoryPresenceManager
+from node.broker.redis import RedisBroker
+from node.broker.redis_presence import RedisPresenceManager
+from node.config import RedisEngineConfig
 from node.models import ClientInfo, HistoryOptions, Publication, PublishOptions, StreamPosition
 
-ENGINES = ["memory"]
+ENGINES = ["memory", "redis", "redis_cluster", "redis_2shards"]
 PRESENCE_TTL = 2.0  # engines are built with this presence TTL so that expiry can be observed
 
 
@@ -40,15 +44,26 @@ class Recorder(BrokerEventHandler):
         return None
 
 
-async def make_engine(name: str) -> Engine:
+def redis_addresses(name: str, request: pytest.FixtureRequest) -> tuple[str, ...]:
+    if name == "redis":
+        return (request.getfixturevalue("redis_standalone").url,)
+    if name == "redis_cluster":
+        return (request.getfixturevalue("redis_cluster").url,)
+    shards = request.getfixturevalue("redis_shards")
+    return tuple(s.url for s in shards)
+
+
+async def make_engine(name: str, request: pytest.FixtureRequest) -> Engine:
     if name == "memory":
         return Engine(broker=MemoryBroker(), presence=MemoryPresenceManager(ttl=PRESENCE_TTL))
-    raise AssertionError(f"unknown engine {name}")
+    cfg = RedisEngineConfig(address=redis_addresses(name, request), prefix=request.getfixturevalue("redis_prefix"))
+    broker = RedisBroker(cfg, node_id=uuid.uuid4().hex)
+    return Engine(broker=broker, presence=RedisPresenceManager(broker, ttl=PRESENCE_TTL))
 
 
 @pytest.fixture(params=ENGINES)
 async def engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
-    engine = await make_engine(request.param)
+    engine = await make_engine(request.param, request)
     yield engine
     await engine.broker.close()
     await engine.presence.close()
@@ -183,7 +198,7 @@ async def test_join_leave_reach_handler(engine: Engine, recorder: Recorder) -> N
     assert recorder.joins == [("j", info)] and recorder.leaves == [("j", info)]
 
 
-async def test_presence(engine: Engine) -> None:
+async def test_presence(engine: Engine, recorder: Recorder) -> None:
     presence = engine.presence
     assert await presence.presence("p") == {}
     assert (await presence.presence_stats("p")).num_clients == 0
@@ -202,7 +217,7 @@ async def test_presence(engine: Engine) -> None:
     assert await presence.presence("other") == {}
 
 
-async def test_presence_entries_expire_unless_refreshed(engine: Engine) -> None:
+async def test_presence_entries_expire_unless_refreshed(engine: Engine, recorder: Recorder) -> None:
     presence = engine.presence
     await presence.add_presence("e", "stale", ClientInfo("stale", "u1"))
     await presence.add_presence("e", "live", ClientInfo("live", "u2"))
