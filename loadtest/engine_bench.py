@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 from node.broker.base import Broker, BrokerEventHandler
@@ -66,10 +66,8 @@ async def run(broker: Broker, messages: int, concurrency: int, channels: int) ->
 
     started = time.perf_counter()
     await asyncio.gather(*(publisher() for _ in range(concurrency)))
-    try:
+    with suppress(TimeoutError):
         await asyncio.wait_for(counter.done.wait(), 30)
-    except TimeoutError:
-        pass
     elapsed = time.perf_counter() - started
     await broker.close()
     return messages / elapsed, counter.delivered

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 # Absorbs subscribe/unsubscribe churn: the broker unsubscribe of an emptied channel waits this long.
 LAZY_UNSUBSCRIBE_DELAY: Final = 1.0
+# A subscriber behind the stream top may only have publications in flight: it is given this long to catch up.
+POSITION_GRACE: Final = 1.0
 
 
 def _ttl(expire_at: int) -> int:
@@ -154,15 +156,21 @@ class Node(BrokerEventHandler):
         return start
 
     async def position_valid(self, client: Client, channel: str) -> bool:
-        """Whether a positioned subscriber is still at the stream's top (it has missed nothing)."""
-        position = self.hub.position(channel, client)
-        if position is None:
+        """Whether a positioned subscriber has missed nothing: not behind the stream top (once publications in
+        flight had time to arrive) and not ahead of it (the stream lost publications, e.g. in a failover)."""
+        before = self.hub.position(channel, client)
+        if before is None:
             return True
         state = client.channels.get(channel)
         meta_ttl = state.opts.history_meta_ttl if state is not None else 0.0
         top = (await self.engine.broker.history(channel, HistoryOptions(limit=0, history_meta_ttl=meta_ttl))).position
-        current = self.hub.position(channel, client)  # publications may have arrived while reading
-        return current is not None and current.epoch == top.epoch and current.offset >= top.offset
+        if before.epoch != top.epoch or before.offset > top.offset:
+            return False
+        if before.offset == top.offset:
+            return True
+        await asyncio.sleep(POSITION_GRACE)
+        after = self.hub.position(channel, client)
+        return after is not None and after.epoch == top.epoch and after.offset >= top.offset
 
     def start_delivery(self, client: Client, channel: str, start: StreamStart | None) -> None:
         """Synchronous: release what arrived while subscribing, then deliver live."""
@@ -233,9 +241,27 @@ class Node(BrokerEventHandler):
         self._spawn(self._check_positions(channels))
 
     async def _check_positions(self, channels: list[str]) -> None:
-        for channel in channels:
-            for client in self.hub.subscribers(channel):
-                if not await self.position_valid(client, channel):
+        await asyncio.gather(*(self._check_channel(ch) for ch in channels), return_exceptions=True)
+
+    async def _check_channel(self, channel: str) -> None:
+        """One stream read for all local subscribers of the channel; see ``position_valid``."""
+        positions = [(c, self.hub.position(channel, c)) for c in self.hub.subscribers(channel)]
+        positioned = [(c, p) for c, p in positions if p is not None]
+        if not positioned:
+            return
+        meta_ttl = self.policy.namespace(channel).history_meta_ttl
+        top = (await self.engine.broker.history(channel, HistoryOptions(limit=0, history_meta_ttl=meta_ttl))).position
+        behind = []
+        for client, pos in positioned:
+            if pos.epoch != top.epoch or pos.offset > top.offset:
+                client.insufficient_state(channel)
+            elif pos.offset < top.offset:
+                behind.append(client)
+        if behind:
+            await asyncio.sleep(POSITION_GRACE)
+            for client in behind:
+                after = self.hub.position(channel, client)
+                if after is not None and (after.epoch != top.epoch or after.offset < top.offset):
                     client.insufficient_state(channel)
 
     # --- server-side operations on users (API) ---------------------------------------------------------

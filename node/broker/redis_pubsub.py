@@ -30,7 +30,7 @@ ResyncHandler = Callable[[list[bytes]], None]  # channels re-subscribed after me
 
 SUBSCRIBE_BATCH: Final = 512
 RETRY_DELAY: Final = 0.25
-MAX_RETRY_DELAY: Final = 2.0
+MAX_RETRY_DELAY: Final = 1.0
 
 
 def _encode(args: Iterable[bytes | str | int]) -> bytes:
