@@ -89,7 +89,7 @@ def main() -> int:
 
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             if not redis_url:
-                redis_url = stack.enter_context(RedisStandalone(tmp / "standalone").start()).url
+                redis_url = stack.enter_context(RedisStandalone(tmp / "standalone")).url
             if not cluster_url:
                 cluster = RedisCluster(tmp / "cluster").start()
                 stack.callback(cluster.stop)

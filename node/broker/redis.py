@@ -118,7 +118,7 @@ class RedisBroker(Broker):
         body = wire.encode_body(data, opts.client_info, opts.tags, int(time.time() * 1000))
         history = opts.history_size > 0 and opts.history_ttl > 0
         result_ttl = int(opts.idempotent_result_ttl) if opts.idempotency_key else 0
-        top, epoch, suppressed = await shard.script(
+        top, epoch, suppressed = await shard.script_batched(
             "publish",
             [self.keys.stream(channel), self.keys.meta(channel), self.keys.result(channel, opts.idempotency_key)],
             [body, opts.history_size if history else 0, max(int(opts.history_ttl), 1),

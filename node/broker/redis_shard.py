@@ -3,7 +3,9 @@ PUB/SUB connections and the Lua scripts, with Redis key names for channels."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import Awaitable
 from importlib import resources
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -11,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from node.broker.redis_pubsub import ClusterPubSub, ConnectOptions, MessageHandler, ResyncHandler, StandalonePubSub
 from node.broker.sharding import fnv1a64
@@ -107,6 +110,8 @@ class RedisShard:
         self.publish_command = "spublish" if self.cluster else "publish"
         self.scripts: dict[str, AsyncScript] = {n: self.client.register_script(_lua(n)) for n in SCRIPTS}
         self.address = url
+        self._batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._batch_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if isinstance(self.client, RedisCluster):
@@ -121,6 +126,57 @@ class RedisShard:
 
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self.scripts[name](keys=keys, args=args)
+
+    def script_batched(self, name: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Like ``script``, but calls made in the same event-loop tick share one pipeline (one round trip per
+        Redis server), which is what makes many concurrent publishes cheap."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batch.append((name, keys, args, fut))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_batch)
+        return fut
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
+
+    async def _run_batch(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        if len(batch) == 1:
+            name, keys, args, fut = batch[0]
+            await self._settle(fut, self.script(name, keys, args))
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for name, keys, args, _ in batch:
+                pipe.execute_command("EVALSHA", self.scripts[name].sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as e:  # noqa: BLE001 - the whole pipeline failed: every caller gets the error
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        for (name, keys, args, fut), result in zip(batch, results, strict=True):
+            if isinstance(result, NoScriptError):
+                # A promoted replica or a flushed script cache: the Script object loads it and retries.
+                await self._settle(fut, self.script(name, keys, args))
+            elif isinstance(result, Exception):
+                if not fut.done():
+                    fut.set_exception(result)
+            elif not fut.done():
+                fut.set_result(result)
+
+    @staticmethod
+    async def _settle(fut: asyncio.Future[Any], call: Awaitable[Any]) -> None:
+        try:
+            result = await call
+        except Exception as e:  # noqa: BLE001 - handed to the caller
+            if not fut.done():
+                fut.set_exception(e)
+            return
+        if not fut.done():
+            fut.set_result(result)
 
 
 def _host_port(hostport: str) -> tuple[str, int]:
