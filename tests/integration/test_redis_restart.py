@@ -1,0 +1,44 @@
+"""A standalone Redis restarts under a node: /health reports the outage, publishes fail visibly, and delivery
+resumes (subscribers recover what they missed) once Redis is back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from harness import PyFactory, ServerFactory, unique_channel, wait_until
+from redis_servers import RedisStandalone
+from test_redis_nodes import redis_engine
+
+
+async def test_redis_restart(server_factory: ServerFactory, py_factory: PyFactory, redis_prefix: str,
+                             tmp_path: Path) -> None:
+    redis = await asyncio.to_thread(RedisStandalone(tmp_path / "redis").start)
+    try:
+        node = await server_factory(redis_engine(redis.url, redis_prefix) | {"client": {"ping_interval": "25s"}})
+        ch = unique_channel("feed:")
+        py = await py_factory(node, "watcher")
+        await py.subscribe(ch)
+        await node.api_result("publish", {"channel": ch, "data": 1})
+        assert (await py.wait("publication", ch)).ctx.pub.data == 1
+
+        async def health_is(status: int) -> bool:
+            return (await node.http("GET", "/health"))[0] == status
+
+        await asyncio.to_thread(redis.stop)
+        await wait_until(lambda: health_is(503), timeout=10, what="/health reports the engine down")
+        reply = await node.api("publish", {"channel": ch, "data": "lost?"})
+        assert reply["error"]["code"] == 100, "a publish that cannot be stored is an error for the caller"
+
+        await asyncio.to_thread(redis.start)
+        await wait_until(lambda: health_is(200), timeout=15, what="/health reports the engine back")
+        # The stream is gone with the restarted (non-persistent) Redis: a new epoch starts. The node sends the
+        # subscriber through recovery, which cannot continue the old epoch (recovered false: the app reloads).
+        resubscribed = await py.wait("subscribed", ch, timeout=15)
+        assert resubscribed.ctx.was_recovering and not resubscribed.ctx.recovered
+        await node.api_result("publish", {"channel": ch, "data": 2})
+        event = await py.wait_event(lambda e: e.kind == "publication" and e.ctx.pub.data == 2, timeout=15)
+        assert event.ctx.pub.offset == 1
+    finally:
+        await asyncio.to_thread(redis.stop)
+
