@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import sys
 import time
 import uuid
@@ -22,6 +23,8 @@ from typing import Any, Final
 import node
 from node.config import Config, LoadResult, format_duration, known_keys, load
 from node.errors import ConfigError
+from node.supervise import parse_workers
+from node.supervise import run as supervise
 
 DEFAULT_CONFIG: Final = "config.json"
 DEFAULT_TOKEN_TTL: Final = 7 * 24 * 3600  # one week, like Centrifugo's gentoken
@@ -114,12 +117,42 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
         overrides["http_server.address"] = args.address
     if args.log_level is not None:
         overrides["log.level"] = args.log_level
-    result = _load(_config_path(args.config, required=False), overrides)
+    path = _config_path(args.config, required=False)
+    result = _load(path, overrides)
+    try:
+        workers = parse_workers(args.workers)
+    except ValueError as e:
+        return _err(f"--workers: {e}")
+    if workers > 1 and args.worker_index is None:
+        if result.config.engine.type == "memory":
+            return _err("--workers > 1 needs engine.type \"redis\": the memory engine cannot span processes "
+                        "(each worker is its own node); use --workers 1 or configure Redis")
+        serve_args = [*(["--config", os.path.abspath(path)] if path else []), *_passthrough(args, extra)]
+        return supervise(workers, serve_args, result.config.shutdown.timeout + 5)
+    if args.worker_index is not None:
+        host = socket.gethostname()
+        overrides.setdefault("node.name", result.config.node.name or f"{host}-{args.worker_index}")
+        result = load(path, os.environ, overrides)
     configure_logging(result.config)
     from node.server import run_server  # noqa: PLC0415  # lazy: the other commands must not need aiohttp
 
-    run_server(result.config)
+    def reload() -> Config:
+        return load(path, os.environ, overrides).config
+
+    run_server(result.config, reuse_port=args.worker_index is not None, reload=reload)
     return 0
+
+
+def _passthrough(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
+    """The serve flags every worker gets again (all but --workers)."""
+    out = list(extra)
+    if args.port is not None:
+        out += ["--port", str(args.port)]
+    if args.address is not None:
+        out += ["--address", args.address]
+    if args.log_level is not None:
+        out += ["--log-level", args.log_level]
+    return out
 
 
 def _genconfig_text(path: str) -> str:
@@ -238,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("-p", "--port", type=int, help="http_server.port")
     serve.add_argument("-a", "--address", "--host", dest="address", help="http_server.address")
     serve.add_argument("--log-level", "--log_level", dest="log_level", help="log.level")
+    serve.add_argument("--workers", default="1",
+                       help="worker processes on the same port: a number or 'auto' (CPUs, honouring a cgroup limit);"
+                            " more than one runs them under supervisord and needs the Redis engine")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by supervisord for each worker
 
     gen = sub.add_parser("genconfig", help="write a minimal config with random secrets")
     gen.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="file to write (default: config.json)")

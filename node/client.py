@@ -65,6 +65,7 @@ class Client:
         "_next_tick",
         "_out",
         "_out_size",
+        "_ping_sent",
         "_pong_deadline",
         "_positions_checked",
         "_stale_deadline",
@@ -108,6 +109,7 @@ class Client:
         self._stale_deadline = now + node.config.client.stale_close_delay
         self._next_ping = 0.0
         self._pong_deadline = 0.0
+        self._ping_sent = 0.0
         self._next_tick = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._schedule_timer()
@@ -182,6 +184,7 @@ class Client:
             await self.close(DISCONNECT_BAD_REQUEST)
             return False
         self._pong_deadline = 0.0
+        self.node.metrics.ping_pong(self.transport.name, self._loop.time() - self._ping_sent)
         return True
 
     # --- lifecycle hooks used by commands ---------------------------------------------------------------
@@ -278,6 +281,7 @@ class Client:
                 return
             if now >= self._next_ping:
                 self.enqueue(codec.PING_BIDI)
+                self._ping_sent = now
                 self._next_ping = now + cfg.ping_interval
                 if cfg.pong_timeout > 0 and not self.unidirectional and not self._pong_deadline:
                     self._pong_deadline = now + cfg.pong_timeout

@@ -1,40 +1,69 @@
-"""Prometheus collectors, named after Centrifugo's catalogue (spec §5.5). Labels never carry channel names."""
+"""Prometheus collectors, named after Centrifugo's catalogue (spec §5.5). Labels never carry channel names.
+
+Counters get the ``_total`` suffix in the exposition and durations are histograms. With several workers
+(``PROMETHEUS_MULTIPROC_DIR`` set by ``fugato serve --workers``) every worker writes its values to shared files
+and any worker's ``/metrics`` shows the sum over the live workers.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 NAMESPACE: Final = "centrifugo"
+MULTIPROCESS: Final = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+# Per-event latencies of a real-time server are small: finer buckets than prometheus_client's defaults.
+FAST_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                       5.0)
 
 
 class Metrics:
-    """One registry per node so that several nodes (tests) can live in one process."""
+    """One registry per node, so that several nodes (tests) can live in one process."""
 
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ns = NAMESPACE
         self._reply_errors = Counter("client_num_reply_errors", "Client reply errors by method and code.",
-                                     ["method", "code"], namespace=NAMESPACE, registry=r)
+                                     ["method", "code"], namespace=ns, registry=r)
         self._command_duration = Histogram("client_command_duration_seconds", "Client command duration.",
-                                           ["method"], namespace=NAMESPACE, registry=r)
+                                           ["method"], namespace=ns, registry=r, buckets=FAST_BUCKETS)
         self._disconnects = Counter("client_num_server_disconnects", "Server-initiated disconnects by code.",
-                                    ["code"], namespace=NAMESPACE, registry=r)
-        self._api_duration = Histogram("api_command_duration_seconds", "Server API command duration.",
-                                       ["protocol", "method"], namespace=NAMESPACE, registry=r)
-        self._api_errors = Counter("api_command_errors", "Server API command errors.", ["protocol", "method", "code"],
-                                   namespace=NAMESPACE, registry=r)
-        self._published = Counter("node_messages_sent_count", "Messages published by this node.", ["type"],
-                                  namespace=NAMESPACE, registry=r)
+                                    ["code"], namespace=ns, registry=r)
         self._recover = Counter("client_recover", "Subscribe recoveries by outcome.", ["recovered"],
-                                namespace=NAMESPACE, registry=r)
-        self.clients = Gauge("node_num_clients", "Connected clients.", namespace=NAMESPACE, registry=r)
-        self.users = Gauge("node_num_users", "Unique users connected.", namespace=NAMESPACE, registry=r)
-        self.subscriptions = Gauge("node_num_subscriptions", "Subscriptions.", namespace=NAMESPACE, registry=r)
-        self.channels = Gauge("node_num_channels", "Channels with local subscribers.", namespace=NAMESPACE,
-                              registry=r)
-        build = Gauge("node_build", "Build information.", ["version"], namespace=NAMESPACE, registry=r)
+                                namespace=ns, registry=r)
+        self._ping_pong = Histogram("client_ping_pong_duration_seconds", "Time from a server ping to the pong.",
+                                    ["transport"], namespace=ns, registry=r, buckets=FAST_BUCKETS)
+        self._api_duration = Histogram("api_command_duration_seconds", "Server API command duration.",
+                                       ["protocol", "method"], namespace=ns, registry=r, buckets=FAST_BUCKETS)
+        self._api_errors = Counter("api_command_errors", "Server API command errors.", ["protocol", "method", "code"],
+                                   namespace=ns, registry=r)
+        self._sent = Counter("node_messages_sent_count", "Messages this node sent to the broker, by type.", ["type"],
+                             namespace=ns, registry=r)
+        received = Counter("node_messages_received_count", "Messages this node received from the broker, by type.",
+                           ["type"], namespace=ns, registry=r)
+        self.received_publication = received.labels("publication")
+        self.received_join = received.labels("join")
+        self.received_leave = received.labels("leave")
+        self.received_control = received.labels("control")
+        self.broadcast_duration = Histogram("node_broadcast_duration_seconds",
+                                            "Time to fan a publication out to local subscribers.", namespace=ns,
+                                            registry=r, buckets=FAST_BUCKETS)
+        self.pub_sub_lag = Histogram("node_pub_sub_lag_seconds", "Publication time to arrival at this node.",
+                                     namespace=ns, registry=r, buckets=FAST_BUCKETS)
+        # In multiprocess mode gauges add up over live workers; a dead worker's values vanish with it.
+        self.clients = Gauge("node_num_clients", "Connected clients.", namespace=ns, registry=r,
+                             multiprocess_mode="livesum")
+        self.users = Gauge("node_num_users", "Unique users connected.", namespace=ns, registry=r,
+                           multiprocess_mode="livesum")
+        self.subscriptions = Gauge("node_num_subscriptions", "Subscriptions.", namespace=ns, registry=r,
+                                   multiprocess_mode="livesum")
+        self.channels = Gauge("node_num_channels", "Channels with local subscribers.", namespace=ns, registry=r,
+                              multiprocess_mode="livesum")
+        build = Gauge("node_build", "Build information.", ["version"], namespace=ns, registry=r,
+                      multiprocess_mode="livemax")
         build.labels(version=version).set(1)
 
     def reply_error(self, method: str, code: int) -> None:
@@ -46,6 +75,9 @@ class Metrics:
     def disconnect(self, code: int) -> None:
         self._disconnects.labels(str(code)).inc()
 
+    def ping_pong(self, transport: str, seconds: float) -> None:
+        self._ping_pong.labels(transport).observe(seconds)
+
     def api_command(self, method: str, seconds: float, error_code: int = 0) -> None:
         self._api_duration.labels("http", method).observe(seconds)
         if error_code:
@@ -55,7 +87,11 @@ class Metrics:
         self._recover.labels("yes" if recovered else "no").inc()
 
     def published(self, kind: str) -> None:
-        self._published.labels(kind).inc()
+        self._sent.labels(kind).inc()
 
     def render(self) -> bytes:
+        if MULTIPROCESS:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)

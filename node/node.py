@@ -4,6 +4,7 @@ broker's event handler (every publication, including our own clients', reaches t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import logging
 import socket
@@ -13,9 +14,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 from node import VERSION_STRING
+from node.auth.jwt import JWTVerifier
 from node.broker.base import BrokerEventHandler, Engine
 from node.client import ChannelState
-from node.config import Config
+from node.config import ChannelConfig, Config, TokenConfig
 from node.control import Controller
 from node.errors import DISCONNECT_EXPIRED, DISCONNECT_SHUTDOWN, UNSUBSCRIBE_SERVER, Disconnect
 from node.hub import Hub
@@ -95,6 +97,16 @@ class Node(BrokerEventHandler):
                 await asyncio.wait_for(done, timeout)
             except TimeoutError:
                 logger.warning("shutdown: %d clients did not close within %.1fs", len(clients), timeout)
+
+    async def reload(self, channel: ChannelConfig, token: TokenConfig, subscription_token: TokenConfig,
+                     verifier: JWTVerifier) -> None:
+        """Swap in new channel options and token verification (SIGHUP); connections stay as they are."""
+        client = dataclasses.replace(self.config.client, token=token, subscription_token=subscription_token)
+        self.config = dataclasses.replace(self.config, channel=channel, client=client)
+        old = self.policy.verifier
+        await verifier.start()
+        self.policy = Policy(self.config, verifier)
+        await old.close()
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -186,6 +198,7 @@ class Node(BrokerEventHandler):
             await self.engine.presence.add_presence(channel, client.id, state.info)
         if opts.emit_join_leave:
             await self.engine.broker.publish_join(channel, state.info)
+            self.metrics.published("join")
 
     async def remove_subscription(self, client: Client, channel: str) -> None:
         state = client.channels.pop(channel, None)
@@ -199,6 +212,7 @@ class Node(BrokerEventHandler):
             await self.engine.presence.remove_presence(channel, client.id, client.user)
         if state.opts.emit_join_leave:
             await self.engine.broker.publish_leave(channel, state.info)
+            self.metrics.published("leave")
 
     def _maybe_unsubscribe(self, channel: str) -> None:
         if self.hub.num_subscribers(channel) == 0 and channel in self._broker_channels:
@@ -224,15 +238,24 @@ class Node(BrokerEventHandler):
     # --- BrokerEventHandler (hot path: synchronous) ----------------------------------------------------
 
     def handle_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
+        metrics = self.metrics
+        metrics.received_publication.inc()
+        started = time.perf_counter()
+        if pub.time_ms:
+            metrics.pub_sub_lag.observe(max(time.time() - pub.time_ms / 1000, 0.0))
         self.hub.broadcast_publication(channel, pub, sp)
+        metrics.broadcast_duration.observe(time.perf_counter() - started)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
+        self.metrics.received_join.inc()
         self.hub.broadcast_join(channel, info)
 
     def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        self.metrics.received_leave.inc()
         self.hub.broadcast_leave(channel, info)
 
     def handle_control(self, data: bytes) -> None:
+        self.metrics.received_control.inc()
         self.controller.handle(data)
 
     def handle_resubscribed(self, channels: list[str]) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -22,6 +22,7 @@ from node.api.http import ApiHandler
 from node.auth.jwt import JWTVerifier
 from node.broker.factory import build_engine
 from node.config import Config
+from node.errors import NodeError
 from node.metrics import Metrics
 from node.node import Node
 from node.policy import Policy
@@ -111,24 +112,28 @@ def build_app(config: Config) -> web.Application:
     return build_apps(config).external
 
 
-async def serve(config: Config, stop: asyncio.Event) -> None:
+async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False,
+                reload: Callable[[], Config] | None = None) -> None:
     """Serve until ``stop`` is set, then shut down gracefully within ``shutdown.timeout``."""
     apps = build_apps(config)
     timeout = config.shutdown.timeout
+    loop = asyncio.get_running_loop()
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(apps.node, reload)))
     runners: list[web.AppRunner] = []
     external = web.AppRunner(apps.external, access_log=None, shutdown_timeout=timeout, handle_signals=False)
     await external.setup()
     runners.append(external)
     try:
         host = config.http_server.address or None
-        await web.TCPSite(external, host, config.http_server.port).start()
+        await web.TCPSite(external, host, config.http_server.port, reuse_port=reuse_port or None).start()
         if apps.internal is not None:
             internal = web.AppRunner(apps.internal, access_log=None, shutdown_timeout=timeout, handle_signals=False)
             await internal.setup()
             runners.append(internal)
             await web.TCPSite(internal, config.http_server.internal_address or None,
-                              config.http_server.internal_port).start()
-        logger.info("serving on %s:%d%s", host or "*", config.http_server.port,
+                              config.http_server.internal_port, reuse_port=reuse_port or None).start()
+        logger.info("node %s serving on %s:%d%s", apps.node.name, host or "*", config.http_server.port,
                     f" (internal :{config.http_server.internal_port})" if apps.internal is not None else "")
         await stop.wait()
         logger.info("shutting down")
@@ -138,15 +143,28 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             await runner.cleanup()
 
 
-def run_server(config: Config) -> None:
-    """Serve until SIGINT/SIGTERM."""
+async def _reload(node: Node, reload: Callable[[], Config]) -> None:
+    """SIGHUP: take channel options and token keys from the config file again (Centrifugo's reload)."""
+    try:
+        fresh = reload()
+        verifier = JWTVerifier(fresh.client.token, fresh.client.subscription_token,
+                               skip_signature=fresh.client.insecure_skip_token_signature_verify)
+    except NodeError as e:
+        logger.error("reload failed, keeping the running configuration: %s", e)
+        return
+    await node.reload(fresh.channel, fresh.client.token, fresh.client.subscription_token, verifier)
+    logger.info("reloaded channel options and token keys")
+
+
+def run_server(config: Config, *, reuse_port: bool = False, reload: Callable[[], Config] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; SIGHUP reloads (when ``reload`` can re-read the configuration)."""
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
+        await serve(config, stop, reuse_port=reuse_port, reload=reload)
 
     logger.info("starting Fugato %s", VERSION_STRING)
     asyncio.run(main())

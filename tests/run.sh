@@ -35,6 +35,18 @@ if [ "${redis_version:-0}" -lt 7 ]; then
   exit 1
 fi
 
+# promtool validates the Prometheus exposition in the metrics tests (Debian's prometheus package ships it).
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing promtool (apt-get install prometheus)" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "promtool is required for the metrics tests; install it, e.g. 'sudo apt-get install -y prometheus'" >&2
+    exit 1
+  fi
+fi
+
 .venv/bin/ruff check node tests loadtest
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

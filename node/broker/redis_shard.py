@@ -152,7 +152,7 @@ class RedisShard:
             for name, keys, args, _ in batch:
                 pipe.execute_command("EVALSHA", self.scripts[name].sha, len(keys), *keys, *args)
             results = await pipe.execute(raise_on_error=False)
-        except Exception as e:  # noqa: BLE001 - the whole pipeline failed: every caller gets the error
+        except Exception as e:
             for *_, fut in batch:
                 if not fut.done():
                     fut.set_exception(e)
@@ -171,7 +171,7 @@ class RedisShard:
     async def _settle(fut: asyncio.Future[Any], call: Awaitable[Any]) -> None:
         try:
             result = await call
-        except Exception as e:  # noqa: BLE001 - handed to the caller
+        except Exception as e:
             if not fut.done():
                 fut.set_exception(e)
             return
