@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import node
-from node.config import Config, LoadResult, format_duration, known_keys, load
+from node.config import Config
+from node.config_load import LoadResult, format_duration, known_keys, load
 from node.errors import ConfigError
 from node.supervise import parse_workers
 from node.supervise import run as supervise

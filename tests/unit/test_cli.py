@@ -14,7 +14,7 @@ import pytest
 
 import node
 from node.cli import _key_flags
-from node.config import load
+from node.config_load import load
 from node.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

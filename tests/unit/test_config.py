@@ -8,17 +8,8 @@ from typing import Any
 
 import pytest
 
-from node.config import (
-    ChannelOptions,
-    Config,
-    LoadResult,
-    NamespaceConfig,
-    format_duration,
-    known_keys,
-    load,
-    parse_duration,
-    to_json_dict,
-)
+from node.config import ChannelOptions, Config, NamespaceConfig
+from node.config_load import LoadResult, format_duration, known_keys, load, parse_duration, to_json_dict
 from node.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
