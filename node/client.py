@@ -54,6 +54,32 @@ class ChannelState:
     info: ClientInfo
 
 
+class Flusher:
+    """Flushes every client that queued something during a loop tick, from one callback: a broadcast to N
+    clients schedules one handle, not N."""
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self) -> None:
+        self._dirty: list[Client] = []
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, client: Client) -> None:
+        self._dirty.append(client)
+        if not self._scheduled:
+            self._scheduled = True
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for client in dirty:
+            client.flush()
+
+
 class Client:
     __slots__ = (
         "_close_task",
@@ -215,9 +241,10 @@ class Client:
             return
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self.node.flusher.add(self)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what was queued during this tick (called by the node's Flusher)."""
         self._flush_scheduled = False
         out = self._out
         if not out or self.transport.closed:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final
 from node import VERSION_STRING
 from node.auth.jwt import JWTVerifier
 from node.broker.base import BrokerEventHandler, Engine
-from node.client import ChannelState
+from node.client import ChannelState, Flusher
 from node.config import ChannelConfig, Config, TokenConfig
 from node.control import Controller
 from node.errors import DISCONNECT_EXPIRED, DISCONNECT_SHUTDOWN, UNSUBSCRIBE_SERVER, Disconnect
@@ -65,6 +65,7 @@ class Node(BrokerEventHandler):
         self.metrics = metrics
         self.id = node_id or str(uuid.uuid4())
         self.controller = Controller(self)
+        self.flusher = Flusher()
         self.name = config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
         self.hub = Hub()
         self.started_at = time.time()

@@ -63,7 +63,7 @@ class WebSocketTransport:
 
     @property
     def closed(self) -> bool:
-        return self._ws.closed or self._raw.is_closing()
+        return self._raw.is_closing() or self._ws.closed
 
     async def close(self, disconnect: Disconnect) -> None:
         if self._ws.closed:

@@ -1,0 +1,349 @@
+"""Fan-out benchmark against a running Fugato (or a python-socketio peer), bounded in time.
+
+    python -m loadtest.bench --spawn [--scenario fanout|channels|idle|storm] [options]
+
+``--spawn`` starts the server itself on a free loopback port (memory engine, one worker) and stops it at the
+end; without it, point ``--url``/``--api-key``/``--secret``/``--server-pid`` at a running server. ``--peer
+socketio`` runs the same fan-out against python-socketio instead (always spawned). Prints deliveries/s,
+deliveries per server CPU-second (from /proc), the load generator's own CPU, publish→receive latency
+percentiles, lost messages and server RSS per connection.
+
+Scenarios: ``fanout`` (one channel, ``--subscribers`` N), ``channels`` (``--channels`` K with one subscriber
+each), ``idle`` (memory per connection), ``storm`` (connections/s, each with a JWT connect).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import multiprocessing
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+
+from loadtest.swarm import swarm_main
+
+SECRET = "fugato-bench-secret-0123456789abcdef"
+API_KEY = "fugato-bench-api-key"
+TICKS = os.sysconf("SC_CLK_TCK")
+PAYLOAD_PAD = "x" * 80
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def own_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@dataclass
+class Target:
+    kind: str  # "fugato" | "socketio"
+    host: str
+    port: int
+    pid: int
+    api_key: str = API_KEY
+    secret: str = SECRET
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class Spawned:
+    """A server process started for this run (stopped at exit)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.dir = tempfile.TemporaryDirectory(prefix="fugato-bench-")
+        if kind == "fugato":
+            config = {"client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["*"],
+                                 "channel_limit": 100000},
+                      "http_api": {"key": API_KEY}, "log": {"level": "warn"},
+                      "channel": {"without_namespace": {"allow_subscribe_for_client": True}}}
+            path = Path(self.dir.name) / "config.json"
+            path.write_text(json.dumps(config))
+            cmd = [sys.executable, "-m", "node", "serve", "--config", str(path), "--port", str(self.port),
+                   "--host", "127.0.0.1"]
+        else:
+            cmd = [sys.executable, "-m", "loadtest.socketio_peer", str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def wait_ready(self) -> None:
+        deadline = time.monotonic() + 15
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                try:
+                    async with http.get(f"http://127.0.0.1:{self.port}/health") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)  # the process offers nothing to wait on but its port
+        raise RuntimeError(f"{self.kind} server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.dir.cleanup()
+
+
+# --- the subscriber swarm (a separate process) -------------------------------------------------------------
+
+
+class Swarm:
+    """Subscribers in their own process (``loadtest.swarm``), driven over a pipe."""
+
+    def __init__(self, target: Target, n: int, channels: list[str], lazy_ms: float) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.pipe, child = ctx.Pipe()
+        tokens = [jwt.encode({"sub": f"u{i}"}, target.secret, algorithm="HS256") for i in range(n)]
+        params = {"kind": target.kind, "host": target.host, "port": target.port, "n": n, "channels": channels,
+                  "tokens": tokens, "lazy_ms": lazy_ms}
+        self.proc = ctx.Process(target=swarm_main, args=(child, params), daemon=True)
+        self.n = n
+
+    async def start(self) -> float:
+        """Connect everyone; returns the seconds it took until all were subscribed."""
+        started = time.monotonic()
+        self.proc.start()
+        first = await asyncio.to_thread(self.pipe.recv)
+        if "error" in first:
+            raise RuntimeError(first["error"])
+        deadline = time.monotonic() + 120
+        while (await self.report())["ready"] < self.n:
+            if time.monotonic() > deadline:
+                raise RuntimeError("subscribers did not all subscribe in time")
+            await asyncio.sleep(0.05)
+        return time.monotonic() - started
+
+    async def report(self) -> dict[str, Any]:
+        self.pipe.send("report")
+        result: dict[str, Any] = await asyncio.to_thread(self.pipe.recv)
+        return result
+
+    async def reset(self) -> None:
+        self.pipe.send("reset")
+        await asyncio.to_thread(self.pipe.recv)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid) if self.proc.pid else 0.0
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.pipe.send("stop")
+            self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+async def publish_loop(target: Target, channels: list[str], publishers: int, rate: float, duration: float) -> int:
+    """Publish for ``duration`` seconds from ``publishers`` concurrent HTTP clients; returns how many."""
+    sent = 0
+    stop_at = time.monotonic() + duration
+    interval = publishers / rate if rate > 0 else 0.0
+    rr = itertools.cycle(channels)
+    headers = {"X-API-Key": target.api_key, "Content-Type": "application/json"}
+    url = f"{target.http}/api/publish" if target.kind == "fugato" else f"{target.http}/publish"
+
+    async def one(http: aiohttp.ClientSession) -> None:
+        nonlocal sent
+        next_at = time.monotonic()
+        while time.monotonic() < stop_at:
+            ch = next(rr)
+            data = {"t": time.time_ns(), "p": PAYLOAD_PAD}
+            body = {"channel": ch, "data": data} if target.kind == "fugato" else {"room": ch, "data": data}
+            async with http.post(url, data=json.dumps(body), headers=headers) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"publish failed: HTTP {resp.status}")
+            sent += 1
+            if interval:
+                next_at += interval
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
+    connector = aiohttp.TCPConnector(limit=publishers)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        await asyncio.gather(*(one(http) for _ in range(publishers)))
+    return sent
+
+
+def percentile(values: list[int], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] / 1e6
+
+
+async def run_fanout(target: Target, args: argparse.Namespace, subscribers: int, channels: int) -> dict[str, Any]:
+    names = [f"bench{i}" for i in range(channels)]
+    rss_before = rss_kb(target.pid)
+    swarm = Swarm(target, subscribers, names, args.lazy_ms)
+    try:
+        await swarm.start()
+        rss_after = rss_kb(target.pid)
+        await swarm.reset()
+        server_cpu0, swarm_cpu0, own_cpu0, t0 = cpu_seconds(target.pid), swarm.cpu(), own_cpu(), time.monotonic()
+        sent = await publish_loop(target, names, args.publishers, args.rate, args.duration)
+        expected = sent * subscribers // channels
+        drain_until = time.monotonic() + 10
+        while (report := await swarm.report())["messages"] < expected and time.monotonic() < drain_until:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # the swarm is another process: it can only be asked
+        elapsed = time.monotonic() - t0
+        server_cpu = cpu_seconds(target.pid) - server_cpu0
+        swarm_cpu, publisher_cpu = swarm.cpu() - swarm_cpu0, own_cpu() - own_cpu0
+    finally:
+        swarm.stop()
+    got, samples = report["messages"], report["samples"]
+    return {
+        "publications": sent, "deliveries": got, "lost": expected - got, "seconds": elapsed,
+        "deliveries_per_s": got / elapsed, "server_cpu_s": server_cpu,
+        "deliveries_per_server_cpu_s": got / server_cpu if server_cpu else float("nan"),
+        "subscriber_swarm_cpu_s": swarm_cpu, "publisher_cpu_s": publisher_cpu,
+        "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99), "max_ms": percentile(samples, 100),
+        "rss_kb_per_conn": (rss_after - rss_before) / subscribers,
+    }
+
+
+async def run_idle(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    rss_before = rss_kb(target.pid)
+    swarm = Swarm(target, args.subscribers, ["idle0", "idle1"], args.lazy_ms)
+    try:
+        await swarm.start()
+        await asyncio.sleep(2)  # let the server settle (allocations, first timers)
+        rss_after = rss_kb(target.pid)
+        cpu0 = cpu_seconds(target.pid)
+        await asyncio.sleep(args.duration)
+        idle_cpu = cpu_seconds(target.pid) - cpu0
+    finally:
+        swarm.stop()
+    return {"connections": args.subscribers, "rss_kb_per_conn": (rss_after - rss_before) / args.subscribers,
+            "server_cpu_per_s": idle_cpu / args.duration}
+
+
+async def run_storm(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    swarm = Swarm(target, args.subscribers, [f"storm{i}" for i in range(args.subscribers)], 0)
+    cpu0 = cpu_seconds(target.pid)
+    try:
+        seconds = await swarm.start()
+    finally:
+        swarm.stop()
+    cpu = cpu_seconds(target.pid) - cpu0
+    return {"connections": args.subscribers, "connections_per_s": args.subscribers / seconds,
+            "connections_per_server_cpu_s": args.subscribers / cpu if cpu else float("nan")}
+
+
+def report(title: str, result: dict[str, Any]) -> None:
+    print(title)
+    for key, value in result.items():
+        print(f"  {key:28s} {value:,.3f}" if isinstance(value, float) else f"  {key:28s} {value:,}")
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    raise_fd_limit()
+    kinds = ["fugato"] + (["socketio"] if args.peer == "socketio" else [])
+    results: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
+        spawned = Spawned(kind) if args.spawn or kind == "socketio" else None
+        try:
+            if spawned is not None:
+                await spawned.wait_ready()
+                target = Target(kind, "127.0.0.1", spawned.port, spawned.proc.pid)
+            else:
+                url = args.url.split("://", 1)[1].rstrip("/")
+                host, port = url.rsplit(":", 1)
+                target = Target(kind, host, int(port), args.server_pid, args.api_key, args.secret)
+            if args.scenario == "fanout":
+                result = await run_fanout(target, args, args.subscribers, 1)
+            elif args.scenario == "channels":
+                result = await run_fanout(target, args, args.channels, args.channels)
+            elif args.scenario == "idle":
+                result = await run_idle(target, args)
+            else:
+                result = await run_storm(target, args)
+        finally:
+            if spawned is not None:
+                spawned.stop()
+        results[kind] = result
+        report(f"{kind}: {args.scenario}, {args.subscribers if args.scenario != 'channels' else args.channels} "
+               f"subscribers, {args.publishers} publishers, rate {args.rate or 'max'}, {args.duration}s", result)
+    if args.baseline:
+        out = (await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "loadtest.baseline",
+                                                         str(args.subscribers)],
+                                       capture_output=True, text=True, check=True, timeout=60)).stdout.strip()
+        print(out)
+        limit = float(out.rsplit(":", 1)[1].split()[0].replace(",", ""))
+        if "deliveries_per_server_cpu_s" in results["fugato"]:
+            print(f"fugato / raw send loop: {results['fugato']['deliveries_per_server_cpu_s'] / limit:.2f}")
+    if len(results) == 2 and "deliveries_per_server_cpu_s" in results["fugato"]:
+        ratio = results["fugato"]["deliveries_per_server_cpu_s"] / results["socketio"]["deliveries_per_server_cpu_s"]
+        print(f"fugato / python-socketio deliveries per server CPU-second: {ratio:.1f}x")
+    return 0 if all(r.get("lost", 0) == 0 for r in results.values()) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=("fanout", "channels", "idle", "storm"), default="fanout")
+    parser.add_argument("--spawn", action="store_true", help="start the server for this run (memory engine)")
+    parser.add_argument("--peer", choices=("socketio",), help="also run the workload against python-socketio")
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--api-key", default=API_KEY)
+    parser.add_argument("--secret", default=SECRET, help="HMAC secret for connection tokens")
+    parser.add_argument("--server-pid", type=int, default=0, help="pid of the running server (for CPU and RSS)")
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--channels", type=int, default=10000)
+    parser.add_argument("--publishers", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=0, help="publications/s in total; 0 = as fast as possible")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of publishing (or idling)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also measure this machine's limit: a bare Python loop of one send() per delivery")
+    parser.add_argument("--lazy-ms", type=float, default=1.0,
+                        help="the subscriber swarm sleeps this long after each round of reads (fewer wake-ups)")
+    args = parser.parse_args()
+    if not args.spawn and not args.server_pid:
+        parser.error("give --spawn, or --server-pid of the running server")
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
