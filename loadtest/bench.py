@@ -47,16 +47,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+def cpu_seconds(pids: int | list[int]) -> float:
+    total = 0.0
+    for pid in [pids] if isinstance(pids, int) else pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    return total
 
 
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+def rss_kb(pids: int | list[int]) -> int:
+    total = 0
+    for pid in [pids] if isinstance(pids, int) else pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
 
 
 def own_cpu() -> float:
@@ -75,7 +80,7 @@ class Target:
     kind: str  # "fugato" | "socketio"
     host: str
     port: int
-    pid: int
+    pid: int | list[int]  # the server process, or every worker of a multi-worker server
     api_key: str = API_KEY
     secret: str = SECRET
 
@@ -292,7 +297,8 @@ async def main_async(args: argparse.Namespace) -> int:
             else:
                 url = args.url.split("://", 1)[1].rstrip("/")
                 host, port = url.rsplit(":", 1)
-                target = Target(kind, host, int(port), args.server_pid, args.api_key, args.secret)
+                pids = [int(p) for p in args.server_pid.split(",")]
+                target = Target(kind, host, int(port), pids, args.api_key, args.secret)
             if args.scenario == "fanout":
                 result = await run_fanout(target, args, args.subscribers, 1)
             elif args.scenario == "channels":
@@ -329,7 +335,8 @@ def main() -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--api-key", default=API_KEY)
     parser.add_argument("--secret", default=SECRET, help="HMAC secret for connection tokens")
-    parser.add_argument("--server-pid", type=int, default=0, help="pid of the running server (for CPU and RSS)")
+    parser.add_argument("--server-pid", default="",
+                        help="pid of the running server (for CPU and RSS); comma-separated for several workers")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--channels", type=int, default=10000)
     parser.add_argument("--publishers", type=int, default=1)
