@@ -101,8 +101,8 @@ async def websocket_handler(request: web.Request, node: Node) -> web.StreamRespo
     if raw is None:
         return ws
     transport = WebSocketTransport(ws, raw)
-    client = Client(node, transport, RequestInfo(transport="websocket", remote=request.remote or "",
-                                                 headers=dict(request.headers)))
+    # Headers are not kept: nothing reads them after the upgrade, and a copy per connection costs memory.
+    client = Client(node, transport, RequestInfo(transport="websocket", remote=request.remote or ""))
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
