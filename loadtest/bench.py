@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import json
 import multiprocessing
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -153,12 +155,15 @@ class Swarm:
         first = await asyncio.to_thread(self.pipe.recv)
         if "error" in first:
             raise RuntimeError(first["error"])
+        await self._wait_ready()
+        return time.monotonic() - started
+
+    async def _wait_ready(self) -> None:
         deadline = time.monotonic() + 120
         while (await self.report())["ready"] < self.n:
             if time.monotonic() > deadline:
                 raise RuntimeError("subscribers did not all subscribe in time")
             await asyncio.sleep(0.05)
-        return time.monotonic() - started
 
     async def report(self) -> dict[str, Any]:
         self.pipe.send("report")
@@ -178,6 +183,83 @@ class Swarm:
             self.proc.join(10)
         if self.proc.is_alive():
             self.proc.kill()
+
+
+def build_cswarm() -> str | None:
+    """Compile loadtest/cswarm.c once (cached by content); None without a C compiler."""
+    source = Path(__file__).with_name("cswarm.c")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or not source.exists():
+        return None
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    binary = Path(tempfile.gettempdir()) / f"fugato-cswarm-{digest}"
+    if not binary.exists():
+        subprocess.run([cc, "-O2", "-o", str(binary), str(source)], check=True)
+    return str(binary)
+
+
+class CSwarm(Swarm):
+    """The same swarm in C (``loadtest/cswarm.c``): a small fraction of the Python swarm's CPU per delivery."""
+
+    def __init__(self, binary: str, target: Target, n: int, channels: list[str], lazy_ms: float) -> None:
+        self.binary, self.target, self.n, self.lazy_ms = binary, target, n, lazy_ms
+        self.channels = channels
+        self.proc_c: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> float:
+        started = time.monotonic()
+        t = self.target
+        self.proc_c = await asyncio.create_subprocess_exec(
+            self.binary, t.host, str(t.port), str(self.n), t.kind, str(int(self.lazy_ms * 1000)),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 26)
+        assert self.proc_c.stdin is not None
+        lines = []
+        for i in range(self.n):
+            ch = self.channels[i % len(self.channels)]
+            if t.kind == "fugato":
+                token = jwt.encode({"sub": f"u{i}"}, t.secret, algorithm="HS256")
+                lines.append(json.dumps({"id": 1, "connect": {"token": token}}) + "\\n"
+                             + json.dumps({"id": 2, "subscribe": {"channel": ch}}))
+            else:
+                lines.append(ch)
+        self.proc_c.stdin.write(("\n".join(lines) + "\n").encode())
+        await self.proc_c.stdin.drain()
+        first = json.loads(await self._line())
+        if "error" in first:
+            raise RuntimeError(first["error"])
+        await self._wait_ready()
+        return time.monotonic() - started
+
+    async def _line(self) -> bytes:
+        assert self.proc_c is not None and self.proc_c.stdout is not None
+        return await self.proc_c.stdout.readline()
+
+    async def _ask(self, command: str) -> Any:
+        assert self.proc_c is not None and self.proc_c.stdin is not None
+        self.proc_c.stdin.write(command.encode() + b"\n")
+        await self.proc_c.stdin.drain()
+        return json.loads(await self._line())
+
+    async def report(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._ask("report")
+        return result
+
+    async def reset(self) -> None:
+        await self._ask("reset")
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc_c.pid) if self.proc_c is not None else 0.0
+
+    def stop(self) -> None:
+        if self.proc_c is not None and self.proc_c.returncode is None:
+            self.proc_c.kill()
+
+
+def make_swarm(args: argparse.Namespace, target: Target, n: int, channels: list[str], lazy_ms: float) -> Swarm:
+    binary = build_cswarm() if args.swarm in ("auto", "c") else None
+    if args.swarm == "c" and binary is None:
+        raise RuntimeError("--swarm c needs a C compiler (cc)")
+    return CSwarm(binary, target, n, channels, lazy_ms) if binary else Swarm(target, n, channels, lazy_ms)
 
 
 async def publish_loop(target: Target, channels: list[str], publishers: int, rate: float, duration: float) -> int:
@@ -223,7 +305,7 @@ def percentile(values: list[int], p: float) -> float:
 async def run_fanout(target: Target, args: argparse.Namespace, subscribers: int, channels: int) -> dict[str, Any]:
     names = [f"bench{i}" for i in range(channels)]
     rss_before = rss_kb(target.pid)
-    swarm = Swarm(target, subscribers, names, args.lazy_ms)
+    swarm = make_swarm(args, target, subscribers, names, args.lazy_ms)
     try:
         await swarm.start()
         rss_after = rss_kb(target.pid)
@@ -252,7 +334,7 @@ async def run_fanout(target: Target, args: argparse.Namespace, subscribers: int,
 
 async def run_idle(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     rss_before = rss_kb(target.pid)
-    swarm = Swarm(target, args.subscribers, ["idle0", "idle1"], args.lazy_ms)
+    swarm = make_swarm(args, target, args.subscribers, ["idle0", "idle1"], args.lazy_ms)
     try:
         await swarm.start()
         await asyncio.sleep(2)  # let the server settle (allocations, first timers)
@@ -267,7 +349,7 @@ async def run_idle(target: Target, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def run_storm(target: Target, args: argparse.Namespace) -> dict[str, Any]:
-    swarm = Swarm(target, args.subscribers, [f"storm{i}" for i in range(args.subscribers)], 0)
+    swarm = make_swarm(args, target, args.subscribers, [f"storm{i}" for i in range(args.subscribers)], 0)
     cpu0 = cpu_seconds(target.pid)
     try:
         seconds = await swarm.start()
@@ -344,6 +426,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of publishing (or idling)")
     parser.add_argument("--baseline", action="store_true",
                         help="also measure this machine's limit: a bare Python loop of one send() per delivery")
+    parser.add_argument("--swarm", choices=("auto", "c", "python"), default="auto",
+                        help="subscriber swarm implementation: C (compiled on first use) when a compiler exists")
     parser.add_argument("--lazy-ms", type=float, default=1.0,
                         help="the subscriber swarm sleeps this long after each round of reads (fewer wake-ups)")
     args = parser.parse_args()
