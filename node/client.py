@@ -13,8 +13,9 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from node import commands
 from node.errors import (
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from node.transport import Transport
 
 logger = logging.getLogger(__name__)
+
+_NONE: Final[frozenset[str]] = frozenset()
 
 
 @dataclass(slots=True)
@@ -86,6 +89,7 @@ class Client:
         "_closing",
         "_connect_failed",
         "_flush_scheduled",
+        "_info",
         "_loop",
         "_next_ping",
         "_next_tick",
@@ -102,7 +106,6 @@ class Client:
         "expire_at",
         "id",
         "node",
-        "request",
         "state",
         "subscribing",
         "transport",
@@ -113,22 +116,24 @@ class Client:
     def __init__(self, node: Node, transport: Transport, request: RequestInfo) -> None:
         self.node = node
         self.transport = transport
-        self.request = request
+        # The request itself is not kept (nothing needs it after the upgrade; memory per connection counts).
         self.unidirectional = transport.unidirectional
         self.id = str(uuid.uuid4())
         self.user = ""
         self.conn_info: bytes | None = None
+        self._info: ClientInfo | None = None
         self.expire_at = 0
         self.state = ClientState.CONNECTING
         self.channels: dict[str, ChannelState] = {}
-        self.subscribing: set[str] = set()
+        # Both sets are created on first use: most connections never need them, and an empty set is 216 bytes.
+        self.subscribing: AbstractSet[str] = _NONE
         self._loop = asyncio.get_running_loop()
-        self._out: list[bytes] = []
+        self._out: list[bytes] = []  # reused across ticks: flush swaps in a new list only when it had data
         self._out_size = 0
         self._flush_scheduled = False
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] | None = None
         self._connect_failed = False
         self._positions_checked = time.time()
         now = self._loop.time()
@@ -142,7 +147,10 @@ class Client:
 
     @property
     def info(self) -> ClientInfo:
-        return ClientInfo(client=self.id, user=self.user, conn_info=self.conn_info)
+        info = self._info
+        if info is None or info.user != self.user or info.conn_info is not self.conn_info:
+            info = self._info = ClientInfo(client=self.id, user=self.user, conn_info=self.conn_info)
+        return info
 
     def channel_info(self, channel: str) -> ClientInfo:
         state = self.channels.get(channel)
@@ -346,6 +354,18 @@ class Client:
         await self.node.remove_subscription(self, channel)
         self.enqueue(codec.wrap_push(codec.push_unsubscribe(channel, unsub.code, unsub.reason), self.unidirectional))
 
+    def start_subscribing(self, channel: str) -> None:
+        """Mark a subscription in flight (a second subscribe to it is refused with 105)."""
+        if not isinstance(self.subscribing, set):
+            self.subscribing = set()
+        self.subscribing.add(channel)
+
+    def done_subscribing(self, channel: str) -> None:
+        if isinstance(self.subscribing, set):
+            self.subscribing.discard(channel)
+            if not self.subscribing:
+                self.subscribing = _NONE
+
     def insufficient_state(self, channel: str) -> None:
         """The client missed publications of a positioned channel (a gap or a new epoch): a client-side
         subscription is unsubscribed with 2500 (the SDK resubscribes and recovers); a server-side one, which the
@@ -361,11 +381,14 @@ class Client:
     def spawn(self, coro: object) -> None:
         """Run a coroutine owned by this client; it is cancelled if the client closes first."""
         task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        if self._tasks is not None:
+            self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("client %s: background task failed", self.id, exc_info=task.exception())
 
@@ -391,7 +414,7 @@ class Client:
         connected = self.state is ClientState.CONNECTED
         self.state = ClientState.CLOSED
         current = asyncio.current_task()
-        for task in list(self._tasks):
+        for task in list(self._tasks or ()):
             if task is not current:
                 task.cancel()
         if connected:

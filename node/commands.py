@@ -138,12 +138,12 @@ async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
         raise ReplyError(ERROR_ALREADY_SUBSCRIBED)
     if len(client.channels) + len(client.subscribing) >= node.config.client.channel_limit:
         raise ReplyError(ERROR_LIMIT_EXCEEDED)
-    client.subscribing.add(channel)
+    client.start_subscribing(channel)
     try:
         opts = await node.policy.subscribe(client, channel, params)
         start = await node.subscribe_client(client, channel, opts, server_side=False, since=_since(params))
     finally:
-        client.subscribing.discard(channel)
+        client.done_subscribing(channel)
     if client.state is ClientState.CLOSED:
         return None
     client.enqueue(codec.reply(cmd.id, "subscribe", codec.encode_subscribe_result(opts, start,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class ClientState(enum.Enum):
@@ -148,4 +148,3 @@ class RequestInfo:
 
     transport: str
     remote: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
