@@ -209,15 +209,19 @@ class Policy:
 
     # --- other commands --------------------------------------------------------------------------------
 
+    def _require(self, client: Client, channel: str, for_client: bool, for_subscriber: bool,
+                 for_anonymous: bool) -> None:
+        if not self._access(for_client, for_subscriber, for_anonymous, client.user,
+                            subscribed=channel in client.channels):
+            raise ReplyError(ERROR_PERMISSION_DENIED)
+
     def check_publish(self, client: Client, channel: str, data: bytes) -> ChannelOptions:
         ns = self.namespace(channel)
         if ns.publish_proxy_enabled:
             raise ReplyError(ERROR_NOT_AVAILABLE)
-        if not self._access(ns.allow_publish_for_client, ns.allow_publish_for_subscriber,
-                            ns.allow_publish_for_anonymous, client.user, subscribed=channel in client.channels):
-            raise ReplyError(ERROR_PERMISSION_DENIED)
-        fmt = ns.publication_data_format
-        if fmt == "json_object" and not data.startswith(b"{"):
+        self._require(client, channel, ns.allow_publish_for_client, ns.allow_publish_for_subscriber,
+                      ns.allow_publish_for_anonymous)
+        if ns.publication_data_format == "json_object" and not data.startswith(b"{"):
             raise ReplyError(ERROR_BAD_REQUEST)
         return ns
 
@@ -225,18 +229,16 @@ class Policy:
         ns = self.namespace(channel)
         if not ns.history_enabled:
             raise ReplyError(ERROR_NOT_AVAILABLE)
-        if not self._access(ns.allow_history_for_client, ns.allow_history_for_subscriber,
-                            ns.allow_history_for_anonymous, client.user, subscribed=channel in client.channels):
-            raise ReplyError(ERROR_PERMISSION_DENIED)
+        self._require(client, channel, ns.allow_history_for_client, ns.allow_history_for_subscriber,
+                      ns.allow_history_for_anonymous)
         return ns
 
     def check_presence(self, client: Client, channel: str) -> ChannelOptions:
         ns = self.namespace(channel)
         if not ns.presence:
             raise ReplyError(ERROR_NOT_AVAILABLE)
-        if not self._access(ns.allow_presence_for_client, ns.allow_presence_for_subscriber,
-                            ns.allow_presence_for_anonymous, client.user, subscribed=channel in client.channels):
-            raise ReplyError(ERROR_PERMISSION_DENIED)
+        self._require(client, channel, ns.allow_presence_for_client, ns.allow_presence_for_subscriber,
+                      ns.allow_presence_for_anonymous)
         return ns
 
     def server_subscribe_options(self, channel: str, override: SubscribeOverride | None, *, expire_at: int = 0,
