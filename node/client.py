@@ -96,7 +96,9 @@ class Client:
         "_out",
         "_out_size",
         "_ping_sent",
+        "_per_frame",
         "_pong_deadline",
+        "_queue_max",
         "_positions_checked",
         "_stale_deadline",
         "_tasks",
@@ -131,6 +133,9 @@ class Client:
         self._out: list[bytes] = []  # reused across ticks: flush swaps in a new list only when it had data
         self._out_size = 0
         self._flush_scheduled = False
+        # Read on every delivery: kept here rather than looked up through node.config each time.
+        self._queue_max = node.config.client.queue_max_size
+        self._per_frame = node.config.client.max_messages_in_frame
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
@@ -244,7 +249,7 @@ class Client:
             return
         self._out.append(frame)
         self._out_size += len(frame)
-        if self._out_size > self.node.config.client.queue_max_size:
+        if self._out_size > self._queue_max:
             self.schedule_close(DISCONNECT_SLOW)
             return
         if not self._flush_scheduled:
@@ -260,10 +265,10 @@ class Client:
         self._out = []
         size = self._out_size
         self._out_size = 0
-        if self.transport.buffered() + size > self.node.config.client.queue_max_size:
+        if self.transport.buffered() + size > self._queue_max:
             self.schedule_close(DISCONNECT_SLOW)
             return
-        n = self.node.config.client.max_messages_in_frame
+        n = self._per_frame
         if len(out) == 1:
             self.transport.write_frames(out)
         elif len(out) <= n:
