@@ -19,6 +19,25 @@ FAST_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02
                        5.0)
 
 
+def _forget_dead_workers() -> None:
+    """Drop the live gauges of worker processes that no longer exist. The supervisor's event listener does
+    this when a worker exits; checking here as well keeps /metrics right even if that notice was missed."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith("gauge_live") and name.endswith(".db"):
+            pid = int(name.rsplit("_", 1)[1][:-3])
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+            except PermissionError:
+                pass  # alive, but not ours
+
+
 class Metrics:
     """One registry per node, so that several nodes (tests) can live in one process."""
 
@@ -91,6 +110,7 @@ class Metrics:
 
     def render(self) -> bytes:
         if MULTIPROCESS:
+            _forget_dead_workers()
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)

@@ -143,6 +143,22 @@ async def test_killed_worker_is_restarted_and_its_clients_recover(workers: Serve
     await wait_until(lambda: len(worker_pids(workers)) == 2 and worker_pids(workers) != before, timeout=15,
                      what="the killed worker is replaced")
 
+    async def clients_gauge() -> str:
+        body = (await workers.http("GET", "/metrics"))[2].decode()
+        return next(line for line in body.splitlines() if line.startswith("centrifugo_node_num_clients "))
+
+    # The dead worker's gauge is gone from the aggregate: it counts exactly the 6 live connections.
+    try:
+        await wait_until(lambda: _equals(clients_gauge(), "centrifugo_node_num_clients 6.0"), timeout=10)
+    except AssertionError:
+        info = await workers.api_result("info")
+        raise AssertionError(f"{await clients_gauge()}; nodes: {info}; killed {before[0]}, "
+                             f"now {worker_pids(workers)}") from None
+
+
+async def _equals(value: Any, expected: str) -> bool:
+    return bool(await value == expected)
+
 
 async def test_sigterm_disconnects_everyone_with_3001_and_exits_zero(workers: ServerProcess) -> None:
     async with AsyncExitStack() as stack:
