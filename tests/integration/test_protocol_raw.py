@@ -275,3 +275,36 @@ async def test_connection_limit_refuses_upgrade_with_503(server_factory: ServerF
             with pytest.raises(aiohttp.WSServerHandshakeError) as info:
                 await session.ws_connect(srv.ws_url)
             assert info.value.status == 503
+
+
+async def test_sub_refresh(srv: ServerProcess) -> None:
+    ch = "$" + unique_channel("sr")
+    async with raw(srv) as c:
+        await c.connect(srv.token("u"))
+        await c.send({"id": 2, "subscribe": {"channel": ch, "token": srv.sub_token("u", ch, ttl=100)}})
+        sub = (await c.reply(2))["subscribe"]
+        assert sub["expires"] is True and 0 < sub["ttl"] <= 100
+        await c.send({"id": 3, "sub_refresh": {"channel": ch, "token": srv.sub_token("u", ch, ttl=5000)}},
+                     {"id": 4, "sub_refresh": {"channel": "$other", "token": srv.sub_token("u", "$other")}},
+                     {"id": 5, "sub_refresh": {"channel": ch}})
+        refreshed = (await c.reply(3))["sub_refresh"]
+        assert refreshed["expires"] is True and 4000 < refreshed["ttl"] <= 5000
+        assert (await c.reply(4))["error"]["code"] == 103, "not subscribed"
+        assert (await c.reply(5))["error"]["code"] == 107, "no token"
+
+
+async def test_expired_subscription_is_unsubscribed_2501(server_factory: ServerFactory) -> None:
+    srv = await server_factory({"client": {"expired_sub_close_delay": "0s", "presence_update_interval": "500ms"}})
+    ch = "$" + unique_channel("exp")
+    async with raw(srv) as c:
+        await c.connect(srv.token("u"))
+        await c.send({"id": 2, "subscribe": {"channel": ch, "token": srv.sub_token("u", ch, ttl=1)}})
+        assert (await c.reply(2))["subscribe"]["expires"] is True
+        push = await c.recv(timeout=10)
+        assert push == {"push": {"channel": ch, "unsubscribe": {"code": 2501, "reason": "subscription expired"}}}
+
+
+async def test_connection_token_channels_in_unknown_namespace_is_102(srv: ServerProcess) -> None:
+    async with raw(srv) as c:
+        reply = await c.connect(srv.token("u", channels=["nope:x"]))
+        assert reply["error"]["code"] == 102
