@@ -24,10 +24,10 @@ from node.errors import (
     DISCONNECT_EXPIRED,
     DISCONNECT_INSUFFICIENT_STATE,
     DISCONNECT_NO_PONG,
-    DISCONNECT_SERVER_ERROR,
     DISCONNECT_SLOW,
     DISCONNECT_STALE,
     DISCONNECT_SUB_EXPIRED,
+    ERROR_INTERNAL,
     UNSUBSCRIBE_EXPIRED,
     UNSUBSCRIBE_INSUFFICIENT_STATE,
     Disconnect,
@@ -208,9 +208,14 @@ class Client:
             await self.close(e.disconnect)
             return False
         except Exception:
+            # An engine failure (Redis unreachable, say) is a temporary error: the SDK retries the command (or
+            # reconnects after a failed connect) while the connection and its other subscriptions stay.
             logger.exception("client %s: %s command failed", self.id, cmd.method)
-            await self.close(DISCONNECT_SERVER_ERROR)
-            return False
+            self.node.metrics.reply_error(cmd.method, ERROR_INTERNAL.code)
+            if cmd.method == "connect":
+                self._connect_failed = True
+            if cmd.id:
+                self.enqueue(codec.error_reply(cmd.id, ERROR_INTERNAL))
         finally:
             self.node.metrics.command_duration(cmd.method, time.perf_counter() - started)
         return not self._closing

@@ -197,11 +197,15 @@ class Node(BrokerEventHandler):
         state = client.channels.get(channel)
         if state is None:
             return
-        if opts.emit_presence:
-            await self.engine.presence.add_presence(channel, client.id, state.info)
-        if opts.emit_join_leave:
-            await self.engine.broker.publish_join(channel, state.info)
-            self.metrics.published("join")
+        try:
+            if opts.emit_presence:
+                await self.engine.presence.add_presence(channel, client.id, state.info)
+            if opts.emit_join_leave:
+                await self.engine.broker.publish_join(channel, state.info)
+                self.metrics.published("join")
+        except Exception as e:
+            # The subscription itself stands; presence is re-added by the client's timer once the engine is back.
+            logger.warning("joining %s: engine unavailable (%s)", channel, e)
 
     async def remove_subscription(self, client: Client, channel: str) -> None:
         state = client.channels.pop(channel, None)
@@ -211,11 +215,16 @@ class Node(BrokerEventHandler):
         if self.hub.remove_sub(channel, client):
             self.metrics.channels.set(self.hub.num_channels())
             asyncio.get_running_loop().call_later(LAZY_UNSUBSCRIBE_DELAY, self._maybe_unsubscribe, channel)
-        if state.opts.emit_presence:
-            await self.engine.presence.remove_presence(channel, client.id, client.user)
-        if state.opts.emit_join_leave:
-            await self.engine.broker.publish_leave(channel, state.info)
-            self.metrics.published("leave")
+        # Best effort: the local state is already gone, and an engine outage must not keep a connection from
+        # closing. A presence entry left behind expires by itself; a lost leave is not recoverable anyway.
+        try:
+            if state.opts.emit_presence:
+                await self.engine.presence.remove_presence(channel, client.id, client.user)
+            if state.opts.emit_join_leave:
+                await self.engine.broker.publish_leave(channel, state.info)
+                self.metrics.published("leave")
+        except Exception as e:
+            logger.warning("leaving %s: engine unavailable (%s)", channel, e)
 
     def _maybe_unsubscribe(self, channel: str) -> None:
         if self.hub.num_subscribers(channel) == 0 and channel in self._broker_channels:
@@ -225,8 +234,11 @@ class Node(BrokerEventHandler):
         async with self._lock(channel):
             if self.hub.num_subscribers(channel) == 0 and channel in self._broker_channels:
                 self._broker_channels.discard(channel)
-                await self.engine.broker.unsubscribe(channel)
                 self._locks.pop(channel, None)
+                try:
+                    await self.engine.broker.unsubscribe(channel)
+                except Exception as e:
+                    logger.info("unsubscribing %s: %s", channel, e)
 
     # --- publishing and reads --------------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import centrifuge
+import pytest
 from harness import PyFactory, ServerFactory, unique_channel, wait_until
 from redis_servers import RedisStandalone
 from test_redis_nodes import redis_engine
@@ -29,6 +31,10 @@ async def test_redis_restart(server_factory: ServerFactory, py_factory: PyFactor
         await wait_until(lambda: health_is(503), timeout=10, what="/health reports the engine down")
         reply = await node.api("publish", {"channel": ch, "data": "lost?"})
         assert reply["error"]["code"] == 100, "a publish that cannot be stored is an error for the caller"
+        with pytest.raises(centrifuge.ReplyError) as info:
+            await py.client.history(ch, limit=1)  # "feed" lets subscribers read history
+        assert info.value.code == 100, "a client command the engine cannot serve is a temporary error"
+        assert py.events("disconnected") == [], "and the connection stays open"
 
         await asyncio.to_thread(redis.start)
         await wait_until(lambda: health_is(200), timeout=15, what="/health reports the engine back")
