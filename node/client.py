@@ -13,9 +13,10 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Coroutine
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from node import commands
 from node.errors import (
@@ -388,9 +389,9 @@ class Client:
         else:
             self.spawn(self.unsubscribe(channel, UNSUBSCRIBE_INSUFFICIENT_STATE))
 
-    def spawn(self, coro: object) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a coroutine owned by this client; it is cancelled if the client closes first."""
-        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
+        task: asyncio.Task[None] = self._loop.create_task(coro)
         if self._tasks is None:
             self._tasks = set()
         self._tasks.add(task)

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Final
 
@@ -35,7 +35,7 @@ INFO_INTERVAL: Final = 3.0  # how often a node announces itself
 NODE_TTL: Final = 7.0  # a node not heard from for this long is gone
 SURVEY_TIMEOUT: Final = 5.0
 
-Action = Callable[[dict[str, Any]], Awaitable[None]]
+Action = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 SurveyHandler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
@@ -77,8 +77,8 @@ class Controller:
         data = msgpack.packb([VERSION, kind, self._node.id, payload], use_bin_type=True)
         await self._node.engine.broker.publish_control(data, node_id)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 

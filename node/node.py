@@ -10,8 +10,8 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Final
 
 from node import VERSION_STRING
 from node.auth.jwt import JWTVerifier
@@ -109,8 +109,8 @@ class Node(BrokerEventHandler):
         self.policy = Policy(self.config, verifier)
         await old.close()
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

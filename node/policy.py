@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from node.auth.jwt import JWTVerifier, SubscribeOverride
+from node.auth.jwt import JWTVerifier, SubscribeOverride, SubscribeToken
 from node.config import ChannelOptions, Config
 from node.errors import (
     DISCONNECT_BAD_REQUEST,
@@ -147,7 +147,7 @@ class Policy:
             return self._options(ns, client.user, params, None)
         raise ReplyError(ERROR_PERMISSION_DENIED)
 
-    async def _verify_sub_token(self, client: Client, channel: str, token: str) -> Any:
+    async def _verify_sub_token(self, client: Client, channel: str, token: str) -> SubscribeToken:
         try:
             claims = await self.verifier.verify_subscribe_token(token)
         except TokenExpiredError:
