@@ -306,7 +306,7 @@ class Node(BrokerEventHandler):
 
     def _targets(self, user: str, client_id: str, session: str = "") -> list[Client]:
         if client_id:
-            client = next((c for c in self.hub.clients() if c.id == client_id), None)
+            client = self.hub.client(client_id)
             if client is None or (user and client.user != user):
                 return []
             return [client]

@@ -14,8 +14,8 @@ from typing import Any, Final
 
 import orjson
 
-from node.errors import Disconnect, Error
-from node.models import ClientInfo, Publication, StreamPosition, StreamStart, SubscribeOptions
+from node.errors import Error
+from node.models import ClientInfo, Publication, StreamStart, SubscribeOptions
 
 # Command fields in protobuf field order: the first one present wins, as in centrifuge's dispatcher.
 METHODS: Final = (
@@ -164,24 +164,8 @@ def push_subscribe(channel: str, result: bytes) -> bytes:
     return b'{"channel":%s,"subscribe":%s}' % (orjson.dumps(channel), result)
 
 
-def push_message(data: bytes) -> bytes:
-    return b'{"message":{"data":%s}}' % data
-
-
-def push_disconnect(disconnect: Disconnect) -> bytes:
-    return b'{"disconnect":{"code":%d,"reason":%s}}' % (disconnect.code, orjson.dumps(disconnect.reason))
-
-
 def push_refresh(expires: bool, ttl: int) -> bytes:
     return b'{"refresh":' + result_object({"expires": expires, "ttl": ttl}) + b"}"
-
-
-def push_connect(result: bytes) -> bytes:
-    return b'{"connect":' + result + b"}"
-
-
-def encode_position_result(sp: StreamPosition) -> dict[str, Any]:
-    return {"offset": sp.offset, "epoch": sp.epoch}
 
 
 def encode_subscribe_result(opts: SubscribeOptions, start: StreamStart | None, ttl: int) -> bytes:
