@@ -274,6 +274,10 @@ class Client:
         if self.transport.buffered() + size > self._queue_max:
             self.schedule_close(DISCONNECT_SLOW)
             return
+        self._write(out)
+
+    def _write(self, out: list[bytes]) -> None:
+        """Join queued messages into frames of at most ``max_messages_in_frame``, all in one transport write."""
         n = self._per_frame
         if len(out) == 1:
             self.transport.write_frames(out)
@@ -437,4 +441,4 @@ class Client:
     def _flush_now(self) -> None:
         self._out_size = 0
         out, self._out = self._out, []
-        self.transport.write_frames(out)
+        self._write(out)

@@ -304,7 +304,7 @@ class Node(BrokerEventHandler):
 
     # --- server-side operations on users (API) ---------------------------------------------------------
 
-    def _targets(self, user: str, client_id: str, session: str = "") -> list[Client]:
+    def _targets(self, user: str, client_id: str) -> list[Client]:
         if client_id:
             client = self.hub.client(client_id)
             if client is None or (user and client.user != user):

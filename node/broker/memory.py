@@ -89,15 +89,14 @@ class MemoryBroker(Broker):
             cached = self._results.get((channel, opts.idempotency_key))
             if cached is not None and cached[1] > now:
                 return PublishResult(cached[0].position, suppressed=True)
-        pub = Publication(data=data, info=opts.client_info, tags=opts.tags, time_ms=int(time.time() * 1000))
-        position = StreamPosition()
+        time_ms = int(time.time() * 1000)
         if opts.history_size > 0 and opts.history_ttl > 0:
             stream = self._stream(channel, now, create=True)
             assert stream is not None  # create=True always returns a stream
             prev = stream.pubs[-1] if stream.pubs else None
             stream.top += 1
             pub = Publication(data=data, offset=stream.top, info=opts.client_info, tags=opts.tags,
-                              time_ms=pub.time_ms, delta=opts.use_delta,
+                              time_ms=time_ms, delta=opts.use_delta,
                               prev_data=prev.data if prev is not None and prev.offset == stream.top - 1 else None)
             stream.pubs.append(pub)
             while len(stream.pubs) > opts.history_size:
@@ -105,6 +104,9 @@ class MemoryBroker(Broker):
             stream.expire_at = now + opts.history_ttl
             stream.meta_expire_at = now + self._meta_ttl(opts.history_meta_ttl)
             position = StreamPosition(stream.top, stream.epoch)
+        else:
+            pub = Publication(data=data, info=opts.client_info, tags=opts.tags, time_ms=time_ms)
+            position = StreamPosition()
         result = PublishResult(position)
         if opts.idempotency_key:
             self._results[(channel, opts.idempotency_key)] = (result, now + opts.idempotent_result_ttl)
