@@ -124,6 +124,11 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
         workers = parse_workers(args.workers)
     except ValueError as e:
         return _err(f"--workers: {e}")
+    if workers > 1 and args.workers == "auto" and result.config.engine.type == "memory":
+        # A container image runs `--workers auto` whatever its engine: with memory it stays one node.
+        print(f"WARNING: --workers auto: 1 worker, not {workers}: the memory engine cannot span processes",
+              file=sys.stderr)
+        workers = 1
     if workers > 1 and args.worker_index is None:
         if result.config.engine.type == "memory":
             return _err("--workers > 1 needs engine.type \"redis\": the memory engine cannot span processes "

@@ -22,20 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-SUPERVISOR_DIR: Final = Path(__file__).resolve().parent.parent / "supervisor"
+from node.cpus import cpu_count
+
+# Next to node/ in a checkout; an installed package (a container image) names the copy via FUGATO_SUPERVISOR_DIR.
+SUPERVISOR_DIR: Final = Path(os.environ.get("FUGATO_SUPERVISOR_DIR")
+                             or Path(__file__).resolve().parent.parent / "supervisor")
 CONF: Final = SUPERVISOR_DIR / "supervisord.conf"
-
-
-def cpu_count() -> int:
-    """CPUs this process may use: the cgroup v2 CPU quota if one is set, else the affinity mask."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            return max(1, min(available, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, available)
 
 
 def parse_workers(value: str) -> int:
