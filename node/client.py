@@ -1,8 +1,8 @@
 """One connection: protocol state machine, one timer for ping/pong/expiry/presence, and the outgoing queue.
 
 Command logic lives in ``commands.py``; this module only dispatches. Outgoing frames are queued with the
-synchronous ``enqueue`` (called by the hub's fan-out) and flushed once per event-loop tick, joined into as few
-transport writes as possible; a client whose unsent bytes pass ``client.queue_max_size`` is disconnected with
+synchronous ``enqueue_framed`` (called by the hub's fan-out) and flushed once per event-loop tick in one
+transport write; a client whose unsent bytes pass ``client.queue_max_size`` is disconnected with
 3008 "slow" instead of being buffered without bound.
 """
 
@@ -96,7 +96,6 @@ class Client:
         "_next_tick",
         "_out",
         "_out_size",
-        "_per_frame",
         "_ping_sent",
         "_pong_deadline",
         "_positions_checked",
@@ -107,6 +106,8 @@ class Client:
         "channels",
         "conn_info",
         "expire_at",
+        "frame",
+        "framing",
         "id",
         "node",
         "state",
@@ -121,6 +122,8 @@ class Client:
         self.transport = transport
         # The request itself is not kept (nothing needs it after the upgrade; memory per connection counts).
         self.unidirectional = transport.unidirectional
+        self.framing = transport.framing
+        self.frame = transport.frame  # message -> wire bytes for this client's transport
         self.id = str(uuid.uuid4())
         self.user = ""
         self.conn_info: bytes | None = None
@@ -131,12 +134,11 @@ class Client:
         # Both sets are created on first use: most connections never need them, and an empty set is 216 bytes.
         self.subscribing: AbstractSet[str] = _NONE
         self._loop = asyncio.get_running_loop()
-        self._out: list[bytes] = []  # reused across ticks: flush swaps in a new list only when it had data
+        self._out: list[bytes] = []  # framed bytes, reused across ticks
         self._out_size = 0
         self._flush_scheduled = False
         # Read on every delivery: kept here rather than looked up through node.config each time.
         self._queue_max = node.config.client.queue_max_size
-        self._per_frame = node.config.client.max_messages_in_frame
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
@@ -249,8 +251,12 @@ class Client:
 
     # --- outbound --------------------------------------------------------------------------------------
 
-    def enqueue(self, frame: bytes) -> None:
-        """Queue one protocol message; O(1), never awaits. Flushed once per loop tick."""
+    def enqueue(self, message: bytes) -> None:
+        """Queue one protocol message (framed here, for this client's transport)."""
+        self.enqueue_framed(self.frame(message))
+
+    def enqueue_framed(self, frame: bytes) -> None:
+        """Queue bytes already framed for this client's ``framing``; O(1), never awaits. Flushed once per tick."""
         if self._closing:
             return
         self._out.append(frame)
@@ -268,23 +274,16 @@ class Client:
         out = self._out
         if not out or self.transport.closed:
             return
-        self._out = []
         size = self._out_size
         self._out_size = 0
         if self.transport.buffered() + size > self._queue_max:
+            self._out = []
             self.schedule_close(DISCONNECT_SLOW)
             return
-        self._write(out)
-
-    def _write(self, out: list[bytes]) -> None:
-        """Join queued messages into frames of at most ``max_messages_in_frame``, all in one transport write."""
-        n = self._per_frame
-        if len(out) == 1:
-            self.transport.write_frames(out)
-        elif len(out) <= n:
-            self.transport.write_frames((b"\n".join(out),))
-        else:
-            self.transport.write_frames([b"\n".join(out[i:i + n]) for i in range(0, len(out), n)])
+        # One write per tick: a lone frame goes out as the shared bytes object itself (no copy); several are
+        # joined. The list is reused, so a flush allocates nothing in the common case.
+        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
 
     # --- timers ----------------------------------------------------------------------------------------
 
@@ -441,4 +440,4 @@ class Client:
     def _flush_now(self) -> None:
         self._out_size = 0
         out, self._out = self._out, []
-        self._write(out)
+        self.transport.write(b"".join(out))

@@ -1,8 +1,9 @@
 """The hub: which clients are connected and which are subscribed to what, and synchronous fan-out to them.
 
-No I/O and no awaits here. A broadcast encodes each kind of frame at most once (bidirectional frames are
-wrapped in ``{"push": ...}``, unidirectional ones are not; delta subscribers get the payload as a JSON string
-or a fossil patch) and hands the same bytes to every matching client queue.
+No I/O and no awaits here. A broadcast encodes and frames each kind of message at most once (bidirectional
+messages are wrapped in ``{"push": ...}``, unidirectional ones are not; delta subscribers get the payload as a
+JSON string or a fossil patch; each transport framing gets its own bytes) and hands the same bytes object to
+every matching client queue.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from node.protocol import codec
 if TYPE_CHECKING:
     from node.client import Client
 
-# Frame kinds of one broadcast; the cache key is (kind, unidirectional).
+# Frame kinds of one broadcast; the cache key is (kind, unidirectional, framing).
 _PLAIN, _DELTA_FULL, _DELTA_PATCH = 0, 1, 2
+_FrameCache = dict[tuple[int, bool, str], bytes]
+# The framing of most connections (bidirectional JSON over WebSocket): its subscribers take the fast path.
+COMMON_FRAMING = "ws-text"
 
 
 class Subscriber:
@@ -32,7 +36,7 @@ class Subscriber:
     (the client is told "insufficient state" and recovers on resubscribe).
     """
 
-    __slots__ = ("broken", "buffer", "client", "delta", "delta_ready", "epoch", "offset", "positioned",
+    __slots__ = ("broken", "buffer", "client", "common", "delta", "delta_ready", "epoch", "offset", "positioned",
                  "push_join_leave", "unidirectional")
 
     def __init__(self, client: Client, *, push_join_leave: bool, positioned: bool, delta: bool) -> None:
@@ -46,6 +50,8 @@ class Subscriber:
         self.epoch = ""
         self.broken = False
         self.buffer: list[tuple[Publication, StreamPosition]] | None = []
+        # Needs nothing but the shared plain frame: no position, no delta, bidirectional, common framing.
+        self.common = not (positioned or delta or client.unidirectional) and client.framing == COMMON_FRAMING
 
     def accept(self, pub: Publication, sp: StreamPosition, channel: str) -> bool:
         """Position check for one live publication: False drops it (duplicate, or the subscription broke)."""
@@ -129,7 +135,7 @@ class Hub:
         sub.delta_ready = delta_ready
         for pub, sp in buffered:
             if sub.accept(pub, sp, channel):
-                client.enqueue(self._frame(channel, pub, sub, {}))
+                client.enqueue_framed(self._frame(channel, pub, sub, {}))
 
     def remove_sub(self, channel: str, client: Client) -> bool:
         """Drop the subscription; True when the channel has no local subscribers left."""
@@ -170,29 +176,30 @@ class Hub:
         subs = self._subs.get(channel)
         if not subs:
             return
-        cache: dict[tuple[int, bool], bytes] = {}
-        plain_bidi: bytes | None = None
+        cache: _FrameCache = {}
+        common: bytes | None = None
         for sub in subs.values():
-            if sub.buffer is not None:
+            if sub.common and sub.buffer is None:
+                # The usual case, kept free of the lookups below.
+                if common is None:
+                    common = self._frame(channel, pub, sub, cache)
+                sub.client.enqueue_framed(common)
+            elif sub.buffer is not None:
                 sub.buffer.append((pub, sp))
-            elif not (sub.positioned or sub.delta or sub.unidirectional):
-                # The common case, kept free of the lookups below.
-                if plain_bidi is None:
-                    plain_bidi = self._frame(channel, pub, sub, cache)
-                sub.client.enqueue(plain_bidi)
             elif sub.accept(pub, sp, channel):
-                sub.client.enqueue(self._frame(channel, pub, sub, cache))
+                sub.client.enqueue_framed(self._frame(channel, pub, sub, cache))
 
-    def _frame(self, channel: str, pub: Publication, sub: Subscriber, cache: dict[tuple[int, bool], bytes]) -> bytes:
+    def _frame(self, channel: str, pub: Publication, sub: Subscriber, cache: _FrameCache) -> bytes:
         kind = _PLAIN
         if sub.delta:
             kind = _DELTA_PATCH if sub.delta_ready and pub.delta and pub.prev_data is not None else _DELTA_FULL
             sub.delta_ready = True
-        key = (kind, sub.unidirectional)
+        client = sub.client
+        key = (kind, sub.unidirectional, client.framing)
         frame = cache.get(key)
         if frame is None:
-            frame = cache[key] = codec.wrap_push(codec.push_publication(channel, _pub_object(pub, kind)),
-                                                 sub.unidirectional)
+            frame = cache[key] = client.frame(
+                codec.wrap_push(codec.push_publication(channel, _pub_object(pub, kind)), sub.unidirectional))
         return frame
 
     def broadcast_join(self, channel: str, info: ClientInfo) -> None:
@@ -205,10 +212,15 @@ class Hub:
         subs = self._subs.get(channel)
         if not subs:
             return
-        bidi = codec.wrap_push(push, False)
+        cache: dict[tuple[bool, str], bytes] = {}
         for sub in subs.values():
             if sub.push_join_leave and sub.buffer is None:
-                sub.client.enqueue(push if sub.unidirectional else bidi)
+                client = sub.client
+                key = (sub.unidirectional, client.framing)
+                frame = cache.get(key)
+                if frame is None:
+                    frame = cache[key] = client.frame(codec.wrap_push(push, sub.unidirectional))
+                client.enqueue_framed(frame)
 
 
 def _pub_object(pub: Publication, kind: int) -> bytes:

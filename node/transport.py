@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Protocol
 
 from node.errors import Disconnect
 
 
 class Transport(Protocol):
-    """A client's byte pipe. ``write_frames`` is synchronous: it hands bytes to the kernel or the event loop's
-    buffer without awaiting, so the fan-out path never blocks on a socket."""
+    """A client's byte pipe. ``write`` is synchronous: it hands bytes to the kernel or the event loop's buffer
+    without awaiting, so the fan-out path never blocks on a socket.
+
+    Messages are framed once, then written: ``frame`` turns one protocol message into the bytes this transport
+    puts on the wire (a WebSocket frame, an SSE event ...). Transports with the same ``framing`` produce the
+    same bytes for the same message, so a broadcast frames each publication once per framing, not per client.
+    """
 
     @property
     def name(self) -> str: ...  # "websocket" | "sse" | "http_stream"
 
     @property
+    def framing(self) -> str: ...
+
+    @property
     def unidirectional(self) -> bool: ...
 
-    def write_frames(self, frames: Sequence[bytes]) -> None:
-        """Write each element as one protocol frame (one WebSocket message, one SSE event ...)."""
+    def frame(self, message: bytes) -> bytes:
+        """The wire bytes of one protocol message."""
+
+    def write(self, data: bytes) -> None:
+        """Write framed bytes (one or more whole frames) in one go."""
 
     def buffered(self) -> int:
-        """Bytes accepted by ``write_frames`` that the kernel has not taken yet."""
+        """Bytes accepted by ``write`` that the kernel has not taken yet."""
 
     @property
     def closed(self) -> bool: ...

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from node.errors import Disconnect
+
+END = b"\x00"  # the fake framing: each message is followed by a NUL byte
 
 
 class FakeTransport:
-    """Collects written frames; ``buffer`` simulates bytes the kernel has not taken yet."""
+    """Collects written bytes; ``buffer`` simulates bytes the kernel has not taken yet."""
 
     name = "fake"
+    framing = "fake"
 
     def __init__(self, *, unidirectional: bool = False) -> None:
         self.unidirectional = unidirectional
-        self.writes: list[list[bytes]] = []
+        self.writes: list[bytes] = []
         self.buffer = 0
         self.closed_with: Disconnect | None = None
 
-    def write_frames(self, frames: Sequence[bytes]) -> None:
-        self.writes.append(list(frames))
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        return message + END
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
 
     def buffered(self) -> int:
         return self.buffer
@@ -32,9 +37,6 @@ class FakeTransport:
         self.closed_with = disconnect
 
     @property
-    def frames(self) -> list[bytes]:
-        return [f for w in self.writes for f in w]
-
-    @property
     def messages(self) -> list[bytes]:
-        return [m for f in self.frames for m in f.split(b"\n")]
+        """Every message written, in order."""
+        return [m for w in self.writes for m in w.split(END)[:-1]]

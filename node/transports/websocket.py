@@ -1,8 +1,9 @@
 """The bidirectional WebSocket transport at ``/connection/websocket`` (protocol v2, JSON text frames).
 
-Outgoing frames bypass aiohttp's awaitable ``send_str``: the node writes pre-encoded, unmasked text frames
-straight to the asyncio transport, so a fan-out never awaits and a client's queued messages of one loop tick
-leave in a single ``write()``. Close frames, pongs and reading stay with aiohttp.
+Outgoing frames bypass aiohttp's awaitable ``send_str``: the node writes pre-built, unmasked text frames
+straight to the asyncio transport, so a fan-out never awaits. A broadcast builds each frame (header included)
+once and every subscriber's queue holds the same bytes; a client's frames of one loop tick leave in a single
+``write()``. Close frames, pongs and reading stay with aiohttp.
 """
 
 from __future__ import annotations
@@ -39,24 +40,19 @@ class WebSocketTransport:
     __slots__ = ("_raw", "_ws")
 
     name: Final = "websocket"
+    framing: Final = "ws-text"
     unidirectional: Final = False
 
     def __init__(self, ws: web.WebSocketResponse, raw: asyncio.Transport) -> None:
         self._ws = ws
         self._raw = raw
 
-    def write_frames(self, frames: Sequence[bytes]) -> None:
-        if self._raw.is_closing():
-            return
-        if len(frames) == 1:
-            frame = frames[0]
-            self._raw.write(frame_header(len(frame)) + frame)
-            return
-        parts: list[bytes] = []
-        for frame in frames:
-            parts.append(frame_header(len(frame)))
-            parts.append(frame)
-        self._raw.write(b"".join(parts))
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        return frame_header(len(message)) + message
+
+    def write(self, data: bytes) -> None:
+        self._raw.write(data)
 
     def buffered(self) -> int:
         return self._raw.get_write_buffer_size()

@@ -47,10 +47,11 @@ async def test_broadcast_encodes_once_and_shares_bytes() -> None:
         live_sub(node, "ch", c)
     node.hub.broadcast_publication("ch", Publication(b'{"a":1}', offset=7), StreamPosition(7, "e"))  # type: ignore[attr-defined]
     await tick()
-    frames = [t.frames for _, t in clients]
-    assert all(len(f) == 1 for f in frames)
-    assert frames[0][0] is frames[1][0] is frames[2][0], "every subscriber must get the same bytes object"
-    assert orjson.loads(frames[0][0]) == {"push": {"channel": "ch", "pub": {"data": {"a": 1}, "offset": 7}}}
+    writes = [t.writes for _, t in clients]
+    assert all(len(w) == 1 for w in writes)
+    assert writes[0][0] is writes[1][0] is writes[2][0], "every subscriber must get the same framed bytes object"
+    message = orjson.loads(clients[0][1].messages[0])
+    assert message == {"push": {"channel": "ch", "pub": {"data": {"a": 1}, "offset": 7}}}
     for c, _ in clients:
         c.transport = FakeTransport()  # detach before close
         await c.close(DISCONNECT_SLOW)
@@ -64,8 +65,8 @@ async def test_unidirectional_subscribers_get_bare_push() -> None:
     live_sub(node, "ch", uni)
     node.hub.broadcast_publication("ch", Publication(b"1"), StreamPosition())  # type: ignore[attr-defined]
     await tick()
-    assert orjson.loads(bt.frames[0]) == {"push": {"channel": "ch", "pub": {"data": 1}}}
-    assert orjson.loads(ut.frames[0]) == {"channel": "ch", "pub": {"data": 1}}
+    assert orjson.loads(bt.messages[0]) == {"push": {"channel": "ch", "pub": {"data": 1}}}
+    assert orjson.loads(ut.messages[0]) == {"channel": "ch", "pub": {"data": 1}}
 
 
 async def test_join_leave_only_to_subscribers_that_asked() -> None:
@@ -79,19 +80,22 @@ async def test_join_leave_only_to_subscribers_that_asked() -> None:
     await tick()
     kinds = [next(iter(orjson.loads(m)["push"].keys() - {"channel"})) for m in at.messages]
     assert kinds == ["join", "leave"]
-    assert st.frames == []
+    assert st.writes == []
 
 
-async def test_messages_of_one_tick_leave_in_one_write_batched_per_frame() -> None:
-    node = make_node(max_messages_in_frame=16)
+async def test_messages_of_one_tick_leave_in_one_write() -> None:
+    node = make_node()
     client, transport = new_client(node)
     for i in range(20):
         client.enqueue(b'{"n":%d}' % i)
     assert transport.writes == [], "nothing is written before the loop tick ends"
     await tick()
     assert len(transport.writes) == 1, "one transport write per tick"
-    assert [len(f.split(b"\n")) for f in transport.writes[0]] == [16, 4]
     assert [orjson.loads(m)["n"] for m in transport.messages] == list(range(20))
+    client.enqueue(b'{"n":20}')
+    await tick()
+    assert len(transport.writes) == 2, "the queue is reused for the next tick"
+    assert [orjson.loads(m)["n"] for m in transport.messages] == list(range(21))
 
 
 async def test_hub_counts_first_and_last_subscriber() -> None:
@@ -132,7 +136,7 @@ async def test_a_burst_over_the_queue_limit_within_one_tick_disconnects() -> Non
     await tick()
     await tick()
     assert transport.closed_with == DISCONNECT_SLOW
-    assert transport.frames == [], "queued bytes of a slow client are dropped, not written"
+    assert transport.writes == [], "queued bytes of a slow client are dropped, not written"
 
 
 def pub(offset: int, data: bytes = b"1", *, prev: bytes | None = None) -> Publication:
@@ -146,7 +150,7 @@ async def test_buffered_publications_are_released_after_the_position_without_dup
     for offset in (4, 5, 6):  # arrive while the subscribe reply is being prepared
         node.hub.broadcast_publication("ch", pub(offset), StreamPosition(offset, "e"))  # type: ignore[attr-defined]
     await tick()
-    assert transport.frames == [], "nothing is delivered before the reply"
+    assert transport.writes == [], "nothing is delivered before the reply"
     client.enqueue(b'{"id":1,"subscribe":{}}')
     node.hub.release("ch", client, StreamPosition(4, "e"))  # type: ignore[attr-defined]
     node.hub.broadcast_publication("ch", pub(7), StreamPosition(7, "e"))  # type: ignore[attr-defined]
