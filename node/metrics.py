@@ -12,6 +12,8 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+from node.procstats import WorkerProcessCollector
+
 NAMESPACE: Final = "centrifugo"
 MULTIPROCESS: Final = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 # Per-event latencies of a real-time server are small: finer buckets than prometheus_client's defaults.
@@ -44,6 +46,7 @@ class Metrics:
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        r.register(WorkerProcessCollector(None))
         ns = NAMESPACE
         self._reply_errors = Counter("client_num_reply_errors", "Client reply errors by method and code.",
                                      ["method", "code"], namespace=ns, registry=r)
@@ -113,5 +116,6 @@ class Metrics:
             _forget_dead_workers()
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry.register(WorkerProcessCollector(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
             return generate_latest(registry)
         return generate_latest(self.registry)
