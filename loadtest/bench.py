@@ -94,13 +94,13 @@ class Target:
 class Spawned:
     """A server process started for this run (stopped at exit)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, write_delay_ms: float = 0.0) -> None:
         self.kind = kind
         self.port = free_port()
         self.dir = tempfile.TemporaryDirectory(prefix="fugato-bench-")
         if kind == "fugato":
             config = {"client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["*"],
-                                 "channel_limit": 100000},
+                                 "channel_limit": 100000, "write_delay": f"{write_delay_ms}ms"},
                       "http_api": {"key": API_KEY}, "log": {"level": "warn"},
                       "channel": {"without_namespace": {"allow_subscribe_for_client": True}}}
             path = Path(self.dir.name) / "config.json"
@@ -366,12 +366,26 @@ def report(title: str, result: dict[str, Any]) -> None:
         print(f"  {key:28s} {value:,.3f}" if isinstance(value, float) else f"  {key:28s} {value:,}")
 
 
+def pin_cpus(server_pid: int | None) -> str:
+    """Put a spawned server alone on the first CPU and this process (and the swarm it starts) on the others, so
+    the load generator never steals the server's core; returns what was done, for the report."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return "not pinned (one CPU)"
+    os.sched_setaffinity(0, set(cpus[1:]))
+    if server_pid is None:
+        return f"load generator on CPUs {cpus[1:]}"
+    os.sched_setaffinity(server_pid, {cpus[0]})
+    return f"server on CPU {cpus[0]}, load generator on CPUs {cpus[1:]}"
+
+
 async def main_async(args: argparse.Namespace) -> int:
     raise_fd_limit()
+    all_cpus = os.sched_getaffinity(0)
     kinds = ["fugato"] + (["socketio"] if args.peer == "socketio" else [])
     results: dict[str, dict[str, Any]] = {}
     for kind in kinds:
-        spawned = Spawned(kind) if args.spawn or kind == "socketio" else None
+        spawned = Spawned(kind, args.write_delay_ms) if args.spawn or kind == "socketio" else None
         try:
             if spawned is not None:
                 await spawned.wait_ready()
@@ -381,6 +395,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 host, port = url.rsplit(":", 1)
                 pids = [int(p) for p in args.server_pid.split(",")]
                 target = Target(kind, host, int(port), pids, args.api_key, args.secret)
+            if not args.no_pin:
+                print(pin_cpus(spawned.proc.pid if spawned is not None else None))
             if args.scenario == "fanout":
                 result = await run_fanout(target, args, args.subscribers, 1)
             elif args.scenario == "channels":
@@ -392,6 +408,7 @@ async def main_async(args: argparse.Namespace) -> int:
         finally:
             if spawned is not None:
                 spawned.stop()
+            os.sched_setaffinity(0, all_cpus)
         results[kind] = result
         report(f"{kind}: {args.scenario}, {args.subscribers if args.scenario != 'channels' else args.channels} "
                f"subscribers, {args.publishers} publishers, rate {args.rate or 'max'}, {args.duration}s", result)
@@ -426,6 +443,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of publishing (or idling)")
     parser.add_argument("--baseline", action="store_true",
                         help="also measure this machine's limit: a bare Python loop of one send() per delivery")
+    parser.add_argument("--write-delay-ms", type=float, default=0.0,
+                        help="client.write_delay of the spawned server (Centrifugo PRO's batching knob)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the spawned server to the first CPU and the load generator to the others")
     parser.add_argument("--swarm", choices=("auto", "c", "python"), default="auto",
                         help="subscriber swarm implementation: C (compiled on first use) when a compiler exists")
     parser.add_argument("--lazy-ms", type=float, default=1.0,

@@ -65,7 +65,7 @@ class Node(BrokerEventHandler):
         self.metrics = metrics
         self.id = node_id or str(uuid.uuid4())
         self.controller = Controller(self)
-        self.flusher = Flusher()
+        self.flusher = Flusher(config.client.write_delay)
         self.name = config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
         self.hub = Hub()
         self.started_at = time.time()

@@ -9,7 +9,7 @@ import orjson
 from centrifuge.fossil import apply_delta
 from fakes import FakeTransport
 
-from node.client import Client
+from node.client import FLUSH_HOPS, Client
 from node.config import ClientConfig, Config
 from node.errors import DISCONNECT_SLOW
 from node.models import ClientInfo, Publication, RequestInfo, StreamPosition, SubscribeOptions
@@ -28,9 +28,9 @@ def live_sub(node: object, channel: str, client: Client, **opts: bool) -> None:
 
 
 async def tick() -> None:
-    """Let call_soon callbacks (the per-tick flush) run."""
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    """Let the pending flush run (it waits up to FLUSH_HOPS loop iterations)."""
+    for _ in range(FLUSH_HOPS + 1):
+        await asyncio.sleep(0)
 
 
 def new_client(node: object, *, unidirectional: bool = False, user: str = "u") -> tuple[Client, FakeTransport]:
@@ -89,6 +89,8 @@ async def test_messages_of_one_tick_leave_in_one_write() -> None:
     for i in range(20):
         client.enqueue(b'{"n":%d}' % i)
     assert transport.writes == [], "nothing is written before the loop tick ends"
+    await asyncio.sleep(0)
+    assert transport.writes == [], "the flush waits a few iterations for more messages"
     await tick()
     assert len(transport.writes) == 1, "one transport write per tick"
     assert [orjson.loads(m)["n"] for m in transport.messages] == list(range(20))
@@ -198,3 +200,16 @@ async def test_delta_subscribers_get_a_full_string_then_patches() -> None:
     assert bytes(apply_delta(first, patch["data"].encode())) == second
     plain_pubs = [orjson.loads(m)["push"]["pub"] for m in pt.messages]
     assert [p["data"]["items"][25]["v"] for p in plain_pubs] == ["value", "other"], "plain subscribers get JSON"
+
+
+async def test_write_delay_collects_messages_of_several_ticks_into_one_write() -> None:
+    node = make_node(write_delay=0.05)
+    client, transport = new_client(node)
+    client.enqueue(b'{"n":0}')
+    await tick()
+    client.enqueue(b'{"n":1}')
+    await tick()
+    assert transport.writes == [], "write_delay holds the first message back"
+    await asyncio.sleep(0.1)
+    assert len(transport.writes) == 1
+    assert [orjson.loads(m)["n"] for m in transport.messages] == [0, 1]
