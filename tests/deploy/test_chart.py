@@ -215,7 +215,10 @@ def test_values_schema_rejects_mistakes(helm: Helm, setting: str, message: str) 
 
 def test_worker_count_is_passed_to_the_entrypoint(helm: Helm) -> None:
     assert container(helm.render())["args"] == ["--workers", "auto"]
-    assert container(helm.render(sets=["workers=4"]))["args"] == ["--workers", "4"]
+    assert container(helm.render(sets=["workers=4", "config.engine.type=redis"]))["args"] == ["--workers", "4"]
+    # `fugato serve --workers 4` refuses the memory engine; the chart says so before anything is deployed.
+    proc = helm.run(*helm.template_args(sets=["workers=4"]), check=False)
+    assert proc.returncode != 0 and "memory engine cannot span processes" in proc.stderr
 
 
 # --- the HA values -------------------------------------------------------------------------------------------
@@ -304,8 +307,11 @@ def test_install_dry_run_prints_how_to_connect_and_publish(helm4: Helm) -> None:
 
 
 def test_notes_warn_about_several_memory_pods(helm4: Helm) -> None:
-    out = helm4.run("install", "rt", str(CHART), "--dry-run=client", "--set", "replicaCount=3").stdout
-    assert "replicaCount > 1 with the memory engine" in out
+    install = ("install", "rt", str(CHART), "--dry-run=client")
+    assert "several pods with the memory engine" in helm4.run(*install, "--set", "replicaCount=3").stdout
+    assert "several pods with the memory engine" in helm4.run(*install, "--set", "autoscaling.enabled=true").stdout
+    assert "several pods" not in helm4.run(*install).stdout
+    assert "several pods" not in helm4.run(*install, "-f", str(VALUES_HA)).stdout
 
 
 # --- kustomize ---------------------------------------------------------------------------------------------------

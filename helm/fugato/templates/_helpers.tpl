@@ -72,3 +72,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- $grace }}
 {{- end }}
+
+{{/* The engine type of the config ("memory" when unset). */}}
+{{- define "fugato.engine" -}}
+{{- dig "engine" "type" "memory" (.Values.config | default dict) }}
+{{- end }}
+
+{{/* Several workers share nothing in memory: they need the Redis engine, as `fugato serve` itself insists. */}}
+{{- define "fugato.checkWorkers" -}}
+{{- $workers := toString .Values.workers }}
+{{- if and (ne $workers "auto") (gt (atoi $workers) 1) (eq (include "fugato.engine" .) "memory") }}
+{{- fail (printf "workers: %s needs config.engine.type \"redis\": the memory engine cannot span processes (use workers: auto or 1)" $workers) }}
+{{- end }}
+{{- end }}
