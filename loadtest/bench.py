@@ -71,6 +71,13 @@ def own_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -91,25 +98,60 @@ class Target:
         return f"http://{self.host}:{self.port}"
 
 
-class Spawned:
-    """A server process started for this run (stopped at exit)."""
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (the workers under supervisord), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
-    def __init__(self, kind: str, write_delay_ms: float = 0.0) -> None:
+
+class Spawned:
+    """A server process started for this run (stopped at exit). ``redis_url`` switches Fugato to the Redis
+    engine, and ``workers`` > 1 runs that many workers under supervisord on the one port."""
+
+    def __init__(self, kind: str, write_delay_ms: float = 0.0, *, redis_url: str = "", workers: int = 1) -> None:
         self.kind = kind
         self.port = free_port()
+        self.workers = workers
         self.dir = tempfile.TemporaryDirectory(prefix="fugato-bench-")
         if kind == "fugato":
-            config = {"client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["*"],
-                                 "channel_limit": 100000, "write_delay": f"{write_delay_ms}ms"},
-                      "http_api": {"key": API_KEY}, "log": {"level": "warn"},
-                      "channel": {"without_namespace": {"allow_subscribe_for_client": True}}}
+            config: dict[str, Any] = {
+                "client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["*"],
+                           "channel_limit": 100000, "write_delay": f"{write_delay_ms}ms"},
+                "http_api": {"key": API_KEY}, "log": {"level": "warn"},
+                "channel": {"without_namespace": {"allow_subscribe_for_client": True}}}
+            if redis_url:
+                config["engine"] = {"type": "redis", "redis": {"address": [redis_url]}}
             path = Path(self.dir.name) / "config.json"
             path.write_text(json.dumps(config))
             cmd = [sys.executable, "-m", "node", "serve", "--config", str(path), "--port", str(self.port),
-                   "--host", "127.0.0.1"]
+                   "--host", "127.0.0.1", "--workers", str(workers)]
         else:
             cmd = [sys.executable, "-m", "loadtest.socketio_peer", str(self.port)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def server_pids(self) -> int | list[int]:
+        """The processes that serve clients: the server itself, or its workers (not supervisord)."""
+        if self.workers == 1:
+            return self.proc.pid
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            pids = [p for p in descendants(self.proc.pid) if "--worker-index" in _cmdline(p)]
+            if len(pids) == self.workers:
+                return pids
+            time.sleep(0.1)
+        raise RuntimeError(f"expected {self.workers} workers")
 
     async def wait_ready(self) -> None:
         deadline = time.monotonic() + 15
@@ -379,39 +421,74 @@ def pin_cpus(server_pid: int | None) -> str:
     return f"server on CPU {cpus[0]}, load generator on CPUs {cpus[1:]}"
 
 
+def start_redis_cluster(workdir: str) -> Any:
+    """A private 3-master Redis Cluster from the redis-server binary, for the Redis engine runs. It reuses the
+    test suite's launcher (tests/redis_servers.py), which is not an installed package, hence the path."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from redis_servers import RedisCluster, ensure_redis_installed, free_port  # noqa: PLC0415
+
+    ensure_redis_installed()
+    ports: list[int] = []
+    for _ in range(3):
+        ports.append(free_port(ports))
+    return RedisCluster(Path(workdir), ports=ports, replicas=0).start()
+
+
+async def run_one(kind: str, workers: int, args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    all_cpus = os.sched_getaffinity(0)
+    spawned = Spawned(kind, args.write_delay_ms, redis_url=redis_url, workers=workers) \
+        if args.spawn or kind == "socketio" else None
+    try:
+        if spawned is not None:
+            await spawned.wait_ready()
+            target = Target(kind, "127.0.0.1", spawned.port, spawned.server_pids())
+        else:
+            url = args.url.split("://", 1)[1].rstrip("/")
+            host, port = url.rsplit(":", 1)
+            pids = [int(p) for p in args.server_pid.split(",")]
+            target = Target(kind, host, int(port), pids, args.api_key, args.secret)
+        if not args.no_pin and workers == 1:  # several workers share every CPU with the load generator
+            print(pin_cpus(spawned.proc.pid if spawned is not None else None))
+        if args.scenario == "fanout":
+            return await run_fanout(target, args, args.subscribers, 1)
+        if args.scenario == "channels":
+            return await run_fanout(target, args, args.channels, args.channels)
+        if args.scenario == "idle":
+            return await run_idle(target, args)
+        return await run_storm(target, args)
+    finally:
+        if spawned is not None:
+            spawned.stop()
+        os.sched_setaffinity(0, all_cpus)
+
+
 async def main_async(args: argparse.Namespace) -> int:
     raise_fd_limit()
-    all_cpus = os.sched_getaffinity(0)
-    kinds = ["fugato"] + (["socketio"] if args.peer == "socketio" else [])
+    worker_counts = [int(w) for w in str(args.workers).split(",")]
+    if args.engine == "memory" and worker_counts != [1]:
+        raise SystemExit("--workers above 1 needs --engine redis_cluster (the memory engine serves one process)")
+    runs = [("fugato", w) for w in worker_counts] + ([("socketio", 1)] if args.peer == "socketio" else [])
     results: dict[str, dict[str, Any]] = {}
-    for kind in kinds:
-        spawned = Spawned(kind, args.write_delay_ms) if args.spawn or kind == "socketio" else None
+    with tempfile.TemporaryDirectory(prefix="fugato-bench-redis-") as redis_dir:
+        cluster = start_redis_cluster(redis_dir) if args.engine == "redis_cluster" and args.spawn else None
         try:
-            if spawned is not None:
-                await spawned.wait_ready()
-                target = Target(kind, "127.0.0.1", spawned.port, spawned.proc.pid)
-            else:
-                url = args.url.split("://", 1)[1].rstrip("/")
-                host, port = url.rsplit(":", 1)
-                pids = [int(p) for p in args.server_pid.split(",")]
-                target = Target(kind, host, int(port), pids, args.api_key, args.secret)
-            if not args.no_pin:
-                print(pin_cpus(spawned.proc.pid if spawned is not None else None))
-            if args.scenario == "fanout":
-                result = await run_fanout(target, args, args.subscribers, 1)
-            elif args.scenario == "channels":
-                result = await run_fanout(target, args, args.channels, args.channels)
-            elif args.scenario == "idle":
-                result = await run_idle(target, args)
-            else:
-                result = await run_storm(target, args)
+            for kind, workers in runs:
+                result = await run_one(kind, workers, args, cluster.url if cluster is not None else "")
+                name = kind if len(worker_counts) == 1 or kind != "fugato" else f"fugato-{workers}w"
+                results[name] = result
+                engine = f", {args.engine} engine, {workers} worker(s)" if kind == "fugato" else ""
+                report(f"{kind}: {args.scenario}, "
+                       f"{args.subscribers if args.scenario != 'channels' else args.channels} subscribers, "
+                       f"{args.publishers} publishers, rate {args.rate or 'max'}, {args.duration}s{engine}", result)
         finally:
-            if spawned is not None:
-                spawned.stop()
-            os.sched_setaffinity(0, all_cpus)
-        results[kind] = result
-        report(f"{kind}: {args.scenario}, {args.subscribers if args.scenario != 'channels' else args.channels} "
-               f"subscribers, {args.publishers} publishers, rate {args.rate or 'max'}, {args.duration}s", result)
+            if cluster is not None:
+                cluster.stop()
+    if len(worker_counts) > 1 and all("deliveries_per_s" in results[f"fugato-{w}w"] for w in worker_counts):
+        one = results[f"fugato-{worker_counts[0]}w"]["deliveries_per_s"]
+        for w in worker_counts[1:]:
+            print(f"{w} workers / {worker_counts[0]}: {results[f'fugato-{w}w']['deliveries_per_s'] / one:.2f}x "
+                  "deliveries/s")
+        return 0 if all(r.get("lost", 0) == 0 for r in results.values()) else 1
     if args.baseline:
         out = (await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "loadtest.baseline",
                                                          str(args.subscribers)],
@@ -445,6 +522,10 @@ def main() -> int:
                         help="also measure this machine's limit: a bare Python loop of one send() per delivery")
     parser.add_argument("--write-delay-ms", type=float, default=0.0,
                         help="client.write_delay of the spawned server (Centrifugo PRO's batching knob)")
+    parser.add_argument("--engine", choices=("memory", "redis_cluster"), default="memory",
+                        help="with --spawn: redis_cluster starts a private 3-master Redis Cluster for the run")
+    parser.add_argument("--workers", default="1",
+                        help="with --spawn: worker processes; a list such as 1,2 runs each and prints the ratio")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin the spawned server to the first CPU and the load generator to the others")
     parser.add_argument("--swarm", choices=("auto", "c", "python"), default="auto",

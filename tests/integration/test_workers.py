@@ -42,7 +42,11 @@ def worker_pids(server: ServerProcess) -> list[int]:
     pids = []
     for supervisord in children(server.pid):
         for pid in children(supervisord):
-            if "--worker-index" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+            except OSError:
+                continue  # exited between the listing and the read (a worker being killed or restarted)
+            if "--worker-index" in cmdline:
                 pids.append(pid)
     return sorted(pids)
 
