@@ -36,3 +36,19 @@ async def test_engine_bench_runs_all_engines() -> None:
     code, out = await run("loadtest.engine_bench", "--messages", "500")
     assert code == 0, out
     assert "redis cluster / memory" in out
+
+
+async def test_workers_bench_runs_one_then_two_workers_on_a_redis_cluster() -> None:
+    code, out = await run("loadtest.bench", "--spawn", "--engine", "redis_cluster", "--workers", "1,2",
+                          "--subscribers", "50", "--publishers", "2", "--duration", "1", timeout=120)
+    assert code == 0, out
+    lost = [line for line in out.splitlines() if line.strip().startswith("lost")]
+    assert lost == ["  lost                         0"] * 2, out
+    assert "2 workers / 1:" in out
+
+
+async def test_write_delay_bench_delivers_everything() -> None:
+    code, out = await run("loadtest.bench", "--spawn", "--subscribers", "50", "--write-delay-ms", "5",
+                          "--duration", "1")
+    assert code == 0, out
+    assert "  lost                         0" in out.splitlines(), out
