@@ -37,7 +37,7 @@ from node.errors import (
     Unsubscribe,
 )
 from node.models import ClientInfo, ClientState, RequestInfo, SubscribeOptions
-from node.protocol import codec
+from node.protocol import codec, proto
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -117,6 +117,7 @@ class Client:
         "_close_task",
         "_closing",
         "_connect_failed",
+        "_decode",
         "_flush_scheduled",
         "_info",
         "_loop",
@@ -138,6 +139,7 @@ class Client:
         "framing",
         "id",
         "node",
+        "protocol",
         "state",
         "subscribing",
         "transport",
@@ -145,9 +147,11 @@ class Client:
         "user",
     )
 
-    def __init__(self, node: Node, transport: Transport, request: RequestInfo) -> None:
+    def __init__(self, node: Node, transport: Transport, request: RequestInfo, *, protocol: str = "json") -> None:
         self.node = node
         self.transport = transport
+        self.protocol = protocol  # "json" | "protobuf": how commands arrive (the transport frames what leaves)
+        self._decode = proto.decode_frame if protocol == "protobuf" else codec.decode_frame
         # The request itself is not kept (nothing needs it after the upgrade; memory per connection counts).
         self.unidirectional = transport.unidirectional
         self.framing = transport.framing
@@ -199,7 +203,7 @@ class Client:
         if self.state is ClientState.CLOSED:
             return False
         try:
-            cmds = codec.decode_frame(data)
+            cmds = self._decode(data)
         except codec.DecodeError as e:
             logger.info("client %s sent a malformed frame: %s", self.id, e)
             await self.close(DISCONNECT_BAD_REQUEST)

@@ -104,12 +104,19 @@ async def connect(client: Client, cmd: codec.Command) -> bytes | None:
     fields["pong"] = cfg.pong_timeout > 0 and not client.unidirectional
     if cfg.connect_include_server_time:
         fields["time"] = int(time.time() * 1000)
+    if node.emulation is not None and (session := node.emulation.session_of(client.id)):
+        # An emulated transport's client posts its commands with these to /emulation.
+        fields["session"] = session
+        fields["node"] = node.id
     raw_fields = {"data": decision.data}
     if started:
         raw_fields["subs"] = b"{" + b",".join(
             codec.raw(ch) + b":" + codec.encode_subscribe_result(opts, start, _ttl(opts.expire_at))
             for ch, opts, start in started) + b"}"
-    client.enqueue(codec.reply(cmd.id, "connect", codec.result_object(fields, raw_fields)))
+    result = codec.result_object(fields, raw_fields)
+    # A unidirectional client has no command to reply to: it gets the result as a bare ``connect`` push.
+    client.enqueue(codec.wrap_push(b'{"connect":' + result + b"}", True) if client.unidirectional
+                   else codec.reply(cmd.id, "connect", result))
     for channel, _, start in started:
         node.start_delivery(client, channel, start)
     # Presence and join come after the reply is queued and before the next command runs.
@@ -132,6 +139,10 @@ async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
     delta = _str(params, "delta")
     if delta not in ("", "fossil"):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    if delta and client.protocol != "json":
+        # Delta frames carry the payload as a JSON string (see hub.py); protobuf would need raw patch bytes.
+        # Declining is allowed: the subscribe result then says delta is off and the SDK takes full payloads.
+        params = {k: v for k, v in params.items() if k != "delta"}
     if len(channel) > node.config.channel.max_length:
         raise ReplyError(ERROR_BAD_REQUEST)
     if channel in client.channels or channel in client.subscribing:

@@ -21,19 +21,25 @@ from node.client import Client
 from node.errors import DISCONNECT_CONNECTION_CLOSED, Disconnect
 from node.models import RequestInfo
 from node.node import Node
+from node.protocol import proto
 
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT: Final = 5.0  # how long a closing client may take to answer our close frame
 
 
-def frame_header(length: int) -> bytes:
-    """Header of a final, unmasked text frame (RFC 6455 §5.2)."""
+TEXT: Final = 0x81  # FIN + text opcode
+BINARY: Final = 0x82  # FIN + binary opcode
+SUBPROTOCOLS: Final = ("centrifuge-json", "centrifuge-protobuf")
+
+
+def frame_header(length: int, first: int = TEXT) -> bytes:
+    """Header of a final, unmasked frame (RFC 6455 §5.2)."""
     if length < 126:
-        return bytes((0x81, length))
+        return bytes((first, length))
     if length < 65536:
-        return struct.pack("!BBH", 0x81, 126, length)
-    return struct.pack("!BBQ", 0x81, 127, length)
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
 
 
 class WebSocketTransport:
@@ -74,6 +80,27 @@ class WebSocketTransport:
             self._raw.abort()
 
 
+class ProtobufWebSocketTransport(WebSocketTransport):
+    """The same connection speaking protobuf: each message is a varint-delimited ``Reply`` in a binary frame."""
+
+    __slots__ = ()
+
+    framing: Final = "ws-protobuf"  # type: ignore[misc]
+
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        body = proto.delimited(message)
+        return frame_header(len(body), BINARY) + body
+
+
+def wants_protobuf(request: web.Request, subprotocol: str | None) -> bool:
+    """Centrifugo's negotiation: the ``centrifuge-protobuf`` subprotocol (what centrifuge-js sends) or
+    ``?cf_protocol=protobuf`` (legacy ``?format=protobuf``)."""
+    if subprotocol == "centrifuge-protobuf":
+        return True
+    return "protobuf" in (request.query.get("cf_protocol"), request.query.get("format"))
+
+
 def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:
     """Centrifugo's rule: no Origin header is fine; otherwise it must match a pattern (empty list = none)."""
     if origin is None:
@@ -91,14 +118,16 @@ async def websocket_handler(request: web.Request, node: Node) -> web.StreamRespo
     if cfg.client.connection_limit and node.hub.num_clients() >= cfg.client.connection_limit:
         return web.Response(status=503)
     ws = web.WebSocketResponse(max_msg_size=cfg.websocket.message_size_limit, compress=False, autoping=True,
-                               timeout=CLOSE_TIMEOUT)
+                               timeout=CLOSE_TIMEOUT, protocols=SUBPROTOCOLS)
     await ws.prepare(request)
     raw = request.transport
     if raw is None:
         return ws
-    transport = WebSocketTransport(ws, raw)
+    protobuf = wants_protobuf(request, ws.ws_protocol)
+    transport = (ProtobufWebSocketTransport if protobuf else WebSocketTransport)(ws, raw)
     # Headers are not kept: nothing reads them after the upgrade, and a copy per connection costs memory.
-    client = Client(node, transport, RequestInfo(transport="websocket", remote=request.remote or ""))
+    client = Client(node, transport, RequestInfo(transport="websocket", remote=request.remote or ""),
+                    protocol="protobuf" if protobuf else "json")
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):

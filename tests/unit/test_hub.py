@@ -13,6 +13,8 @@ from node.client import FLUSH_HOPS, Client
 from node.config import ClientConfig, Config
 from node.errors import DISCONNECT_SLOW
 from node.models import ClientInfo, Publication, RequestInfo, StreamPosition, SubscribeOptions
+from node.protocol import client_pb2, proto
+from node.protocol.proto import split_delimited
 from node.server import build_node
 
 
@@ -213,3 +215,35 @@ async def test_write_delay_collects_messages_of_several_ticks_into_one_write() -
     await asyncio.sleep(0.1)
     assert len(transport.writes) == 1
     assert [orjson.loads(m)["n"] for m in transport.messages] == [0, 1]
+
+
+class ProtobufFake(FakeTransport):
+    """A fake transport speaking protobuf: each message a varint-delimited Reply (no NUL terminator)."""
+
+    framing = "fake-protobuf"
+
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        return proto.delimited(message)
+
+
+async def test_broadcast_builds_one_frame_per_framing_for_json_and_protobuf_subscribers() -> None:
+    node = make_node()
+    json_clients = [new_client(node) for _ in range(2)]
+    pb_clients = []
+    for _ in range(2):
+        transport = ProtobufFake()
+        client = Client(node, transport, RequestInfo(transport="fake"), protocol="protobuf")  # type: ignore[arg-type]
+        pb_clients.append((client, transport))
+    for c, _ in json_clients + pb_clients:
+        live_sub(node, "ch", c)
+    node.hub.broadcast_publication("ch", Publication(b'{"a":1}', offset=3), StreamPosition(3, "e"))  # type: ignore[attr-defined]
+    await tick()
+    (j0,), (j1,) = (t.writes for _, t in json_clients)
+    (p0,), (p1,) = (t.writes for _, t in pb_clients)
+    assert j0 is j1 and p0 is p1, "one shared frame per framing"
+    (chunk,) = split_delimited(p0)
+    reply = client_pb2.Reply()
+    reply.ParseFromString(chunk)
+    assert (reply.push.channel, reply.push.pub.data, reply.push.pub.offset) == ("ch", b'{"a":1}', 3)
+    assert orjson.loads(json_clients[0][1].messages[0])["push"]["pub"] == {"data": {"a": 1}, "offset": 3}

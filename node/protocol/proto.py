@@ -1,0 +1,178 @@
+"""Protocol v2 over protobuf: varint-length-delimited ``Command`` messages in, ``Reply`` messages out.
+
+The node builds every outgoing message as JSON (``codec``), so protobuf is a translation at the edge: inbound
+commands become the same ``Command`` values the JSON decoder yields, and an outgoing JSON message becomes the
+equivalent protobuf message. Translating replies costs a parse per reply, which is not on the hot path; a
+publication is translated once per broadcast (the hub caches frames per framing), not once per subscriber.
+
+Payload fields (``data``, ``conn_info``, ``chan_info``) are ``bytes`` in protobuf and raw JSON in the JSON
+protocol. Fugato stores payloads as JSON so that both kinds of client can receive every publication, so a
+protobuf client's payloads must be JSON; anything else is a bad request (disconnect 3501).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+import orjson
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import Message
+
+from node.protocol import client_pb2 as pb
+from node.protocol.codec import MAX_COMMAND_ID, METHODS, Command, DecodeError
+
+RAW_FIELDS: Final = frozenset({"data", "conn_info", "chan_info"})
+_EMPTY: Final[Mapping[str, Any]] = {}
+_MAX_VARINT_BYTES: Final = 10
+
+
+# --- varint framing -------------------------------------------------------------------------------------
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def split_delimited(data: bytes) -> Iterator[bytes]:
+    """The messages of a frame, each prefixed with its length as an unsigned varint."""
+    pos, end = 0, len(data)
+    while pos < end:
+        length, shift = 0, 0
+        while True:
+            if pos >= end or shift >= 7 * _MAX_VARINT_BYTES:
+                raise DecodeError("truncated length prefix")
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if pos + length > end:
+            raise DecodeError("truncated message")
+        yield data[pos:pos + length]
+        pos += length
+
+
+# --- inbound ----------------------------------------------------------------------------------------------
+
+
+def decode_frame(data: bytes | str) -> list[Command]:
+    """Split a binary frame into commands (at least one)."""
+    if isinstance(data, str):
+        raise DecodeError("protobuf clients send binary frames")
+    if not data:
+        raise DecodeError("empty frame")
+    return [_decode_command(chunk) for chunk in split_delimited(data)]
+
+
+def _decode_command(chunk: bytes) -> Command:
+    cmd = pb.Command()
+    try:
+        cmd.ParseFromString(chunk)
+    except ProtobufDecodeError as e:
+        raise DecodeError(f"invalid protobuf: {e}") from None
+    if cmd.id > MAX_COMMAND_ID:
+        raise DecodeError("invalid command id")
+    for method in METHODS:
+        if cmd.HasField(method):
+            return Command(cmd.id, method, to_dict(getattr(cmd, method)))
+    return Command(cmd.id, "", _EMPTY)  # nothing set: the client's pong
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    """The JSON-shaped params of a request message: only fields that are set, payloads parsed from JSON."""
+    out: dict[str, Any] = {}
+    for field, value in msg.ListFields():
+        out[field.name] = _value_to_json(field, value)
+    return out
+
+
+def _value_to_json(field: Any, value: Any) -> Any:
+    if _is_map(field):
+        value_field = field.message_type.fields_by_name["value"]
+        if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+            return {k: to_dict(v) for k, v in value.items()}
+        return dict(value)
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if _is_repeated(field):
+            return [to_dict(v) for v in value]
+        return to_dict(value)
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        try:
+            return orjson.loads(value) if value else None
+        except orjson.JSONDecodeError:
+            raise DecodeError(f"{field.name} is not JSON") from None
+    return value
+
+
+# --- outbound ---------------------------------------------------------------------------------------------
+
+
+def encode_message(message: bytes) -> bytes:
+    """A JSON Reply (``{"id":..,"<method>":..}``, ``{"push":..}`` or the ``{}`` ping) as protobuf bytes."""
+    try:
+        obj = orjson.loads(message)
+    except orjson.JSONDecodeError as e:  # the node built it: a bug, not bad input
+        raise ValueError(f"not a JSON message: {e}") from None
+    reply = pb.Reply()
+    fill(reply, obj)
+    return reply.SerializeToString()
+
+
+def delimited(message: bytes) -> bytes:
+    """One JSON message as a length-prefixed protobuf message (what a binary frame or a stream carries)."""
+    body = encode_message(message)
+    return varint(len(body)) + body
+
+
+def fill(msg: Message, obj: Mapping[str, Any]) -> None:
+    """Set ``msg``'s fields from a JSON object shaped like the message; unknown keys are skipped."""
+    fields: Mapping[str, Any] = msg.DESCRIPTOR.fields_by_name
+    for key, value in obj.items():
+        field = fields.get(key)
+        if field is None or value is None:
+            continue
+        if _is_map(field):
+            target = getattr(msg, key)
+            value_field = field.message_type.fields_by_name["value"]
+            for k, v in value.items():
+                if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                    fill(target[k], v)
+                else:
+                    target[k] = v
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if _is_repeated(field):
+                repeated = getattr(msg, key)
+                for item in value:
+                    fill(repeated.add(), item)
+            else:
+                sub = getattr(msg, key)
+                sub.SetInParent()  # an empty object is still "set" (an empty result, {} publish reply)
+                fill(sub, value)
+        elif field.type == FieldDescriptor.TYPE_BYTES:
+            setattr(msg, key, orjson.dumps(value) if key in RAW_FIELDS else bytes(value))
+        else:
+            setattr(msg, key, value)
+
+
+# Descriptors are typed loosely (Any): the stubs describe both the pure-Python and the upb classes as unions,
+# and these helpers only read attributes every implementation has.
+
+
+def _is_map(field: Any) -> bool:
+    return bool(field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry)
+
+
+def _is_repeated(field: Any) -> bool:
+    # protobuf 5+ has ``is_repeated``; ``label`` is the older spelling of the same fact.
+    repeated = getattr(field, "is_repeated", None)
+    if repeated is not None:
+        return bool(repeated)
+    return bool(field.label == FieldDescriptor.LABEL_REPEATED)
