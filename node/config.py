@@ -321,6 +321,53 @@ class NodeSection:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ShutdownConfig:
     timeout: float = _dur(30.0)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpStreamConfig:
+    """Bidirectional emulation over one streaming POST response (``/connection/http_stream``)."""
+
+    enabled: bool = False
+    handler_prefix: str = "/connection/http_stream"
+    max_request_body_size: int = 65536
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SseConfig:
+    """Bidirectional emulation over an EventSource stream (``/connection/sse``)."""
+
+    enabled: bool = False
+    handler_prefix: str = "/connection/sse"
+    max_request_body_size: int = 65536
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmulationConfig:
+    """Where emulated transports post their commands; served while ``sse`` or ``http_stream`` is enabled."""
+
+    handler_prefix: str = "/emulation"
+    max_request_body_size: int = 65536
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UniWebsocketConfig:
+    enabled: bool = False
+    handler_prefix: str = "/connection/uni_websocket"
+    message_size_limit: int = 65536  # the first (connect) message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UniSseConfig:
+    enabled: bool = False
+    handler_prefix: str = "/connection/uni_sse"
+    max_request_body_size: int = 65536
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UniHttpStreamConfig:
+    enabled: bool = False
+    handler_prefix: str = "/connection/uni_http_stream"
+    max_request_body_size: int = 65536
+
+
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -339,3 +386,9 @@ class Config:
     prometheus: PrometheusConfig = PrometheusConfig()
     node: NodeSection = NodeSection()
     shutdown: ShutdownConfig = ShutdownConfig()
+    http_stream: HttpStreamConfig = HttpStreamConfig()
+    sse: SseConfig = SseConfig()
+    emulation: EmulationConfig = EmulationConfig()
+    uni_websocket: UniWebsocketConfig = UniWebsocketConfig()
+    uni_sse: UniSseConfig = UniSseConfig()
+    uni_http_stream: UniHttpStreamConfig = UniHttpStreamConfig()

@@ -32,9 +32,9 @@ _DURATION_PART_RE: Final = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|
 
 # Top-level sections Centrifugo has but Fugato does not implement: they are ignored with a warning.
 _CENTRIFUGO_ONLY_SECTIONS: Final = frozenset({
-    "admin", "broker", "presence_manager", "proxies", "grpc_api", "sse", "http_stream", "emulation",
-    "uni_websocket", "uni_sse", "uni_http_stream", "uni_grpc", "webtransport", "swagger", "debug", "consumers",
-    "opentelemetry", "graphite", "usage_stats", "pid_file", "enable_unreleased_features", "connect_proxy",
+    "admin", "broker", "presence_manager", "proxies", "grpc_api", "uni_grpc", "webtransport", "swagger", "debug",
+    "consumers", "opentelemetry", "graphite", "usage_stats", "pid_file", "enable_unreleased_features",
+    "connect_proxy",
 })
 # The most common Centrifugo v5 flat keys, so a v5 file gets a useful hint instead of a bare warning.
 _V5_KEYS: Final[dict[str, str]] = {

@@ -1,6 +1,7 @@
 """Node-to-node control over the broker: a registry of live nodes (each announces itself every few seconds),
-commands that must act on every node (disconnect, unsubscribe, subscribe, refresh a user), and surveys that
-collect an answer from every node (the channels API).
+commands that must act on every node (disconnect, unsubscribe, subscribe, refresh a user) or on one node (an
+emulation request for a session held there), and surveys that collect an answer from every node (the channels
+API).
 
 Messages are msgpack: ``[VERSION, kind, sender node id, payload]``; a node ignores its own messages and any
 message of another version.
@@ -101,6 +102,17 @@ class Controller:
         """Run a command here and on every other node."""
         await self._actions[kind](params)
         await self._send(kind, params)
+
+    async def send_to(self, node_id: str, kind: str, params: dict[str, Any]) -> None:
+        """Run a command on one other node only (e.g. an emulation request for a session that node holds)."""
+        await self._send(kind, params, node_id)
+
+    def knows(self, node_id: str) -> bool:
+        """Whether ``node_id`` is a live node (this one, or one heard from within ``NODE_TTL``)."""
+        if node_id == self._node.id:
+            return True
+        entry = self._nodes.get(node_id)
+        return entry is not None and time.monotonic() - entry[1] <= NODE_TTL
 
     async def survey(self, op: str, params: dict[str, Any]) -> list[Any]:
         """Ask every live node (this one included); returns the answers that came within the timeout."""

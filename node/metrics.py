@@ -58,6 +58,8 @@ class Metrics:
                                 namespace=ns, registry=r)
         self._ping_pong = Histogram("client_ping_pong_duration_seconds", "Time from a server ping to the pong.",
                                     ["transport"], namespace=ns, registry=r, buckets=FAST_BUCKETS)
+        self._transport_connects = Counter("transport_connect_count", "Connections accepted, by transport.",
+                                           ["transport"], namespace=ns, registry=r)
         self._api_duration = Histogram("api_command_duration_seconds", "Server API command duration.",
                                        ["protocol", "method"], namespace=ns, registry=r, buckets=FAST_BUCKETS)
         self._api_errors = Counter("api_command_errors", "Server API command errors.", ["protocol", "method", "code"],
@@ -99,6 +101,9 @@ class Metrics:
 
     def ping_pong(self, transport: str, seconds: float) -> None:
         self._ping_pong.labels(transport).observe(seconds)
+
+    def transport_connect(self, transport: str) -> None:
+        self._transport_connects.labels(transport).inc()
 
     def api_command(self, method: str, seconds: float, error_code: int = 0) -> None:
         self._api_duration.labels("http", method).observe(seconds)

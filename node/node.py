@@ -42,6 +42,7 @@ from node.recovery import stream_start
 
 if TYPE_CHECKING:
     from node.client import Client
+    from node.emulation import Emulation
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Node(BrokerEventHandler):
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
+        self.emulation: Emulation | None = None  # set by the server when SSE or HTTP-stream is enabled
 
     async def start(self) -> None:
         await self.engine.broker.start(self)
@@ -124,6 +126,7 @@ class Node(BrokerEventHandler):
 
     def add_client(self, client: Client) -> None:
         self.hub.add(client)
+        self.metrics.transport_connect(client.transport.name)
         self._update_gauges()
 
     async def remove_client(self, client: Client, disconnect: Disconnect) -> None:

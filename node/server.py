@@ -26,6 +26,7 @@ from node.errors import NodeError
 from node.metrics import Metrics
 from node.node import Node
 from node.policy import Policy
+from node.transports.routes import add_transport_routes
 from node.transports.websocket import websocket_handler
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def build_apps(config: Config) -> Apps:
 
     if not config.websocket.disabled:
         app.router.add_get(config.websocket.handler_prefix, ws)
+    add_transport_routes(app, node)
     internal: web.Application | None = None
     if _separate_internal(config):
         internal = web.Application(client_max_size=client_max_size)
@@ -121,7 +123,10 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(apps.node, reload)))
     runners: list[web.AppRunner] = []
-    external = web.AppRunner(apps.external, access_log=None, shutdown_timeout=timeout, handle_signals=False)
+    # handler_cancellation: a streaming response (HTTP-stream, SSE) learns that its client left only through the
+    # cancellation of its handler; nothing else wakes a handler that waits for the server to end the stream.
+    external = web.AppRunner(apps.external, access_log=None, shutdown_timeout=timeout, handle_signals=False,
+                             handler_cancellation=True)
     await external.setup()
     runners.append(external)
     try:

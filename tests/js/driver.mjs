@@ -6,6 +6,10 @@
 //            "protocol": "json" (default) | "protobuf"  - which centrifuge-js build/codec to use
 //            "trace": true                            - also report every WebSocket frame
 //                                                        ({"event":"frame_out"|"frame_in","data":...})
+//            "transports": [{"transport": "http_stream"|"sse"|"websocket", "endpoint": <url>}, ...]
+//                                                      - connect through this list instead of <ws-url> (the
+//                                                        SDK's fallback list; also pass "emulationEndpoint").
+//                                                        SSE uses the "eventsource" package's EventSource.
 //
 // stdin:  one command per line, {"op": "...", "id": <any JSON, optional>, ...args}.
 // stdout: one JSON object per line. Every line has "event" and a strictly increasing "seq".
@@ -48,6 +52,7 @@
 
 import { createInterface } from 'node:readline';
 import WebSocket from 'ws';
+import { EventSource } from 'eventsource';
 
 const url = process.argv[2];
 let seq = 0;
@@ -118,7 +123,7 @@ try {
 } catch (e) {
   emit('driver_error', { message: `FUGATO_DRIVER_OPTIONS is not JSON: ${e.message}` });
 }
-const { protocol = 'json', trace = false, ...centrifugeOptions } = driverOptions;
+const { protocol = 'json', trace = false, transports = null, ...centrifugeOptions } = driverOptions;
 
 const lib = protocol === 'protobuf' ? await import('centrifuge/build/protobuf') : await import('centrifuge');
 const { Centrifuge } = lib;
@@ -166,7 +171,10 @@ const subTokens = new Map();
 function getClient() {
   if (client !== null) return client;
   const options = { ...centrifugeOptions, websocket: trace ? TracingWebSocket : WebSocket };
-  client = new Centrifuge(url, options);
+  if (transports !== null && transports.some((t) => t.transport === 'sse')) {
+    options.eventsource = EventSource;
+  }
+  client = new Centrifuge(transports !== null ? transports : url, options);
   client.on('state', (ctx) => emit('state', ctx));
   client.on('connecting', (ctx) => emit('connecting', ctx));
   client.on('connected', (ctx) => emit('connected', ctx));

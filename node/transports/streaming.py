@@ -1,0 +1,264 @@
+"""Transports over one long HTTP response: HTTP-streaming and SSE, bidirectional (emulation: commands arrive
+through ``/emulation``) and unidirectional (``uni_http_stream``, ``uni_sse``). JSON only.
+
+Like the WebSocket transport, these write pre-framed bytes straight to the asyncio transport, so a fan-out
+never awaits: aiohttp's ``StreamResponse.write`` is a coroutine and would need a task per write. aiohttp sends
+the status line and headers in ``prepare()``; after that the body belongs to us, so its framing does too:
+
+* HTTP/1.1: the response is ``Transfer-Encoding: chunked`` and every ``write()`` goes out as one chunk (a
+  flush's frames together). Chunked streams are what fetch readers (centrifuge-js), EventSource and aiohttp's
+  client all read incrementally, and the connection stays reusable after the stream ends.
+  ``StreamResponse.write_eof()`` sends the last chunk; our chunks never went through aiohttp's writer, so its
+  state is still "nothing written" and it only adds the terminator.
+* HTTP/1.0 (no chunking): the body is raw bytes and ends when the connection closes.
+
+A connection ends when the client closes it (aiohttp cancels the handler: the external app runs with
+``handler_cancellation``), or when the server closes the client: a ``disconnect`` push, then end of body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import ClassVar, Final
+
+from aiohttp import HttpVersion11, web
+
+from node.client import Client
+from node.errors import DISCONNECT_BAD_REQUEST, DISCONNECT_CONNECTION_CLOSED, Disconnect
+from node.models import RequestInfo
+from node.node import Node
+from node.protocol import codec
+from node.transports.http import (
+    NO_CACHE_HEADERS,
+    connect_unidirectional,
+    cors_headers,
+    parse_connect_request,
+    preflight,
+    read_body,
+    refuse,
+)
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT: Final = 5.0  # how long the end of a stream may wait for a slow reader before the socket is dropped
+
+
+def disconnect_push(disconnect: Disconnect) -> bytes:
+    return b'{"disconnect":{"code":%d,"reason":%s}}' % (disconnect.code, codec.raw(disconnect.reason))
+
+
+class _ResponseStream:
+    """The body of a prepared streaming response, written without awaiting. ``done`` resolves when the stream
+    ends (closed by the server, or found lost on a write); the connection's handler waits on it."""
+
+    __slots__ = ("_chunked", "_ended", "_raw", "_resp", "done", "name", "unidirectional")
+
+    framing: ClassVar[str]  # set by each subclass
+
+    def __init__(self, name: str, unidirectional: bool, resp: web.StreamResponse, raw: asyncio.Transport,
+                 chunked: bool) -> None:
+        self.name = name
+        self.unidirectional = unidirectional
+        self._resp = resp
+        self._raw = raw
+        self._chunked = chunked
+        self._ended = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raw = self._raw
+        if raw.is_closing():
+            self._end()
+            return
+        if self._chunked:
+            # One chunk per write; writelines spares a copy of a large batch.
+            raw.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            raw.write(data)
+
+    def buffered(self) -> int:
+        return self._raw.get_write_buffer_size()
+
+    @property
+    def closed(self) -> bool:
+        if self._raw.is_closing():
+            self._end()  # the client went away: let the handler close the connection
+            return True
+        return self._ended
+
+    def _end(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def close(self, disconnect: Disconnect) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            if self._raw.is_closing():
+                return
+            if disconnect.code != DISCONNECT_CONNECTION_CLOSED.code:
+                self.write(self.frame(codec.wrap_push(disconnect_push(disconnect), self.unidirectional)))
+            try:
+                await asyncio.wait_for(self._resp.write_eof(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                self._raw.abort()
+            except ConnectionError:
+                pass  # the client left while the stream was ending
+        finally:
+            self._end()
+
+
+class HttpStreamTransport(_ResponseStream):
+    """Newline-delimited JSON: each message followed by ``\\n``."""
+
+    __slots__ = ()
+    framing = "http-stream-json"
+
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        return message + b"\n"
+
+
+class SseTransport(_ResponseStream):
+    """Server-sent events: each message one ``data:`` event (messages never contain a newline)."""
+
+    __slots__ = ()
+    framing = "sse"
+
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        return b"data: " + message + b"\n\n"
+
+
+Opener = Callable[[Client], Awaitable[bool]]  # sets the connection up; False: it closed already
+
+
+async def _serve(request: web.Request, node: Node, cls: type[_ResponseStream], name: str, unidirectional: bool,
+                 content_type: str, open_connection: Opener) -> web.StreamResponse:
+    headers = {**NO_CACHE_HEADERS, **cors_headers(request), "Content-Type": content_type}
+    resp = web.StreamResponse(headers=headers)
+    chunked = request.version >= HttpVersion11
+    if chunked:
+        resp.enable_chunked_encoding()
+    else:
+        resp.force_close()
+    await resp.prepare(request)
+    raw = request.transport
+    if raw is None:
+        return resp
+    transport = cls(name, unidirectional, resp, raw, chunked)
+    if cls is SseTransport:
+        transport.write(b"\r\n")  # sent at once, so that the EventSource opens before the first message
+    client = Client(node, transport, RequestInfo(transport=name, remote=request.remote or ""))
+    emulation = node.emulation if not unidirectional else None
+    if emulation is not None:
+        emulation.register(client)
+    try:
+        if await open_connection(client):
+            await transport.done
+    finally:
+        if emulation is not None:
+            emulation.unregister(client)
+        await client.close(DISCONNECT_CONNECTION_CLOSED)
+    return resp
+
+
+async def _body_or_error(request: web.Request, limit: int) -> bytes | web.Response:
+    body = await read_body(request, limit)
+    if body is None:
+        return web.Response(status=413, headers=cors_headers(request))
+    return body
+
+
+def _bidirectional(body: bytes) -> Opener:
+    async def open_connection(client: Client) -> bool:
+        if not body:
+            await client.close(DISCONNECT_BAD_REQUEST)
+            return False
+        return await client.handle_data(body)
+
+    return open_connection
+
+
+def _unidirectional(body: bytes) -> Opener:
+    async def open_connection(client: Client) -> bool:
+        return await connect_unidirectional(client, parse_connect_request(body))
+
+    return open_connection
+
+
+async def http_stream_handler(request: web.Request, node: Node) -> web.StreamResponse:
+    """``POST /connection/http_stream``: the body is the first command frame (the connect command)."""
+    if request.method == "OPTIONS":
+        return preflight(request, node.config.client.allowed_origins)
+    refused = refuse(request, node)
+    if refused is not None:
+        return refused
+    body = await _body_or_error(request, node.config.http_stream.max_request_body_size)
+    if isinstance(body, web.Response):
+        return body
+    if not body:
+        return web.Response(status=400, headers=cors_headers(request))
+    return await _serve(request, node, HttpStreamTransport, "http_stream", False, "application/json",
+                        _bidirectional(body))
+
+
+async def _sse_connect_data(request: web.Request, limit: int) -> bytes | web.Response:
+    """The connect payload of an SSE request: ``?cf_connect=<url-encoded JSON>`` on GET, the body on POST."""
+    if request.method == "POST":
+        return await _body_or_error(request, limit)
+    data = request.query.get("cf_connect", "").encode()
+    if len(data) > limit:
+        return web.Response(status=413, headers=cors_headers(request))
+    return data
+
+
+async def sse_handler(request: web.Request, node: Node) -> web.StreamResponse:
+    """``GET /connection/sse?cf_connect=<command frame>`` (or POST with the frame as body)."""
+    if request.method == "OPTIONS":
+        return preflight(request, node.config.client.allowed_origins)
+    refused = refuse(request, node)
+    if refused is not None:
+        return refused
+    data = await _sse_connect_data(request, node.config.sse.max_request_body_size)
+    if isinstance(data, web.Response):
+        return data
+    if not data:
+        return web.Response(status=400, headers=cors_headers(request))
+    return await _serve(request, node, SseTransport, "sse", False, "text/event-stream; charset=utf-8",
+                        _bidirectional(data))
+
+
+async def uni_http_stream_handler(request: web.Request, node: Node) -> web.StreamResponse:
+    """``POST /connection/uni_http_stream``: the body is a ConnectRequest."""
+    if request.method == "OPTIONS":
+        return preflight(request, node.config.client.allowed_origins)
+    refused = refuse(request, node)
+    if refused is not None:
+        return refused
+    body = await _body_or_error(request, node.config.uni_http_stream.max_request_body_size)
+    if isinstance(body, web.Response):
+        return body
+    return await _serve(request, node, HttpStreamTransport, "uni_http_stream", True, "application/json",
+                        _unidirectional(body))
+
+
+async def uni_sse_handler(request: web.Request, node: Node) -> web.StreamResponse:
+    """``GET /connection/uni_sse?cf_connect=<ConnectRequest>`` (or POST with the request as body)."""
+    if request.method == "OPTIONS":
+        return preflight(request, node.config.client.allowed_origins)
+    refused = refuse(request, node)
+    if refused is not None:
+        return refused
+    data = await _sse_connect_data(request, node.config.uni_sse.max_request_body_size)
+    if isinstance(data, web.Response):
+        return data
+    return await _serve(request, node, SseTransport, "uni_sse", True, "text/event-stream; charset=utf-8",
+                        _unidirectional(data))

@@ -1,0 +1,48 @@
+"""Emulation across nodes: a POST /emulation that lands on another node than the one holding the session is
+forwarded to that node through the control channel (two server processes on the Redis engine)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+from harness import ServerFactory, unique_channel, wait_until
+from redis_servers import RedisStandalone
+
+
+async def test_emulation_request_on_another_node_reaches_the_session(
+        server_factory: ServerFactory, redis_standalone: RedisStandalone, redis_prefix: str) -> None:
+    config = {"engine": {"type": "redis", "redis": {"address": [redis_standalone.url], "prefix": redis_prefix}},
+              "http_stream": {"enabled": True}}
+    a = await server_factory(config, name="node-a")
+    b = await server_factory(config, name="node-b")
+    ch = unique_channel("chat:")
+    connect = {"id": 1, "connect": {"token": a.token("dave")}}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session,
+        session.post(f"{a.http_url}/connection/http_stream", data=json.dumps(connect)) as stream,
+    ):
+        async def message() -> dict[str, Any]:
+            while True:
+                line = await stream.content.readline()
+                assert line, "the stream ended"
+                msg: dict[str, Any] = json.loads(line)
+                if msg:  # skip pings
+                    return msg
+
+        result = (await message())["connect"]
+        session_id, node_id = result["session"], result["node"]
+
+        async def forwarded() -> bool:
+            # B answers 404 until it has heard of node A (nodes announce themselves on start).
+            body = {"session": session_id, "node": node_id,
+                    "data": json.dumps({"id": 2, "subscribe": {"channel": ch}})}
+            async with session.post(f"{b.http_url}/emulation", json=body) as resp:
+                return resp.status == 204
+
+        await wait_until(forwarded, timeout=10)
+        assert (await message()) == {"id": 2, "subscribe": {}}
+        await b.api_result("publish", {"channel": ch, "data": {"via": "B"}})
+        push = (await message())["push"]
+        assert push["channel"] == ch and push["pub"]["data"] == {"via": "B"}

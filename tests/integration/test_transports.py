@@ -1,0 +1,218 @@
+"""HTTP-streaming and SSE (bidirectional emulation through /emulation, driven by centrifuge-js with fetch and
+the eventsource package) and the unidirectional transports (uni_sse, uni_http_stream, uni_websocket, read with
+plain aiohttp), against a real server. Also the endpoint errors: 400, 404, 413, 403, and a disabled transport."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+from harness import ServerFactory, ServerProcess, unique_channel
+from jsclient import JsClient
+
+GOOD_ORIGIN = "http://good.example"
+TRANSPORTS_CONFIG: dict[str, Any] = {
+    "client": {"allowed_origins": [GOOD_ORIGIN], "ping_interval": "2s", "pong_timeout": "1s"},
+    "rpc": {"ping": {"enabled": True, "method": "ping"}},
+    "http_stream": {"enabled": True},
+    "sse": {"enabled": True},
+    "emulation": {"max_request_body_size": 1024},
+    "uni_websocket": {"enabled": True},
+    "uni_sse": {"enabled": True},
+    "uni_http_stream": {"enabled": True},
+}
+
+
+@pytest.fixture(scope="module")
+def transports_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    factory = ServerFactory(tmp_path_factory.mktemp)
+    yield factory.start_sync(TRANSPORTS_CONFIG, name="transports")
+    factory.close_sync()
+
+
+@asynccontextmanager
+async def emulated_client(server: ServerProcess, transport: str) -> AsyncIterator[JsClient]:
+    prefix = "/connection/http_stream" if transport == "http_stream" else "/connection/sse"
+    options = {
+        "transports": [{"transport": transport, "endpoint": f"{server.http_url}{prefix}"}],
+        "emulationEndpoint": f"{server.http_url}/emulation",
+    }
+    client = JsClient(server.ws_url, options, name=f"js-{transport}")
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("transport", ["http_stream", "sse"])
+async def test_centrifuge_js_over_emulation(transports_server: ServerProcess, transport: str) -> None:
+    server = transports_server
+    ch = unique_channel("chat:")
+    async with emulated_client(server, transport) as js:
+        await js.call("connect", token=server.token("alice"), wait=True)
+        assert (await js.wait("connected"))["transport"] == transport
+        await js.call("subscribe", channel=ch, recoverable=True, wait=True)
+
+        await server.api_result("publish", {"channel": ch, "data": {"n": 1}})
+        assert (await js.wait("publication", channel=ch))["data"] == {"n": 1}
+        # Client commands travel through POST /emulation.
+        await js.call("publish", channel=ch, data={"n": 2})
+        assert (await js.wait("publication", channel=ch))["data"] == {"n": 2}
+        history = await js.call("history", channel=ch, limit=10)
+        assert [p["data"] for p in history["publications"]] == [{"n": 1}, {"n": 2}]
+        assert await js.call("rpc", method="ping", data={}) is not None
+
+        # Publications missed while disconnected are recovered on reconnect.
+        await js.call("disconnect")
+        await js.wait("disconnected")
+        await server.api_result("publish", {"channel": ch, "data": {"n": 3}})
+        await js.call("connect", wait=True)
+        subscribed = await js.wait("subscribed", channel=ch, wasRecovering=True)
+        assert subscribed["recovered"]
+        assert (await js.wait("publication", channel=ch))["data"] == {"n": 3}
+
+
+# --- unidirectional ------------------------------------------------------------------------------------------
+
+
+async def _lines(resp: aiohttp.ClientResponse, sse: bool) -> AsyncIterator[dict[str, Any]]:
+    """The messages of a stream: JSON lines, or the ``data:`` of SSE events."""
+    async for raw in resp.content:
+        line = raw.strip()
+        if sse:
+            if not line.startswith(b"data: "):
+                continue
+            line = line[len(b"data: "):]
+        if line:
+            yield json.loads(line)
+
+
+@asynccontextmanager
+async def uni_stream(server: ServerProcess, kind: str, request: dict[str, Any]) -> AsyncIterator[
+        AsyncIterator[dict[str, Any]]]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        if kind == "uni_sse":
+            url = f"{server.http_url}/connection/uni_sse?cf_connect={quote(json.dumps(request))}"
+            ctx = session.get(url)
+        else:
+            ctx = session.post(f"{server.http_url}/connection/uni_http_stream", data=json.dumps(request))
+        async with ctx as resp:
+            assert resp.status == 200
+            if kind == "uni_sse":
+                assert resp.headers["Content-Type"].startswith("text/event-stream")
+            yield _lines(resp, kind == "uni_sse").__aiter__()
+
+
+@pytest.mark.parametrize("kind", ["uni_sse", "uni_http_stream"])
+async def test_uni_http_streams(transports_server: ServerProcess, kind: str) -> None:
+    server = transports_server
+    ch = unique_channel("plain")
+    async with uni_stream(server, kind, {"token": server.token("bob", channels=[ch])}) as messages:
+        connect = (await anext(messages))["connect"]
+        assert connect["client"] and ch in connect["subs"] and "pong" not in connect
+        await server.api_result("publish", {"channel": ch, "data": {"hello": kind}})
+        assert await anext(messages) == {"channel": ch, "pub": {"data": {"hello": kind}}}
+        assert await anext(messages) == {}, "a ping is an empty push"
+
+
+@pytest.mark.parametrize("kind", ["uni_sse", "uni_http_stream"])
+async def test_uni_connect_errors_end_with_disconnect_push(transports_server: ServerProcess, kind: str) -> None:
+    server = transports_server
+    async with uni_stream(server, kind, {"token": "not-a-jwt"}) as messages:
+        assert await anext(messages) == {"disconnect": {"code": 3500, "reason": "invalid token"}}
+        with pytest.raises(StopAsyncIteration):
+            await anext(messages)
+    async with uni_stream(server, kind, {"token": server.token("bob", ttl=-10)}) as messages:
+        assert (await anext(messages))["disconnect"]["code"] == 3005, "token expired (109) maps to 3005"
+
+
+async def test_uni_websocket(transports_server: ServerProcess) -> None:
+    server = transports_server
+    ch = unique_channel("plain")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"ws://{server.host}:{server.port}/connection/uni_websocket") as ws,
+    ):
+        await ws.send_str(json.dumps({"token": server.token("carol", channels=[ch])}))
+        connect = json.loads(await ws.receive_str(timeout=5))["connect"]
+        assert ch in connect["subs"]
+        await server.api_result("publish", {"channel": ch, "data": "x"})
+        assert json.loads(await ws.receive_str(timeout=5)) == {"channel": ch, "pub": {"data": "x"}}
+        assert json.loads(await ws.receive_str(timeout=5)) == {}
+        await server.api_result("disconnect", {"user": "carol"})
+        assert json.loads(await ws.receive_str(timeout=5)) == {
+            "disconnect": {"code": 3503, "reason": "force disconnect"}}
+        close = await ws.receive(timeout=5)
+        assert close.type is aiohttp.WSMsgType.CLOSE and close.data == 3503
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"ws://{server.host}:{server.port}/connection/uni_websocket") as ws,
+    ):
+        await ws.send_str("{}")  # no token, anonymous access not allowed
+        assert json.loads(await ws.receive_str(timeout=5)) == {"disconnect": {"code": 3501, "reason": "bad request"}}
+
+
+# --- endpoint errors ------------------------------------------------------------------------------------------
+
+
+async def test_emulation_endpoint_errors(transports_server: ServerProcess) -> None:
+    server = transports_server
+    status, _, _ = await server.http("POST", "/emulation", body=b"not json")
+    assert status == 400
+    status, _, _ = await server.http("POST", "/emulation", json_body={"session": "s", "node": 1, "data": "{}"})
+    assert status == 400
+    status, _, _ = await server.http("POST", "/emulation", json_body={"session": "s", "node": "nope", "data": "{}"})
+    assert status == 404
+    status, _, _ = await server.http("POST", "/emulation",
+                                     json_body={"session": "s", "node": "n", "data": "x" * 2000})
+    assert status == 413
+    status, _, _ = await server.http("POST", "/emulation", json_body={"session": "s", "node": "nope", "data": "{}"},
+                                     headers={"Origin": "http://evil.example"})
+    assert status == 403
+
+
+async def test_origin_and_cors(transports_server: ServerProcess) -> None:
+    server = transports_server
+    for method, path in (("POST", "/connection/http_stream"), ("GET", "/connection/sse?cf_connect=%7B%7D"),
+                         ("POST", "/connection/uni_http_stream"), ("GET", "/connection/uni_sse"),
+                         ("GET", "/connection/uni_websocket")):
+        status, _, _ = await server.http(method, path, body=b"{}", headers={"Origin": "http://evil.example"})
+        assert status == 403, path
+    status, headers, _ = await server.http("OPTIONS", "/connection/http_stream", headers={
+        "Origin": GOOD_ORIGIN, "Access-Control-Request-Headers": "content-type"})
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == GOOD_ORIGIN
+    assert headers["Access-Control-Allow-Credentials"] == "true"
+    assert headers["Access-Control-Allow-Headers"] == "content-type"
+    # A connect error still ends a stream that was opened with an allowed origin.
+    status, headers, body = await server.http("POST", "/connection/uni_http_stream", body=b'{"token":"x"}',
+                                              headers={"Origin": GOOD_ORIGIN})
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == GOOD_ORIGIN
+    assert json.loads(body) == {"disconnect": {"code": 3500, "reason": "invalid token"}}
+
+
+async def test_bad_connection_requests(transports_server: ServerProcess) -> None:
+    server = transports_server
+    status, _, _ = await server.http("POST", "/connection/http_stream", body=b"")
+    assert status == 400
+    status, _, _ = await server.http("POST", "/connection/http_stream", body=b"x" * 70000)
+    assert status == 413
+    status, _, _ = await server.http("POST", "/connection/uni_http_stream", body=b"x" * 70000)
+    assert status == 413
+    status, _, body = await server.http("POST", "/connection/http_stream", body=b"garbage")
+    assert status == 200 and json.loads(body) == {"push": {"disconnect": {"code": 3501, "reason": "bad request"}}}
+
+
+async def test_transports_are_off_by_default(module_server: ServerProcess) -> None:
+    for method, path in (("POST", "/connection/http_stream"), ("GET", "/connection/sse"),
+                         ("POST", "/emulation"), ("GET", "/connection/uni_sse"),
+                         ("POST", "/connection/uni_http_stream"), ("GET", "/connection/uni_websocket")):
+        status, _, _ = await module_server.http(method, path, body=b"{}")
+        assert status in (404, 405), path
