@@ -292,6 +292,27 @@ class HttpApiConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GrpcApiConfig:
+    """The server API over GRPC (Centrifugo's ``CentrifugoApi`` service); off by default, as in Centrifugo."""
+
+    enabled: bool = False
+    address: str = ""  # "" = every interface
+    port: int = 10000
+    key: str = ""  # "" = no authentication, as in Centrifugo; else metadata "authorization: apikey <key>"
+    error_mode: str = ""
+    max_receive_message_size: int = 0  # bytes; 0 = GRPC's default (4 MiB)
+    reflection: bool = False
+
+    def __post_init__(self) -> None:
+        if self.error_mode not in ("", "transport"):
+            raise ConfigError("grpc_api.error_mode must be \"\" or \"transport\"")
+        if not 0 < self.port < 65536:
+            raise ConfigError("grpc_api.port must be between 1 and 65535")
+        if self.max_receive_message_size < 0:
+            raise ConfigError("grpc_api.max_receive_message_size must not be negative")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WebsocketConfig:
     disabled: bool = False
     handler_prefix: str = "/connection/websocket"
@@ -381,6 +402,7 @@ class Config:
     channel: ChannelConfig = ChannelConfig()
     rpc: RpcConfig = RpcConfig()
     http_api: HttpApiConfig = HttpApiConfig()
+    grpc_api: GrpcApiConfig = GrpcApiConfig()
     websocket: WebsocketConfig = WebsocketConfig()
     health: HealthConfig = HealthConfig()
     prometheus: PrometheusConfig = PrometheusConfig()

@@ -105,10 +105,10 @@ class Metrics:
     def transport_connect(self, transport: str) -> None:
         self._transport_connects.labels(transport).inc()
 
-    def api_command(self, method: str, seconds: float, error_code: int = 0) -> None:
-        self._api_duration.labels("http", method).observe(seconds)
+    def api_command(self, method: str, seconds: float, error_code: int = 0, *, protocol: str = "http") -> None:
+        self._api_duration.labels(protocol, method).observe(seconds)
         if error_code:
-            self._api_errors.labels("http", method, str(error_code)).inc()
+            self._api_errors.labels(protocol, method, str(error_code)).inc()
 
     def recover(self, recovered: bool) -> None:
         self._recover.labels("yes" if recovered else "no").inc()

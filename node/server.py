@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Final
 
+import grpc
 from aiohttp import web
 
 from node import VERSION_STRING
 from node.api.executor import Executor
+from node.api.grpc_server import start_grpc_server
 from node.api.http import ApiHandler
 from node.auth.jwt import JWTVerifier
 from node.broker.factory import build_engine
@@ -123,6 +125,7 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(apps.node, reload)))
     runners: list[web.AppRunner] = []
+    grpc_server: grpc.aio.Server | None = None
     # handler_cancellation: a streaming response (HTTP-stream, SSE) learns that its client left only through the
     # cancellation of its handler; nothing else wakes a handler that waits for the server to end the stream.
     external = web.AppRunner(apps.external, access_log=None, shutdown_timeout=timeout, handle_signals=False,
@@ -140,9 +143,13 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
                               config.http_server.internal_port, reuse_port=reuse_port or None).start()
         logger.info("node %s serving on %s:%d%s", apps.node.name, host or "*", config.http_server.port,
                     f" (internal :{config.http_server.internal_port})" if apps.internal is not None else "")
+        if config.grpc_api.enabled:
+            grpc_server = await start_grpc_server(Executor(apps.node), config.grpc_api, reuse_port=reuse_port)
         await stop.wait()
         logger.info("shutting down")
     finally:
+        if grpc_server is not None:
+            await grpc_server.stop(timeout)  # refuses new calls, lets running ones finish
         # The external runner first: its on_shutdown disconnects clients while the API can still answer.
         for runner in runners:
             await runner.cleanup()

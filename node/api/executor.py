@@ -1,4 +1,4 @@
-"""The server API, independent of how it is called (HTTP now; gRPC could reuse it).
+"""The server API, independent of how it is called (``api/http.py`` and ``api/grpc_server.py`` share it).
 
 Each method takes the decoded request object and returns the encoded ``result`` object, or raises
 ``ReplyError`` with one of the API's error codes (100, 102, 104, 107, 108, 112)."""
@@ -11,6 +11,7 @@ import binascii
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, Final
 
 from node.auth.jwt import SubscribeOverride
@@ -33,6 +34,9 @@ Method = Callable[[Params], Awaitable[bytes]]
 
 # Broadcast publishes concurrently, but bounded like Centrifugo's.
 MAX_BROADCAST_CONCURRENCY: Final = 1024
+
+# The ``protocol`` label of the API metrics ("http", "grpc"); a batch's commands inherit the batch's.
+_protocol: ContextVar[str] = ContextVar("api_protocol", default="http")
 
 
 def _bad() -> ReplyError:
@@ -127,7 +131,8 @@ class Executor:
         controller.on_action("refresh", self._local_refresh)
         controller.on_survey("channels", self._local_channels)
 
-    async def call(self, method: str, params: Any) -> bytes:
+    async def call(self, method: str, params: Any, *, protocol: str | None = None) -> bytes:
+        """Run ``method``; ``protocol`` labels the metrics (None: the enclosing call's, "http" at the top)."""
         handler = self.methods.get(method)
         if handler is None:
             raise ReplyError(API_ERROR_NOT_FOUND)
@@ -137,13 +142,16 @@ class Executor:
             raise _bad()
         started = time.perf_counter()
         code = 0
+        token = _protocol.set(protocol) if protocol is not None else None
         try:
             return await handler(params)
         except ReplyError as e:
             code = e.error.code
             raise
         finally:
-            self.node.metrics.api_command(method, time.perf_counter() - started, code)
+            self.node.metrics.api_command(method, time.perf_counter() - started, code, protocol=_protocol.get())
+            if token is not None:
+                _protocol.reset(token)
 
     # --- publishing ------------------------------------------------------------------------------------
 

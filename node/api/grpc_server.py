@@ -1,0 +1,250 @@
+"""The server API over GRPC: Centrifugo's ``centrifugal.centrifugo.api.CentrifugoApi`` service (``proto/api.proto``).
+
+Every RPC runs through the same :class:`Executor` as the HTTP API. The protobuf request becomes the params dict
+the executor takes (the dict an HTTP JSON body decodes to), and the executor's JSON result fills the protobuf
+result message. Bytes fields that hold raw JSON (``data``, ``info``, ``params``, ``conn_info``, ``chan_info``)
+are parsed on the way in and serialised on the way out; request bytes that are not JSON are passed on as the
+field's ``b64`` sibling would be over HTTP, i.e. stored and delivered as they are.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+import grpc
+import orjson
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from grpc_reflection.v1alpha import reflection
+
+from node.api.executor import Executor
+from node.api.proto import api_pb2
+from node.config import GrpcApiConfig
+from node.errors import ERROR_INTERNAL, Error, NodeError, ReplyError
+
+if TYPE_CHECKING:
+    from google._upb._message import FieldDescriptor as UpbFieldDescriptor
+
+    # The stubs describe both implementations (pure Python and upb); the runtime uses one of them.
+    Field: TypeAlias = FieldDescriptor | UpbFieldDescriptor
+
+logger = logging.getLogger(__name__)
+
+SERVICE: Final = "centrifugal.centrifugo.api.CentrifugoApi"
+
+
+@dataclass(frozen=True, slots=True)
+class Rpc:
+    method: str  # the executor's method name
+    request: type[Message]
+    response: type[Message]
+
+
+RPCS: Final[Mapping[str, Rpc]] = {
+    "Batch": Rpc("batch", api_pb2.BatchRequest, api_pb2.BatchResponse),
+    "Publish": Rpc("publish", api_pb2.PublishRequest, api_pb2.PublishResponse),
+    "Broadcast": Rpc("broadcast", api_pb2.BroadcastRequest, api_pb2.BroadcastResponse),
+    "Subscribe": Rpc("subscribe", api_pb2.SubscribeRequest, api_pb2.SubscribeResponse),
+    "Unsubscribe": Rpc("unsubscribe", api_pb2.UnsubscribeRequest, api_pb2.UnsubscribeResponse),
+    "Disconnect": Rpc("disconnect", api_pb2.DisconnectRequest, api_pb2.DisconnectResponse),
+    "Presence": Rpc("presence", api_pb2.PresenceRequest, api_pb2.PresenceResponse),
+    "PresenceStats": Rpc("presence_stats", api_pb2.PresenceStatsRequest, api_pb2.PresenceStatsResponse),
+    "History": Rpc("history", api_pb2.HistoryRequest, api_pb2.HistoryResponse),
+    "HistoryRemove": Rpc("history_remove", api_pb2.HistoryRemoveRequest, api_pb2.HistoryRemoveResponse),
+    "Info": Rpc("info", api_pb2.InfoRequest, api_pb2.InfoResponse),
+    "RPC": Rpc("rpc", api_pb2.RPCRequest, api_pb2.RPCResponse),
+    "Refresh": Rpc("refresh", api_pb2.RefreshRequest, api_pb2.RefreshResponse),
+    "Channels": Rpc("channels", api_pb2.ChannelsRequest, api_pb2.ChannelsResponse),
+}
+
+# Transport error mode: API error code → GRPC status (Centrifugo's mapping).
+_STATUS: Final = {
+    100: grpc.StatusCode.INTERNAL,
+    102: grpc.StatusCode.NOT_FOUND,
+    104: grpc.StatusCode.NOT_FOUND,
+    107: grpc.StatusCode.INVALID_ARGUMENT,
+    108: grpc.StatusCode.INVALID_ARGUMENT,
+    112: grpc.StatusCode.OUT_OF_RANGE,
+    113: grpc.StatusCode.ALREADY_EXISTS,
+}
+
+
+# --- protobuf <-> the executor's JSON ------------------------------------------------------------------------
+
+
+def _is_map(fd: Field) -> bool:
+    return fd.message_type is not None and fd.message_type.GetOptions().map_entry
+
+
+def _map_value(fd: Field) -> Field:
+    if fd.message_type is None:
+        raise TypeError(f"{fd.name} is not a map")
+    return fd.message_type.fields_by_name["value"]
+
+
+def request_params(msg: Message) -> dict[str, Any]:
+    """``msg`` as the executor's params. Scalars are always present (proto3 cannot tell zero from unset, and
+    the executor reads zero as unset); a message field only when set, so ``BoolValue{value: false}`` still
+    overrides. Raw-JSON bytes are parsed; bytes that are not JSON go to the ``b64<name>`` key instead."""
+    out: dict[str, Any] = {}
+    binary: dict[str, str] = {}
+    for fd in msg.DESCRIPTOR.fields:
+        value = getattr(msg, fd.name)
+        if _is_map(fd):
+            out[fd.name] = {k: _param(_map_value(fd), v) for k, v in value.items()}
+        elif fd.is_repeated:
+            out[fd.name] = [_param(fd, v) for v in value]
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+            if msg.HasField(fd.name):
+                out[fd.name] = request_params(value)
+        elif fd.type == FieldDescriptor.TYPE_BYTES:
+            if value:
+                try:
+                    out[fd.name] = orjson.loads(value)
+                except orjson.JSONDecodeError:
+                    binary["b64" + fd.name] = base64.b64encode(value).decode()
+        else:
+            out[fd.name] = value
+    for key, b64 in binary.items():
+        if not out.get(key):  # an explicit b64 field wins, as over HTTP
+            out[key] = b64
+    return out
+
+
+def _param(fd: Field, value: Any) -> Any:
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        return request_params(value)
+    return value
+
+
+def fill(msg: Message, obj: Mapping[str, Any]) -> None:
+    """Set ``msg``'s fields from a decoded executor result; keys the schema lacks are skipped."""
+    fields = msg.DESCRIPTOR.fields_by_name
+    for key, value in obj.items():
+        fd = fields.get(key)
+        if fd is None or value is None:
+            continue
+        target = getattr(msg, key)
+        if _is_map(fd):
+            if _map_value(fd).type == FieldDescriptor.TYPE_MESSAGE:
+                for k, v in value.items():
+                    fill(target[k], v)
+            else:
+                target.update(value)
+        elif fd.is_repeated:
+            if fd.type == FieldDescriptor.TYPE_MESSAGE:
+                for item in value:
+                    fill(target.add(), item)
+            else:
+                target.extend(value)
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+            target.SetInParent()  # an empty result object is still a result
+            fill(target, value)
+        elif fd.type == FieldDescriptor.TYPE_BYTES:
+            setattr(msg, key, orjson.dumps(value))
+        else:
+            setattr(msg, key, value)
+
+
+def _sub(msg: Message, name: str) -> Message:
+    sub: Message = getattr(msg, name)
+    return sub
+
+
+# --- the service ---------------------------------------------------------------------------------------------
+
+Behavior = Callable[[Message, grpc.aio.ServicerContext[Message, Message]], Awaitable[Message]]
+
+
+class GrpcApi:
+    """Turns RPCs into executor calls: authentication, conversion, error mode."""
+
+    def __init__(self, executor: Executor, config: GrpcApiConfig) -> None:
+        self.executor = executor
+        self.config = config
+        self._key = config.key.encode()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._behavior(rpc), request_deserializer=rpc.request.FromString,
+                response_serializer=rpc.response.SerializeToString)
+            for name, rpc in RPCS.items()
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    def _behavior(self, rpc: Rpc) -> Behavior:
+        async def behavior(request: Message, context: grpc.aio.ServicerContext[Message, Message]) -> Message:
+            return await self.call(rpc, request, context)
+
+        return behavior
+
+    def _metadata(self, context: grpc.aio.ServicerContext[Message, Message], key: str) -> str:
+        for k, v in context.invocation_metadata() or ():
+            if k == key and isinstance(v, str):
+                return v
+        return ""
+
+    def _authorized(self, context: grpc.aio.ServicerContext[Message, Message]) -> bool:
+        if not self._key:
+            return True  # Centrifugo's GRPC API has no auth unless a key is set
+        scheme, _, given = self._metadata(context, "authorization").partition(" ")
+        return scheme.lower() == "apikey" and hmac.compare_digest(given.strip().encode(), self._key)
+
+    def _transport_mode(self, context: grpc.aio.ServicerContext[Message, Message]) -> bool:
+        return self.config.error_mode == "transport" or \
+            self._metadata(context, "x-centrifugo-error-mode").lower() == "transport"
+
+    async def call(self, rpc: Rpc, request: Message,
+                   context: grpc.aio.ServicerContext[Message, Message]) -> Message:
+        if not self._authorized(context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthenticated")
+        response = rpc.response()
+        # BatchResponse is the result itself (``replies``); every other response wraps it in ``result``.
+        wrapped = "result" in response.DESCRIPTOR.fields_by_name
+        try:
+            result = await self.executor.call(rpc.method, request_params(request), protocol="grpc")
+            body = _sub(response, "result") if wrapped else response
+            fill(body, orjson.loads(result))
+            body.SetInParent()
+        except orjson.JSONDecodeError:
+            # The result held a payload that is not JSON (published as binary): protobuf cannot carry it here.
+            return await self._error(response, ERROR_INTERNAL, context)
+        except ReplyError as e:
+            return await self._error(response, e.error, context)
+        return response
+
+    async def _error(self, response: Message, error: Error,
+                     context: grpc.aio.ServicerContext[Message, Message]) -> Message:
+        if self._transport_mode(context) or "error" not in response.DESCRIPTOR.fields_by_name:
+            await context.abort(_STATUS.get(error.code, grpc.StatusCode.INTERNAL), error.message)
+        response.ClearField("result")
+        err = _sub(response, "error")
+        setattr(err, "code", error.code)  # noqa: B010  # responses are typed as the Message base class
+        setattr(err, "message", error.message)  # noqa: B010
+        return response
+
+
+async def start_grpc_server(executor: Executor, config: GrpcApiConfig, *, reuse_port: bool) -> grpc.aio.Server:
+    """Serve the API on ``config.address:config.port``. With ``reuse_port`` several workers share the port
+    (SO_REUSEPORT); without it a port already in use is an error instead of a silent second listener."""
+    options: list[tuple[str, Any]] = [("grpc.so_reuseport", 1 if reuse_port else 0)]
+    if config.max_receive_message_size:
+        options.append(("grpc.max_receive_message_length", config.max_receive_message_size))
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers((GrpcApi(executor, config).handler(),))
+    if config.reflection:
+        reflection.enable_server_reflection((SERVICE, reflection.SERVICE_NAME), server)
+    address = f"{config.address or '[::]'}:{config.port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise NodeError(f"grpc_api: cannot listen on {address}: {e}") from e
+    await server.start()
+    logger.info("GRPC API serving on %s", address)
+    return server
