@@ -4,7 +4,9 @@ plain aiohttp), against a real server. Also the endpoint errors: 400, 404, 413, 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +14,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from harness import ServerFactory, ServerProcess, unique_channel
+from harness import ServerFactory, ServerProcess, unique_channel, wait_until
 from jsclient import JsClient
 
 GOOD_ORIGIN = "http://good.example"
@@ -216,3 +218,26 @@ async def test_transports_are_off_by_default(module_server: ServerProcess) -> No
                          ("POST", "/connection/uni_http_stream"), ("GET", "/connection/uni_websocket")):
         status, _, _ = await module_server.http(method, path, body=b"{}")
         assert status in (404, 405), path
+
+
+async def test_slow_stream_reader_is_disconnected(server_factory: ServerFactory) -> None:
+    """A unidirectional HTTP-stream client that stops reading is cut by client.queue_max_size, as on WebSocket."""
+    server = await server_factory({"uni_http_stream": {"enabled": True}, "client": {"queue_max_size": 65536}})
+    ch = unique_channel("plain")
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    body = json.dumps({"token": server.token("slow", channels=[ch])}).encode()
+    writer.write(b"POST /connection/uni_http_stream HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(body), body))
+    await writer.drain()
+    await reader.readuntil(b'"connect"')
+
+    async def gone() -> bool:
+        await server.api_result("publish", {"channel": ch, "data": "x" * 100_000})
+        return (await server.api_result("presence_stats", {"channel": ch}))["num_clients"] == 0
+
+    try:
+        await wait_until(gone, timeout=20, interval=0)
+    finally:
+        writer.close()
