@@ -322,27 +322,6 @@ class WebsocketConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HealthConfig:
-    # On by default (Centrifugo defaults to off): orchestrators and the README's quick start rely on it.
-    enabled: bool = True
-    handler_prefix: str = "/health"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PrometheusConfig:
-    enabled: bool = False
-    handler_prefix: str = "/metrics"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NodeSection:
-    name: str = ""  # "" = <hostname>_<port>
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ShutdownConfig:
-    timeout: float = _dur(30.0)
-@dataclass(frozen=True, slots=True, kw_only=True)
 class HttpStreamConfig:
     """Bidirectional emulation over one streaming POST response (``/connection/http_stream``)."""
 
@@ -389,6 +368,27 @@ class UniHttpStreamConfig:
     max_request_body_size: int = 65536
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthConfig:
+    # On by default (Centrifugo defaults to off): orchestrators and the README's quick start rely on it.
+    enabled: bool = True
+    handler_prefix: str = "/health"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrometheusConfig:
+    enabled: bool = False
+    handler_prefix: str = "/metrics"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSection:
+    name: str = ""  # "" = <hostname>_<port>
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShutdownConfig:
+    timeout: float = _dur(30.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -404,13 +404,13 @@ class Config:
     http_api: HttpApiConfig = HttpApiConfig()
     grpc_api: GrpcApiConfig = GrpcApiConfig()
     websocket: WebsocketConfig = WebsocketConfig()
-    health: HealthConfig = HealthConfig()
-    prometheus: PrometheusConfig = PrometheusConfig()
-    node: NodeSection = NodeSection()
-    shutdown: ShutdownConfig = ShutdownConfig()
     http_stream: HttpStreamConfig = HttpStreamConfig()
     sse: SseConfig = SseConfig()
     emulation: EmulationConfig = EmulationConfig()
     uni_websocket: UniWebsocketConfig = UniWebsocketConfig()
     uni_sse: UniSseConfig = UniSseConfig()
     uni_http_stream: UniHttpStreamConfig = UniHttpStreamConfig()
+    health: HealthConfig = HealthConfig()
+    prometheus: PrometheusConfig = PrometheusConfig()
+    node: NodeSection = NodeSection()
+    shutdown: ShutdownConfig = ShutdownConfig()
