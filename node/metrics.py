@@ -12,6 +12,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+from node.broker.base import PUBSUB_ERRORS
 from node.procstats import WorkerProcessCollector
 
 NAMESPACE: Final = "centrifugo"
@@ -64,6 +65,10 @@ class Metrics:
                                        ["protocol", "method"], namespace=ns, registry=r, buckets=FAST_BUCKETS)
         self._api_errors = Counter("api_command_errors", "Server API command errors.", ["protocol", "method", "code"],
                                    namespace=ns, registry=r)
+        self._pubsub_errors = Counter("broker_redis_pub_sub_errors", "Redis PUB/SUB failures, by kind.", ["error"],
+                                      namespace=ns, registry=r)
+        for kind in PUBSUB_ERRORS:  # exported at 0 from the start, so alerts and rate() see the series
+            self._pubsub_errors.labels(kind)
         self._sent = Counter("node_messages_sent_count", "Messages this node sent to the broker, by type.", ["type"],
                              namespace=ns, registry=r)
         received = Counter("node_messages_received_count", "Messages this node received from the broker, by type.",
@@ -95,6 +100,9 @@ class Metrics:
 
     def command_duration(self, method: str, seconds: float) -> None:
         self._command_duration.labels(method).observe(seconds)
+
+    def pubsub_error(self, kind: str) -> None:
+        self._pubsub_errors.labels(kind).inc()
 
     def disconnect(self, code: int) -> None:
         self._disconnects.labels(str(code)).inc()

@@ -281,6 +281,9 @@ class Node(BrokerEventHandler):
         # now behind the stream are sent through recovery (insufficient state).
         self._spawn(self._check_positions(channels))
 
+    def handle_pubsub_error(self, kind: str) -> None:
+        self.metrics.pubsub_error(kind)
+
     async def _check_positions(self, channels: list[str]) -> None:
         await asyncio.gather(*(self._check_channel(ch) for ch in channels), return_exceptions=True)
 

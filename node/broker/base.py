@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import string
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from node.models import (
     ClientInfo,
@@ -21,6 +21,9 @@ from node.models import (
     PublishResult,
     StreamPosition,
 )
+
+# Kinds of PUB/SUB failure a broker reports (handle_pubsub_error); the metric has one series per kind.
+PUBSUB_ERRORS: Final = ("connection_lost", "reconnect_failed", "subscribe_failed")
 
 
 class BrokerEventHandler(Protocol):
@@ -36,6 +39,9 @@ class BrokerEventHandler(Protocol):
 
     def handle_resubscribed(self, channels: list[str]) -> None:
         """PUB/SUB for these channels was re-established after a failure: publications may have been missed."""
+
+    def handle_pubsub_error(self, kind: str) -> None:
+        """A PUB/SUB connection failed, or re-establishing it did (counted for monitoring)."""
 
 
 class Broker(Protocol):

@@ -35,7 +35,7 @@ class RedisBroker(Broker):
     def __init__(self, cfg: RedisEngineConfig, *, node_id: str, history_meta_ttl: float = DEFAULT_META_TTL) -> None:
         self.keys = Keys(cfg.prefix)
         self._node_channel = self.keys.node(node_id)
-        self.shards = [RedisShard(url, cfg, self._on_message, self._on_resync) for url in cfg.shards]
+        self.shards = [RedisShard(url, cfg, self._on_message, self._on_resync, self._on_error) for url in cfg.shards]
         self._handler: BrokerEventHandler | None = None
         self._names: dict[bytes, str] = {}  # Redis PUB/SUB channel → channel, for subscribed channels
         self._default_meta_ttl = history_meta_ttl
@@ -102,6 +102,10 @@ class RedisBroker(Broker):
                 handler.handle_join(channel, msg.info)
             else:
                 handler.handle_leave(channel, msg.info)
+
+    def _on_error(self, kind: str) -> None:
+        if self._handler is not None:
+            self._handler.handle_pubsub_error(kind)
 
     def _on_resync(self, redis_channels: list[bytes]) -> None:
         channels = [ch for ch in (self._names.get(name) for name in redis_channels) if ch is not None]

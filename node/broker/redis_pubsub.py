@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 
 MessageHandler = Callable[[bytes, bytes], None]  # (Redis channel, payload); must not await
 ResyncHandler = Callable[[list[bytes]], None]  # channels re-subscribed after messages may have been lost
+ErrorHandler = Callable[[str], None]  # a PUB/SUB failure, by kind (base.PUBSUB_ERRORS), for metrics
+
+
+def _ignore_error(kind: str) -> None:
+    return None
 
 SUBSCRIBE_BATCH: Final = 512
 RETRY_DELAY: Final = 0.25
@@ -174,10 +179,12 @@ class PubSubConnection(asyncio.Protocol):
 class _Base:
     """Desired-state bookkeeping shared by both topologies."""
 
-    def __init__(self, opts: ConnectOptions, on_message: MessageHandler, on_resync: ResyncHandler) -> None:
+    def __init__(self, opts: ConnectOptions, on_message: MessageHandler, on_resync: ResyncHandler,
+                 on_error: ErrorHandler = _ignore_error) -> None:
         self._opts = opts
         self._on_message = on_message
         self._on_resync = on_resync
+        self._on_error = on_error
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -199,8 +206,8 @@ class StandalonePubSub(_Base):
     """SUBSCRIBE on one connection to a standalone Redis; reconnects and re-subscribes after a failure."""
 
     def __init__(self, host: str, port: int, opts: ConnectOptions, on_message: MessageHandler,
-                 on_resync: ResyncHandler) -> None:
-        super().__init__(opts, on_message, on_resync)
+                 on_resync: ResyncHandler, on_error: ErrorHandler = _ignore_error) -> None:
+        super().__init__(opts, on_message, on_resync, on_error)
         self._host, self._port = host, port
         self._channels: set[bytes] = set()
         self._conn: PubSubConnection | None = None
@@ -244,6 +251,7 @@ class StandalonePubSub(_Base):
         if self._closing or conn is not self._conn:
             return
         logger.warning("PUB/SUB connection to %s lost; reconnecting", conn.address)
+        self._on_error("connection_lost")
         self._ready.clear()
         self._spawn(self._reconnect())
 
@@ -258,6 +266,7 @@ class StandalonePubSub(_Base):
                     await conn.subscribe("SUBSCRIBE", channels[i:i + SUBSCRIBE_BATCH])
             except (OSError, TimeoutError, PubSubError) as e:
                 logger.info("PUB/SUB reconnect to %s:%d failed: %s", self._host, self._port, e)
+                self._on_error("reconnect_failed")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
                 continue
@@ -274,8 +283,8 @@ class ClusterPubSub(_Base):
     map from the cluster and subscribes them at their new masters, retrying until it succeeds."""
 
     def __init__(self, cluster: RedisCluster, opts: ConnectOptions, on_message: MessageHandler,
-                 on_resync: ResyncHandler) -> None:
-        super().__init__(opts, on_message, on_resync)
+                 on_resync: ResyncHandler, on_error: ErrorHandler = _ignore_error) -> None:
+        super().__init__(opts, on_message, on_resync, on_error)
         self._cluster = cluster
         self._conns: dict[str, PubSubConnection] = {}  # master "host:port" → connection
         self._opening: dict[str, asyncio.Future[PubSubConnection]] = {}
@@ -329,6 +338,7 @@ class ClusterPubSub(_Base):
         except (PubSubError, OSError, TimeoutError) as e:
             # Most likely a stale slot map (a failover or a slot migration): refresh it and try once more.
             logger.info("SSUBSCRIBE failed (%s); refreshing the slot map", e)
+            self._on_error("subscribe_failed")
             await self._cluster.nodes_manager.initialize()
             await self._subscribe_at_masters(channels)
 
@@ -371,6 +381,7 @@ class ClusterPubSub(_Base):
         del self._conns[name]
         lost = [ch for ch, at in self._where.items() if at == name]
         logger.warning("PUB/SUB connection to %s lost (%d channels); moving them", name, len(lost))
+        self._on_error("connection_lost")
         self._orphan(lost)
 
     def _moved(self, conn: PubSubConnection, channel: bytes) -> None:
@@ -396,6 +407,7 @@ class ClusterPubSub(_Base):
                     await self._subscribe_at_masters(batch)
                 except Exception as e:
                     logger.info("PUB/SUB repair: %s; retrying in %.2fs", e, delay)
+                    self._on_error("reconnect_failed")
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_RETRY_DELAY)
                     continue

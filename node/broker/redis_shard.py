@@ -15,7 +15,14 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from node.broker.redis_pubsub import ClusterPubSub, ConnectOptions, MessageHandler, ResyncHandler, StandalonePubSub
+from node.broker.redis_pubsub import (
+    ClusterPubSub,
+    ConnectOptions,
+    ErrorHandler,
+    MessageHandler,
+    ResyncHandler,
+    StandalonePubSub,
+)
 from node.broker.sharding import fnv1a64
 from node.config import RedisEngineConfig
 from node.errors import ConfigError
@@ -73,7 +80,8 @@ def _ssl_context(cfg: RedisEngineConfig, tls: bool) -> ssl.SSLContext | None:
 
 
 class RedisShard:
-    def __init__(self, url: str, cfg: RedisEngineConfig, on_message: MessageHandler, on_resync: ResyncHandler) -> None:
+    def __init__(self, url: str, cfg: RedisEngineConfig, on_message: MessageHandler, on_resync: ResyncHandler,
+                 on_error: ErrorHandler) -> None:
         parts = urlsplit(url if "://" in url else "redis://" + url)
         scheme = parts.scheme
         if scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
@@ -101,12 +109,12 @@ class RedisShard:
         if self.cluster:
             nodes = [ClusterNode(*_host_port(h)) for h in hosts]
             self.client = RedisCluster(startup_nodes=nodes, **common)
-            self.pubsub = ClusterPubSub(self.client, opts, on_message, on_resync)
+            self.pubsub = ClusterPubSub(self.client, opts, on_message, on_resync, on_error)
         else:
             db = int(parts.path.strip("/") or cfg.db)
             host, port = _host_port(hosts[0])
             self.client = Redis(host=host, port=port, db=db, **common)
-            self.pubsub = StandalonePubSub(host, port, opts, on_message, on_resync)
+            self.pubsub = StandalonePubSub(host, port, opts, on_message, on_resync, on_error)
         self.publish_command = "spublish" if self.cluster else "publish"
         self.scripts: dict[str, AsyncScript] = {n: self.client.register_script(_lua(n)) for n in SCRIPTS}
         self.address = url

@@ -283,7 +283,8 @@ def test_alert_rules_parse_and_pass_their_unit_tests() -> None:
     proc = promtool("check", "rules", str(ALERTS))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     names = {r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}
-    assert {"FugatoNodeDown", "FugatoEngineErrors", "FugatoPubSubLagHigh", "FugatoSlowDisconnectsRising"} <= names
+    assert {"FugatoNodeDown", "FugatoEngineErrors", "FugatoPubSubErrors", "FugatoPubSubLagHigh",
+            "FugatoSlowDisconnectsRising"} <= names
     proc = subprocess.run([str(shutil.which("promtool")), "test", "rules", "fugato-alerts.test.yml"],
                           cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

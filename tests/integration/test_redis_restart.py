@@ -17,7 +17,8 @@ async def test_redis_restart(server_factory: ServerFactory, py_factory: PyFactor
                              tmp_path: Path) -> None:
     redis = await asyncio.to_thread(RedisStandalone(tmp_path / "redis").start)
     try:
-        node = await server_factory(redis_engine(redis.url, redis_prefix) | {"client": {"ping_interval": "25s"}})
+        node = await server_factory(redis_engine(redis.url, redis_prefix) | {"client": {"ping_interval": "25s"},
+                                                                             "prometheus": {"enabled": True}})
         ch = unique_channel("feed:")
         py = await py_factory(node, "watcher")
         await py.subscribe(ch)
@@ -45,6 +46,15 @@ async def test_redis_restart(server_factory: ServerFactory, py_factory: PyFactor
         await node.api_result("publish", {"channel": ch, "data": 2})
         event = await py.wait_event(lambda e: e.kind == "publication" and e.ctx.pub.data == 2, timeout=15)
         assert event.ctx.pub.offset == 1
+
+        # The outage is visible to monitoring: the lost PUB/SUB connection and the failed reconnects are counted.
+        _, _, body = await node.http("GET", "/metrics")
+        errors = {line.split("{", 1)[1].split("}", 1)[0]: float(line.rsplit(" ", 1)[1])
+                  for line in body.decode().splitlines()
+                  if line.startswith("centrifugo_broker_redis_pub_sub_errors_total{")}
+        assert errors['error="connection_lost"'] >= 1, errors
+        assert errors['error="reconnect_failed"'] >= 1, errors
+        assert errors['error="subscribe_failed"'] == 0, errors
     finally:
         await asyncio.to_thread(redis.stop)
 
