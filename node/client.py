@@ -13,7 +13,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -136,6 +136,7 @@ class Client:
         "conn_info",
         "expire_at",
         "frame",
+        "frame_encoded",
         "framing",
         "id",
         "node",
@@ -156,6 +157,8 @@ class Client:
         self.unidirectional = transport.unidirectional
         self.framing = transport.framing
         self.frame = transport.frame  # message -> wire bytes for this client's transport
+        # Protobuf transports also frame bytes already encoded as length-prefixed protobuf (see hub.py).
+        self.frame_encoded: Callable[[bytes], bytes] | None = getattr(transport, "frame_encoded", None)
         self.id = str(uuid.uuid4())
         self.user = ""
         self.conn_info: bytes | None = None

@@ -9,13 +9,14 @@ every matching client queue.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import orjson
 
 from node.delta import fossil
+from node.errors import DISCONNECT_INAPPROPRIATE_PROTOCOL
 from node.models import ClientInfo, Publication, StreamPosition
-from node.protocol import codec
+from node.protocol import codec, proto
 
 if TYPE_CHECKING:
     from node.client import Client
@@ -135,7 +136,11 @@ class Hub:
         sub.delta_ready = delta_ready
         for pub, sp in buffered:
             if sub.accept(pub, sp, channel):
-                client.enqueue_framed(self._frame(channel, pub, sub, {}))
+                frame = self._frame(channel, pub, sub, {})
+                if not frame:
+                    client.schedule_close(DISCONNECT_INAPPROPRIATE_PROTOCOL)
+                    return
+                client.enqueue_framed(frame)
 
     def remove_sub(self, channel: str, client: Client) -> bool:
         """Drop the subscription; True when the channel has no local subscribers left."""
@@ -183,23 +188,39 @@ class Hub:
                 # The usual case, kept free of the lookups below.
                 if common is None:
                     common = self._frame(channel, pub, sub, cache)
-                sub.client.enqueue_framed(common)
+                if common:
+                    sub.client.enqueue_framed(common)
+                else:
+                    sub.client.schedule_close(DISCONNECT_INAPPROPRIATE_PROTOCOL)
             elif sub.buffer is not None:
                 sub.buffer.append((pub, sp))
             elif sub.accept(pub, sp, channel):
-                sub.client.enqueue_framed(self._frame(channel, pub, sub, cache))
+                frame = self._frame(channel, pub, sub, cache)
+                if frame:
+                    sub.client.enqueue_framed(frame)
+                else:
+                    sub.client.schedule_close(DISCONNECT_INAPPROPRIATE_PROTOCOL)
 
     def _frame(self, channel: str, pub: Publication, sub: Subscriber, cache: _FrameCache) -> bytes:
+        """The subscriber's frame of ``pub``, built once per kind; b"" when a JSON client cannot be sent it."""
+        client = sub.client
+        if client.protocol == "json" and not _is_json(pub, cache):
+            # A binary payload (published with b64data or over GRPC): a JSON client cannot receive it, and
+            # Centrifugo closes such a client with 3506 rather than break its stream.
+            return b""
         kind = _PLAIN
         if sub.delta:
             kind = _DELTA_PATCH if sub.delta_ready and pub.delta and pub.prev_data is not None else _DELTA_FULL
             sub.delta_ready = True
-        client = sub.client
         key = (kind, sub.unidirectional, client.framing)
         frame = cache.get(key)
         if frame is None:
-            frame = cache[key] = client.frame(
-                codec.wrap_push(codec.push_publication(channel, _pub_object(pub, kind)), sub.unidirectional))
+            if client.frame_encoded is not None:  # protobuf: encoded from the Publication itself (no delta)
+                frame = client.frame_encoded(proto.publication(channel, pub, sub.unidirectional))
+            else:
+                frame = client.frame(
+                    codec.wrap_push(codec.push_publication(channel, _pub_object(pub, kind)), sub.unidirectional))
+            cache[key] = frame
         return frame
 
     def broadcast_join(self, channel: str, info: ClientInfo) -> None:
@@ -221,6 +242,22 @@ class Hub:
                 if frame is None:
                     frame = cache[key] = client.frame(codec.wrap_push(push, sub.unidirectional))
                 client.enqueue_framed(frame)
+
+
+_JSON_CHECKED: Final = (-1, False, "json")  # cache key under which _is_json keeps its verdict (b"" = not JSON)
+
+
+def _is_json(pub: Publication, cache: _FrameCache) -> bool:
+    """Whether the payload is JSON; checked once per broadcast (payloads published as JSON always are)."""
+    verdict = cache.get(_JSON_CHECKED)
+    if verdict is None:
+        try:
+            orjson.loads(pub.data)
+            verdict = b"1"
+        except orjson.JSONDecodeError:
+            verdict = b""
+        cache[_JSON_CHECKED] = verdict
+    return bool(verdict)
 
 
 def _pub_object(pub: Publication, kind: int) -> bytes:

@@ -20,6 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.message import Message
 
+from node.models import Publication
 from node.protocol import client_pb2 as pb
 from node.protocol.codec import MAX_COMMAND_ID, METHODS, Command, DecodeError
 
@@ -129,6 +130,27 @@ def encode_message(message: bytes) -> bytes:
 def delimited(message: bytes) -> bytes:
     """One JSON message as a length-prefixed protobuf message (what a binary frame or a stream carries)."""
     body = encode_message(message)
+    return varint(len(body)) + body
+
+
+def publication(channel: str, pub: Publication, unidirectional: bool) -> bytes:
+    """A publication push built straight from the Publication (length-prefixed): the hot path's encoder, and
+    the only one that can carry a payload that is not JSON (published with ``b64data`` or over GRPC)."""
+    push = pb.Push(channel=channel)
+    out = push.pub
+    out.data = pub.data
+    if pub.offset:
+        out.offset = pub.offset
+    if pub.tags:
+        out.tags.update(pub.tags)
+    if pub.info is not None:
+        info = out.info
+        info.user, info.client = pub.info.user, pub.info.client
+        if pub.info.conn_info:
+            info.conn_info = pub.info.conn_info
+        if pub.info.chan_info:
+            info.chan_info = pub.info.chan_info
+    body = push.SerializeToString() if unidirectional else pb.Reply(push=push).SerializeToString()
     return varint(len(body)) + body
 
 

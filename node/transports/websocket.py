@@ -92,6 +92,11 @@ class ProtobufWebSocketTransport(WebSocketTransport):
         body = proto.delimited(message)
         return frame_header(len(body), BINARY) + body
 
+    @staticmethod
+    def frame_encoded(body: bytes) -> bytes:
+        """Frame bytes already encoded as length-prefixed protobuf (the hub's publications)."""
+        return frame_header(len(body), BINARY) + body
+
 
 def wants_protobuf(request: web.Request, subprotocol: str | None) -> bool:
     """Centrifugo's negotiation: the ``centrifuge-protobuf`` subprotocol (what centrifuge-js sends) or

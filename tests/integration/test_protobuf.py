@@ -198,3 +198,31 @@ async def test_text_frames_and_non_json_payloads_are_bad_requests(server: Server
                 if msg.type is aiohttp.WSMsgType.CLOSE:
                     closed = msg.data
             assert closed == 3501
+
+
+async def test_binary_payload_reaches_protobuf_subscribers_and_closes_json_ones_with_3506(
+    server: ServerProcess,
+) -> None:
+    ch = unique_channel("bin-")  # no namespace, no history: the payload is only delivered live
+    sub_pb = pb.Command(id=2)
+    sub_pb.subscribe.channel = ch
+    async with (aiohttp.ClientSession() as http,
+                http.ws_connect(server.ws_url + "?cf_protocol=protobuf") as pb_ws,
+                http.ws_connect(server.ws_url) as json_ws):
+        await pb_ws.send_bytes(frame_of(connect_command(server, "bin-pb"), sub_pb))
+        await json_ws.send_str(json.dumps({"id": 1, "connect": {"token": server.token("bin-json")}}) + "\n"
+                               + json.dumps({"id": 2, "subscribe": {"channel": ch}}))
+        for ws in (pb_ws, json_ws):  # both replies (connect, subscribe)
+            seen: set[int] = set()
+            while seen != {1, 2}:
+                msg = await ws.receive(timeout=5)
+                if msg.type is aiohttp.WSMsgType.BINARY:
+                    seen.update(r.id for r in replies(msg.data))
+                else:
+                    seen.update(json.loads(line)["id"] for line in msg.data.split("\n"))
+        payload = b"\x00\xffnot json"
+        await server.api_result("publish", {"channel": ch, "b64data": base64.b64encode(payload).decode()})
+        (push,) = replies((await pb_ws.receive(timeout=5)).data)
+        assert push.push.pub.data == payload
+        closed = await json_ws.receive(timeout=5)
+        assert closed.type is aiohttp.WSMsgType.CLOSE and closed.data == 3506, closed

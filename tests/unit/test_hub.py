@@ -226,6 +226,10 @@ class ProtobufFake(FakeTransport):
     def frame(message: bytes) -> bytes:
         return proto.delimited(message)
 
+    @staticmethod
+    def frame_encoded(body: bytes) -> bytes:
+        return body
+
 
 async def test_broadcast_builds_one_frame_per_framing_for_json_and_protobuf_subscribers() -> None:
     node = make_node()
@@ -247,3 +251,21 @@ async def test_broadcast_builds_one_frame_per_framing_for_json_and_protobuf_subs
     reply.ParseFromString(chunk)
     assert (reply.push.channel, reply.push.pub.data, reply.push.pub.offset) == ("ch", b'{"a":1}', 3)
     assert orjson.loads(json_clients[0][1].messages[0])["push"]["pub"] == {"data": {"a": 1}, "offset": 3}
+
+
+async def test_binary_payload_goes_to_protobuf_clients_and_closes_json_clients_with_3506() -> None:
+    node = make_node()
+    json_client, jt = new_client(node)
+    transport = ProtobufFake()
+    pb_client = Client(node, transport, RequestInfo(transport="fake"), protocol="protobuf")  # type: ignore[arg-type]
+    live_sub(node, "ch", json_client)
+    live_sub(node, "ch", pb_client)
+    node.hub.broadcast_publication("ch", Publication(b"\x00\xffbinary"), StreamPosition())  # type: ignore[attr-defined]
+    await tick()
+    await tick()
+    assert jt.writes == [] and jt.closed_with is not None and jt.closed_with.code == 3506
+    (chunk,) = split_delimited(transport.writes[0])
+    reply = client_pb2.Reply()
+    reply.ParseFromString(chunk)
+    assert reply.push.pub.data == b"\x00\xffbinary"
+    assert transport.closed_with is None
