@@ -369,6 +369,22 @@ class UniHttpStreamConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UniGrpcConfig:
+    """The unidirectional GRPC stream (Centrifugo's ``CentrifugoUniStream``); off by default, as in Centrifugo."""
+
+    enabled: bool = False
+    address: str = ""  # "" = every interface
+    port: int = 11000
+    max_receive_message_size: int = 65536  # the connect request
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError("uni_grpc.port must be between 1 and 65535")
+        if self.max_receive_message_size <= 0:
+            raise ConfigError("uni_grpc.max_receive_message_size must be positive")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HealthConfig:
     # On by default (Centrifugo defaults to off): orchestrators and the README's quick start rely on it.
     enabled: bool = True
@@ -410,6 +426,7 @@ class Config:
     uni_websocket: UniWebsocketConfig = UniWebsocketConfig()
     uni_sse: UniSseConfig = UniSseConfig()
     uni_http_stream: UniHttpStreamConfig = UniHttpStreamConfig()
+    uni_grpc: UniGrpcConfig = UniGrpcConfig()
     health: HealthConfig = HealthConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
     node: NodeSection = NodeSection()

@@ -29,6 +29,7 @@ from node.metrics import Metrics
 from node.node import Node
 from node.policy import Policy
 from node.transports.routes import add_transport_routes
+from node.transports.uni_grpc import start_uni_grpc_server
 from node.transports.websocket import websocket_handler
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(apps.node, reload)))
     runners: list[web.AppRunner] = []
-    grpc_server: grpc.aio.Server | None = None
+    grpc_servers: list[grpc.aio.Server] = []
     # handler_cancellation: a streaming response (HTTP-stream, SSE) learns that its client left only through the
     # cancellation of its handler; nothing else wakes a handler that waits for the server to end the stream.
     external = web.AppRunner(apps.external, access_log=None, shutdown_timeout=timeout, handle_signals=False,
@@ -144,12 +145,15 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
         logger.info("node %s serving on %s:%d%s", apps.node.name, host or "*", config.http_server.port,
                     f" (internal :{config.http_server.internal_port})" if apps.internal is not None else "")
         if config.grpc_api.enabled:
-            grpc_server = await start_grpc_server(Executor(apps.node), config.grpc_api, reuse_port=reuse_port)
+            grpc_servers.append(await start_grpc_server(Executor(apps.node), config.grpc_api, reuse_port=reuse_port))
+        if config.uni_grpc.enabled:
+            grpc_servers.append(await start_uni_grpc_server(apps.node, config.uni_grpc, reuse_port=reuse_port))
         await stop.wait()
         logger.info("shutting down")
     finally:
-        if grpc_server is not None:
-            await grpc_server.stop(timeout)  # refuses new calls, lets running ones finish
+        # Refuses new calls, lets running ones finish; uni streams end when the node disconnects their clients
+        # (the external runner's shutdown below), so they get the grace period too.
+        await asyncio.gather(*(server.stop(timeout) for server in grpc_servers))
         # The external runner first: its on_shutdown disconnects clients while the API can still answer.
         for runner in runners:
             await runner.cleanup()

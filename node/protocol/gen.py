@@ -1,4 +1,5 @@
-"""Regenerate ``client_pb2.py`` (and its ``.pyi``) from ``client.proto``; needs grpcio-tools (``test`` extra).
+"""Regenerate the client protocol's ``client_pb2.py`` and the uni stream's ``unistream_pb2*.py`` (with their
+``.pyi``) from the ``.proto`` files here; needs grpcio-tools (``test`` extra).
 
     python -m node.protocol.gen [OUT_DIR]
 
@@ -19,8 +20,10 @@ def generate(out: Path = ROOT) -> int:
     from grpc_tools import protoc  # noqa: PLC0415 - a development tool, not a runtime dependency
 
     out.mkdir(parents=True, exist_ok=True)
-    return int(protoc.main(["protoc", f"-I{ROOT}", f"--python_out={out}", f"--pyi_out={out}",
-                            str(HERE / "client.proto")]))
+    protos = [str(HERE / "client.proto"), str(HERE / "unistream.proto")]
+    code = protoc.main(["protoc", f"-I{ROOT}", f"--python_out={out}", f"--pyi_out={out}", *protos])
+    # Only the uni stream has a service: GRPC stubs for it alone (client.proto would get an empty module).
+    return int(code or protoc.main(["protoc", f"-I{ROOT}", f"--grpc_python_out={out}", protos[1]]))
 
 
 if __name__ == "__main__":

@@ -116,20 +116,21 @@ def _value_to_json(field: Any, value: Any) -> Any:
 # --- outbound ---------------------------------------------------------------------------------------------
 
 
-def encode_message(message: bytes) -> bytes:
-    """A JSON Reply (``{"id":..,"<method>":..}``, ``{"push":..}`` or the ``{}`` ping) as protobuf bytes."""
+def encode_message(message: bytes, *, push: bool = False) -> bytes:
+    """A JSON Reply (``{"id":..,"<method>":..}``, ``{"push":..}`` or the ``{}`` ping) as protobuf bytes; with
+    ``push``, a bare Push (what unidirectional clients get)."""
     try:
         obj = orjson.loads(message)
     except orjson.JSONDecodeError as e:  # the node built it: a bug, not bad input
         raise ValueError(f"not a JSON message: {e}") from None
-    reply = pb.Reply()
-    fill(reply, obj)
-    return reply.SerializeToString()
+    out: Message = pb.Push() if push else pb.Reply()
+    fill(out, obj)
+    return out.SerializeToString()
 
 
-def delimited(message: bytes) -> bytes:
+def delimited(message: bytes, *, push: bool = False) -> bytes:
     """One JSON message as a length-prefixed protobuf message (what a binary frame or a stream carries)."""
-    body = encode_message(message)
+    body = encode_message(message, push=push)
     return varint(len(body)) + body
 
 
