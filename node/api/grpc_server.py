@@ -240,11 +240,16 @@ async def start_grpc_server(executor: Executor, config: GrpcApiConfig, *, reuse_
     server.add_generic_rpc_handlers((GrpcApi(executor, config).handler(),))
     if config.reflection:
         reflection.enable_server_reflection((SERVICE, reflection.SERVICE_NAME), server)
-    address = f"{config.address or '[::]'}:{config.port}"
-    try:
-        server.add_insecure_port(address)
-    except RuntimeError as e:
-        raise NodeError(f"grpc_api: cannot listen on {address}: {e}") from e
-    await server.start()
-    logger.info("GRPC API serving on %s", address)
+    await listen(server, "grpc_api", config.address, config.port)
     return server
+
+
+async def listen(server: grpc.aio.Server, section: str, address: str, port: int) -> None:
+    """Bind ``address:port`` ("" = every interface) and start; a port that cannot be bound is a NodeError."""
+    where = f"{address or '[::]'}:{port}"
+    try:
+        server.add_insecure_port(where)
+    except RuntimeError as e:
+        raise NodeError(f"{section}: cannot listen on {where}: {e}") from e
+    await server.start()
+    logger.info("%s serving on %s", section, where)

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import grpc
 
+from node.api.grpc_server import listen
 from node.client import Client
 from node.config import UniGrpcConfig
 from node.errors import (
@@ -25,7 +26,6 @@ from node.errors import (
     DISCONNECT_CONNECTION_CLOSED,
     DISCONNECT_SHUTDOWN,
     Disconnect,
-    NodeError,
 )
 from node.models import RequestInfo
 from node.node import Node
@@ -139,11 +139,5 @@ async def start_uni_grpc_server(node: Node, config: UniGrpcConfig, *, reuse_port
                                       ("grpc.max_receive_message_length", config.max_receive_message_size)]
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((UniGrpcService(node).handler(),))
-    address = f"{config.address or '[::]'}:{config.port}"
-    try:
-        server.add_insecure_port(address)
-    except RuntimeError as e:
-        raise NodeError(f"uni_grpc: cannot listen on {address}: {e}") from e
-    await server.start()
-    logger.info("uni GRPC stream serving on %s", address)
+    await listen(server, "uni_grpc", config.address, config.port)
     return server

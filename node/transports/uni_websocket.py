@@ -8,7 +8,6 @@ transport shares its ``ws-text`` framing; the hub keeps unidirectional frames ap
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Final
 
@@ -20,51 +19,23 @@ from node.models import RequestInfo
 from node.node import Node
 from node.transports.http import connect_unidirectional, parse_connect_request, refuse
 from node.transports.streaming import disconnect_push
-from node.transports.websocket import CLOSE_TIMEOUT, frame_header
+from node.transports.websocket import CLOSE_TIMEOUT, WebSocketTransport
 
 logger = logging.getLogger(__name__)
 
 
-class UniWebSocketTransport:
-    __slots__ = ("_raw", "_ws")
+class UniWebSocketTransport(WebSocketTransport):
+    """The bidirectional transport's frames and writes; closing also sends a disconnect push."""
 
-    name: Final = "uni_websocket"
-    framing: Final = "ws-text"
-    unidirectional: Final = True
+    __slots__ = ()
 
-    def __init__(self, ws: web.WebSocketResponse, raw: asyncio.Transport) -> None:
-        self._ws = ws
-        self._raw = raw
+    name: Final = "uni_websocket"  # type: ignore[misc]
+    unidirectional: Final = True  # type: ignore[misc]
 
-    @staticmethod
-    def frame(message: bytes) -> bytes:
-        return frame_header(len(message)) + message
-
-    def write(self, data: bytes) -> None:
-        self._raw.write(data)
-
-    def buffered(self) -> int:
-        return self._raw.get_write_buffer_size()
-
-    @property
-    def closed(self) -> bool:
-        return self._raw.is_closing() or self._ws.closed
-
-    async def close(self, disconnect: Disconnect) -> None:
-        """A disconnect push (a unidirectional client may not see close frames, e.g. behind a proxy), then the
-        close frame with the same code and reason."""
-        if self._ws.closed:
-            return
-        if disconnect.code == DISCONNECT_CONNECTION_CLOSED.code:
-            await self._ws.close()
-            return
+    def before_close(self, disconnect: Disconnect) -> None:
+        """A disconnect push first: a unidirectional client may not see close frames (e.g. behind a proxy)."""
         if not self._raw.is_closing():
             self.write(self.frame(disconnect_push(disconnect)))
-        try:
-            await asyncio.wait_for(
-                self._ws.close(code=disconnect.code, message=disconnect.reason.encode()), CLOSE_TIMEOUT)
-        except TimeoutError:
-            self._raw.abort()
 
 
 async def uni_websocket_handler(request: web.Request, node: Node) -> web.StreamResponse:

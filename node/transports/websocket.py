@@ -73,11 +73,15 @@ class WebSocketTransport:
         if disconnect.code == DISCONNECT_CONNECTION_CLOSED.code:
             await self._ws.close()
             return
+        self.before_close(disconnect)
         try:
             await asyncio.wait_for(
                 self._ws.close(code=disconnect.code, message=disconnect.reason.encode()), CLOSE_TIMEOUT)
         except TimeoutError:
             self._raw.abort()
+
+    def before_close(self, disconnect: Disconnect) -> None:
+        """What a closing connection is sent before the close frame (nothing here; see uni_websocket)."""
 
 
 class ProtobufWebSocketTransport(WebSocketTransport):
