@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -34,8 +33,6 @@ from node.protocol import proto
 from node.protocol.codec import DecodeError
 from node.transports.http import connect_unidirectional
 from node.transports.streaming import disconnect_push
-
-logger = logging.getLogger(__name__)
 
 SERVICE: Final = "centrifugal.centrifugo.unistream.CentrifugoUniStream"
 
