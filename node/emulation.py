@@ -3,8 +3,12 @@ endpoint through which their clients send commands.
 
 An emulated connection receives over one long response (HTTP-stream or SSE) and sends each command batch as a
 separate ``POST /emulation`` carrying ``{"session", "node", "data"}``, where ``session`` and ``node`` come from
-its connect reply. The request may land on any node (or worker): the node named in it runs the commands, so a
-request for another node is forwarded to that node alone through the control channel.
+its connect reply. A protobuf client (HTTP-stream only) posts an ``application/octet-stream`` body instead: an
+``EmulationRequest`` whose ``data`` is the varint-delimited command frame. Either way ``data`` reaches the
+session as bytes, and the session's client decodes it with its own protocol.
+
+The request may land on any node (or worker): the node named in it runs the commands, so a request for another
+node is forwarded to that node alone through the control channel.
 
 The session id is a random secret, not the client id: client ids are visible to other users (presence), and
 anyone who knows a session can send commands on that connection's behalf.
@@ -19,8 +23,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from aiohttp import web
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 
-from node.transports.http import cors_headers, origin_ok, preflight, read_body
+from node.protocol import client_pb2 as pb
+from node.transports.http import cors_headers, origin_ok, preflight, protobuf_body, read_body
 
 if TYPE_CHECKING:
     from node.client import Client
@@ -29,6 +35,33 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ACTION: Final = "emulation"  # control message kind of a forwarded request
+
+
+def parse_json_request(body: bytes) -> tuple[str, str, bytes] | None:
+    """``(session, node, data)`` of a JSON request (``data`` is the command frame as a string); None if malformed."""
+    try:
+        req = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(req, dict):
+        return None
+    session, node_id, data = req.get("session"), req.get("node"), req.get("data")
+    if not isinstance(session, str) or not isinstance(node_id, str) or not isinstance(data, str) or not data:
+        return None
+    return session, node_id, data.encode()
+
+
+def parse_protobuf_request(body: bytes) -> tuple[str, str, bytes] | None:
+    """``(session, node, data)`` of an ``EmulationRequest``; None if it does not decode or carries no session or
+    no commands (proto3 cannot tell a missing field from an empty one)."""
+    req = pb.EmulationRequest()
+    try:
+        req.ParseFromString(body)
+    except ProtobufDecodeError:
+        return None
+    if not req.session or not req.data:
+        return None
+    return req.session, req.node, req.data
 
 
 class Emulation:
@@ -85,19 +118,15 @@ class Emulation:
         body = await read_body(request, node.config.emulation.max_request_body_size)
         if body is None:
             return web.Response(status=413, headers=cors_headers(request))
-        try:
-            req = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            req = None
-        if not isinstance(req, dict):
+        req = parse_protobuf_request(body) if protobuf_body(request) else parse_json_request(body)
+        if req is None:
             return web.Response(status=400, headers=cors_headers(request))
-        session, node_id, data = req.get("session"), req.get("node"), req.get("data")
-        if not isinstance(session, str) or not isinstance(node_id, str) or not isinstance(data, str) or not data:
-            return web.Response(status=400, headers=cors_headers(request))
+        session, node_id, data = req
         if node_id == node.id:
-            await self.dispatch(session, data.encode())
+            await self.dispatch(session, data)
         elif node.controller.knows(node_id):
-            await node.controller.send_to(node_id, ACTION, {"session": session, "data": data.encode()})
+            # msgpack carries bytes as bin (use_bin_type), so a protobuf frame crosses nodes unchanged.
+            await node.controller.send_to(node_id, ACTION, {"session": session, "data": data})
         else:
             return web.Response(status=404, headers=cors_headers(request))
         return web.Response(status=204, headers=cors_headers(request))

@@ -93,6 +93,12 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
+def protobuf_body(request: web.BaseRequest) -> bool:
+    """Centrifugo's negotiation for HTTP-streaming and ``/emulation``: an ``application/octet-stream`` body is
+    protobuf (what centrifuge-js's protobuf build sends), any other is JSON."""
+    return request.content_type == "application/octet-stream"
+
+
 def parse_connect_request(data: bytes | str) -> dict[str, Any] | None:
     """A unidirectional ConnectRequest (``token``, ``data``, ``subs``, ``name``, ``version``); None if malformed.
     An empty body is an empty request (e.g. anonymous access)."""

@@ -1,5 +1,6 @@
 """Transports over one long HTTP response: HTTP-streaming and SSE, bidirectional (emulation: commands arrive
-through ``/emulation``) and unidirectional (``uni_http_stream``, ``uni_sse``). JSON only.
+through ``/emulation``) and unidirectional (``uni_http_stream``, ``uni_sse``). All speak JSON; the bidirectional
+HTTP-stream speaks protobuf too when its request body is ``application/octet-stream`` (Centrifugo's negotiation).
 
 Like the WebSocket transport, these write pre-framed bytes straight to the asyncio transport, so a fan-out
 never awaits: aiohttp's ``StreamResponse.write`` is a coroutine and would need a task per write. aiohttp sends
@@ -29,13 +30,14 @@ from node.client import Client
 from node.errors import DISCONNECT_BAD_REQUEST, DISCONNECT_CONNECTION_CLOSED, Disconnect
 from node.models import RequestInfo
 from node.node import Node
-from node.protocol import codec
+from node.protocol import codec, proto
 from node.transports.http import (
     NO_CACHE_HEADERS,
     connect_unidirectional,
     cors_headers,
     parse_connect_request,
     preflight,
+    protobuf_body,
     read_body,
     refuse,
 )
@@ -126,6 +128,22 @@ class HttpStreamTransport(_ResponseStream):
         return message + b"\n"
 
 
+class ProtobufHttpStreamTransport(_ResponseStream):
+    """Varint-length-delimited protobuf ``Reply`` messages back to back (a ping is the single byte ``0x00``)."""
+
+    __slots__ = ()
+    framing = "http-stream-protobuf"
+
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        return proto.delimited(message)
+
+    @staticmethod
+    def frame_encoded(body: bytes) -> bytes:
+        """Bytes already encoded as length-prefixed protobuf (the hub's publications) need no more framing."""
+        return body
+
+
 class SseTransport(_ResponseStream):
     """Server-sent events: each message one ``data:`` event (messages never contain a newline)."""
 
@@ -141,7 +159,7 @@ Opener = Callable[[Client], Awaitable[bool]]  # sets the connection up; False: i
 
 
 async def _serve(request: web.Request, node: Node, cls: type[_ResponseStream], name: str, unidirectional: bool,
-                 content_type: str, open_connection: Opener) -> web.StreamResponse:
+                 content_type: str, open_connection: Opener, protocol: str = "json") -> web.StreamResponse:
     headers = {**NO_CACHE_HEADERS, **cors_headers(request), "Content-Type": content_type}
     resp = web.StreamResponse(headers=headers)
     chunked = request.version >= HttpVersion11
@@ -156,7 +174,7 @@ async def _serve(request: web.Request, node: Node, cls: type[_ResponseStream], n
     transport = cls(name, unidirectional, resp, raw, chunked)
     if cls is SseTransport:
         transport.write(b"\r\n")  # sent at once, so that the EventSource opens before the first message
-    client = Client(node, transport, RequestInfo(transport=name, remote=request.remote or ""))
+    client = Client(node, transport, RequestInfo(transport=name, remote=request.remote or ""), protocol=protocol)
     emulation = node.emulation if not unidirectional else None
     if emulation is not None:
         emulation.register(client)
@@ -195,7 +213,8 @@ def _unidirectional(body: bytes) -> Opener:
 
 
 async def http_stream_handler(request: web.Request, node: Node) -> web.StreamResponse:
-    """``POST /connection/http_stream``: the body is the first command frame (the connect command)."""
+    """``POST /connection/http_stream``: the body is the first command frame (the connect command), JSON, or
+    varint-delimited protobuf ``Command``s when it is ``application/octet-stream`` (the response is then too)."""
     if request.method == "OPTIONS":
         return preflight(request, node.config.client.allowed_origins)
     refused = refuse(request, node)
@@ -206,6 +225,9 @@ async def http_stream_handler(request: web.Request, node: Node) -> web.StreamRes
         return body
     if not body:
         return web.Response(status=400, headers=cors_headers(request))
+    if protobuf_body(request):
+        return await _serve(request, node, ProtobufHttpStreamTransport, "http_stream", False,
+                            "application/octet-stream", _bidirectional(body), protocol="protobuf")
     return await _serve(request, node, HttpStreamTransport, "http_stream", False, "application/json",
                         _bidirectional(body))
 

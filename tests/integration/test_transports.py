@@ -1,10 +1,12 @@
 """HTTP-streaming and SSE (bidirectional emulation through /emulation, driven by centrifuge-js with fetch and
-the eventsource package) and the unidirectional transports (uni_sse, uni_http_stream, uni_websocket, read with
-plain aiohttp), against a real server. Also the endpoint errors: 400, 404, 413, 403, and a disabled transport."""
+the eventsource package; HTTP-streaming also with centrifuge-js's protobuf build and a raw protobuf client) and
+the unidirectional transports (uni_sse, uni_http_stream, uni_websocket, read with plain aiohttp), against a real
+server. Also the endpoint errors: 400, 404, 413, 403, and a disabled transport."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +18,9 @@ import aiohttp
 import pytest
 from harness import ServerFactory, ServerProcess, unique_channel, wait_until
 from jsclient import JsClient
+
+from node.protocol import client_pb2 as pb
+from node.protocol.proto import split_delimited, varint
 
 GOOD_ORIGIN = "http://good.example"
 TRANSPORTS_CONFIG: dict[str, Any] = {
@@ -38,13 +43,14 @@ def transports_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
 
 
 @asynccontextmanager
-async def emulated_client(server: ServerProcess, transport: str) -> AsyncIterator[JsClient]:
+async def emulated_client(server: ServerProcess, transport: str, protocol: str = "json") -> AsyncIterator[JsClient]:
     prefix = "/connection/http_stream" if transport == "http_stream" else "/connection/sse"
     options = {
+        "protocol": protocol,
         "transports": [{"transport": transport, "endpoint": f"{server.http_url}{prefix}"}],
         "emulationEndpoint": f"{server.http_url}/emulation",
     }
-    client = JsClient(server.ws_url, options, name=f"js-{transport}")
+    client = JsClient(server.ws_url, options, name=f"js-{transport}-{protocol}")
     await client.start()
     try:
         yield client
@@ -78,6 +84,127 @@ async def test_centrifuge_js_over_emulation(transports_server: ServerProcess, tr
         subscribed = await js.wait("subscribed", channel=ch, wasRecovering=True)
         assert subscribed["recovered"]
         assert (await js.wait("publication", channel=ch))["data"] == {"n": 3}
+
+
+# --- protobuf over HTTP-streaming and /emulation ------------------------------------------------------------
+
+OCTET_STREAM = {"Content-Type": "application/octet-stream"}
+JSON = {"Content-Type": "application/json"}
+
+
+def js_bytes(value: Any) -> Any:
+    """The driver reports Uint8Array payloads as {"__bytes__": base64}: decode them as the JSON they hold."""
+    assert isinstance(value, dict) and "__bytes__" in value, value
+    return json.loads(base64.b64decode(value["__bytes__"]))
+
+
+async def test_centrifuge_js_protobuf_over_http_stream(transports_server: ServerProcess) -> None:
+    server = transports_server
+    ch = unique_channel("chat:")
+    async with emulated_client(server, "http_stream", "protobuf") as js:
+        # The protobuf build reads the stream as varint-delimited Replies: a JSON answer would never connect.
+        await js.call("connect", token=server.token("pb-stream"), wait=True)
+        assert (await js.wait("connected"))["transport"] == "http_stream"
+        await js.call("subscribe", channel=ch, recoverable=True, wait=True)
+
+        await server.api_result("publish", {"channel": ch, "data": {"n": 1}})
+        assert js_bytes((await js.wait("publication", channel=ch))["data"]) == {"n": 1}
+        # Commands after connect travel as protobuf EmulationRequests through POST /emulation.
+        await js.call("publish", channel=ch, data='{"n":2}')
+        mine = await js.wait("publication", channel=ch)
+        assert js_bytes(mine["data"]) == {"n": 2} and mine["info"]["user"] == "pb-stream"
+        history = await js.call("history", channel=ch, limit=10)
+        assert [(p["offset"], js_bytes(p["data"])) for p in history["publications"]] == [(1, {"n": 1}), (2, {"n": 2})]
+        assert await js.call("rpc", method="ping", data="{}") is not None
+
+
+def frame_of(*commands: pb.Command) -> bytes:
+    return b"".join(varint(len(body)) + body for body in (c.SerializeToString() for c in commands))
+
+
+async def read_reply(stream: aiohttp.StreamReader) -> pb.Reply:
+    """The next varint-length-prefixed Reply of a protobuf stream."""
+    length, shift = 0, 0
+    while True:
+        byte = (await stream.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    reply = pb.Reply()
+    reply.ParseFromString(await stream.readexactly(length))
+    return reply
+
+
+def emulation_request(node: str, session: str, *commands: pb.Command) -> bytes:
+    return pb.EmulationRequest(node=node, session=session, data=frame_of(*commands)).SerializeToString()
+
+
+async def test_raw_protobuf_http_stream_and_emulation(transports_server: ServerProcess) -> None:
+    server = transports_server
+    ch = unique_channel("chat:")
+    connect = pb.Command(id=1)
+    connect.connect.token = server.token("pb-raw")
+    subscribe = pb.Command(id=2)
+    subscribe.subscribe.channel = ch
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http,
+        http.post(f"{server.http_url}/connection/http_stream", data=frame_of(connect), headers=OCTET_STREAM) as resp,
+    ):
+        assert resp.status == 200 and resp.headers["Content-Type"] == "application/octet-stream"
+        reply = await read_reply(resp.content)
+        assert reply.id == 1 and reply.connect.client and reply.connect.session and reply.connect.node
+
+        body = emulation_request(reply.connect.node, reply.connect.session, subscribe)
+        async with http.post(f"{server.http_url}/emulation", data=body, headers=OCTET_STREAM) as emulated:
+            assert emulated.status == 204
+        subscribed = await read_reply(resp.content)
+        assert subscribed.id == 2 and subscribed.HasField("subscribe")
+
+        await server.api_result("publish", {"channel": ch, "data": {"raw": True}})
+        push = (await read_reply(resp.content)).push
+        assert push.channel == ch and json.loads(push.pub.data) == {"raw": True}
+
+        # A JSON emulation request is decoded with the session's protocol: not protobuf, so a bad request.
+        json_body = {"session": reply.connect.session, "node": reply.connect.node,
+                     "data": json.dumps({"id": 3, "subscribe": {"channel": ch}})}
+        async with http.post(f"{server.http_url}/emulation", json=json_body) as emulated:
+            assert emulated.status == 204
+        disconnect = (await read_reply(resp.content)).push.disconnect
+        assert (disconnect.code, disconnect.reason) == (3501, "bad request")
+        assert await resp.content.read() == b"", "the stream ends after the disconnect push"
+
+
+async def test_protobuf_endpoint_errors(transports_server: ServerProcess) -> None:
+    server = transports_server
+    # Undecodable protobuf, a valid message without commands, and a JSON body sent as protobuf: 400.
+    for body in (b"\xff\xff\xff", emulation_request("n", "s"), b'{"session":"s","node":"n","data":"{}"}'):
+        status, _, _ = await server.http("POST", "/emulation", body=body, headers=OCTET_STREAM)
+        assert status == 400, body
+    status, _, _ = await server.http("POST", "/emulation", body=emulation_request("nope", "s", pb.Command(id=1)),
+                                     headers=OCTET_STREAM)
+    assert status == 404
+    big = pb.Command(id=1)
+    big.publish.channel, big.publish.data = "chat:x", b'"' + b"x" * 2000 + b'"'
+    status, _, _ = await server.http("POST", "/emulation", body=emulation_request("n", "s", big), headers=OCTET_STREAM)
+    assert status == 413
+    status, headers, _ = await server.http("POST", "/emulation", body=emulation_request("nope", "s", big),
+                                           headers={**OCTET_STREAM, "Origin": "http://evil.example"})
+    assert status == 403
+    status, headers, _ = await server.http("POST", "/emulation", body=emulation_request("nope", "s", pb.Command(id=1)),
+                                           headers={**OCTET_STREAM, "Origin": GOOD_ORIGIN})
+    assert status == 404 and headers["Access-Control-Allow-Origin"] == GOOD_ORIGIN
+
+    # The stream itself: an empty body is 400, an undecodable one a protobuf disconnect push.
+    status, _, _ = await server.http("POST", "/connection/http_stream", body=b"", headers=OCTET_STREAM)
+    assert status == 400
+    status, headers, body = await server.http("POST", "/connection/http_stream", body=b"\x05ab",
+                                              headers=OCTET_STREAM)
+    assert status == 200 and headers["Content-Type"] == "application/octet-stream"
+    [chunk] = split_delimited(body)
+    reply = pb.Reply()
+    reply.ParseFromString(chunk)
+    assert (reply.push.disconnect.code, reply.push.disconnect.reason) == (3501, "bad request")
 
 
 # --- unidirectional ------------------------------------------------------------------------------------------
@@ -166,7 +293,7 @@ async def test_uni_websocket(transports_server: ServerProcess) -> None:
 
 async def test_emulation_endpoint_errors(transports_server: ServerProcess) -> None:
     server = transports_server
-    status, _, _ = await server.http("POST", "/emulation", body=b"not json")
+    status, _, _ = await server.http("POST", "/emulation", body=b"not json", headers=JSON)
     assert status == 400
     status, _, _ = await server.http("POST", "/emulation", json_body={"session": "s", "node": 1, "data": "{}"})
     assert status == 400
@@ -208,7 +335,8 @@ async def test_bad_connection_requests(transports_server: ServerProcess) -> None
     assert status == 413
     status, _, _ = await server.http("POST", "/connection/uni_http_stream", body=b"x" * 70000)
     assert status == 413
-    status, _, body = await server.http("POST", "/connection/http_stream", body=b"garbage")
+    # aiohttp would label a bytes body application/octet-stream, which asks for protobuf.
+    status, _, body = await server.http("POST", "/connection/http_stream", body=b"garbage", headers=JSON)
     assert status == 200 and json.loads(body) == {"push": {"disconnect": {"code": 3501, "reason": "bad request"}}}
 
 
