@@ -13,7 +13,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -117,7 +117,6 @@ class Client:
         "_close_task",
         "_closing",
         "_connect_failed",
-        "_decode",
         "_flush_scheduled",
         "_info",
         "_loop",
@@ -131,18 +130,17 @@ class Client:
         "_queue_max",
         "_stale_deadline",
         "_tasks",
-        "_timer",
         "channels",
         "conn_info",
         "expire_at",
         "frame",
-        "frame_encoded",
         "framing",
         "id",
         "node",
         "protocol",
         "state",
         "subscribing",
+        "timer_slot",
         "transport",
         "unidirectional",
         "user",
@@ -152,13 +150,10 @@ class Client:
         self.node = node
         self.transport = transport
         self.protocol = protocol  # "json" | "protobuf": how commands arrive (the transport frames what leaves)
-        self._decode = proto.decode_frame if protocol == "protobuf" else codec.decode_frame
         # The request itself is not kept (nothing needs it after the upgrade; memory per connection counts).
         self.unidirectional = transport.unidirectional
         self.framing = transport.framing
         self.frame = transport.frame  # message -> wire bytes for this client's transport
-        # Protobuf transports also frame bytes already encoded as length-prefixed protobuf (see hub.py).
-        self.frame_encoded: Callable[[bytes], bytes] | None = getattr(transport, "frame_encoded", None)
         self.id = str(uuid.uuid4())
         self.user = ""
         self.conn_info: bytes | None = None
@@ -185,7 +180,7 @@ class Client:
         self._pong_deadline = 0.0
         self._ping_sent = 0.0
         self._next_tick = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self.timer_slot = 0  # the node's TimerWheel slot this client waits for (0 = none)
         self._schedule_timer()
 
     @property
@@ -206,7 +201,7 @@ class Client:
         if self.state is ClientState.CLOSED:
             return False
         try:
-            cmds = self._decode(data)
+            cmds = proto.decode_frame(data) if self.protocol == "protobuf" else codec.decode_frame(data)
         except codec.DecodeError as e:
             logger.info("client %s sent a malformed frame: %s", self.id, e)
             await self.close(DISCONNECT_BAD_REQUEST)
@@ -335,19 +330,14 @@ class Client:
                 deadlines.append(self._pong_deadline)
             if self.expire_at:
                 deadlines.append(self._expire_deadline())
-        when = min(deadlines)
-        if self._timer is not None:
-            if self._timer.when() <= when and not self._timer.cancelled():
-                return  # an earlier wake-up is already set; it reschedules itself
-            self._timer.cancel()
-        self._timer = self._loop.call_at(when, self._on_timer)
+        # The wheel keeps an earlier wake-up if one is set; on_timer schedules the next one.
+        self.node.timers.schedule(self, min(deadlines))
 
     def _expire_deadline(self) -> float:
         delay = self.expire_at - time.time() + self.node.config.client.expired_close_delay
         return self._loop.time() + max(delay, 0.0)
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def on_timer(self) -> None:
         if self._closing:
             return
         now = self._loop.time()
@@ -454,9 +444,7 @@ class Client:
         self._closing = True
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("client %s closing: %d %s", self.id, disconnect.code, disconnect.reason)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.node.timers.cancel(self)
         was_slow = disconnect is DISCONNECT_SLOW
         if not was_slow and self._out and not self.transport.closed:
             self._flush_now()

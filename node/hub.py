@@ -75,21 +75,33 @@ class Hub:
 
     def __init__(self) -> None:
         self._clients: dict[str, Client] = {}
-        self._users: dict[str, dict[str, Client]] = {}
+        # user -> the connection, or {client id: connection} for a user with several: most users have one, and a
+        # dict per connection would cost ~200 bytes of each idle connection's memory.
+        self._users: dict[str, Client | dict[str, Client]] = {}
         self._subs: dict[str, dict[str, Subscriber]] = {}
 
     # --- connections ------------------------------------------------------------------------------------
 
     def add(self, client: Client) -> None:
         self._clients[client.id] = client
-        self._users.setdefault(client.user, {})[client.id] = client
+        present = self._users.get(client.user)
+        if present is None:
+            self._users[client.user] = client
+        elif isinstance(present, dict):
+            present[client.id] = client
+        elif present is not client:
+            self._users[client.user] = {present.id: present, client.id: client}
 
     def remove(self, client: Client) -> None:
         self._clients.pop(client.id, None)
-        users = self._users.get(client.user)
-        if users is not None:
-            users.pop(client.id, None)
-            if not users:
+        present = self._users.get(client.user)
+        if present is client:
+            del self._users[client.user]
+        elif isinstance(present, dict):
+            present.pop(client.id, None)
+            if len(present) == 1:
+                self._users[client.user] = next(iter(present.values()))
+            elif not present:
                 del self._users[client.user]
 
     def clients(self) -> Collection[Client]:
@@ -99,7 +111,10 @@ class Hub:
         return self._clients.get(client_id)
 
     def user_clients(self, user: str) -> Collection[Client]:
-        return tuple(self._users.get(user, {}).values())
+        present = self._users.get(user)
+        if present is None:
+            return ()
+        return tuple(present.values()) if isinstance(present, dict) else (present,)
 
     def num_clients(self) -> int:
         return len(self._clients)
@@ -108,7 +123,10 @@ class Hub:
         return len(self._users)
 
     def num_user_connections(self, user: str) -> int:
-        return len(self._users.get(user, ()))
+        present = self._users.get(user)
+        if present is None:
+            return 0
+        return len(present) if isinstance(present, dict) else 1
 
     # --- subscriptions ----------------------------------------------------------------------------------
 
@@ -215,8 +233,9 @@ class Hub:
         key = (kind, sub.unidirectional, client.framing)
         frame = cache.get(key)
         if frame is None:
-            if client.frame_encoded is not None:  # protobuf: encoded from the Publication itself (no delta)
-                frame = client.frame_encoded(proto.publication(channel, pub, sub.unidirectional))
+            frame_encoded = getattr(client.transport, "frame_encoded", None)
+            if frame_encoded is not None:  # protobuf: encoded from the Publication itself (no delta)
+                frame = frame_encoded(proto.publication(channel, pub, sub.unidirectional))
             else:
                 frame = client.frame(
                     codec.wrap_push(codec.push_publication(channel, _pub_object(pub, kind)), sub.unidirectional))

@@ -39,6 +39,7 @@ from node.models import (
 from node.policy import Policy
 from node.protocol import codec
 from node.recovery import stream_start
+from node.timers import TimerWheel
 
 if TYPE_CHECKING:
     from node.client import Client
@@ -67,6 +68,7 @@ class Node(BrokerEventHandler):
         self.id = node_id or str(uuid.uuid4())
         self.controller = Controller(self)
         self.flusher = Flusher(config.client.write_delay)
+        self.timers = TimerWheel()
         self.name = config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
         self.hub = Hub()
         self.started_at = time.time()

@@ -269,3 +269,23 @@ async def test_binary_payload_goes_to_protobuf_clients_and_closes_json_clients_w
     reply.ParseFromString(chunk)
     assert reply.push.pub.data == b"\x00\xffbinary"
     assert transport.closed_with is None
+
+
+async def test_user_index_with_one_and_several_connections() -> None:
+    node = make_node()
+    hub = node.hub  # type: ignore[attr-defined]
+    a, _ = new_client(node, user="alice")
+    b, _ = new_client(node, user="alice")
+    c, _ = new_client(node, user="carol")
+    for client in (a, b, c):
+        hub.add(client)
+    hub.add(a)  # adding twice changes nothing
+    assert (hub.num_users(), hub.num_clients()) == (2, 3)
+    assert sorted(x.id for x in hub.user_clients("alice")) == sorted([a.id, b.id])
+    assert hub.num_user_connections("alice") == 2 and hub.num_user_connections("carol") == 1
+    hub.remove(a)
+    assert hub.user_clients("alice") == (b,) and hub.num_user_connections("alice") == 1
+    hub.remove(b)
+    hub.remove(c)
+    assert (hub.num_users(), hub.num_clients(), hub.user_clients("alice"), hub.num_user_connections("bob")) == (
+        0, 0, (), 0)
