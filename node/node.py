@@ -260,6 +260,7 @@ class Node(BrokerEventHandler):
     def handle_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
         metrics = self.metrics
         metrics.received_publication.inc()
+        self.flusher.activity += 1
         started = time.perf_counter()
         if pub.time_ms:
             metrics.pub_sub_lag.observe(max(time.time() - pub.time_ms / 1000, 0.0))
