@@ -19,6 +19,7 @@ A connection ends when the client closes it (aiohttp cancels the handler: the ex
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
@@ -51,7 +52,7 @@ def disconnect_push(disconnect: Disconnect) -> bytes:
     return b'{"disconnect":{"code":%d,"reason":%s}}' % (disconnect.code, codec.raw(disconnect.reason))
 
 
-class _ResponseStream:
+class _ResponseStream(abc.ABC):
     """The body of a prepared streaming response, written without awaiting. ``done`` resolves when the stream
     ends (closed by the server, or found lost on a write); the connection's handler waits on it."""
 
@@ -70,8 +71,9 @@ class _ResponseStream:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @staticmethod
+    @abc.abstractmethod
     def frame(message: bytes) -> bytes:
-        raise NotImplementedError
+        """One message in this stream's framing (each subclass has its own)."""
 
     def write(self, data: bytes) -> None:
         raw = self._raw
