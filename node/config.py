@@ -121,6 +121,31 @@ class TokenConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DisconnectTo:
+    code: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectCodeTransform:
+    """A connect error code and the disconnect a unidirectional client gets for it instead of the default."""
+
+    code: int = 0
+    to: DisconnectTo = DisconnectTo()
+
+    def __post_init__(self) -> None:
+        if not 3000 <= self.to.code <= 4999:
+            raise ConfigError(f"client.connect_code_to_unidirectional_disconnect: code {self.code} maps to "
+                              f"{self.to.code}, which is not a disconnect code (3000-4999)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectCodeToUnidirectionalDisconnect:
+    enabled: bool = False
+    transforms: tuple[ConnectCodeTransform, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientConfig:
     token: TokenConfig = TokenConfig()
     subscription_token: TokenConfig = TokenConfig()
@@ -149,6 +174,9 @@ class ClientConfig:
     # Centrifugo PRO's batching knob: hold writes this long after the first queued message, so a connection
     # that gets many messages sends them in fewer system calls (less CPU, more latency). 0 = write at once.
     write_delay: float = _dur(0.0)
+    # Unidirectional transports get a connect error as a disconnect push; these override the default mapping.
+    connect_code_to_unidirectional_disconnect: ConnectCodeToUnidirectionalDisconnect = \
+        ConnectCodeToUnidirectionalDisconnect()
 
     def __post_init__(self) -> None:
         if self.pong_timeout > 0 and self.ping_interval <= self.pong_timeout:

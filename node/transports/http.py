@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from node import commands
+from node.config import ClientConfig
 from node.errors import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_EXPIRED,
@@ -48,6 +49,17 @@ _UNI_CONNECT_ERRORS: Final[Mapping[int, Disconnect]] = {
     111: DISCONNECT_TOO_MANY_REQUESTS,
     103: DISCONNECT_PERMISSION_DENIED,
 }
+
+
+def uni_connect_disconnect(cfg: ClientConfig, code: int) -> Disconnect:
+    """The disconnect a unidirectional client gets for connect error ``code``: a configured transform
+    (``client.connect_code_to_unidirectional_disconnect``) or Centrifugo's default mapping."""
+    transforms = cfg.connect_code_to_unidirectional_disconnect
+    if transforms.enabled:
+        for t in transforms.transforms:
+            if t.code == code:
+                return Disconnect(t.to.code, t.to.reason)
+    return _UNI_CONNECT_ERRORS.get(code, DISCONNECT_SERVER_ERROR)
 
 
 def origin_ok(request: web.BaseRequest, allowed: Sequence[str]) -> bool:
@@ -122,7 +134,7 @@ async def connect_unidirectional(client: Client, request: dict[str, Any] | None)
         await commands.connect(client, codec.Command(0, "connect", request))
     except ReplyError as e:
         client.node.metrics.reply_error("connect", e.error.code)
-        await client.close(_UNI_CONNECT_ERRORS.get(e.error.code, DISCONNECT_SERVER_ERROR))
+        await client.close(uni_connect_disconnect(client.node.config.client, e.error.code))
         return False
     except DisconnectError as e:
         await client.close(e.disconnect)

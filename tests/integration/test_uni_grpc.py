@@ -20,8 +20,11 @@ from node.protocol.unistream_pb2_grpc import CentrifugoUniStreamStub
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     factory = ServerFactory(tmp_path_factory.mktemp)
+    # An expired token (error 109) ends the stream with the configured disconnect instead of the default 3005.
+    transform = {"code": 109, "to": {"code": 4109, "reason": "get a new token"}}
     config = {"uni_grpc": {"enabled": True, "address": "127.0.0.1", "port": free_port()},
-              "client": {"ping_interval": "2s", "pong_timeout": "1s"}}
+              "client": {"ping_interval": "2s", "pong_timeout": "1s",
+                         "connect_code_to_unidirectional_disconnect": {"enabled": True, "transforms": [transform]}}}
     yield factory.start_sync(config)
     factory.close_sync()
 
@@ -73,7 +76,8 @@ async def test_refused_connects_end_with_a_disconnect_push(srv: ServerProcess, s
     assert await asyncio.wait_for(bad_token.read(), 5) is grpc.aio.EOF
 
     expired = stub.Consume(pb.ConnectRequest(token=srv.token("uni-old", ttl=-10)))
-    assert (await next_push(expired)).disconnect.code == 3005  # 109 token expired, mapped as in Centrifugo
+    push = await next_push(expired)
+    assert (push.disconnect.code, push.disconnect.reason) == (4109, "get a new token"), "the configured transform"
 
     not_json = stub.Consume(pb.ConnectRequest(token=srv.token("uni-bin"), data=b"\x00not json"))
     assert (await next_push(not_json)).disconnect.code == 3501

@@ -375,3 +375,17 @@ def test_a_single_string_is_accepted_for_a_list_of_strings(tmp_path: Path) -> No
     cfg = load(str(path), {}, {}).config
     assert cfg.client.allowed_origins == ("*",)
     assert cfg.engine.redis.address == ("redis://h:1",)
+
+
+def test_connect_code_transforms_load_and_refuse_non_disconnect_codes(tmp_path: Path) -> None:
+    good = {"client": {"connect_code_to_unidirectional_disconnect": {
+        "enabled": True, "transforms": [{"code": 109, "to": {"code": 4109, "reason": "refresh"}}]}}}
+    path = tmp_path / "good.json"
+    path.write_text(json.dumps(good))
+    cfg = load(str(path), {}, {}).config.client.connect_code_to_unidirectional_disconnect
+    assert cfg.enabled and [(t.code, t.to.code, t.to.reason) for t in cfg.transforms] == [(109, 4109, "refresh")]
+    bad = {"client": {"connect_code_to_unidirectional_disconnect": {
+        "enabled": True, "transforms": [{"code": 109, "to": {"code": 200, "reason": "ok"}}]}}}
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="3000-4999"):
+        load(str(path), {}, {})
