@@ -383,10 +383,36 @@ class UniWebsocketConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HttpResponseTo:
+    status_code: int = 0
+    body: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpResponseTransform:
+    """A connect error or disconnect code and the plain HTTP response a unidirectional HTTP request gets for it."""
+
+    code: int = 0
+    to: HttpResponseTo = HttpResponseTo()
+
+    def __post_init__(self) -> None:
+        if not 100 <= self.to.status_code <= 599:
+            raise ConfigError(f"connect_code_to_http_response: code {self.code} maps to HTTP status "
+                              f"{self.to.status_code}, which is not an HTTP status")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectCodeToHttpResponse:
+    enabled: bool = False
+    transforms: tuple[HttpResponseTransform, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UniSseConfig:
     enabled: bool = False
     handler_prefix: str = "/connection/uni_sse"
     max_request_body_size: int = 65536
+    connect_code_to_http_response: ConnectCodeToHttpResponse = ConnectCodeToHttpResponse()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -394,6 +420,7 @@ class UniHttpStreamConfig:
     enabled: bool = False
     handler_prefix: str = "/connection/uni_http_stream"
     max_request_body_size: int = 65536
+    connect_code_to_http_response: ConnectCodeToHttpResponse = ConnectCodeToHttpResponse()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

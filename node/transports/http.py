@@ -127,23 +127,29 @@ async def connect_unidirectional(client: Client, request: dict[str, Any] | None)
     """Run the connect of a unidirectional client: on success the ``connect`` push is queued (server-side
     subscriptions from the token included); on failure the client is closed with a disconnect push. True when
     connected."""
+    return await connect_unidirectional_code(client, request) == 0
+
+
+async def connect_unidirectional_code(client: Client, request: dict[str, Any] | None) -> int:
+    """``connect_unidirectional``, telling why a connect failed: 0 when connected, else the connect's error or
+    disconnect code (before any mapping), which ``connect_code_to_http_response`` transforms match on."""
     if request is None:
         await client.close(DISCONNECT_BAD_REQUEST)
-        return False
+        return DISCONNECT_BAD_REQUEST.code
     try:
         await commands.connect(client, codec.Command(0, "connect", request))
     except ReplyError as e:
         client.node.metrics.reply_error("connect", e.error.code)
         await client.close(uni_connect_disconnect(client.node.config.client, e.error.code))
-        return False
+        return e.error.code
     except DisconnectError as e:
         await client.close(e.disconnect)
-        return False
+        return e.disconnect.code
     except Exception:
         logger.exception("client %s: unidirectional connect failed", client.id)
         await client.close(DISCONNECT_SERVER_ERROR)
-        return False
-    return True
+        return DISCONNECT_SERVER_ERROR.code
+    return 0
 
 
 def refuse(request: web.BaseRequest, node: Node) -> web.Response | None:

@@ -28,13 +28,14 @@ from typing import ClassVar, Final
 from aiohttp import HttpVersion11, web
 
 from node.client import Client
+from node.config import ConnectCodeToHttpResponse
 from node.errors import DISCONNECT_BAD_REQUEST, DISCONNECT_CONNECTION_CLOSED, Disconnect
 from node.models import RequestInfo
 from node.node import Node
 from node.protocol import codec, proto
 from node.transports.http import (
     NO_CACHE_HEADERS,
-    connect_unidirectional,
+    connect_unidirectional_code,
     cors_headers,
     parse_connect_request,
     preflight,
@@ -54,21 +55,42 @@ def disconnect_push(disconnect: Disconnect) -> bytes:
 
 class _ResponseStream(abc.ABC):
     """The body of a prepared streaming response, written without awaiting. ``done`` resolves when the stream
-    ends (closed by the server, or found lost on a write); the connection's handler waits on it."""
+    ends (closed by the server, or found lost on a write); the connection's handler waits on it.
 
-    __slots__ = ("_chunked", "_ended", "_raw", "_resp", "done", "name", "unidirectional")
+    A stream created ``held`` keeps what is written until ``release`` (the response is not prepared yet): a
+    unidirectional connect whose failure may become a plain HTTP response (``connect_code_to_http_response``)
+    must run before the status line is sent."""
+
+    __slots__ = ("_chunked", "_close_pending", "_ended", "_held", "_raw", "_resp", "done", "name",
+                 "unidirectional")
 
     framing: ClassVar[str]  # set by each subclass
 
     def __init__(self, name: str, unidirectional: bool, resp: web.StreamResponse, raw: asyncio.Transport,
-                 chunked: bool) -> None:
+                 chunked: bool, *, held: bool = False) -> None:
         self.name = name
         self.unidirectional = unidirectional
         self._resp = resp
         self._raw = raw
         self._chunked = chunked
         self._ended = False
+        self._held: list[bytes] | None = [] if held else None
+        self._close_pending = False  # closed while held: end the response once released
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def release(self) -> None:
+        """The response is prepared now: send what was held (and end it if the stream closed meanwhile)."""
+        held, self._held = self._held, None
+        if held:
+            self.write(b"".join(held))
+        if self._close_pending:
+            await self._finish()
+
+    def discard(self) -> None:
+        """Never send the held stream (the request gets a plain HTTP response instead)."""
+        self._held = None
+        self._ended = True
+        self._end()
 
     @staticmethod
     @abc.abstractmethod
@@ -76,6 +98,9 @@ class _ResponseStream(abc.ABC):
         """One message in this stream's framing (each subclass has its own)."""
 
     def write(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+            return
         raw = self._raw
         if raw.is_closing():
             self._end()
@@ -87,6 +112,8 @@ class _ResponseStream(abc.ABC):
             raw.write(data)
 
     def buffered(self) -> int:
+        if self._held is not None:
+            return sum(map(len, self._held))
         return self._raw.get_write_buffer_size()
 
     @property
@@ -104,17 +131,23 @@ class _ResponseStream(abc.ABC):
         if self._ended:
             return
         self._ended = True
+        if self._raw.is_closing():
+            self._end()
+            return
+        if disconnect.code != DISCONNECT_CONNECTION_CLOSED.code:
+            self.write(self.frame(codec.wrap_push(disconnect_push(disconnect), self.unidirectional)))
+        if self._held is not None:
+            self._close_pending = True  # the response is not prepared yet: release() ends it
+            return
+        await self._finish()
+
+    async def _finish(self) -> None:
         try:
-            if self._raw.is_closing():
-                return
-            if disconnect.code != DISCONNECT_CONNECTION_CLOSED.code:
-                self.write(self.frame(codec.wrap_push(disconnect_push(disconnect), self.unidirectional)))
-            try:
-                await asyncio.wait_for(self._resp.write_eof(), CLOSE_TIMEOUT)
-            except TimeoutError:
-                self._raw.abort()
-            except ConnectionError:
-                pass  # the client left while the stream was ending
+            await asyncio.wait_for(self._resp.write_eof(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            self._raw.abort()
+        except ConnectionError:
+            pass  # the client left while the stream was ending
         finally:
             self._end()
 
@@ -157,11 +190,12 @@ class SseTransport(_ResponseStream):
         return b"data: " + message + b"\n\n"
 
 
-Opener = Callable[[Client], Awaitable[bool]]  # sets the connection up; False: it closed already
+Opener = Callable[[Client], Awaitable[int]]  # sets the connection up: 0, or the code it was refused with
 
 
 async def _serve(request: web.Request, node: Node, cls: type[_ResponseStream], name: str, unidirectional: bool,
-                 content_type: str, open_connection: Opener, protocol: str = "json") -> web.StreamResponse:
+                 content_type: str, open_connection: Opener, protocol: str = "json",
+                 to_http: ConnectCodeToHttpResponse | None = None) -> web.StreamResponse:
     headers = {**NO_CACHE_HEADERS, **cors_headers(request), "Content-Type": content_type}
     resp = web.StreamResponse(headers=headers)
     chunked = request.version >= HttpVersion11
@@ -169,11 +203,14 @@ async def _serve(request: web.Request, node: Node, cls: type[_ResponseStream], n
         resp.enable_chunked_encoding()
     else:
         resp.force_close()
-    await resp.prepare(request)
     raw = request.transport
     if raw is None:
         return resp
-    transport = cls(name, unidirectional, resp, raw, chunked)
+    # With connect_code_to_http_response on, the connect runs before the status line is sent.
+    held = to_http is not None and to_http.enabled
+    if not held:
+        await resp.prepare(request)
+    transport = cls(name, unidirectional, resp, raw, chunked, held=held)
     if cls is SseTransport:
         transport.write(b"\r\n")  # sent at once, so that the EventSource opens before the first message
     client = Client(node, transport, RequestInfo(transport=name, remote=request.remote or ""), protocol=protocol)
@@ -181,7 +218,16 @@ async def _serve(request: web.Request, node: Node, cls: type[_ResponseStream], n
     if emulation is not None:
         emulation.register(client)
     try:
-        if await open_connection(client):
+        refused = await open_connection(client)
+        if held:
+            assert to_http is not None
+            answer = next((t.to for t in to_http.transforms if refused and t.code == refused), None)
+            if answer is not None:
+                transport.discard()
+                return web.Response(status=answer.status_code, text=answer.body, headers=cors_headers(request))
+            await resp.prepare(request)
+            await transport.release()
+        if not refused:
             await transport.done
     finally:
         if emulation is not None:
@@ -198,18 +244,18 @@ async def _body_or_error(request: web.Request, limit: int) -> bytes | web.Respon
 
 
 def _bidirectional(body: bytes) -> Opener:
-    async def open_connection(client: Client) -> bool:
+    async def open_connection(client: Client) -> int:
         if not body:
             await client.close(DISCONNECT_BAD_REQUEST)
-            return False
-        return await client.handle_data(body)
+            return DISCONNECT_BAD_REQUEST.code
+        return 0 if await client.handle_data(body) else DISCONNECT_BAD_REQUEST.code
 
     return open_connection
 
 
 def _unidirectional(body: bytes) -> Opener:
-    async def open_connection(client: Client) -> bool:
-        return await connect_unidirectional(client, parse_connect_request(body))
+    async def open_connection(client: Client) -> int:
+        return await connect_unidirectional_code(client, parse_connect_request(body))
 
     return open_connection
 
@@ -271,7 +317,7 @@ async def uni_http_stream_handler(request: web.Request, node: Node) -> web.Strea
     if isinstance(body, web.Response):
         return body
     return await _serve(request, node, HttpStreamTransport, "uni_http_stream", True, "application/json",
-                        _unidirectional(body))
+                        _unidirectional(body), to_http=node.config.uni_http_stream.connect_code_to_http_response)
 
 
 async def uni_sse_handler(request: web.Request, node: Node) -> web.StreamResponse:
@@ -285,4 +331,4 @@ async def uni_sse_handler(request: web.Request, node: Node) -> web.StreamRespons
     if isinstance(data, web.Response):
         return data
     return await _serve(request, node, SseTransport, "uni_sse", True, "text/event-stream; charset=utf-8",
-                        _unidirectional(data))
+                        _unidirectional(data), to_http=node.config.uni_sse.connect_code_to_http_response)

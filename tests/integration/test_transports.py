@@ -369,3 +369,32 @@ async def test_slow_stream_reader_is_disconnected(server_factory: ServerFactory)
         await wait_until(gone, timeout=20, interval=0)
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("kind", ["uni_sse", "uni_http_stream"])
+async def test_connect_code_to_http_response(server_factory: ServerFactory, kind: str) -> None:
+    """With the transforms on, a refused connect whose code is listed becomes a plain HTTP response (the stream
+    never starts); other refusals still get a disconnect push, and a good connect streams as usual."""
+    transforms = {"enabled": True, "transforms": [
+        {"code": 3500, "to": {"status_code": 401, "body": "bad token"}},  # a disconnect code (invalid token)
+        {"code": 109, "to": {"status_code": 403, "body": "token expired"}},  # an error code (expired token)
+    ]}
+    server = await server_factory({kind: {"enabled": True, "connect_code_to_http_response": transforms}})
+
+    async def attempt(request: dict[str, Any]) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session:
+            if kind == "uni_sse":
+                ctx = session.get(f"{server.http_url}/connection/uni_sse?cf_connect={quote(json.dumps(request))}")
+            else:
+                ctx = session.post(f"{server.http_url}/connection/uni_http_stream", data=json.dumps(request))
+            async with ctx as resp:
+                return resp.status, await resp.text()
+
+    assert await attempt({"token": "not-a-jwt"}) == (401, "bad token")
+    assert await attempt({"token": server.token("dave", ttl=-10)}) == (403, "token expired")
+    async with uni_stream(server, kind, {"token": 5}) as messages:  # 3501, not listed: the usual stream
+        assert await anext(messages) == {"disconnect": {"code": 3501, "reason": "bad request"}}
+        with pytest.raises(StopAsyncIteration):
+            await anext(messages)
+    async with uni_stream(server, kind, {"token": server.token("erin")}) as messages:
+        assert "connect" in await anext(messages), "a good connect still streams"

@@ -389,3 +389,11 @@ def test_connect_code_transforms_load_and_refuse_non_disconnect_codes(tmp_path: 
     path.write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="3000-4999"):
         load(str(path), {}, {})
+
+
+def test_connect_code_to_http_response_refuses_a_non_http_status(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"uni_sse": {"connect_code_to_http_response": {
+        "enabled": True, "transforms": [{"code": 3500, "to": {"status_code": 0, "body": ""}}]}}}))
+    with pytest.raises(ConfigError, match="not an HTTP status"):
+        load(str(path), {}, {})
