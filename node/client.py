@@ -28,6 +28,7 @@ from node.errors import (
     DISCONNECT_SLOW,
     DISCONNECT_STALE,
     DISCONNECT_SUB_EXPIRED,
+    DISCONNECT_WRITE_ERROR,
     ERROR_INTERNAL,
     UNSUBSCRIBE_EXPIRED,
     UNSUBSCRIBE_INSUFFICIENT_STATE,
@@ -136,6 +137,7 @@ class Client:
         "_positions_checked",
         "_queue_max",
         "_stale_deadline",
+        "_stalled_since",
         "_tasks",
         "channels",
         "conn_info",
@@ -173,6 +175,7 @@ class Client:
         self._loop = asyncio.get_running_loop()
         self._out: list[bytes] = []  # framed bytes, reused across ticks
         self._out_size = 0
+        self._stalled_since = 0.0  # loop time since which the socket has not drained (0 = it has)
         self._flush_scheduled = False
         # Read on every delivery: kept here rather than looked up through node.config each time.
         self._queue_max = node.config.client.queue_max_size
@@ -313,14 +316,35 @@ class Client:
             return
         size = self._out_size
         self._out_size = 0
-        if self.transport.buffered() + size > self._queue_max:
+        buffered = self.transport.buffered()
+        if buffered + size > self._queue_max:
             self._out = []
             self.schedule_close(DISCONNECT_SLOW)
             return
+        if buffered:
+            if self._write_stalled():
+                self._out = []
+                self.schedule_close(DISCONNECT_WRITE_ERROR)
+                return
+        elif self._stalled_since:
+            self._stalled_since = 0.0
         # One write per tick: a lone frame goes out as the shared bytes object itself (no copy); several are
         # joined. The list is reused, so a flush allocates nothing in the common case.
         self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
+
+    def _write_stalled(self) -> bool:
+        """Centrifugo's ``websocket.write_timeout``: a write that cannot complete in time ends the connection.
+        Writes here never block, so the equivalent is a socket that has not taken all of our bytes for that long
+        (checked whenever more arrive; a client that only reads slowly is cut by the queue size instead)."""
+        timeout = self.node.config.websocket.write_timeout
+        if timeout <= 0 or self.transport.name not in ("websocket", "uni_websocket"):
+            return False
+        now = self._loop.time()
+        if not self._stalled_since:
+            self._stalled_since = now
+            return False
+        return now - self._stalled_since > timeout
 
     # --- timers ----------------------------------------------------------------------------------------
 

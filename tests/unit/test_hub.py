@@ -289,3 +289,24 @@ async def test_user_index_with_one_and_several_connections() -> None:
     hub.remove(c)
     assert (hub.num_users(), hub.num_clients(), hub.user_clients("alice"), hub.num_user_connections("bob")) == (
         0, 0, (), 0)
+
+
+async def test_a_websocket_that_does_not_drain_within_write_timeout_is_closed_with_3009() -> None:
+    cfg = Config(websocket=dataclasses.replace(Config().websocket, write_timeout=0.1))
+    node = build_node(cfg)
+    stuck, st = new_client(node)
+    draining, dt = new_client(node)
+    for transport in (st, dt):
+        transport.name = "websocket"  # the timeout is the WebSocket's, as in Centrifugo
+    st.buffer = 10  # bytes the kernel never takes
+    for _ in range(2):
+        stuck.enqueue(b"{}")
+        draining.enqueue(b"{}")
+        await tick()
+        dt.buffer = 10 if dt.buffer == 0 else 0  # the other socket drains between writes
+        await asyncio.sleep(0.15)
+    stuck.enqueue(b"{}")
+    await tick()
+    await tick()
+    assert st.closed_with is not None and st.closed_with.code == 3009
+    assert dt.closed_with is None
