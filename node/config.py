@@ -380,6 +380,7 @@ class UniWebsocketConfig:
     enabled: bool = False
     handler_prefix: str = "/connection/uni_websocket"
     message_size_limit: int = 65536  # the first (connect) message
+    join_push_messages: bool = False  # a flush's messages in one frame, newline-separated
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

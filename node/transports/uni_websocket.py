@@ -19,7 +19,7 @@ from node.models import RequestInfo
 from node.node import Node
 from node.transports.http import connect_unidirectional, parse_connect_request, refuse
 from node.transports.streaming import disconnect_push
-from node.transports.websocket import CLOSE_TIMEOUT, WebSocketTransport
+from node.transports.websocket import CLOSE_TIMEOUT, WebSocketTransport, frame_header
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,23 @@ class UniWebSocketTransport(WebSocketTransport):
             self.write(self.frame(disconnect_push(disconnect)))
 
 
+class JoinedUniWebSocketTransport(UniWebSocketTransport):
+    """``uni_websocket.join_push_messages``: the messages of one flush share a single text frame, one JSON per
+    line (the client must split on newlines), instead of a frame each."""
+
+    __slots__ = ()
+
+    framing: Final = "uni-ws-joined"  # type: ignore[misc]
+
+    @staticmethod
+    def frame(message: bytes) -> bytes:
+        return message + b"\n"
+
+    def write(self, data: bytes) -> None:
+        body = data[:-1]  # every message ends with a newline: the last one needs none
+        self._raw.write(frame_header(len(body)) + body)
+
+
 async def uni_websocket_handler(request: web.Request, node: Node) -> web.StreamResponse:
     refused = refuse(request, node)
     if refused is not None:
@@ -48,8 +65,8 @@ async def uni_websocket_handler(request: web.Request, node: Node) -> web.StreamR
     raw = request.transport
     if raw is None:
         return ws
-    client = Client(node, UniWebSocketTransport(ws, raw), RequestInfo(transport="uni_websocket",
-                                                                     remote=request.remote or ""))
+    cls = JoinedUniWebSocketTransport if node.config.uni_websocket.join_push_messages else UniWebSocketTransport
+    client = Client(node, cls(ws, raw), RequestInfo(transport="uni_websocket", remote=request.remote or ""))
     try:
         first = await ws.receive()
         if first.type is WSMsgType.TEXT or first.type is WSMsgType.BINARY:

@@ -398,3 +398,19 @@ async def test_connect_code_to_http_response(server_factory: ServerFactory, kind
             await anext(messages)
     async with uni_stream(server, kind, {"token": server.token("erin")}) as messages:
         assert "connect" in await anext(messages), "a good connect still streams"
+
+
+async def test_uni_websocket_join_push_messages(server_factory: ServerFactory) -> None:
+    server = await server_factory({"uni_websocket": {"enabled": True, "join_push_messages": True}})
+    ch = unique_channel("plain")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"ws://{server.host}:{server.port}/connection/uni_websocket") as ws,
+    ):
+        await ws.send_str(json.dumps({"token": server.token("joiner", channels=[ch])}))
+        assert "connect" in json.loads(await ws.receive_str(timeout=5))
+        # One API batch: three publications handled together, so they leave in one flush, hence one frame.
+        await server.api_result("batch", {"commands": [{"publish": {"channel": ch, "data": i}} for i in range(3)]})
+        frame = await ws.receive_str(timeout=5)
+        assert [json.loads(line) for line in frame.split("\n")] == [
+            {"channel": ch, "pub": {"data": i}} for i in range(3)]
