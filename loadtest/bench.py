@@ -49,12 +49,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pids: int | list[int]) -> float:
-    total = 0.0
+def cpu_split(pids: int | list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of the processes: Python's share and the kernel's (mostly send())."""
+    user = system = 0.0
     for pid in [pids] if isinstance(pids, int) else pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-    return total
+        user += int(fields[11]) / TICKS
+        system += int(fields[12]) / TICKS
+    return user, system
+
+
+def cpu_seconds(pids: int | list[int]) -> float:
+    return sum(cpu_split(pids))
 
 
 def rss_kb(pids: int | list[int]) -> int:
@@ -385,14 +391,16 @@ async def run_fanout(target: Target, args: argparse.Namespace, subscribers: int,
         await swarm.start()
         rss_after = rss_kb(target.pid)
         await swarm.reset()
-        server_cpu0, swarm_cpu0, own_cpu0, t0 = cpu_seconds(target.pid), swarm.cpu(), own_cpu(), time.monotonic()
+        split0, swarm_cpu0, own_cpu0, t0 = cpu_split(target.pid), swarm.cpu(), own_cpu(), time.monotonic()
         sent = await publish_loop(target, names, args.publishers, args.rate, args.duration)
         expected = sent * subscribers // channels
         drain_until = time.monotonic() + 10
         while (report := await swarm.report())["messages"] < expected and time.monotonic() < drain_until:  # noqa: ASYNC110
             await asyncio.sleep(0.02)  # the swarm is another process: it can only be asked
         elapsed = time.monotonic() - t0
-        server_cpu = cpu_seconds(target.pid) - server_cpu0
+        split1 = cpu_split(target.pid)
+        server_user, server_sys = split1[0] - split0[0], split1[1] - split0[1]
+        server_cpu = server_user + server_sys
         swarm_cpu, publisher_cpu = swarm.cpu() - swarm_cpu0, own_cpu() - own_cpu0
     finally:
         swarm.stop()
@@ -400,6 +408,7 @@ async def run_fanout(target: Target, args: argparse.Namespace, subscribers: int,
     return {
         "publications": sent, "deliveries": got, "lost": expected - got, "seconds": elapsed,
         "deliveries_per_s": got / elapsed, "server_cpu_s": server_cpu,
+        "server_user_share": server_user / server_cpu if server_cpu else float("nan"),
         "deliveries_per_server_cpu_s": got / server_cpu if server_cpu else float("nan"),
         "subscriber_swarm_cpu_s": swarm_cpu, "publisher_cpu_s": publisher_cpu,
         "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99), "max_ms": percentile(samples, 100),
