@@ -26,6 +26,7 @@ from node.api.executor import Executor
 from node.api.proto import api_pb2
 from node.config import GrpcApiConfig
 from node.errors import ERROR_INTERNAL, Error, NodeError, ReplyError
+from node.protocol.pbjson import fill, is_map, map_value
 
 if TYPE_CHECKING:
     from google._upb._message import FieldDescriptor as UpbFieldDescriptor
@@ -77,16 +78,6 @@ _STATUS: Final = {
 # --- protobuf <-> the executor's JSON ------------------------------------------------------------------------
 
 
-def _is_map(fd: Field) -> bool:
-    return fd.message_type is not None and fd.message_type.GetOptions().map_entry
-
-
-def _map_value(fd: Field) -> Field:
-    if fd.message_type is None:
-        raise TypeError(f"{fd.name} is not a map")
-    return fd.message_type.fields_by_name["value"]
-
-
 def request_params(msg: Message) -> dict[str, Any]:
     """``msg`` as the executor's params. Scalars are always present (proto3 cannot tell zero from unset, and
     the executor reads zero as unset); a message field only when set, so ``BoolValue{value: false}`` still
@@ -95,8 +86,8 @@ def request_params(msg: Message) -> dict[str, Any]:
     binary: dict[str, str] = {}
     for fd in msg.DESCRIPTOR.fields:
         value = getattr(msg, fd.name)
-        if _is_map(fd):
-            out[fd.name] = {k: _param(_map_value(fd), v) for k, v in value.items()}
+        if is_map(fd):
+            out[fd.name] = {k: _param(map_value(fd), v) for k, v in value.items()}
         elif fd.is_repeated:
             out[fd.name] = [_param(fd, v) for v in value]
         elif fd.type == FieldDescriptor.TYPE_MESSAGE:
@@ -120,35 +111,6 @@ def _param(fd: Field, value: Any) -> Any:
     if fd.type == FieldDescriptor.TYPE_MESSAGE:
         return request_params(value)
     return value
-
-
-def fill(msg: Message, obj: Mapping[str, Any]) -> None:
-    """Set ``msg``'s fields from a decoded executor result; keys the schema lacks are skipped."""
-    fields = msg.DESCRIPTOR.fields_by_name
-    for key, value in obj.items():
-        fd = fields.get(key)
-        if fd is None or value is None:
-            continue
-        target = getattr(msg, key)
-        if _is_map(fd):
-            if _map_value(fd).type == FieldDescriptor.TYPE_MESSAGE:
-                for k, v in value.items():
-                    fill(target[k], v)
-            else:
-                target.update(value)
-        elif fd.is_repeated:
-            if fd.type == FieldDescriptor.TYPE_MESSAGE:
-                for item in value:
-                    fill(target.add(), item)
-            else:
-                target.extend(value)
-        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
-            target.SetInParent()  # an empty result object is still a result
-            fill(target, value)
-        elif fd.type == FieldDescriptor.TYPE_BYTES:
-            setattr(msg, key, orjson.dumps(value))
-        else:
-            setattr(msg, key, value)
 
 
 def _sub(msg: Message, name: str) -> Message:

@@ -23,8 +23,8 @@ from google.protobuf.message import Message
 from node.models import Publication
 from node.protocol import client_pb2 as pb
 from node.protocol.codec import MAX_COMMAND_ID, METHODS, Command, DecodeError
+from node.protocol.pbjson import fill, is_map, map_value
 
-RAW_FIELDS: Final = frozenset({"data", "conn_info", "chan_info"})
 _EMPTY: Final[Mapping[str, Any]] = {}
 _MAX_VARINT_BYTES: Final = 10
 
@@ -96,13 +96,12 @@ def to_dict(msg: Message) -> dict[str, Any]:
 
 
 def _value_to_json(field: Any, value: Any) -> Any:
-    if _is_map(field):
-        value_field = field.message_type.fields_by_name["value"]
-        if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+    if is_map(field):
+        if map_value(field).type == FieldDescriptor.TYPE_MESSAGE:
             return {k: to_dict(v) for k, v in value.items()}
         return dict(value)
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        if _is_repeated(field):
+        if field.is_repeated:
             return [to_dict(v) for v in value]
         return to_dict(value)
     if field.type == FieldDescriptor.TYPE_BYTES:
@@ -153,49 +152,3 @@ def publication(channel: str, pub: Publication, unidirectional: bool) -> bytes:
             info.chan_info = pub.info.chan_info
     body = push.SerializeToString() if unidirectional else pb.Reply(push=push).SerializeToString()
     return varint(len(body)) + body
-
-
-def fill(msg: Message, obj: Mapping[str, Any]) -> None:
-    """Set ``msg``'s fields from a JSON object shaped like the message; unknown keys are skipped."""
-    fields: Mapping[str, Any] = msg.DESCRIPTOR.fields_by_name
-    for key, value in obj.items():
-        field = fields.get(key)
-        if field is None or value is None:
-            continue
-        if _is_map(field):
-            target = getattr(msg, key)
-            value_field = field.message_type.fields_by_name["value"]
-            for k, v in value.items():
-                if value_field.type == FieldDescriptor.TYPE_MESSAGE:
-                    fill(target[k], v)
-                else:
-                    target[k] = v
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            if _is_repeated(field):
-                repeated = getattr(msg, key)
-                for item in value:
-                    fill(repeated.add(), item)
-            else:
-                sub = getattr(msg, key)
-                sub.SetInParent()  # an empty object is still "set" (an empty result, {} publish reply)
-                fill(sub, value)
-        elif field.type == FieldDescriptor.TYPE_BYTES:
-            setattr(msg, key, orjson.dumps(value) if key in RAW_FIELDS else bytes(value))
-        else:
-            setattr(msg, key, value)
-
-
-# Descriptors are typed loosely (Any): the stubs describe both the pure-Python and the upb classes as unions,
-# and these helpers only read attributes every implementation has.
-
-
-def _is_map(field: Any) -> bool:
-    return bool(field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry)
-
-
-def _is_repeated(field: Any) -> bool:
-    # protobuf 5+ has ``is_repeated``; ``label`` is the older spelling of the same fact.
-    repeated = getattr(field, "is_repeated", None)
-    if repeated is not None:
-        return bool(repeated)
-    return bool(field.label == FieldDescriptor.LABEL_REPEATED)
