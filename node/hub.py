@@ -9,7 +9,7 @@ every matching client queue.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -222,10 +222,6 @@ class Hub:
     def _frame(self, channel: str, pub: Publication, sub: Subscriber, cache: _FrameCache) -> bytes:
         """The subscriber's frame of ``pub``, built once per kind; b"" when a JSON client cannot be sent it."""
         client = sub.client
-        if client.protocol == "json" and not _is_json(pub, cache):
-            # A binary payload (published with b64data or over GRPC): a JSON client cannot receive it, and
-            # Centrifugo closes such a client with 3506 rather than break its stream.
-            return b""
         kind = _PLAIN
         if sub.delta:
             kind = _DELTA_PATCH if sub.delta_ready and pub.delta and pub.prev_data is not None else _DELTA_FULL
@@ -236,6 +232,10 @@ class Hub:
             frame_encoded = getattr(client.transport, "frame_encoded", None)
             if frame_encoded is not None:  # protobuf: encoded from the Publication itself (no delta)
                 frame = frame_encoded(proto.publication(channel, pub, sub.unidirectional))
+            elif not _is_json(pub.data):
+                # A binary payload (published with b64data or over GRPC): a JSON client cannot receive it, and
+                # Centrifugo closes such a client with 3506 rather than break its stream.
+                frame = b""
             else:
                 frame = client.frame(
                     codec.wrap_push(codec.push_publication(channel, _pub_object(pub, kind)), sub.unidirectional))
@@ -263,20 +263,13 @@ class Hub:
                 client.enqueue_framed(frame)
 
 
-_JSON_CHECKED: Final = (-1, False, "json")  # cache key under which _is_json keeps its verdict (b"" = not JSON)
-
-
-def _is_json(pub: Publication, cache: _FrameCache) -> bool:
-    """Whether the payload is JSON; checked once per broadcast (payloads published as JSON always are)."""
-    verdict = cache.get(_JSON_CHECKED)
-    if verdict is None:
-        try:
-            orjson.loads(pub.data)
-            verdict = b"1"
-        except orjson.JSONDecodeError:
-            verdict = b""
-        cache[_JSON_CHECKED] = verdict
-    return bool(verdict)
+def _is_json(data: bytes) -> bool:
+    """Checked once per JSON frame kind of a broadcast (payloads published as JSON always are)."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _pub_object(pub: Publication, kind: int) -> bytes:
