@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 
 import orjson
+import pytest
 from centrifuge.fossil import apply_delta
 from fakes import FakeTransport
 
+from node import client as client_module
 from node.client import FLUSH_HOPS, Client
 from node.config import ClientConfig, Config
 from node.errors import DISCONNECT_SLOW
@@ -33,6 +36,15 @@ async def tick() -> None:
     """Let the pending flush run (it waits up to FLUSH_HOPS loop iterations)."""
     for _ in range(FLUSH_HOPS + 1):
         await asyncio.sleep(0)
+
+
+async def iterate_until(done: Callable[[], bool], limit: int = 1000) -> None:
+    """Run the loop one iteration at a time until ``done()`` (so a test sees the state between two flush slices)."""
+    for _ in range(limit):
+        if done():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not done after {limit} loop iterations")
 
 
 def new_client(node: object, *, unidirectional: bool = False, user: str = "u") -> tuple[Client, FakeTransport]:
@@ -100,6 +112,30 @@ async def test_messages_of_one_tick_leave_in_one_write() -> None:
     await tick()
     assert len(transport.writes) == 2, "the queue is reused for the next tick"
     assert [orjson.loads(m)["n"] for m in transport.messages] == list(range(21))
+
+
+async def test_publications_during_a_flush_join_the_writes_still_to_come(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush writes a slice of clients and lets the loop run before the rest: a publication handled in between
+    reaches the clients not yet written in the same write() as the one before it, and the clients already
+    written get it in a second round. Order per client is kept either way."""
+    monkeypatch.setattr(client_module, "FLUSH_SLICE", 0.0)  # a slice is then the 8 clients between time checks
+    node = make_node()
+    clients = [new_client(node) for _ in range(32)]
+    for c, _ in clients:
+        live_sub(node, "ch", c)
+    hub = node.hub  # type: ignore[attr-defined]
+    hub.broadcast_publication("ch", Publication(b'{"n":1}'), StreamPosition())
+    transports = [t for _, t in clients]
+    await iterate_until(lambda: any(t.writes for t in transports))
+    assert sum(1 for t in transports if t.writes) == 8, "one slice is written, then the loop runs"
+    hub.broadcast_publication("ch", Publication(b'{"n":2}'), StreamPosition())
+    await iterate_until(lambda: all(len(t.messages) == 2 for t in transports))
+    await tick()
+    early = [t for t in transports if len(t.writes) == 2]
+    late = [t for t in transports if len(t.writes) == 1]
+    assert len(early) == 8 and len(late) == 24, "the rest of the round carries both publications in one write"
+    for t in transports:
+        assert [orjson.loads(m)["push"]["pub"]["data"]["n"] for m in t.messages] == [1, 2]
 
 
 async def test_hub_counts_first_and_last_subscriber() -> None:
