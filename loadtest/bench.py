@@ -59,6 +59,16 @@ def cpu_split(pids: int | list[int]) -> tuple[float, float]:
     return user, system
 
 
+def machine_ticks() -> tuple[int, int, int]:
+    """(busy, steal, total) ticks of every CPU of the machine, from /proc/stat: whether a run was bound by the
+    machine (server, load generator and Redis together) rather than by the server."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    steal = fields[7]
+    total = sum(fields)
+    return total - idle - steal, steal, total
+
+
 def cpu_seconds(pids: int | list[int]) -> float:
     return sum(cpu_split(pids))
 
@@ -391,6 +401,7 @@ async def run_fanout(target: Target, args: argparse.Namespace, subscribers: int,
         await swarm.start()
         rss_after = rss_kb(target.pid)
         await swarm.reset()
+        machine0 = machine_ticks()
         split0, swarm_cpu0, own_cpu0, t0 = cpu_split(target.pid), swarm.cpu(), own_cpu(), time.monotonic()
         sent = await publish_loop(target, names, args.publishers, args.rate, args.duration)
         expected = sent * subscribers // channels
@@ -399,6 +410,7 @@ async def run_fanout(target: Target, args: argparse.Namespace, subscribers: int,
             await asyncio.sleep(0.02)  # the swarm is another process: it can only be asked
         elapsed = time.monotonic() - t0
         split1 = cpu_split(target.pid)
+        machine1 = machine_ticks()
         server_user, server_sys = split1[0] - split0[0], split1[1] - split0[1]
         server_cpu = server_user + server_sys
         swarm_cpu, publisher_cpu = swarm.cpu() - swarm_cpu0, own_cpu() - own_cpu0
@@ -413,6 +425,8 @@ async def run_fanout(target: Target, args: argparse.Namespace, subscribers: int,
         "subscriber_swarm_cpu_s": swarm_cpu, "publisher_cpu_s": publisher_cpu,
         "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99), "max_ms": percentile(samples, 100),
         "rss_kb_per_conn": (rss_after - rss_before) / subscribers,
+        "machine_cpu_busy": (machine1[0] - machine0[0]) / max(1, machine1[2] - machine0[2]),
+        "machine_cpu_steal": (machine1[1] - machine0[1]) / max(1, machine1[2] - machine0[2]),
     }
 
 

@@ -22,6 +22,8 @@ async def test_fanout_bench_delivers_everything() -> None:
     lost = [line for line in out.splitlines() if line.strip().startswith("lost")]
     assert lost == ["  lost                         0"], out
     assert "deliveries_per_server_cpu_s" in out
+    busy = [float(line.split()[1]) for line in out.splitlines() if line.startswith("  machine_cpu_busy")]
+    assert len(busy) == 1 and 0.0 < busy[0] <= 1.0, out
 
 
 async def test_channels_and_storm_scenarios_run() -> None:
