@@ -253,6 +253,25 @@ async def test_write_delay_collects_messages_of_several_ticks_into_one_write() -
     assert [orjson.loads(m)["n"] for m in transport.messages] == [0, 1]
 
 
+async def test_write_delay_also_holds_the_round_after_a_sliced_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client queued again while a round is being written waits for the next round, and with write_delay that
+    round starts only after the delay, as the first one did."""
+    monkeypatch.setattr(client_module, "FLUSH_SLICE", 0.0)  # a slice is then the 8 clients between time checks
+    node = make_node(write_delay=0.05)
+    clients = [new_client(node) for _ in range(16)]
+    for c, _ in clients:
+        c.enqueue(b'{"n":0}')
+    transports = [t for _, t in clients]
+    await iterate_until(lambda: any(t.writes for t in transports), limit=100_000)
+    first = next(c for c, t in clients if t.writes)
+    first.enqueue(b'{"n":1}')
+    await iterate_until(lambda: all(t.writes for t in transports))
+    await tick()
+    assert len(first.transport.writes) == 1, "the next round waits for write_delay"  # type: ignore[attr-defined]
+    await asyncio.sleep(0.1)
+    assert [orjson.loads(m)["n"] for m in first.transport.messages] == [0, 1]  # type: ignore[attr-defined]
+
+
 class ProtobufFake(FakeTransport):
     """A fake transport speaking protobuf: each message a varint-delimited Reply (no NUL terminator)."""
 
