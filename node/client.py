@@ -139,8 +139,13 @@ class Flusher:
         end = loop.time() + FLUSH_SLICE
         n = len(current)
         while pos < n:
-            current[pos].flush()
+            client = current[pos]
             pos += 1
+            try:
+                client.flush()
+            except Exception:  # one broken connection must not stop the round (and every later flush) for all
+                logger.exception("writing to %s", client.id)
+                client.write_failed()
             if not pos & 7 and loop.time() >= end:
                 break
         if pos < n:
@@ -374,6 +379,12 @@ class Client:
         # joined. The list is reused, so a flush allocates nothing in the common case.
         self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
+
+    def write_failed(self) -> None:
+        """The transport refused a write: drop what is queued (closing would try to write it again) and close."""
+        self._out = []
+        self._out_size = 0
+        self.schedule_close(DISCONNECT_WRITE_ERROR)
 
     def _write_stalled(self) -> bool:
         """Centrifugo's ``websocket.write_timeout``: a write that cannot complete in time ends the connection.

@@ -14,7 +14,7 @@ from fakes import FakeTransport
 from node import client as client_module
 from node.client import FLUSH_HOPS, Client
 from node.config import ClientConfig, Config
-from node.errors import DISCONNECT_SLOW
+from node.errors import DISCONNECT_SLOW, DISCONNECT_WRITE_ERROR
 from node.models import ClientInfo, Publication, RequestInfo, StreamPosition, SubscribeOptions
 from node.protocol import client_pb2, proto
 from node.protocol.proto import split_delimited
@@ -365,3 +365,26 @@ async def test_a_websocket_that_does_not_drain_within_write_timeout_is_closed_wi
     await tick()
     assert st.closed_with is not None and st.closed_with.code == 3009
     assert dt.closed_with is None
+
+
+class BrokenTransport(FakeTransport):
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("the transport refuses writes")
+
+
+async def test_a_transport_that_raises_is_closed_and_the_others_still_get_the_round() -> None:
+    node = make_node()
+    clients = [new_client(node) for _ in range(3)]
+    broken = clients[1][0]
+    broken.transport = BrokenTransport()
+    for c, _ in clients:
+        live_sub(node, "ch", c)
+    hub = node.hub  # type: ignore[attr-defined]
+    hub.broadcast_publication("ch", Publication(b'{"n":1}'), StreamPosition())
+    await tick()
+    await iterate_until(lambda: broken.transport.closed_with is not None)  # type: ignore[attr-defined]
+    assert broken.transport.closed_with.code == DISCONNECT_WRITE_ERROR.code  # type: ignore[attr-defined]
+    hub.broadcast_publication("ch", Publication(b'{"n":2}'), StreamPosition())
+    await tick()
+    for _, t in (clients[0], clients[2]):
+        assert [orjson.loads(m)["push"]["pub"]["data"]["n"] for m in t.messages] == [1, 2], "later flushes go on"
