@@ -148,15 +148,14 @@ class Flusher:
                 client.write_failed()
             if not pos & 7 and loop.time() >= end:
                 break
+        self._pos = pos
         if pos < n:
             # The rest of this round: go on after the loop has read what arrived, so that those publications
             # join the writes still to come.
-            self._pos = pos
             loop.call_soon(self._run)
             return
         if self._dirty:
             # Clients queued again during the round: the next round starts at once (or after client.write_delay).
-            self._pos = pos
             if self._delay > 0:
                 loop.call_later(self._delay, self._run)
             else:
