@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Callable
 
 import orjson
@@ -251,6 +252,22 @@ async def test_write_delay_collects_messages_of_several_ticks_into_one_write() -
     await asyncio.sleep(0.1)
     assert len(transport.writes) == 1
     assert [orjson.loads(m)["n"] for m in transport.messages] == [0, 1]
+
+
+async def test_a_busy_loop_gives_the_flush_as_long_a_slice_as_the_other_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Request handling between two slices must not starve the writes: the next slice lasts as long as the loop
+    was busy elsewhere, so many publishers cannot grow the queues until healthy clients are cut as slow."""
+    monkeypatch.setattr(client_module, "FLUSH_SLICE", 0.0)  # a slice is then the 8 clients between time checks
+    node = make_node()
+    clients = [new_client(node) for _ in range(64)]
+    for c, _ in clients:
+        c.enqueue(b'{"n":0}')
+    transports = [t for _, t in clients]
+    await iterate_until(lambda: any(t.writes for t in transports))
+    assert sum(1 for t in transports if t.writes) == 8
+    time.sleep(0.02)  # noqa: ASYNC251 -- the point: other work holding the loop, as a burst of requests does
+    await asyncio.sleep(0)
+    assert all(t.writes for t in transports), "the slice after 20 ms of other work writes the whole rest"
 
 
 async def test_write_delay_also_holds_the_round_after_a_sliced_one(monkeypatch: pytest.MonkeyPatch) -> None:
