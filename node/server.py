@@ -19,6 +19,7 @@ from aiohttp import web
 
 from node import VERSION_STRING
 from node.api.executor import Executor
+from node.api.fastpath import FastApi
 from node.api.grpc_server import start_grpc_server
 from node.api.http import ApiHandler
 from node.auth.jwt import JWTVerifier
@@ -50,10 +51,10 @@ def _separate_internal(config: Config) -> bool:
     return bool(internal) and internal != config.http_server.port
 
 
-def _add_internal_routes(app: web.Application, node: Node, *, api: bool) -> None:
+def _add_internal_routes(app: web.Application, node: Node, api: ApiHandler | None) -> None:
     config = node.config
-    if api and not config.http_api.disabled:
-        app.router.add_routes(ApiHandler(Executor(node), config.http_api).routes())
+    if api is not None:
+        app.router.add_routes(api.routes())
     if config.health.enabled:
         async def health(request: web.Request) -> web.Response:
             if not node.engine.broker.healthy():
@@ -73,6 +74,9 @@ class Apps:
     node: Node
     external: web.Application
     internal: web.Application | None  # None: everything is served by ``external``
+    external_api: ApiHandler | None = None  # the HTTP API each application serves, if any
+    internal_api: ApiHandler | None = None
+    max_body: int = 1024**2
 
 
 def build_apps(config: Config) -> Apps:
@@ -87,14 +91,19 @@ def build_apps(config: Config) -> Apps:
     if not config.websocket.disabled:
         app.router.add_get(config.websocket.handler_prefix, ws)
     add_transport_routes(app, node)
+    api = None if config.http_api.disabled else ApiHandler(Executor(node), config.http_api)
     internal: web.Application | None = None
+    external_api = internal_api = None
     if _separate_internal(config):
         internal = web.Application(client_max_size=client_max_size)
-        _add_internal_routes(internal, node, api=True)
-        if config.http_api.external and not config.http_api.disabled:
-            app.router.add_routes(ApiHandler(Executor(node), config.http_api).routes())
+        _add_internal_routes(internal, node, api)
+        internal_api = api
+        if api is not None and config.http_api.external:
+            app.router.add_routes(api.routes())
+            external_api = api
     else:
-        _add_internal_routes(app, node, api=True)
+        _add_internal_routes(app, node, api)
+        external_api = api
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await node.start()
@@ -109,7 +118,7 @@ def build_apps(config: Config) -> Apps:
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
-    return Apps(node, app, internal)
+    return Apps(node, app, internal, external_api, internal_api, client_max_size)
 
 
 def build_app(config: Config) -> web.Application:
@@ -126,6 +135,7 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(apps.node, reload)))
     runners: list[web.AppRunner] = []
+    listeners: list[_Listener] = []
     grpc_servers: list[grpc.aio.Server] = []
     # handler_cancellation: a streaming response (HTTP-stream, SSE) learns that its client left only through the
     # cancellation of its handler; nothing else wakes a handler that waits for the server to end the stream.
@@ -135,13 +145,15 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
     runners.append(external)
     try:
         host = config.http_server.address or None
-        await web.TCPSite(external, host, config.http_server.port, reuse_port=reuse_port or None).start()
+        listeners.append(await _listen(external, apps.external_api, apps.max_body, host, config.http_server.port,
+                                       reuse_port))
         if apps.internal is not None:
             internal = web.AppRunner(apps.internal, access_log=None, shutdown_timeout=timeout, handle_signals=False)
             await internal.setup()
             runners.append(internal)
-            await web.TCPSite(internal, config.http_server.internal_address or None,
-                              config.http_server.internal_port, reuse_port=reuse_port or None).start()
+            listeners.append(await _listen(internal, apps.internal_api, apps.max_body,
+                                           config.http_server.internal_address or None,
+                                           config.http_server.internal_port, reuse_port))
         logger.info("node %s serving on %s:%d%s", apps.node.name, host or "*", config.http_server.port,
                     f" (internal :{config.http_server.internal_port})" if apps.internal is not None else "")
         if config.grpc_api.enabled:
@@ -154,9 +166,42 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
         # Refuses new calls, lets running ones finish; uni streams end when the node disconnects their clients
         # (the external runner's shutdown below), so they get the grace period too.
         await asyncio.gather(*(server.stop(timeout) for server in grpc_servers))
+        for listener in listeners:
+            listener.stop_accepting()
         # The external runner first: its on_shutdown disconnects clients while the API can still answer.
         for runner in runners:
             await runner.cleanup()
+        for listener in listeners:
+            listener.close_idle()
+
+
+@dataclass(slots=True)
+class _Listener:
+    """A listening socket whose connections start on the API fast path (``fast`` None: plain aiohttp site)."""
+
+    server: asyncio.Server | None
+    fast: FastApi | None
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def close_idle(self) -> None:
+        if self.fast is not None:
+            self.fast.close_idle()
+
+
+async def _listen(runner: web.AppRunner, api: ApiHandler | None, max_body: int, host: str | None, port: int,
+                  reuse_port: bool) -> _Listener:
+    """Listen for ``runner``'s application; where it serves the HTTP API, connections go through the lean
+    API protocol first (node/api/fastpath.py), which hands everything else to aiohttp."""
+    if api is None:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+        return _Listener(None, None)
+    assert runner.server is not None
+    fast = FastApi(runner.server, api, max_body)
+    server = await asyncio.get_running_loop().create_server(fast, host, port, reuse_port=reuse_port or None)
+    return _Listener(server, fast)
 
 
 async def _reload(node: Node, reload: Callable[[], Config]) -> None:

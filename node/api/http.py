@@ -32,20 +32,22 @@ class ApiHandler:
         prefix = self.config.handler_prefix.rstrip("/")
         return [web.post(prefix or "/", self.legacy), web.post(prefix + "/{method}", self.method)]
 
-    def _authorized(self, request: web.Request) -> bool:
+    def key_matches(self, given: bytes | None) -> bool:
+        """Whether a request carrying this API key (None: none) may call the API."""
         if self.config.insecure:
             return True
-        if not self._key:
-            return False
+        return bool(self._key) and given is not None and hmac.compare_digest(given, self._key)
+
+    def _authorized(self, request: web.Request) -> bool:
         given = request.headers.get("X-API-Key")
         if given is None:
             auth = request.headers.get("Authorization", "")
             scheme, _, value = auth.partition(" ")
             given = value.strip() if scheme.lower() == "apikey" else None
-        if given is not None and hmac.compare_digest(given.encode(), self._key):
+        if self.key_matches(given.encode() if given is not None else None):
             return True
         query_key = request.query.get("api_key")
-        return query_key is not None and hmac.compare_digest(query_key.encode(), self._key)
+        return query_key is not None and self.key_matches(query_key.encode())
 
     async def _body(self, request: web.Request) -> Any:
         body = await request.read()
@@ -74,7 +76,12 @@ class ApiHandler:
     def _error(self, request: web.Request, error: Error) -> web.Response:
         if self._transport_mode(request):
             return web.Response(status=_STATUS.get(error.code, 500), body=codec.encode_error(error), content_type=JSON)
-        return web.Response(body=b'{"error":' + codec.encode_error(error) + b"}", content_type=JSON)
+        return web.Response(body=self.error_body(error), content_type=JSON)
+
+    @staticmethod
+    def error_body(error: Error) -> bytes:
+        """The reply to a failed call in the default error mode (HTTP 200)."""
+        return b'{"error":' + codec.encode_error(error) + b"}"
 
     async def legacy(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):

@@ -1,0 +1,249 @@
+"""A lean HTTP/1.1 path for the server API on the port aiohttp serves.
+
+aiohttp spends ~75-140 µs of CPU per request here (request and response objects, a handler task, header
+serialisation), several times what a publish itself costs (~12 µs), so a backend publishing one message per
+request to many channels was bound by aiohttp, not by Fugato. This protocol sits in front of aiohttp's on every
+connection of the listening socket: it answers the plain case itself (``POST <prefix>/<method>``, HTTP/1.1,
+``Content-Length``, the key in ``X-API-Key`` or ``Authorization: apikey``) and hands the connection, with every
+byte it has not consumed, to aiohttp at a request boundary as soon as it sees anything else: a WebSocket or
+streaming request, another path, a query string, a chunked body, ``Expect``, an over-long body, HTTP/1.0. So
+aiohttp still serves everything it did, with its own errors, and the API answers the same bytes either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+
+from node.api.http import ApiHandler
+from node.errors import ReplyError
+
+logger = logging.getLogger(__name__)
+
+MAX_HEAD: Final = 8192  # a request head longer than this goes to aiohttp (which has its own limits)
+IDLE_TIMEOUT: Final = 75.0  # seconds an idle keep-alive connection stays open, as aiohttp's default
+_OK: Final = b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n\r\n"
+_FAILED: Final = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_STATUS_LINE: Final = {400: b"400 Bad Request", 401: b"401 Unauthorized"}
+
+
+class FastApi:
+    """Protocol factory for a listening socket: each connection starts on the fast path (see the module)."""
+
+    def __init__(self, inner: Callable[[], asyncio.Protocol], handler: ApiHandler, max_body: int) -> None:
+        self.inner = inner
+        self.handler = handler
+        self.executor = handler.executor
+        self.max_body = max_body
+        self.prefix = handler.config.handler_prefix.rstrip("/").encode() + b"/"
+        self.connections: set[FastApiProtocol] = set()
+        self.closing = False
+
+    def __call__(self) -> asyncio.Protocol:
+        return FastApiProtocol(self)
+
+    def close_idle(self) -> None:
+        """Shutdown: close connections between requests; one with a request running closes after its reply."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.close_when_idle()
+
+
+class FastApiProtocol(asyncio.Protocol):
+    __slots__ = ("_buf", "_busy", "_close_after", "_fast", "_idle_handle", "_last", "_loop", "_paused", "_transport")
+
+    def __init__(self, fast: FastApi) -> None:
+        self._fast = fast
+        self._buf = b""
+        self._busy = False
+        self._close_after = False
+        self._paused = False
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._idle_handle: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol --------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._fast.connections.add(self)
+        self._idle_handle = self._loop.call_later(IDLE_TIMEOUT, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf = self._buf + data if self._buf else data
+        if self._busy:
+            if len(self._buf) > self._fast.max_body + MAX_HEAD and not self._paused:
+                self._paused = True  # a pipelining client waits until the running request is answered
+                assert self._transport is not None
+                self._transport.pause_reading()
+            return
+        self._process()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fast.connections.discard(self)
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        self._transport = None
+
+    # --- requests --------------------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Answer every complete request in the buffer, in order, until one needs awaiting or aiohttp."""
+        while self._buf and self._transport is not None and not self._transport.is_closing():
+            buf = self._buf
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD or not self._could_be_api(buf):
+                    self._hand_over()
+                return
+            request = self._parse_head(buf[:end])
+            if request is None:
+                self._hand_over()
+                return
+            method, length, headers = request
+            start = end + 4
+            if len(buf) < start + length:
+                return  # the body is still coming
+            body = buf[start:start + length]
+            self._buf = buf[start + length:]
+            self._last = self._loop.time()
+            self._close_after = headers.get(b"connection", b"").lower() == b"close"
+            if not self._answer(method, body, headers):
+                return  # a request is running; it carries on from _done
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def _could_be_api(self, buf: bytes) -> bool:
+        """Whether an incomplete head may still turn out to be an API request."""
+        marker = b"POST " + self._fast.prefix
+        n = min(len(buf), len(marker))
+        return buf[:n] == marker[:n]
+
+    def _parse_head(self, head: bytes) -> tuple[str, int, dict[bytes, bytes]] | None:
+        """(method, Content-Length, lower-cased headers) of a plain API request; None: aiohttp's business."""
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or parts[0] != b"POST" or parts[2] != b"HTTP/1.1":
+            return None
+        target = parts[1]
+        prefix = self._fast.prefix
+        if not target.startswith(prefix) or b"?" in target or b"%" in target:
+            return None
+        method = target[len(prefix):].decode("ascii", "replace")
+        if method not in self._fast.executor.methods:
+            return None
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name[-1:] in (b" ", b"\t"):
+                return None
+            name = name.lower()
+            if name in headers:
+                return None  # repeated headers: let aiohttp decide what they mean
+            headers[name] = value.strip()
+        if b"transfer-encoding" in headers or b"expect" in headers or b"upgrade" in headers:
+            return None
+        if b"x-centrifugo-error-mode" in headers:
+            return None
+        raw_length = headers.get(b"content-length", b"0")
+        if not raw_length.isdigit():
+            return None
+        length = int(raw_length)
+        if length > self._fast.max_body:
+            return None
+        return method, length, headers
+
+    def _answer(self, method: str, body: bytes, headers: dict[bytes, bytes]) -> bool:
+        """Reply to one request; False while its call is still running (the reply is written when it ends)."""
+        handler = self._fast.handler
+        given = headers.get(b"x-api-key")
+        if given is None:
+            scheme, _, value = headers.get(b"authorization", b"").partition(b" ")
+            given = value.strip() if scheme.lower() == b"apikey" else None
+        if not handler.key_matches(given):
+            self._write(401, b"")
+            return True
+        try:
+            params: Any = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            self._write(400, b"Bad Request", content_type=b"text/plain; charset=utf-8")
+            return True
+        self._busy = True
+        task = self._loop.create_task(self._fast.executor.call(method, params))
+        task.add_done_callback(self._done)
+        return False
+
+    def _done(self, task: asyncio.Task[bytes]) -> None:
+        self._busy = False
+        if task.cancelled():
+            self._fail()
+            return
+        error = task.exception()
+        if error is None:
+            self._reply(b'{"result":' + task.result() + b"}")
+        elif isinstance(error, ReplyError):
+            self._reply(self._fast.handler.error_body(error.error))
+        else:
+            logger.error("API call failed", exc_info=error)
+            self._fail()
+            return
+        self._process()
+
+    def _reply(self, body: bytes) -> None:
+        if self._transport is None:
+            return
+        self._transport.write(_OK % len(body) + body)
+        if self._close_after or self._fast.closing:
+            self._transport.close()
+
+    def _write(self, status: int, body: bytes, *, content_type: bytes = b"application/json") -> None:
+        assert self._transport is not None
+        head = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
+            _STATUS_LINE[status], content_type, len(body))
+        self._transport.write(head + body)
+        if self._close_after or self._fast.closing:
+            self._transport.close()
+
+    def _fail(self) -> None:
+        if self._transport is not None:
+            self._transport.write(_FAILED)
+            self._transport.close()
+
+    # --- handing over, idling --------------------------------------------------------------------------
+
+    def _hand_over(self) -> None:
+        """Give the connection, and what is buffered, to aiohttp for good."""
+        transport = self._transport
+        assert transport is not None
+        self._fast.connections.discard(self)
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        buf, self._buf = self._buf, b""
+        self._transport = None
+        inner = self._fast.inner()
+        transport.set_protocol(inner)
+        inner.connection_made(transport)
+        if self._paused:
+            transport.resume_reading()
+        if buf:
+            inner.data_received(buf)
+
+    def close_when_idle(self) -> None:
+        if not self._busy and self._transport is not None:
+            self._transport.close()
+
+    def _check_idle(self) -> None:
+        if self._transport is None:
+            return
+        idle = self._loop.time() - self._last
+        if idle >= IDLE_TIMEOUT and not self._busy:
+            self._transport.close()
+            return
+        self._idle_handle = self._loop.call_later(max(IDLE_TIMEOUT - idle, 1.0), self._check_idle)
