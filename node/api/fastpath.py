@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, Final
 
 import orjson
@@ -26,9 +27,10 @@ logger = logging.getLogger(__name__)
 
 MAX_HEAD: Final = 8192  # a request head longer than this goes to aiohttp (which has its own limits)
 IDLE_TIMEOUT: Final = 75.0  # seconds an idle keep-alive connection stays open, as aiohttp's default
-_OK: Final = b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n\r\n"
+_HEAD: Final = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+_JSON: Final = b"application/json; charset=utf-8"
+_PHRASES: Final = {200: b"OK"}
 _FAILED: Final = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-_STATUS_LINE: Final = {400: b"400 Bad Request", 401: b"401 Unauthorized"}
 
 
 class FastApi:
@@ -54,13 +56,15 @@ class FastApi:
 
 
 class FastApiProtocol(asyncio.Protocol):
-    __slots__ = ("_buf", "_busy", "_close_after", "_fast", "_idle_handle", "_last", "_loop", "_paused", "_transport")
+    __slots__ = ("_buf", "_busy", "_close_after", "_fast", "_idle_handle", "_last", "_loop", "_mode", "_paused",
+                 "_transport")
 
     def __init__(self, fast: FastApi) -> None:
         self._fast = fast
         self._buf = b""
         self._busy = False
         self._close_after = False
+        self._mode = ""  # X-Centrifugo-Error-Mode of the running request
         self._paused = False
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -150,8 +154,6 @@ class FastApiProtocol(asyncio.Protocol):
             headers[name] = value.strip()
         if b"transfer-encoding" in headers or b"expect" in headers or b"upgrade" in headers:
             return None
-        if b"x-centrifugo-error-mode" in headers:
-            return None
         raw_length = headers.get(b"content-length", b"0")
         if not raw_length.isdigit():
             return None
@@ -168,14 +170,15 @@ class FastApiProtocol(asyncio.Protocol):
             scheme, _, value = headers.get(b"authorization", b"").partition(b" ")
             given = value.strip() if scheme.lower() == b"apikey" else None
         if not handler.key_matches(given):
-            self._write(401, b"")
+            self._write(401, b"", b"application/octet-stream")
             return True
         try:
             params: Any = orjson.loads(body) if body else {}
         except orjson.JSONDecodeError:
-            self._write(400, b"Bad Request", content_type=b"text/plain; charset=utf-8")
+            self._write(400, b"Bad Request", b"text/plain; charset=utf-8")
             return True
         self._busy = True
+        self._mode = headers.get(b"x-centrifugo-error-mode", b"").decode("latin-1")
         task = self._loop.create_task(self._fast.executor.call(method, params))
         task.add_done_callback(self._done)
         return False
@@ -187,27 +190,21 @@ class FastApiProtocol(asyncio.Protocol):
             return
         error = task.exception()
         if error is None:
-            self._reply(b'{"result":' + task.result() + b"}")
+            self._write(200, b'{"result":' + task.result() + b"}", _JSON)
         elif isinstance(error, ReplyError):
-            self._reply(self._fast.handler.error_body(error.error))
+            status, body = self._fast.handler.error_reply(error.error, self._mode)
+            self._write(status, body, _JSON)
         else:
             logger.error("API call failed", exc_info=error)
             self._fail()
             return
         self._process()
 
-    def _reply(self, body: bytes) -> None:
+    def _write(self, status: int, body: bytes, content_type: bytes) -> None:
         if self._transport is None:
             return
-        self._transport.write(_OK % len(body) + body)
-        if self._close_after or self._fast.closing:
-            self._transport.close()
-
-    def _write(self, status: int, body: bytes, *, content_type: bytes = b"application/json") -> None:
-        assert self._transport is not None
-        head = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
-            _STATUS_LINE[status], content_type, len(body))
-        self._transport.write(head + body)
+        phrase = _PHRASES.get(status) or HTTPStatus(status).phrase.encode()
+        self._transport.write(_HEAD % (status, phrase, content_type, len(body)) + body)
         if self._close_after or self._fast.closing:
             self._transport.close()
 

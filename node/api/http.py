@@ -56,10 +56,6 @@ class ApiHandler:
         except orjson.JSONDecodeError:
             raise web.HTTPBadRequest(text="Bad Request") from None
 
-    def _transport_mode(self, request: web.Request) -> bool:
-        return self.config.error_mode == "transport" or \
-            request.headers.get("X-Centrifugo-Error-Mode", "").lower() == "transport"
-
     async def method(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
             return web.Response(status=401)
@@ -74,14 +70,15 @@ class ApiHandler:
         return web.Response(body=b'{"result":' + result + b"}", content_type=JSON)
 
     def _error(self, request: web.Request, error: Error) -> web.Response:
-        if self._transport_mode(request):
-            return web.Response(status=_STATUS.get(error.code, 500), body=codec.encode_error(error), content_type=JSON)
-        return web.Response(body=self.error_body(error), content_type=JSON)
+        status, body = self.error_reply(error, request.headers.get("X-Centrifugo-Error-Mode", ""))
+        return web.Response(status=status, body=body, content_type=JSON)
 
-    @staticmethod
-    def error_body(error: Error) -> bytes:
-        """The reply to a failed call in the default error mode (HTTP 200)."""
-        return b'{"error":' + codec.encode_error(error) + b"}"
+    def error_reply(self, error: Error, mode_header: str) -> tuple[int, bytes]:
+        """(HTTP status, body) of a failed call: 200 with an ``error`` object, or in the transport error mode
+        (configured, or asked for with the ``X-Centrifugo-Error-Mode`` header) an HTTP status."""
+        if self.config.error_mode == "transport" or mode_header.lower() == "transport":
+            return _STATUS.get(error.code, 500), codec.encode_error(error)
+        return 200, b'{"error":' + codec.encode_error(error) + b"}"
 
     async def legacy(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):

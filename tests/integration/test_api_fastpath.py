@@ -127,3 +127,27 @@ async def test_shutdown_closes_idle_api_connections(server_factory: ServerFactor
     assert await server.stop() == 0
     assert await asyncio.wait_for(reader.read(), 10) == b"", "the idle keep-alive connection was closed"
     writer.close()
+
+
+async def test_transport_error_mode_from_the_config_and_from_the_header(server_factory: ServerFactory) -> None:
+    transport_mode = await server_factory({"http_api": {"error_mode": "transport"}})
+    reader, writer = await connect(transport_mode)
+    writer.write(post("/api/publish", b"{}", transport_mode.api_key)
+                 + post("/api/publish", b'{"channel":"nosuchns:x","data":1}', transport_mode.api_key))
+    status, headers, body = await read_response(reader)
+    assert (status, json.loads(body)["code"]) == (400, 107)
+    assert "server" not in headers, "the fast path answered"
+    status, _, body = await read_response(reader)
+    assert (status, json.loads(body)["code"]) == (404, 102)
+    writer.close()
+
+    default_mode = await server_factory()
+    reader, writer = await connect(default_mode)
+    writer.write(post("/api/publish", b"{}", default_mode.api_key)
+                 + post("/api/publish", b"{}", default_mode.api_key, extra="X-Centrifugo-Error-Mode: transport\r\n"))
+    status, _, body = await read_response(reader)
+    assert (status, json.loads(body)) == (200, {"error": {"code": 107, "message": "bad request"}})
+    status, headers, body = await read_response(reader)
+    assert (status, json.loads(body)["code"]) == (400, 107)
+    assert "server" not in headers
+    writer.close()
