@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 MAX_HEAD: Final = 8192  # a request head longer than this goes to aiohttp (which has its own limits)
 IDLE_TIMEOUT: Final = 75.0  # seconds an idle keep-alive connection stays open, as aiohttp's default
+SWEEP_INTERVAL: Final = 5.0  # seconds between looks for idle connections
 _HEAD: Final = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
 _JSON: Final = b"application/json; charset=utf-8"
 _PHRASES: Final = {200: b"OK"}
@@ -42,22 +43,35 @@ class FastApi:
         self.executor = handler.executor
         self.max_body = max_body
         self.prefix = handler.config.handler_prefix.rstrip("/").encode() + b"/"
-        self.connections: set[FastApiProtocol] = set()
+        self.connections: set[FastApiProtocol] = set()  # the ones not handed to aiohttp
         self.closing = False
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def __call__(self) -> asyncio.Protocol:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
         return FastApiProtocol(self)
+
+    def _sweep(self) -> None:
+        """Close connections idle for IDLE_TIMEOUT. One timer for all: a per-connection one would outlive the
+        hand-over of every WebSocket connection as a cancelled handle in the loop's heap."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() - IDLE_TIMEOUT
+        for conn in list(self.connections):
+            conn.close_if_idle_since(deadline)
+        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def close_idle(self) -> None:
         """Shutdown: close connections between requests; one with a request running closes after its reply."""
         self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conn in list(self.connections):
-            conn.close_when_idle()
+            conn.close_if_idle_since(float("inf"))
 
 
 class FastApiProtocol(asyncio.Protocol):
-    __slots__ = ("_buf", "_busy", "_close_after", "_fast", "_idle_handle", "_last", "_loop", "_mode", "_paused",
-                 "_transport")
+    __slots__ = ("_buf", "_busy", "_close_after", "_fast", "_last", "_loop", "_mode", "_paused", "_transport")
 
     def __init__(self, fast: FastApi) -> None:
         self._fast = fast
@@ -68,8 +82,7 @@ class FastApiProtocol(asyncio.Protocol):
         self._paused = False
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
-        self._last = self._loop.time()
-        self._idle_handle: asyncio.TimerHandle | None = None
+        self._last = self._loop.time()  # when the connection opened or last had a request answered
 
     # --- asyncio.Protocol --------------------------------------------------------------------------------
 
@@ -77,7 +90,6 @@ class FastApiProtocol(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._fast.connections.add(self)
-        self._idle_handle = self._loop.call_later(IDLE_TIMEOUT, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         self._buf = self._buf + data if self._buf else data
@@ -91,8 +103,6 @@ class FastApiProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fast.connections.discard(self)
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
         self._transport = None
 
     # --- requests --------------------------------------------------------------------------------------
@@ -203,6 +213,7 @@ class FastApiProtocol(asyncio.Protocol):
     def _write(self, status: int, body: bytes, content_type: bytes) -> None:
         if self._transport is None:
             return
+        self._last = self._loop.time()
         phrase = _PHRASES.get(status) or HTTPStatus(status).phrase.encode()
         self._transport.write(_HEAD % (status, phrase, content_type, len(body)) + body)
         if self._close_after or self._fast.closing:
@@ -220,8 +231,6 @@ class FastApiProtocol(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         self._fast.connections.discard(self)
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
         buf, self._buf = self._buf, b""
         self._transport = None
         inner = self._fast.inner()
@@ -232,15 +241,7 @@ class FastApiProtocol(asyncio.Protocol):
         if buf:
             inner.data_received(buf)
 
-    def close_when_idle(self) -> None:
-        if not self._busy and self._transport is not None:
+    def close_if_idle_since(self, deadline: float) -> None:
+        """Close unless a request is running or the connection was active after ``deadline``."""
+        if not self._busy and self._transport is not None and self._last <= deadline:
             self._transport.close()
-
-    def _check_idle(self) -> None:
-        if self._transport is None:
-            return
-        idle = self._loop.time() - self._last
-        if idle >= IDLE_TIMEOUT and not self._busy:
-            self._transport.close()
-            return
-        self._idle_handle = self._loop.call_later(max(IDLE_TIMEOUT - idle, 1.0), self._check_idle)
