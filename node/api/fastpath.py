@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import orjson
 
-from node.api.http import ApiHandler
+from node.api.http import ApiHandler, header_key
 from node.errors import ReplyError
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class FastApi:
         self.executor = handler.executor
         self.max_body = max_body
         self.prefix = handler.config.handler_prefix.rstrip("/").encode() + b"/"
+        self.marker = b"POST " + self.prefix  # how an API request starts
         self.connections: set[FastApiProtocol] = set()  # the ones not handed to aiohttp
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None
@@ -136,7 +137,7 @@ class FastApiProtocol(asyncio.Protocol):
 
     def _could_be_api(self, buf: bytes) -> bool:
         """Whether an incomplete head may still turn out to be an API request."""
-        marker = b"POST " + self._fast.prefix
+        marker = self._fast.marker
         n = min(len(buf), len(marker))
         return buf[:n] == marker[:n]
 
@@ -175,11 +176,7 @@ class FastApiProtocol(asyncio.Protocol):
     def _answer(self, method: str, body: bytes, headers: dict[bytes, bytes]) -> bool:
         """Reply to one request; False while its call is still running (the reply is written when it ends)."""
         handler = self._fast.handler
-        given = headers.get(b"x-api-key")
-        if given is None:
-            scheme, _, value = headers.get(b"authorization", b"").partition(b" ")
-            given = value.strip() if scheme.lower() == b"apikey" else None
-        if not handler.key_matches(given):
+        if not handler.key_matches(header_key(headers.get(b"x-api-key"), headers.get(b"authorization", b""))):
             self._write(401, b"", b"application/octet-stream")
             return True
         try:

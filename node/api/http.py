@@ -22,6 +22,14 @@ _STATUS: Final = {100: 500, 102: 404, 104: 404, 107: 400, 108: 400, 112: 416, 11
 JSON: Final = "application/json"
 
 
+def header_key(x_api_key: bytes | None, authorization: bytes) -> bytes | None:
+    """The API key a request's headers carry: ``X-API-Key``, else ``Authorization: apikey <key>``."""
+    if x_api_key is not None:
+        return x_api_key
+    scheme, _, value = authorization.partition(b" ")
+    return value.strip() if scheme.lower() == b"apikey" else None
+
+
 class ApiHandler:
     def __init__(self, executor: Executor, config: HttpApiConfig) -> None:
         self.executor = executor
@@ -39,12 +47,10 @@ class ApiHandler:
         return bool(self._key) and given is not None and hmac.compare_digest(given, self._key)
 
     def _authorized(self, request: web.Request) -> bool:
-        given = request.headers.get("X-API-Key")
-        if given is None:
-            auth = request.headers.get("Authorization", "")
-            scheme, _, value = auth.partition(" ")
-            given = value.strip() if scheme.lower() == "apikey" else None
-        if self.key_matches(given.encode() if given is not None else None):
+        x_api_key = request.headers.get("X-API-Key")
+        given = header_key(None if x_api_key is None else x_api_key.encode("utf-8", "surrogateescape"),
+                           request.headers.get("Authorization", "").encode("utf-8", "surrogateescape"))
+        if self.key_matches(given):
             return True
         query_key = request.query.get("api_key")
         return query_key is not None and self.key_matches(query_key.encode())
