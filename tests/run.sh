@@ -50,6 +50,13 @@ if ! command -v promtool >/dev/null 2>&1; then
   fi
 fi
 
+# Each feature that needs a system package (nats-server, podman, chromium, postgres, ...) installs it from
+# its own script in tests/setup/ (idempotent: installs only what is missing), so they stay independent.
+for setup in tests/setup/*.sh; do
+  [ -e "$setup" ] || continue
+  bash "$setup"
+done
+
 .venv/bin/ruff check node tests loadtest
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
