@@ -124,7 +124,7 @@ async def connect(client: Client, cmd: codec.Command) -> bytes | None:
     fields["pong"] = cfg.pong_timeout > 0 and not client.unidirectional
     if cfg.connect_include_server_time:
         fields["time"] = int(time.time() * 1000)
-    if node.emulation is not None and (session := node.emulation.session_of(client.id)):
+    if session := client.transport.session:
         # An emulated transport's client posts its commands with these to /emulation.
         fields["session"] = session
         fields["node"] = node.id
