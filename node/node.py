@@ -10,7 +10,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from node import VERSION_STRING
@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 # Absorbs subscribe/unsubscribe churn: the broker unsubscribe of an emptied channel waits this long.
 LAZY_UNSUBSCRIBE_DELAY: Final = 1.0
+# Sees every publication of a channel this node receives, outside the hub (the admin UI's live tail).
+Observer = Callable[[str, Publication, StreamPosition], None]
 # A subscriber behind the stream top may only have publications in flight: it is given this long to catch up.
 POSITION_GRACE: Final = 1.0
 
@@ -75,6 +77,7 @@ class Node(BrokerEventHandler):
         self._broker_channels: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._observers: dict[str, list[Observer]] = {}
         self.shutting_down = False
         self.emulation: Emulation | None = None  # set by the server when SSE or HTTP-stream is enabled
 
@@ -144,16 +147,19 @@ class Node(BrokerEventHandler):
 
     # --- subscriptions ---------------------------------------------------------------------------------
 
+    async def _subscribe_broker(self, channel: str) -> None:
+        async with self._lock(channel):
+            if channel not in self._broker_channels:
+                await self.engine.broker.subscribe(channel)
+                self._broker_channels.add(channel)
+
     async def subscribe_client(self, client: Client, channel: str, opts: SubscribeOptions, *, server_side: bool,
                                since: StreamPosition | None = None) -> StreamStart | None:
         """Subscribe ``client``: broker subscription, hub registration (buffering), stream position/recovery.
 
         The caller queues the reply and then calls ``start_delivery`` in the same tick; publications that arrive
         in between are buffered by the hub, so none is lost, duplicated or delivered before the reply."""
-        async with self._lock(channel):
-            if channel not in self._broker_channels:
-                await self.engine.broker.subscribe(channel)
-                self._broker_channels.add(channel)
+        await self._subscribe_broker(channel)
         self.hub.add_sub(channel, client, push_join_leave=opts.push_join_leave, positioned=opts.enable_positioning,
                          delta=opts.delta)
         # Without channel info every subscription of a connection shares one ClientInfo (fewer objects per conn).
@@ -231,13 +237,16 @@ class Node(BrokerEventHandler):
         except Exception as e:
             logger.warning("leaving %s: engine unavailable (%s)", channel, e)
 
+    def _unused(self, channel: str) -> bool:
+        return self.hub.num_subscribers(channel) == 0 and channel not in self._observers
+
     def _maybe_unsubscribe(self, channel: str) -> None:
-        if self.hub.num_subscribers(channel) == 0 and channel in self._broker_channels:
+        if self._unused(channel) and channel in self._broker_channels:
             self._spawn(self._unsubscribe_broker(channel))
 
     async def _unsubscribe_broker(self, channel: str) -> None:
         async with self._lock(channel):
-            if self.hub.num_subscribers(channel) == 0 and channel in self._broker_channels:
+            if self._unused(channel) and channel in self._broker_channels:
                 self._broker_channels.discard(channel)
                 self._locks.pop(channel, None)
                 try:
@@ -255,6 +264,25 @@ class Node(BrokerEventHandler):
     async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
         return await self.engine.broker.history(channel, opts)
 
+    async def observe(self, channel: str, observer: Observer) -> None:
+        """Call ``observer`` (synchronously, on the broker's reader: it must not block) with each publication of
+        ``channel`` from now on, whichever node it was published on; the node holds the broker subscription."""
+        self._observers.setdefault(channel, []).append(observer)
+        try:
+            await self._subscribe_broker(channel)
+        except BaseException:
+            self.unobserve(channel, observer)
+            raise
+
+    def unobserve(self, channel: str, observer: Observer) -> None:
+        observers = self._observers.get(channel)
+        if observers is None or observer not in observers:
+            return
+        observers.remove(observer)
+        if not observers:
+            del self._observers[channel]
+            asyncio.get_running_loop().call_later(LAZY_UNSUBSCRIBE_DELAY, self._maybe_unsubscribe, channel)
+
     # --- BrokerEventHandler (hot path: synchronous) ----------------------------------------------------
 
     def handle_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
@@ -266,6 +294,9 @@ class Node(BrokerEventHandler):
             metrics.pub_sub_lag.observe(max(time.time() - pub.time_ms / 1000, 0.0))
         self.hub.broadcast_publication(channel, pub, sp)
         metrics.broadcast_duration.observe(time.perf_counter() - started)
+        if self._observers:  # one check per publication: observers cost nothing while there are none
+            for observer in self._observers.get(channel, ()):
+                observer(channel, pub, sp)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         self.metrics.received_join.inc()
