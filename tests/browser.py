@@ -32,7 +32,6 @@ class BrowserPage:
 @asynccontextmanager
 async def chromium_page(profile: Path, viewport: dict[str, int] | None = None) -> AsyncIterator[BrowserPage]:
     """A page in a fresh Chromium profile that records console errors and page exceptions."""
-    profile.mkdir(parents=True, exist_ok=True)
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True, args=ARGS, viewport=viewport or DESKTOP)
