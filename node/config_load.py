@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from node.config import Config, NamespaceConfig
+from node.config import Config, NamespaceConfig, broker_warnings
 from node.errors import ConfigError
 
 ENV_PREFIXES: Final = ("CENTRIFUGO_", "FUGATO_")  # applied in this order, so FUGATO_ wins
@@ -32,7 +32,7 @@ _DURATION_PART_RE: Final = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|
 
 # Top-level sections Centrifugo has but Fugato does not implement: they are ignored with a warning.
 _CENTRIFUGO_ONLY_SECTIONS: Final = frozenset({
-    "broker", "presence_manager", "proxies", "webtransport", "swagger", "debug",
+    "proxies", "webtransport", "swagger", "debug",
     "consumers", "opentelemetry", "graphite", "usage_stats", "pid_file", "enable_unreleased_features",
     "connect_proxy",
 })
@@ -239,6 +239,10 @@ def _convert(tp: Any, value: object, where: str, duration: bool, warnings: list[
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where}: expected string, got {_describe(value)}")
+    if typing.get_origin(tp) is dict:  # map[string]string, e.g. broker.nats.raw_mode.channel_replacements
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{where}: expected an object of strings, got {_describe(value)}")
+        return {str(k): v for k, v in value.items()}
     item = _tuple_item(tp)
     if item is not None:
         if item is str and isinstance(value, str):
@@ -332,6 +336,11 @@ def _set_path(data: dict[str, object], path: str, value: object) -> None:
 
 def _from_text(leaf: _Leaf, text: str, where: str) -> object:
     """A string from the environment or the command line, decoded for its key: JSON for arrays/objects."""
+    if typing.get_origin(leaf.type) is dict:
+        try:
+            return json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: invalid JSON: {e.msg}") from e
     if _tuple_item(leaf.type) is None:
         return text  # scalars: _convert parses strings for bool, int and duration keys
     stripped = text.strip()
@@ -409,6 +418,7 @@ def load(path: str | None, env: Mapping[str, str], overrides: Mapping[str, Any])
     warnings: list[str] = []
     config = _build(Config, data, "", warnings)
     assert isinstance(config, Config)
+    warnings.extend(broker_warnings(config))
     return LoadResult(config, tuple(warnings))
 
 
