@@ -151,8 +151,12 @@ class Client:
     async def _dispatch(self, cmd: codec.Command) -> bool:
         if self.state is ClientState.CLOSED:
             return False
-        if self.state is ClientState.CONNECTED and cmd.id == 0 and cmd.method != "send":
-            return await self._handle_pong()
+        if cmd.id == 0 and cmd.method != "send":
+            if self.state is ClientState.CONNECTED:
+                return await self._handle_pong()
+            # Before connect an id-less command is no pong: centrifuge closes with 3501 (a connect without id too).
+            await self.close(DISCONNECT_BAD_REQUEST)
+            return False
         if cmd.method in ("", "?") or self._connect_failed:
             await self.close(DISCONNECT_BAD_REQUEST)
             return False

@@ -24,7 +24,15 @@ from node.auth.jwt import JWTVerifier
 from node.broker.base import BrokerEventHandler, Engine
 from node.config import ChannelConfig, Config, TokenConfig
 from node.control import Controller
-from node.errors import DISCONNECT_EXPIRED, DISCONNECT_SHUTDOWN, UNSUBSCRIBE_SERVER, Disconnect, Unsubscribe
+from node.errors import (
+    DISCONNECT_EXPIRED,
+    DISCONNECT_SHUTDOWN,
+    ERROR_UNRECOVERABLE_POSITION,
+    UNSUBSCRIBE_SERVER,
+    Disconnect,
+    ReplyError,
+    Unsubscribe,
+)
 from node.hub import Hub
 from node.metrics import Metrics
 from node.models import (
@@ -184,8 +192,10 @@ class Node(BrokerEventHandler):
     # --- subscriptions ---------------------------------------------------------------------------------
 
     async def subscribe_client(self, client: Connection, channel: str, opts: SubscribeOptions, *, server_side: bool,
-                               since: StreamPosition | None = None) -> StreamStart | None:
+                               since: StreamPosition | None = None,
+                               reject_unrecovered: bool = False) -> StreamStart | None:
         """Subscribe ``client``: broker subscription, hub registration (buffering), stream position/recovery.
+        With ``reject_unrecovered`` a stream recovery that fails is error 112 instead of ``recovered: false``.
 
         The caller queues the reply and then calls ``start_delivery`` in the same tick; publications that arrive
         in between are buffered by the hub, so none is lost, duplicated or delivered before the reply."""
@@ -204,6 +214,8 @@ class Node(BrokerEventHandler):
         try:
             start = await stream_start(self._engine.broker, channel, opts, since,
                                        self.config.client.recovery_max_publication_limit)
+            if reject_unrecovered and start.was_recovering and not start.recovered:
+                raise ReplyError(ERROR_UNRECOVERABLE_POSITION)
         except BaseException:
             await self.remove_subscription(client, channel)
             raise

@@ -29,6 +29,8 @@ FLOORS: dict[str, int] = {
     "node.procstats": 0,
     "node.transport": 0,  # the Transport protocol (what the session needs from a transport)
     "node.auth": 0,
+    "node.consumers.config": 0,  # a feature's configuration dataclasses sit with the Config that holds them
+    "node.proxy.config": 0,
     # 1: the engine: brokers (memory, Redis, NATS ...), presence, history
     "node.broker": 1,
     "node.recovery": 1,
