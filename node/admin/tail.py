@@ -1,6 +1,6 @@
 """The live tail: a channel's publications streamed to an admin's browser as server-sent events.
 
-Design: the node calls an in-process observer (``Subscriptions.observe``) for each publication of the channel after the
+Design: the node calls an in-process observer (``Node.observe``) for each publication of the channel after the
 hub's fan-out, and the observer only appends to this tail's bounded queue; the SSE handler writes the queue out.
 So normal subscribers pay one dict truthiness check per publication while nobody tails, the tail is no client
 (it is not counted among the node's clients or a channel's subscribers), and the node holds the broker
@@ -79,7 +79,7 @@ class Tails:
         tail = Tail()
         self._open.add(tail)
         try:
-            await self.node.subscriptions.observe(channel, tail)
+            await self.node.observe(channel, tail)
         except Exception as e:
             self._open.discard(tail)
             logger.warning("admin tail of %s: %s", channel, e)
@@ -92,7 +92,7 @@ class Tails:
         except ConnectionResetError:
             pass  # the browser went away (or, on a cancelling server, the handler is cancelled: cleaned up below)
         finally:
-            self.node.subscriptions.unobserve(channel, tail)
+            self.node.unobserve(channel, tail)
             self._open.discard(tail)
         return response
 

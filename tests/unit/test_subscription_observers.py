@@ -62,11 +62,11 @@ async def test_node_calls_observers_after_the_fan_out_and_counts_no_client() -> 
     await node.start()
     try:
         got: list[tuple[str, bytes, int]] = []
-        await node.subscriptions.observe("ch", lambda ch, pub, sp: got.append((ch, pub.data, pub.offset)))
+        await node.observe("ch", lambda ch, pub, sp: got.append((ch, pub.data, pub.offset)))
         node.handle_publication("ch", Publication(data=b'{"a":1}', offset=7), StreamPosition(7, "e"))
         node.handle_publication("other", Publication(data=b"{}", offset=1), StreamPosition(1, "e"))
         assert got == [("ch", b'{"a":1}', 7)]
-        info = node.info()
+        info = node.node_info()
         assert (info.num_clients, info.num_subs, info.num_channels) == (0, 0, 0)
     finally:
         await node.shutdown(1)
