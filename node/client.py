@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from node import commands
 from node.errors import (
@@ -37,12 +37,10 @@ from node.errors import (
     Unsubscribe,
 )
 from node.models import ClientInfo, ClientState, RequestInfo
+from node.node import Node
 from node.protocol import codec, proto
 from node.subscriptions import ChannelState
-
-if TYPE_CHECKING:
-    from node.node import Node
-    from node.transport import Transport
+from node.transport import Transport
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +151,12 @@ class Client:
     async def _dispatch(self, cmd: codec.Command) -> bool:
         if self.state is ClientState.CLOSED:
             return False
-        if self.state is ClientState.CONNECTED and cmd.id == 0 and cmd.method != "send":
-            return await self._handle_pong()
+        if cmd.id == 0 and cmd.method != "send":
+            if self.state is ClientState.CONNECTED:
+                return await self._handle_pong()
+            # Before connect an id-less command is no pong: centrifuge closes with 3501 (a connect without id too).
+            await self.close(DISCONNECT_BAD_REQUEST)
+            return False
         if cmd.method in ("", "?") or self._connect_failed:
             await self.close(DISCONNECT_BAD_REQUEST)
             return False
@@ -346,7 +348,7 @@ class Client:
                 await self.unsubscribe(channel, UNSUBSCRIBE_EXPIRED)
                 continue
             if state.opts.emit_presence:
-                await self.node.engine.presence.add_presence(channel, self.id, state.info)
+                await self.node.add_presence(channel, self.id, state.info)
             if check_positions and state.opts.enable_positioning and not await self.node.position_valid(self, channel):
                 self.insufficient_state(channel)
 

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from node.consumers.config import ConsumerConfig, check_unique_names
 from node.errors import ConfigError
 
 DURATION: Final = {"duration": True}
@@ -562,6 +563,10 @@ class Config:
     prometheus: PrometheusConfig = PrometheusConfig()
     node: NodeSection = NodeSection()
     shutdown: ShutdownConfig = ShutdownConfig()
+    consumers: tuple[ConsumerConfig, ...] = ()  # node/consumers/config.py
+
+    def __post_init__(self) -> None:
+        check_unique_names(self.consumers)
 
 
 def broker_warnings(config: Config) -> list[str]:
