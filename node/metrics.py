@@ -118,11 +118,20 @@ class Metrics:
         if error_code:
             self._api_errors.labels(protocol, method, str(error_code)).inc()
 
+    def api_commands(self, method: str, seconds: float, count: int, error_codes: list[int], *,
+                     protocol: str = "http") -> None:
+        """``count`` commands that ran together for ``seconds`` (a batch's group): each is observed."""
+        duration = self._api_duration.labels(protocol, method)
+        for _ in range(count):
+            duration.observe(seconds)
+        for code in error_codes:
+            self._api_errors.labels(protocol, method, str(code)).inc()
+
     def recover(self, recovered: bool) -> None:
         self._recover.labels("yes" if recovered else "no").inc()
 
-    def published(self, kind: str) -> None:
-        self._sent.labels(kind).inc()
+    def published(self, kind: str, count: int = 1) -> None:
+        self._sent.labels(kind).inc(count)
 
     def render(self) -> bytes:
         if MULTIPROCESS:

@@ -10,7 +10,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from node import VERSION_STRING
@@ -251,6 +251,12 @@ class Node(BrokerEventHandler):
         result = await self.engine.broker.publish(channel, data, opts)
         self.metrics.published("publication")
         return result
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
+        """Publish several (channel, data, options) together; each gets its result or its own error."""
+        results = await self.engine.broker.publish_many(items)
+        self.metrics.published("publication", len(items))
+        return results
 
     async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
         return await self.engine.broker.history(channel, opts)

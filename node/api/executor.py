@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, Final
 
+from node.api.batch import publish_reply, run_batch
 from node.auth.jwt import SubscribeOverride
+from node.config import ChannelOptions
 from node.errors import (
     API_ERROR_NOT_FOUND,
     DISCONNECT_FORCE_NO_RECONNECT,
@@ -124,6 +126,7 @@ class Executor:
             "history_remove": self.history_remove, "channels": self.channels, "info": self.info, "rpc": self.rpc,
             "batch": self.batch,
         }
+        self._options: dict[tuple[int, bool, bool], tuple[ChannelOptions, PublishOptions]] = {}
         controller = node.controller
         controller.on_action("subscribe", self._local_subscribe)
         controller.on_action("unsubscribe", self._local_unsubscribe)
@@ -153,33 +156,52 @@ class Executor:
             if token is not None:
                 _protocol.reset(token)
 
+    def publishes_done(self, count: int, seconds: float, error_codes: list[int]) -> None:
+        """Metrics for ``count`` publish commands that ran together (in a batch) for ``seconds``."""
+        self.node.metrics.api_commands("publish", seconds, count, error_codes, protocol=_protocol.get())
+
     # --- publishing ------------------------------------------------------------------------------------
 
     async def publish(self, p: Params) -> bytes:
         return await self._publish(_str(p, "channel", required=True), p)
 
     async def _publish(self, channel: str, p: Params) -> bytes:
+        try:
+            result = await self.node.publish(*self.publish_args(channel, p))
+        except ReplyError:
+            raise
+        except Exception:
+            raise ReplyError(ERROR_INTERNAL) from None
+        return publish_reply(result)
+
+    def publish_args(self, channel: str, p: Params) -> tuple[str, bytes, PublishOptions]:
+        """A publish command's (channel, data, options), validated; raises ReplyError."""
         data = _raw(p, "data")
         if data is None:
             raise _bad()
         ns = self.node.policy.namespace(channel)
         skip_history = _bool(p, "skip_history")
+        use_delta = _bool(p, "delta") or ns.delta_publish
+        tags = _tags(p)
+        idempotency_key = _str(p, "idempotency_key")
+        if tags is None and not idempotency_key:
+            # The common case: options shared by every publication to the namespace (the namespace object is
+            # kept in the entry, so a reloaded config, with new objects, never matches an old entry).
+            key = (id(ns), skip_history, use_delta)
+            cached = self._options.get(key)
+            if cached is not None and cached[0] is ns:
+                return channel, data, cached[1]
         opts = PublishOptions(
             history_size=0 if skip_history else ns.history_size,
             history_ttl=0 if skip_history else ns.history_ttl,
             history_meta_ttl=ns.history_meta_ttl,
-            tags=_tags(p),
-            idempotency_key=_str(p, "idempotency_key"),
-            use_delta=_bool(p, "delta") or ns.delta_publish,
+            tags=tags,
+            idempotency_key=idempotency_key,
+            use_delta=use_delta,
         )
-        try:
-            result = await self.node.publish(channel, data, opts)
-        except ReplyError:
-            raise
-        except Exception:
-            raise ReplyError(ERROR_INTERNAL) from None
-        sp = result.position
-        return codec.result_object({"offset": sp.offset, "epoch": sp.epoch})
+        if tags is None and not idempotency_key:
+            self._options[key] = (ns, opts)
+        return channel, data, opts
 
     async def broadcast(self, p: Params) -> bytes:
         channels = p.get("channels")
@@ -330,20 +352,5 @@ class Executor:
         commands = p.get("commands")
         if not isinstance(commands, list):
             raise _bad()
+        return await run_batch(self, commands, parallel=_bool(p, "parallel"))
 
-        async def one(cmd: Any) -> bytes:
-            if not isinstance(cmd, dict):
-                return b'{"error":' + codec.encode_error(ERROR_BAD_REQUEST) + b"}"
-            method = next((k for k, v in cmd.items() if k in self.methods and k != "batch" and v is not None), None)
-            if method is None:
-                return b'{"error":' + codec.encode_error(ERROR_BAD_REQUEST) + b"}"
-            try:
-                return b'{"%s":%s}' % (method.encode(), await self.call(method, cmd[method]))
-            except ReplyError as e:
-                return b'{"error":' + codec.encode_error(e.error) + b"}"
-
-        if _bool(p, "parallel"):
-            replies = await asyncio.gather(*(one(c) for c in commands))
-        else:
-            replies = [await one(c) for c in commands]
-        return b'{"replies":[' + b",".join(replies) + b"]}"

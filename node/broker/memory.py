@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -83,6 +84,13 @@ class MemoryBroker(Broker):
         return ttl if ttl > 0 else self._default_meta_ttl
 
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+        return self._publish(channel, data, opts)
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
+        publish = self._publish
+        return [publish(channel, data, opts) for channel, data, opts in items]
+
+    def _publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
         # No await from here to the fan-out: the append and the delivery are atomic for this channel.
         now = time.monotonic()
         if opts.idempotency_key:

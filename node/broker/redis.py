@@ -8,8 +8,8 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, TypeVar
 
 from node.broker import wire
 from node.broker.base import Broker, BrokerEventHandler, new_epoch
@@ -29,6 +29,13 @@ from node.models import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_META_TTL: Final = 720 * 3600
+T = TypeVar("T")
+
+
+def _publish_result(reply: Any) -> PublishResult:
+    top, epoch, suppressed = reply
+    epoch_str = epoch.decode() if isinstance(epoch, bytes) else str(epoch or "")
+    return PublishResult(StreamPosition(int(top), epoch_str), suppressed=bool(suppressed))
 
 
 class RedisBroker(Broker):
@@ -61,10 +68,11 @@ class RedisBroker(Broker):
 
     # --- PUB/SUB -----------------------------------------------------------------------------------------
 
-    def _by_shard(self, channels: Iterable[str]) -> dict[int, list[str]]:
-        groups: dict[int, list[str]] = {}
-        for ch in channels:
-            groups.setdefault(shard_index(ch, len(self.shards)), []).append(ch)
+    def _by_shard(self, items: Iterable[T], channel_of: Callable[[T], str] = str) -> dict[int, list[T]]:
+        groups: dict[int, list[T]] = {}
+        n = len(self.shards)
+        for item in items:
+            groups.setdefault(shard_index(channel_of(item), n), []).append(item)
         return groups
 
     async def subscribe(self, *channels: str) -> None:
@@ -117,20 +125,35 @@ class RedisBroker(Broker):
     def _meta_ttl(self, ttl: float) -> int:
         return int(ttl if ttl > 0 else self._default_meta_ttl)
 
-    async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
-        shard = self.shard(channel)
-        body = wire.encode_body(data, opts.client_info, opts.tags, int(time.time() * 1000))
+    def _publish_call(self, shard: RedisShard, channel: str, data: bytes, opts: PublishOptions, epoch: str,
+                      time_ms: int) -> tuple[list[str], list[Any]]:
+        keys = self.keys
+        body = wire.encode_body(data, opts.client_info, opts.tags, time_ms)
         history = opts.history_size > 0 and opts.history_ttl > 0
         result_ttl = int(opts.idempotent_result_ttl) if opts.idempotency_key else 0
-        top, epoch, suppressed = await shard.script_batched(
-            "publish",
-            [self.keys.stream(channel), self.keys.meta(channel), self.keys.result(channel, opts.idempotency_key)],
-            [body, opts.history_size if history else 0, max(int(opts.history_ttl), 1),
-             self.keys.client_channel(channel), self._meta_ttl(opts.history_meta_ttl), new_epoch(),
-             shard.publish_command, result_ttl, "1" if opts.use_delta and history else "0"],
-        )
-        epoch_str = epoch.decode() if isinstance(epoch, bytes) else str(epoch or "")
-        return PublishResult(StreamPosition(int(top), epoch_str), suppressed=bool(suppressed))
+        return ([keys.stream(channel), keys.meta(channel), keys.result(channel, opts.idempotency_key)],
+                [body, opts.history_size if history else 0, max(int(opts.history_ttl), 1),
+                 keys.client_channel(channel), self._meta_ttl(opts.history_meta_ttl), epoch,
+                 shard.publish_command, result_ttl, b"1" if opts.use_delta and history else b"0"])
+
+    async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+        shard = self.shard(channel)
+        keys, args = self._publish_call(shard, channel, data, opts, new_epoch(), int(time.time() * 1000))
+        return _publish_result(await shard.script("publish", keys, args))
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
+        # One epoch candidate and one timestamp for the whole group: only a channel's first publication ever
+        # uses the epoch, and the publications of one burst are published at the same moment.
+        epoch, time_ms = new_epoch(), int(time.time() * 1000)
+        groups = self._by_shard(range(len(items)), lambda i: items[i][0])
+        calls = [(idxs, self.shards[index].script_many(  # sent to every shard before waiting for any
+                     "publish", [self._publish_call(self.shards[index], *items[i], epoch, time_ms) for i in idxs]))
+                 for index, idxs in groups.items()]
+        results: dict[int, PublishResult | Exception] = {}
+        for idxs, call in calls:
+            for i, reply in zip(idxs, await call, strict=True):
+                results[i] = reply if isinstance(reply, Exception) else _publish_result(reply)
+        return [results[i] for i in range(len(items))]
 
     async def _publish_raw(self, channel: str, message: bytes) -> None:
         shard = self.shard(channel)
