@@ -266,10 +266,12 @@ class Node(BrokerEventHandler):
     def handle_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
         metrics = self.metrics
         metrics.received_publication.inc()
-        self.flusher.activity += 1
-        started = time.perf_counter()
         if pub.time_ms:
             metrics.pub_sub_lag.observe(max(time.time() - pub.time_ms / 1000, 0.0))
+        if not self.hub.num_subscribers(channel):
+            return  # nothing to fan out (a memory-engine publish to a channel nobody here is subscribed to)
+        self.flusher.activity += 1
+        started = time.perf_counter()
         self.hub.broadcast_publication(channel, pub, sp)
         metrics.broadcast_duration.observe(time.perf_counter() - started)
 

@@ -21,23 +21,32 @@ from node.protocol import codec
 if TYPE_CHECKING:
     from node.api.executor import Executor
 
+EPOCH_CACHE_SIZE: Final = 10000
 _BAD: Final = b'{"error":' + codec.encode_error(ERROR_BAD_REQUEST) + b"}"
+
+
+_epochs: dict[str, bytes] = {}  # epoch → its JSON string: a node sees few epochs, and many replies carry them
 
 
 def publish_reply(result: PublishResult) -> bytes:
     """The result object of a publish (zero fields omitted, as ``codec.result_object`` does)."""
     sp = result.position
-    if not sp.offset:
-        return b'{"epoch":%s}' % codec.raw(sp.epoch) if sp.epoch else b"{}"
     if not sp.epoch:
-        return b'{"offset":%d}' % sp.offset
-    return b'{"offset":%d,"epoch":%s}' % (sp.offset, codec.raw(sp.epoch))
+        return b'{"offset":%d}' % sp.offset if sp.offset else b"{}"
+    epoch = _epochs.get(sp.epoch)
+    if epoch is None:
+        if len(_epochs) >= EPOCH_CACHE_SIZE:
+            _epochs.clear()
+        epoch = _epochs[sp.epoch] = codec.raw(sp.epoch)
+    return b'{"offset":%d,"epoch":%s}' % (sp.offset, epoch) if sp.offset else b'{"epoch":%s}' % epoch
 
 
 def _method_of(ex: Executor, cmd: Any) -> str | None:
     """The command's method: its first key naming one (``batch`` cannot nest) with a non-null value."""
     if type(cmd) is not dict:
         return None
+    if len(cmd) == 1 and cmd.get("publish") is not None:
+        return "publish"  # the usual item, without the search below
     return next((k for k, v in cmd.items() if k in ex.methods and k != "batch" and v is not None), None)
 
 

@@ -180,10 +180,13 @@ class Executor:
         if data is None:
             raise _bad()
         ns = self.node.policy.namespace(channel)
-        skip_history = _bool(p, "skip_history")
-        use_delta = _bool(p, "delta") or ns.delta_publish
-        tags = _tags(p)
-        idempotency_key = _str(p, "idempotency_key")
+        if len(p) == 2:  # channel and data only: the options' defaults
+            skip_history, use_delta, tags, idempotency_key = False, ns.delta_publish, None, ""
+        else:
+            skip_history = _bool(p, "skip_history")
+            use_delta = _bool(p, "delta") or ns.delta_publish
+            tags = _tags(p)
+            idempotency_key = _str(p, "idempotency_key")
         if tags is None and not idempotency_key:
             # The common case: options shared by every publication to the namespace (the namespace object is
             # kept in the entry, so a reloaded config, with new objects, never matches an old entry).

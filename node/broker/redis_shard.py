@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -35,6 +36,16 @@ from node.errors import ConfigError
 SCRIPTS: Final = ("publish", "history", "presence_add", "presence_remove", "presence_get")
 _RETRIED_ERRORS: Final = ("NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "READONLY",
                           "MASTERDOWN")
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One EVALSHA: its encoded command for the fast path, and its parts for redis-py (the fallback)."""
+
+    name: str
+    command: bytes
+    keys: list[str]  # the first one routes the call (every key of a call shares one slot)
+    args: list[Any]
 
 
 class ScriptError(Exception):
@@ -99,6 +110,7 @@ class RedisShard:
             raise ConfigError(f"engine.redis: unsupported address {url!r} (redis://, rediss://, redis+cluster://)")
         self.cluster = scheme.endswith("+cluster")
         self._host, self._port, self._db = "", 0, 0
+        self._slots: NodesManager | None = None  # the Cluster's slot map (kept up to date by redis-py)
         tls = scheme.startswith("rediss")
         user = unquote(parts.username or "") or cfg.user
         password = unquote(parts.password or "") or cfg.password
@@ -121,6 +133,7 @@ class RedisShard:
         if self.cluster:
             nodes = [ClusterNode(*_host_port(h)) for h in hosts]
             self.client = RedisCluster(startup_nodes=nodes, **common)
+            self._slots = self.client.nodes_manager
             self.pubsub = ClusterPubSub(self.client, opts, on_message, on_resync, on_error)
         else:
             db = int(parts.path.strip("/") or cfg.db)
@@ -154,9 +167,9 @@ class RedisShard:
     def _pipe(self, key: str) -> RedisPipe | None:
         """The command connection to the server holding ``key`` (its slot owner in a Cluster); None while a
         recent connect to it failed, or the slot map does not know the key (then redis-py takes the call)."""
-        if isinstance(self.client, RedisCluster):
+        if self._slots is not None:
             try:
-                node = self.client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+                node = self._slots.get_node_from_slot(key_slot(key.encode()))
             except RedisError:
                 return None
             name, host, port = node.name, node.host, int(node.port)
@@ -172,16 +185,24 @@ class RedisShard:
             pipe.connect()
         return pipe
 
-    def _encode(self, name: str, keys: list[str], args: list[Any]) -> bytes:
-        return encode((len(keys), *keys, *args), self._heads[name], 2)
+    def head(self, name: str, nargs: int) -> bytes:
+        """The encoded start of an EVALSHA of script ``name`` with ``nargs`` arguments after the SHA."""
+        return b"*%d\r\n%s" % (nargs + 2, self._heads[name])
+
+    def call(self, name: str, keys: list[str], args: list[Any]) -> ScriptCall:
+        command = encode((len(keys), *keys, *args), self._heads[name], 2)
+        return ScriptCall(name, command, keys, args)
 
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run a Lua script on the server holding ``keys`` (they share one slot). Calls made in the same
         event-loop iteration share one write and one round trip (redis_pipe.py)."""
-        pipe = self._pipe(keys[0])
+        return await self.run(self.call(name, keys, args))
+
+    async def run(self, call: ScriptCall) -> Any:
+        pipe = self._pipe(call.keys[0])
         if pipe is not None:
             try:
-                reply = await pipe.call(self._encode(name, keys, args))
+                reply = await pipe.call(call.command)
             except PipeError:
                 pass  # in doubt: redis-py runs it again, with its reconnects and retries
             else:
@@ -189,21 +210,21 @@ class RedisShard:
                     return reply
                 if not _elsewhere(reply):
                     raise ScriptError(str(reply))
-        return await self.scripts[name](keys=keys, args=args)
+        return await self.scripts[call.name](keys=call.keys, args=call.args)
 
-    def script_many(self, name: str, calls: Sequence[tuple[list[str], list[Any]]]) -> Awaitable[list[Any]]:
-        """``script`` for many calls at once: they are sent now (one future per server for the whole group),
-        and the awaitable gives each call's reply or its exception, in the order of ``calls``."""
+    def run_many(self, calls: Sequence[ScriptCall]) -> Awaitable[list[Any]]:
+        """``run`` for many calls at once: they are sent now (one future per server for the whole group), and
+        the awaitable gives each call's reply or its exception, in the order of ``calls``."""
         by_pipe: dict[RedisPipe | None, list[int]] = {}
-        for i, (keys, _) in enumerate(calls):
-            by_pipe.setdefault(self._pipe(keys[0]), []).append(i)
+        for i, call in enumerate(calls):
+            by_pipe.setdefault(self._pipe(call.keys[0]), []).append(i)
         retry = by_pipe.pop(None, [])
-        sent = [(idxs, pipe.call_many([self._encode(name, *calls[i]) for i in idxs]))
+        sent = [(idxs, pipe.call_many([calls[i].command for i in idxs]))
                 for pipe, idxs in by_pipe.items() if pipe is not None]
-        return self._collect(name, calls, sent, retry)
+        return self._collect(calls, sent, retry)
 
-    async def _collect(self, name: str, calls: Sequence[tuple[list[str], list[Any]]],
-                       sent: list[tuple[list[int], asyncio.Future[list[Any]]]], retry: list[int]) -> list[Any]:
+    async def _collect(self, calls: Sequence[ScriptCall], sent: list[tuple[list[int], asyncio.Future[list[Any]]]],
+                       retry: list[int]) -> list[Any]:
         results: list[Any] = [None] * len(calls)
         for idxs, fut in sent:
             try:
@@ -218,11 +239,10 @@ class RedisShard:
                     retry.append(i)
                 else:
                     results[i] = ScriptError(str(reply))
-        await self._retry(name, calls, sorted(retry), results)
+        await self._retry(calls, sorted(retry), results)
         return results
 
-    async def _retry(self, name: str, calls: Sequence[tuple[list[str], list[Any]]], idxs: list[int],
-                     results: list[Any]) -> None:
+    async def _retry(self, calls: Sequence[ScriptCall], idxs: list[int], results: list[Any]) -> None:
         """Run the calls the fast path could not through redis-py, one after another (per-channel order); once
         the server proves unreachable the rest fail the same way instead of each waiting out the retries."""
         down: Exception | None = None
@@ -230,9 +250,9 @@ class RedisShard:
             if down is not None:
                 results[i] = down
                 continue
-            keys, args = calls[i]
+            call = calls[i]
             try:
-                results[i] = await self.scripts[name](keys=keys, args=args)
+                results[i] = await self.scripts[call.name](keys=call.keys, args=call.args)
             except (RedisConnectionError, RedisTimeoutError) as e:
                 results[i] = down = e
             except Exception as e:
