@@ -140,7 +140,9 @@ async def probe(port: int, counts: Counts, ready: asyncio.Event, stop: asyncio.E
     """A WebSocket subscriber of PROBE recording how long each publication took to arrive."""
     token = jwt.encode({"sub": "probe"}, SECRET, algorithm="HS256")
     async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://127.0.0.1:{port}/connection/websocket") as ws:
-        await ws.send_str('{"id":1,"connect":{"token":"%s"}}\n{"id":2,"subscribe":{"channel":"%s"}}' % (token, PROBE))
+        connect = orjson.dumps({"id": 1, "connect": {"token": token}})
+        subscribe = orjson.dumps({"id": 2, "subscribe": {"channel": PROBE}})
+        await ws.send_str((connect + b"\n" + subscribe).decode())
         while not stop.is_set():
             try:
                 msg = await asyncio.wait_for(ws.receive(), 0.5)

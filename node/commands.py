@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from node import VERSION_STRING
 from node.errors import (
@@ -25,12 +25,13 @@ from node.errors import (
     ReplyError,
 )
 from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosition
+from node.node import Connection
 from node.protocol import codec
 
-if TYPE_CHECKING:
-    from node.client import Client
+Handler = Callable[[Connection, codec.Command], Awaitable[bytes | None]]
 
-Handler = Callable[["Client", codec.Command], Awaitable[bytes | None]]
+# SubscribeRequest.flag bits (centrifuge's subscription flags; centrifuge-js sets the second in its getState flow).
+FLAG_REJECT_UNRECOVERED: Final = 2
 
 
 def _str(params: Mapping[str, Any], key: str) -> str:
@@ -47,6 +48,23 @@ def _int(params: Mapping[str, Any], key: str) -> int:
     if value is None:
         return 0
     if not isinstance(value, int) or isinstance(value, bool):
+        raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    return value
+
+
+def _uint(params: Mapping[str, Any], key: str) -> int:
+    """A protocol ``uint64`` field (offsets): a negative number cannot be decoded, which centrifuge answers
+    with 3501."""
+    value = _int(params, key)
+    if not 0 <= value < 2**64:
+        raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    return value
+
+
+def _int32(params: Mapping[str, Any], key: str) -> int:
+    """A protocol ``int32`` field (``limit``): out of range cannot be decoded (3501)."""
+    value = _int(params, key)
+    if not -2**31 <= value < 2**31:
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
     return value
 
@@ -72,7 +90,7 @@ def _ttl(expire_at: int) -> int:
     return max(int(expire_at - time.time()), 0)
 
 
-async def connect(client: Client, cmd: codec.Command) -> bytes | None:
+async def connect(client: Connection, cmd: codec.Command) -> bytes | None:
     node = client.node
     decision = await node.policy.connect(client, cmd.params)
     cfg = node.config.client
@@ -104,7 +122,7 @@ async def connect(client: Client, cmd: codec.Command) -> bytes | None:
     fields["pong"] = cfg.pong_timeout > 0 and not client.unidirectional
     if cfg.connect_include_server_time:
         fields["time"] = int(time.time() * 1000)
-    if node.emulation is not None and (session := node.emulation.session_of(client.id)):
+    if session := client.transport.session:
         # An emulated transport's client posts its commands with these to /emulation.
         fields["session"] = session
         fields["node"] = node.id
@@ -127,15 +145,20 @@ async def connect(client: Client, cmd: codec.Command) -> bytes | None:
 
 def _since(params: Any) -> StreamPosition | None:
     """The stream position a (re)subscribing client asks to recover from, if it asks."""
-    if not isinstance(params, dict) or params.get("recover") is not True:
+    if not isinstance(params, dict):
         return None
-    return StreamPosition(_int(params, "offset"), _str(params, "epoch"))
+    offset = _uint(params, "offset")
+    if params.get("recover") is not True:
+        return None
+    return StreamPosition(offset, _str(params, "epoch"))
 
 
-async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
+async def subscribe(client: Connection, cmd: codec.Command) -> bytes | None:
     node = client.node
     params = cmd.params
     channel = _channel(params)
+    since = _since(params)  # validated before any permission check, as centrifuge's decoder does
+    reject_unrecovered = bool(_int(params, "flag") & FLAG_REJECT_UNRECOVERED)
     delta = _str(params, "delta")
     if delta not in ("", "fossil"):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
@@ -152,7 +175,8 @@ async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
     client.start_subscribing(channel)
     try:
         opts = await node.policy.subscribe(client, channel, params)
-        start = await node.subscribe_client(client, channel, opts, server_side=False, since=_since(params))
+        start = await node.subscribe_client(client, channel, opts, server_side=False, since=since,
+                                            reject_unrecovered=reject_unrecovered)
     finally:
         client.done_subscribing(channel)
     if client.state is ClientState.CLOSED:
@@ -164,14 +188,14 @@ async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
     return None  # already replied
 
 
-async def unsubscribe(client: Client, cmd: codec.Command) -> bytes:
+async def unsubscribe(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     if channel in client.channels:
         await client.node.remove_subscription(client, channel)
     return b"{}"
 
 
-async def publish(client: Client, cmd: codec.Command) -> bytes:
+async def publish(client: Connection, cmd: codec.Command) -> bytes:
     node = client.node
     channel = _channel(cmd.params)
     data = _data(cmd.params)
@@ -184,37 +208,38 @@ async def publish(client: Client, cmd: codec.Command) -> bytes:
     return b"{}"
 
 
-async def presence(client: Client, cmd: codec.Command) -> bytes:
+async def presence(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     client.node.policy.check_presence(client, channel)
-    entries = await client.node.engine.presence.presence(channel)
+    entries = await client.node.presence(channel)
     body = b",".join(b'%s:%s' % (codec.raw(cid), codec.encode_client_info(info)) for cid, info in entries.items())
     return b'{"presence":{' + body + b"}}"
 
 
-async def presence_stats(client: Client, cmd: codec.Command) -> bytes:
+async def presence_stats(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     client.node.policy.check_presence(client, channel)
-    stats = await client.node.engine.presence.presence_stats(channel)
+    stats = await client.node.presence_stats(channel)
     return b'{"num_clients":%d,"num_users":%d}' % (stats.num_clients, stats.num_users)
 
 
-async def history(client: Client, cmd: codec.Command) -> bytes:
+async def history(client: Connection, cmd: codec.Command) -> bytes:
     node = client.node
     params = cmd.params
     channel = _channel(params)
+    # Malformed fields first: centrifuge's decoder rejects them (3501) before any permission check.
+    limit = _int32(params, "limit")
+    since_raw = params.get("since")
+    since: StreamPosition | None = None
+    if isinstance(since_raw, dict):
+        since = StreamPosition(_uint(since_raw, "offset"), _str(since_raw, "epoch"))
     ns = node.policy.check_history(client, channel)
-    limit = _int(params, "limit")
     max_limit = node.config.client.history_max_publication_limit
     if limit < 0 or limit > max_limit:
         limit = max_limit
     reverse = _bool(params, "reverse")
-    since_raw = params.get("since")
-    since: StreamPosition | None = None
-    if isinstance(since_raw, dict):
-        since = StreamPosition(_int(since_raw, "offset"), _str(since_raw, "epoch"))
-        if reverse and since.offset == 0:
-            raise ReplyError(ERROR_BAD_REQUEST)
+    if since is not None and reverse and since.offset == 0:
+        raise ReplyError(ERROR_BAD_REQUEST)
     result = await node.history(channel, HistoryOptions(
         since=since, limit=limit, reverse=reverse, history_meta_ttl=ns.history_meta_ttl))
     if since is not None and since.epoch and since.epoch != result.position.epoch:
@@ -223,7 +248,7 @@ async def history(client: Client, cmd: codec.Command) -> bytes:
         codec.encode_publications(result.publications), codec.raw(result.position.epoch), result.position.offset)
 
 
-async def rpc(client: Client, cmd: codec.Command) -> bytes:
+async def rpc(client: Connection, cmd: codec.Command) -> bytes:
     ping = client.node.config.rpc.ping
     if not ping.enabled:
         raise ReplyError(ERROR_NOT_AVAILABLE)
@@ -232,12 +257,12 @@ async def rpc(client: Client, cmd: codec.Command) -> bytes:
     return b"{}"
 
 
-async def send(client: Client, cmd: codec.Command) -> bytes | None:
+async def send(client: Connection, cmd: codec.Command) -> bytes | None:
     # Centrifugo OSS registers no message handler, and centrifuge answers such a send with 3508.
     raise DisconnectError(DISCONNECT_NOT_AVAILABLE)
 
 
-async def refresh(client: Client, cmd: codec.Command) -> bytes:
+async def refresh(client: Connection, cmd: codec.Command) -> bytes:
     token = _str(cmd.params, "token")
     if not token:
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
@@ -253,7 +278,7 @@ async def refresh(client: Client, cmd: codec.Command) -> bytes:
     return codec.result_object(fields)
 
 
-async def sub_refresh(client: Client, cmd: codec.Command) -> bytes:
+async def sub_refresh(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     token = _str(cmd.params, "token")
     if not token:
@@ -272,7 +297,7 @@ async def sub_refresh(client: Client, cmd: codec.Command) -> bytes:
     return codec.result_object(fields)
 
 
-async def ping(client: Client, cmd: codec.Command) -> bytes:
+async def ping(client: Connection, cmd: codec.Command) -> bytes:
     raise ReplyError(ERROR_NOT_AVAILABLE)
 
 

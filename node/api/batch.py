@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from node.errors import ERROR_BAD_REQUEST, ERROR_INTERNAL, Error, ReplyError
+from node.errors import API_ERROR_NOT_FOUND, ERROR_BAD_REQUEST, ERROR_INTERNAL, Error, ReplyError
 from node.models import PublishOptions, PublishResult
+from node.node import MAX_BROADCAST_CONCURRENCY
 from node.protocol import codec
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 EPOCH_CACHE_SIZE: Final = 10000
 _BAD: Final = b'{"error":' + codec.encode_error(ERROR_BAD_REQUEST) + b"}"
+_NOT_FOUND: Final = b'{"error":' + codec.encode_error(API_ERROR_NOT_FOUND) + b"}"
 
 
 _epochs: dict[str, bytes] = {}  # epoch → its JSON string: a node sees few epochs, and many replies carry them
@@ -50,9 +51,11 @@ def _method_of(ex: Executor, cmd: Any) -> str | None:
     return next((k for k, v in cmd.items() if k in ex.methods and k != "batch" and v is not None), None)
 
 
-async def _one(ex: Executor, cmd: Mapping[str, Any], method: str | None) -> bytes:
-    if method is None:
+async def _one(ex: Executor, cmd: Any, method: str | None) -> bytes:
+    if type(cmd) is not dict:
         return _BAD
+    if method is None:
+        return _NOT_FOUND  # Centrifugo answers a command it cannot name with 104
     try:
         return b'{"%s":%s}' % (method.encode(), await ex.call(method, cmd[method]))
     except ReplyError as e:
@@ -95,8 +98,11 @@ async def run_batch(ex: Executor, commands: list[Any], *, parallel: bool) -> byt
         publishes = [i for i, m in enumerate(methods) if m == "publish"]
         others = [i for i, m in enumerate(methods) if m != "publish"]
 
+        sem = asyncio.Semaphore(MAX_BROADCAST_CONCURRENCY)  # the other commands, bounded like Centrifugo's
+
         async def other(i: int) -> None:
-            replies[i] = await _one(ex, commands[i], methods[i])
+            async with sem:
+                replies[i] = await _one(ex, commands[i], methods[i])
 
         await asyncio.gather(_publish_group(ex, commands, publishes, replies), *(other(i) for i in others))
     else:
@@ -111,4 +117,4 @@ async def run_batch(ex: Executor, commands: list[Any], *, parallel: bool) -> byt
                 j += 1
             await _publish_group(ex, commands, list(range(i, j)), replies)
             i = j
-    return b'{"replies":[' + b",".join(replies) + b"]}"
+    return b'{"replies":[' + b",".join(replies) + b"]}"  # the whole response: Centrifugo does not wrap it

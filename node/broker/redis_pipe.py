@@ -62,11 +62,13 @@ class _Group:
 class RedisPipe(asyncio.Protocol):
     """See the module docstring. Open with ``connect()``; commands issued while it connects are queued."""
 
-    def __init__(self, host: str, port: int, opts: ConnectOptions, *, db: int = 0, io_timeout: float = 4.0) -> None:
+    def __init__(self, host: str, port: int, opts: ConnectOptions, *, db: int = 0, io_timeout: float = 4.0,
+                 scripts: Sequence[str] = ()) -> None:
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
         self._opts = opts
         self._db = db
+        self._scripts = scripts
         self._io_timeout = io_timeout
         self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader()
@@ -98,7 +100,9 @@ class RedisPipe(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        # The handshake goes first, ahead of anything queued meanwhile; its replies only need to be OK.
+        # The handshake goes first, ahead of anything queued meanwhile; its replies only need to be OK. It loads
+        # the scripts, so the EVALSHAs behind it find them even on a server that restarted or took over from a
+        # failed master (a NOSCRIPT would send those calls the slow way, out of order with their neighbours).
         opts = self._opts
         handshake: list[bytes] = []
         if opts.password:
@@ -106,6 +110,7 @@ class RedisPipe(asyncio.Protocol):
                                     else ("AUTH", opts.password)))
         if self._db:
             handshake.append(encode(("SELECT", self._db)))
+        handshake.extend(encode(("SCRIPT", "LOAD", script)) for script in self._scripts)
         for _ in handshake:
             fut: asyncio.Future[Any] = self._loop.create_future()
             fut.add_done_callback(self._check_handshake)

@@ -142,7 +142,9 @@ class RedisShard:
             self.client = Redis(host=host, port=port, db=db, **common)
             self.pubsub = StandalonePubSub(host, port, opts, on_message, on_resync, on_error)
         self.publish_command = "spublish" if self.cluster else "publish"
-        self.scripts: dict[str, AsyncScript] = {n: self.client.register_script(_lua(n)) for n in SCRIPTS}
+        self._sources = [_lua(n) for n in SCRIPTS]
+        self.scripts: dict[str, AsyncScript] = {n: self.client.register_script(src)
+                                                for n, src in zip(SCRIPTS, self._sources, strict=True)}
         self.address = url
         self._heads = {n: encode(("EVALSHA", s.sha)).split(b"\r\n", 1)[1] for n, s in self.scripts.items()}
         self._pipes: dict[str, RedisPipe] = {}  # server ("host:port" in a Cluster) → its command connection
@@ -181,7 +183,7 @@ class RedisShard:
             if pipe is not None and loop.time() - pipe.failed_at < RECONNECT_DELAY:
                 return None
             pipe = self._pipes[name] = RedisPipe(host, port, self._connect_opts, db=self._db,
-                                                 io_timeout=self._io_timeout)
+                                                 io_timeout=self._io_timeout, scripts=self._sources)
             pipe.connect()
         return pipe
 
