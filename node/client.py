@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from node import commands
 from node.errors import (
@@ -37,12 +37,10 @@ from node.errors import (
     Unsubscribe,
 )
 from node.models import ClientInfo, ClientState, RequestInfo
+from node.node import Node
 from node.protocol import codec, proto
 from node.subscriptions import ChannelState
-
-if TYPE_CHECKING:
-    from node.node import Node
-    from node.transport import Transport
+from node.transport import Transport
 
 logger = logging.getLogger(__name__)
 
@@ -350,7 +348,7 @@ class Client:
                 await self.unsubscribe(channel, UNSUBSCRIBE_EXPIRED)
                 continue
             if state.opts.emit_presence:
-                await self.node.engine.presence.add_presence(channel, self.id, state.info)
+                await self.node.add_presence(channel, self.id, state.info)
             if check_positions and state.opts.enable_positioning and not await self.node.position_valid(self, channel):
                 self.insufficient_state(channel)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from node.config import Config, NamespaceConfig, broker_warnings
+from node.consumers.config import ConsumerConfig
 from node.errors import ConfigError
 
 ENV_PREFIXES: Final = ("CENTRIFUGO_", "FUGATO_")  # applied in this order, so FUGATO_ wins
@@ -32,8 +33,8 @@ _DURATION_PART_RE: Final = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|
 
 # Top-level sections Centrifugo has but Fugato does not implement: they are ignored with a warning.
 _CENTRIFUGO_ONLY_SECTIONS: Final = frozenset({
-    "admin", "proxies", "webtransport", "swagger", "debug",
-    "consumers", "opentelemetry", "graphite", "usage_stats", "pid_file", "enable_unreleased_features",
+    "proxies", "webtransport", "swagger", "debug",
+    "opentelemetry", "graphite", "usage_stats", "pid_file", "enable_unreleased_features",
     "connect_proxy",
 })
 # The most common Centrifugo v5 flat keys, so a v5 file gets a useful hint instead of a bare warning.
@@ -374,6 +375,7 @@ def _apply_env(data: dict[str, object], env: Mapping[str, str], leaves: Mapping[
         path = by_env_name.get(key)
         if path is not None:
             _set_path(data, path, _from_text(leaves[path], value, f"{path} (from {name})"))
+    _apply_consumer_env(data, pairs, by_env_name)
     # Per-namespace options, CENTRIFUGO_CHANNEL_NAMESPACES_<NAME>_<OPTION>, for namespaces defined by now.
     channel = data.get("channel")
     namespaces = channel.get("namespaces") if isinstance(channel, dict) else None
@@ -395,6 +397,29 @@ def _apply_env(data: dict[str, object], env: Mapping[str, str], leaves: Mapping[
             if option in options:
                 where = f"channel.namespaces[{ns['name']}].{option} (from {name})"
                 ns[option] = _from_text(options[option], value, where)
+
+
+def _apply_consumer_env(data: dict[str, object], pairs: list[tuple[str, str, str]],
+                        by_env_name: Mapping[str, str]) -> None:
+    """Per-consumer options, CENTRIFUGO_CONSUMERS_<NAME>_<OPTION> or ..._<NAME>_<TYPE>_<OPTION>, for consumers
+    defined by now (Centrifugo v6's names)."""
+    consumers = data.get("consumers")
+    if not isinstance(consumers, list):
+        return
+    options = {path.upper().replace(".", "_"): (path, leaf) for path, leaf in _leaves(ConsumerConfig, "").items()
+               if path != "name"}
+    for name, key, value in pairs:
+        if not key.startswith("CONSUMERS_") or key in by_env_name:
+            continue
+        for consumer in consumers:
+            if not isinstance(consumer, dict) or not isinstance(consumer.get("name"), str):
+                continue
+            head = "CONSUMERS_" + consumer["name"].upper() + "_"
+            found = options.get(key[len(head):]) if key.startswith(head) else None
+            if found is not None:
+                path, leaf = found
+                where = f"consumers[{consumer['name']}].{path} (from {name})"
+                _set_path(consumer, path, _from_text(leaf, value, where))
 
 
 def _apply_overrides(data: dict[str, object], overrides: Mapping[str, Any], leaves: Mapping[str, _Leaf]) -> None:

@@ -8,9 +8,9 @@ of checks and the error codes follow spec §2.6-§2.8 exactly, because SDKs reac
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from node.auth.jwt import JWTVerifier, SubscribeOverride, SubscribeToken
 from node.config import ChannelOptions, Config
@@ -31,8 +31,18 @@ from node.errors import (
 )
 from node.models import SubscribeOptions
 
-if TYPE_CHECKING:
-    from node.client import Client
+
+class Peer(Protocol):
+    """Who asks: a connection as the policy sees it."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def channels(self) -> Collection[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +97,7 @@ class Policy:
 
     # --- connect and refresh ---------------------------------------------------------------------------
 
-    async def connect(self, client: Client, params: Mapping[str, Any]) -> ConnectDecision:
+    async def connect(self, client: Peer, params: Mapping[str, Any]) -> ConnectDecision:
         cfg = self.config.client
         token = params.get("token") or ""
         if not isinstance(token, str):
@@ -112,7 +122,7 @@ class Policy:
                                           chan_info=sub.info, data=sub.data)
         return ConnectDecision(claims.user, claims.expire_at, claims.info, None, subs)
 
-    async def refresh(self, client: Client, token: str) -> tuple[int, bytes | None]:
+    async def refresh(self, client: Peer, token: str) -> tuple[int, bytes | None]:
         try:
             claims = await self.verifier.verify_connect_token(token)
         except TokenExpiredError:
@@ -125,7 +135,7 @@ class Policy:
 
     # --- subscriptions ---------------------------------------------------------------------------------
 
-    async def subscribe(self, client: Client, channel: str, params: Mapping[str, Any]) -> SubscribeOptions:
+    async def subscribe(self, client: Peer, channel: str, params: Mapping[str, Any]) -> SubscribeOptions:
         ns = self._check_name(channel)
         token = params.get("token") or ""
         if not isinstance(token, str):
@@ -147,7 +157,7 @@ class Policy:
             return self._options(ns, client.user, params, None)
         raise ReplyError(ERROR_PERMISSION_DENIED)
 
-    async def _verify_sub_token(self, client: Client, channel: str, token: str) -> SubscribeToken:
+    async def _verify_sub_token(self, client: Peer, channel: str, token: str) -> SubscribeToken:
         try:
             claims = await self.verifier.verify_subscribe_token(token)
         except TokenExpiredError:
@@ -158,7 +168,7 @@ class Policy:
             raise DisconnectError(DISCONNECT_INVALID_TOKEN)
         return claims
 
-    async def sub_refresh(self, client: Client, channel: str, token: str) -> int:
+    async def sub_refresh(self, client: Peer, channel: str, token: str) -> int:
         claims = await self._verify_sub_token(client, channel, token)
         return int(claims.expire_at)
 
@@ -209,13 +219,13 @@ class Policy:
 
     # --- other commands --------------------------------------------------------------------------------
 
-    def _require(self, client: Client, channel: str, for_client: bool, for_subscriber: bool,
+    def _require(self, client: Peer, channel: str, for_client: bool, for_subscriber: bool,
                  for_anonymous: bool) -> None:
         if not self._access(for_client, for_subscriber, for_anonymous, client.user,
                             subscribed=channel in client.channels):
             raise ReplyError(ERROR_PERMISSION_DENIED)
 
-    def check_publish(self, client: Client, channel: str, data: bytes) -> ChannelOptions:
+    def check_publish(self, client: Peer, channel: str, data: bytes) -> ChannelOptions:
         ns = self.namespace(channel)
         if ns.publish_proxy_enabled:
             raise ReplyError(ERROR_NOT_AVAILABLE)
@@ -225,7 +235,7 @@ class Policy:
             raise ReplyError(ERROR_BAD_REQUEST)
         return ns
 
-    def check_history(self, client: Client, channel: str) -> ChannelOptions:
+    def check_history(self, client: Peer, channel: str) -> ChannelOptions:
         ns = self.namespace(channel)
         if not ns.history_enabled:
             raise ReplyError(ERROR_NOT_AVAILABLE)
@@ -233,7 +243,7 @@ class Policy:
                       ns.allow_history_for_anonymous)
         return ns
 
-    def check_presence(self, client: Client, channel: str) -> ChannelOptions:
+    def check_presence(self, client: Peer, channel: str) -> ChannelOptions:
         ns = self.namespace(channel)
         if not ns.presence:
             raise ReplyError(ERROR_NOT_AVAILABLE)
