@@ -103,6 +103,20 @@ async def test_a_publication_on_node_1_reaches_a_client_on_node_3_over_redis(clu
                                     f"chat:{uuid.uuid4().hex[:8]}")
 
 
+async def test_node_1_serves_the_admin_ui_on_its_internal_port(cluster: Cluster) -> None:
+    """The UI's files are package data: a wrong Dockerfile or package-data list would leave them out."""
+    base = f"http://127.0.0.1:{cluster.port('FUGATO1_INTERNAL_PORT')}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/") as page:
+            assert page.status == 200 and "<html" in (await page.text()).lower()
+        async with session.get(f"{base}/admin.js") as script:
+            assert script.status == 200 and len(await script.read()) > 1000
+        async with session.post(f"{base}/admin/auth", json={"password": "compose-dev-admin-password"}) as auth:
+            assert auth.status == 200 and (await auth.json())["token"]
+        async with session.get(f"http://127.0.0.1:{cluster.port('FUGATO2_PORT')}/") as elsewhere:
+            assert elsewhere.status == 404  # only node 1 enables it, and never on a client port
+
+
 async def test_the_same_over_nats_with_the_profile(cluster: Cluster) -> None:
     await wait_nodes(cluster.port("FUGATO_NATS1_INTERNAL_PORT"), 2)
     await publication_crosses_nodes(cluster.port("FUGATO_NATS1_INTERNAL_PORT"), cluster.port("FUGATO_NATS3_PORT"),
