@@ -38,6 +38,8 @@ from node.models import (
 )
 from node.policy import Policy
 from node.protocol import codec
+from node.proxy.manager import Proxies
+from node.proxy.python import Handlers
 from node.recovery import stream_start
 from node.timers import TimerWheel
 
@@ -60,8 +62,10 @@ def _ttl(expire_at: int) -> int:
 
 class Node(BrokerEventHandler):
     def __init__(self, config: Config, engine: Engine, policy: Policy, metrics: Metrics, *,
-                 node_id: str = "") -> None:
+                 node_id: str = "", handlers: Handlers | None = None) -> None:
         self.config = config
+        # Hooks to the application backend; a misconfigured proxy name fails here, at start.
+        self.proxies = Proxies(config, metrics.registry, handlers)
         self.engine = engine
         self.policy = policy
         self.metrics = metrics
@@ -89,6 +93,7 @@ class Node(BrokerEventHandler):
         for task in list(self._tasks):
             task.cancel()
         await self.controller.close()
+        await self.proxies.close()
         await self.policy.verifier.close()
         await self.engine.presence.close()
         await self.engine.broker.close()
@@ -111,6 +116,7 @@ class Node(BrokerEventHandler):
         old = self.policy.verifier
         await verifier.start()
         self.policy = Policy(self.config, verifier)
+        self.proxies.configure(self.config)
         await old.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

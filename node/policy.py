@@ -30,6 +30,7 @@ from node.errors import (
     TokenExpiredError,
 )
 from node.models import SubscribeOptions
+from node.proxy import hooks
 
 if TYPE_CHECKING:
     from node.client import Client
@@ -42,6 +43,7 @@ class ConnectDecision:
     info: bytes | None
     data: bytes | None
     subs: dict[str, SubscribeOptions]
+    meta: bytes | None = None  # the connection's meta (a token's ``meta`` claim, a connect proxy's ``meta``)
 
 
 class Policy:
@@ -93,6 +95,11 @@ class Policy:
         if not isinstance(token, str):
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
         if not token:
+            # As in Centrifugo, the connect proxy authenticates the connections that come without a token.
+            proxy = client.node.proxies.connect
+            result = await hooks.connect(client, proxy, params) if proxy is not None else None
+            if result is not None:
+                return self._proxy_decision(result)
             if cfg.allow_anonymous_connect_without_token or cfg.insecure:
                 return ConnectDecision("", 0, None, None, {})
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
@@ -110,7 +117,16 @@ class Policy:
         for channel, sub in claims.subs.items():
             subs[channel] = self._options(self.namespace(channel), claims.user, {}, sub.override,
                                           chan_info=sub.info, data=sub.data)
-        return ConnectDecision(claims.user, claims.expire_at, claims.info, None, subs)
+        return ConnectDecision(claims.user, claims.expire_at, claims.info, None, subs, claims.meta)
+
+    def _proxy_decision(self, result: hooks.ConnectResult) -> ConnectDecision:
+        subs: dict[str, SubscribeOptions] = {}
+        for channel in result.channels:
+            subs[channel] = self._options(self.namespace(channel), result.user, {}, None)
+        for channel, sub in result.subs.items():
+            subs[channel] = self._options(self.namespace(channel), result.user, {}, sub.override,
+                                          expire_at=sub.expire_at, chan_info=sub.info, data=sub.data)
+        return ConnectDecision(result.user, result.expire_at, result.info, result.data, subs, result.meta)
 
     async def refresh(self, client: Client, token: str) -> tuple[int, bytes | None]:
         try:
@@ -137,10 +153,13 @@ class Policy:
             claims = await self._verify_sub_token(client, channel, token)
             return self._options(ns, client.user, params, claims.override, expire_at=claims.expire_at,
                                  chan_info=claims.info, data=claims.data)
+        proxy = client.node.proxies.for_channel("subscribe", ns)
+        if proxy is not None:
+            result = await hooks.subscribe(client, proxy, channel, params)
+            return self._options(ns, client.user, params, result.override, expire_at=result.expire_at,
+                                 chan_info=result.info, data=result.data)
         if ns.allow_user_limited_channels and self._user_allowed(channel, client.user):
             return self._options(ns, client.user, params, None)
-        if ns.subscribe_proxy_enabled:
-            raise ReplyError(ERROR_NOT_AVAILABLE)
         if ns.allow_subscribe_for_client and (client.user or ns.allow_subscribe_for_anonymous):
             return self._options(ns, client.user, params, None)
         if self.config.client.insecure:
@@ -216,9 +235,8 @@ class Policy:
             raise ReplyError(ERROR_PERMISSION_DENIED)
 
     def check_publish(self, client: Client, channel: str, data: bytes) -> ChannelOptions:
+        """Permission to publish from the client side (not asked when a publish proxy decides instead)."""
         ns = self.namespace(channel)
-        if ns.publish_proxy_enabled:
-            raise ReplyError(ERROR_NOT_AVAILABLE)
         self._require(client, channel, ns.allow_publish_for_client, ns.allow_publish_for_subscriber,
                       ns.allow_publish_for_anonymous)
         if ns.publication_data_format == "json_object" and not data.startswith(b"{"):

@@ -21,7 +21,12 @@ OUTPUTS: Final = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py")
 
 
 def generate(out_root: Path) -> list[Path]:
-    """Write the generated modules under ``out_root``/node/api/proto/ and return their paths.
+    """Write the generated modules under ``out_root``/node/api/proto/ and return their paths."""
+    return compile_proto(PROTO, OUTPUTS, out_root)
+
+
+def compile_proto(proto: Path, outputs: tuple[str, ...], out_root: Path) -> list[Path]:
+    """Compile ``proto`` (a file inside this repository) under ``out_root``; returns the ``outputs`` paths.
 
     The proto is compiled relative to the repository root so the generated imports read
     ``from node.api.proto import api_pb2``."""
@@ -29,11 +34,11 @@ def generate(out_root: Path) -> list[Path]:
 
     include = str(Path(protoc.__file__).parent / "_proto")  # google/protobuf/*.proto shipped with grpcio-tools
     args = ["grpc_tools.protoc", f"-I{ROOT}", f"-I{include}", f"--python_out={out_root}", f"--pyi_out={out_root}",
-            f"--grpc_python_out={out_root}", str(PROTO.relative_to(ROOT))]
+            f"--grpc_python_out={out_root}", str(proto.relative_to(ROOT))]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed: " + " ".join(args))
-    target = out_root / PROTO_DIR.relative_to(ROOT)
-    return [target / name for name in OUTPUTS]
+    target = out_root / proto.parent.relative_to(ROOT)
+    return [target / name for name in outputs]
 
 
 def main() -> None:
