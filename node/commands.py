@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 Handler = Callable[["Client", codec.Command], Awaitable[bytes | None]]
 
+# SubscribeRequest.flag bits (centrifuge's subscription flags; centrifuge-js sets the second in its getState flow).
+FLAG_REJECT_UNRECOVERED: Final = 2
+
 
 def _str(params: Mapping[str, Any], key: str) -> str:
     value = params.get(key, "")
@@ -49,6 +52,23 @@ def _int(params: Mapping[str, Any], key: str) -> int:
     if value is None:
         return 0
     if not isinstance(value, int) or isinstance(value, bool):
+        raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    return value
+
+
+def _uint(params: Mapping[str, Any], key: str) -> int:
+    """A protocol ``uint64`` field (offsets): a negative number cannot be decoded, which centrifuge answers
+    with 3501."""
+    value = _int(params, key)
+    if not 0 <= value < 2**64:
+        raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    return value
+
+
+def _int32(params: Mapping[str, Any], key: str) -> int:
+    """A protocol ``int32`` field (``limit``): out of range cannot be decoded (3501)."""
+    value = _int(params, key)
+    if not -2**31 <= value < 2**31:
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
     return value
 
@@ -107,7 +127,7 @@ async def connect(client: Client, cmd: codec.Command) -> bytes | None:
     fields["pong"] = cfg.pong_timeout > 0 and not client.unidirectional
     if cfg.connect_include_server_time:
         fields["time"] = int(time.time() * 1000)
-    if node.emulation is not None and (session := node.emulation.session_of(client.id)):
+    if session := client.transport.session:
         # An emulated transport's client posts its commands with these to /emulation.
         fields["session"] = session
         fields["node"] = node.id
@@ -130,15 +150,20 @@ async def connect(client: Client, cmd: codec.Command) -> bytes | None:
 
 def _since(params: Any) -> StreamPosition | None:
     """The stream position a (re)subscribing client asks to recover from, if it asks."""
-    if not isinstance(params, dict) or params.get("recover") is not True:
+    if not isinstance(params, dict):
         return None
-    return StreamPosition(_int(params, "offset"), _str(params, "epoch"))
+    offset = _uint(params, "offset")
+    if params.get("recover") is not True:
+        return None
+    return StreamPosition(offset, _str(params, "epoch"))
 
 
 async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
     node = client.node
     params = cmd.params
     channel = _channel(params)
+    since = _since(params)  # validated before any permission check, as centrifuge's decoder does
+    reject_unrecovered = bool(_int(params, "flag") & FLAG_REJECT_UNRECOVERED)
     delta = _str(params, "delta")
     if delta not in ("", "fossil"):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
@@ -155,7 +180,8 @@ async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
     client.start_subscribing(channel)
     try:
         opts = await node.policy.subscribe(client, channel, params)
-        start = await node.subscribe_client(client, channel, opts, server_side=False, since=_since(params))
+        start = await node.subscribe_client(client, channel, opts, server_side=False, since=since,
+                                            reject_unrecovered=reject_unrecovered)
     finally:
         client.done_subscribing(channel)
     if client.state is ClientState.CLOSED:
@@ -221,18 +247,19 @@ async def history(client: Client, cmd: codec.Command) -> bytes:
     node = client.node
     params = cmd.params
     channel = _channel(params)
+    # Malformed fields first: centrifuge's decoder rejects them (3501) before any permission check.
+    limit = _int32(params, "limit")
+    since_raw = params.get("since")
+    since: StreamPosition | None = None
+    if isinstance(since_raw, dict):
+        since = StreamPosition(_uint(since_raw, "offset"), _str(since_raw, "epoch"))
     ns = node.policy.check_history(client, channel)
-    limit = _int(params, "limit")
     max_limit = node.config.client.history_max_publication_limit
     if limit < 0 or limit > max_limit:
         limit = max_limit
     reverse = _bool(params, "reverse")
-    since_raw = params.get("since")
-    since: StreamPosition | None = None
-    if isinstance(since_raw, dict):
-        since = StreamPosition(_int(since_raw, "offset"), _str(since_raw, "epoch"))
-        if reverse and since.offset == 0:
-            raise ReplyError(ERROR_BAD_REQUEST)
+    if since is not None and reverse and since.offset == 0:
+        raise ReplyError(ERROR_BAD_REQUEST)
     result = await node.history(channel, HistoryOptions(
         since=since, limit=limit, reverse=reverse, history_meta_ttl=ns.history_meta_ttl))
     if since is not None and since.epoch and since.epoch != result.position.epoch:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from node.consumers.config import ConsumerConfig, check_unique_names
 from node.errors import ConfigError
 from node.proxy.config import (
     ChannelProxyContainer,
@@ -100,6 +101,79 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.type not in ("memory", "redis"):
             raise ConfigError(f"engine.type: {self.type!r} is not supported (\"memory\" or \"redis\")")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsRawModeConfig:
+    """Centrifugo's raw mode: channels map onto NATS subjects as they are (plus ``prefix``, after
+    ``channel_replacements``), and payloads travel without any wrapping."""
+
+    enabled: bool = False
+    channel_replacements: dict[str, str] = field(default_factory=dict)
+    prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsJetStreamConfig:
+    """Fugato only (Centrifugo has no such key): history, offsets and epochs kept in a JetStream stream, so
+    recovery, positioning and ``history`` work with NATS alone."""
+
+    enabled: bool = False
+    storage: str = "file"  # "file" or "memory": where nats-server keeps the stream
+    replicas: int = 1
+
+    def __post_init__(self) -> None:
+        if self.storage not in ("file", "memory"):
+            raise ConfigError(f"broker.nats.jetstream.storage: {self.storage!r} (\"file\" or \"memory\")")
+        if self.replicas < 1:
+            raise ConfigError("broker.nats.jetstream.replicas must be at least 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsBrokerConfig:
+    url: str = ""  # "" = nats://127.0.0.1:4222
+    prefix: str = "centrifugo"
+    dial_timeout: float = _dur(1.0)
+    write_timeout: float = _dur(1.0)
+    tls: RedisTlsConfig = RedisTlsConfig()
+    allow_wildcards: bool = False
+    raw_mode: NatsRawModeConfig = NatsRawModeConfig()
+    jetstream: NatsJetStreamConfig = NatsJetStreamConfig()
+
+    def __post_init__(self) -> None:
+        if not self.prefix or any(c in self.prefix for c in " *>\t"):
+            raise ConfigError("broker.nats.prefix must be a non-empty NATS subject token (no spaces, * or >)")
+        if self.dial_timeout <= 0 or self.write_timeout <= 0:
+            raise ConfigError("broker.nats.dial_timeout and write_timeout must be positive")
+        if self.raw_mode.enabled and self.jetstream.enabled:
+            raise ConfigError("broker.nats: raw_mode and jetstream cannot be combined (raw payloads carry no offsets)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerConfig:
+    """Centrifugo v6's separate broker (PUB/SUB and history); when enabled it replaces the engine's."""
+
+    enabled: bool = False
+    type: str = "memory"
+    redis: RedisEngineConfig = RedisEngineConfig()
+    nats: NatsBrokerConfig = NatsBrokerConfig()
+
+    def __post_init__(self) -> None:
+        if self.type not in ("memory", "redis", "nats"):
+            raise ConfigError(f"broker.type: {self.type!r} is not supported (\"memory\", \"redis\" or \"nats\")")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PresenceManagerConfig:
+    """Centrifugo v6's separate presence manager; when enabled it replaces the engine's."""
+
+    enabled: bool = False
+    type: str = "memory"
+    redis: RedisEngineConfig = RedisEngineConfig()
+
+    def __post_init__(self) -> None:
+        if self.type not in ("memory", "redis"):
+            raise ConfigError(f"presence_manager.type: {self.type!r} is not supported (\"memory\" or \"redis\")")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -491,6 +565,8 @@ class Config:
     http_server: HttpServerConfig = HttpServerConfig()
     log: LogConfig = LogConfig()
     engine: EngineConfig = EngineConfig()
+    broker: BrokerConfig = BrokerConfig()
+    presence_manager: PresenceManagerConfig = PresenceManagerConfig()
     client: ClientConfig = ClientConfig()
     channel: ChannelConfig = ChannelConfig()
     rpc: RpcConfig = RpcConfig()
@@ -510,3 +586,20 @@ class Config:
     shutdown: ShutdownConfig = ShutdownConfig()
     proxies: tuple[NamedProxyConfig, ...] = ()
     fugato: FugatoConfig = FugatoConfig()  # Fugato-only keys (Centrifugo has no such section)
+    consumers: tuple[ConsumerConfig, ...] = ()  # node/consumers/config.py
+
+    def __post_init__(self) -> None:
+        check_unique_names(self.consumers)
+
+
+def broker_warnings(config: Config) -> list[str]:
+    """What a configuration asks of its broker that the broker cannot do (printed by checkconfig and serve)."""
+    broker = config.broker
+    if not (broker.enabled and broker.type == "nats") or broker.nats.jetstream.enabled:
+        return []
+    channel = config.channel
+    scopes = [("channel.without_namespace", channel.without_namespace),
+              *((f"channel.namespaces[{ns.name}]", ns) for ns in channel.namespaces)]
+    return [f"{where}: history, recovery and positioning are not available with the NATS broker (requests get "
+            "108 \"not available\"); enable broker.nats.jetstream (a Fugato-only option) to keep history in NATS"
+            for where, opts in scopes if opts.history_enabled]

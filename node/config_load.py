@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from node.config import Config, NamespaceConfig
+from node.config import Config, NamespaceConfig, broker_warnings
+from node.consumers.config import ConsumerConfig
 from node.errors import ConfigError
 
 ENV_PREFIXES: Final = ("CENTRIFUGO_", "FUGATO_")  # applied in this order, so FUGATO_ wins
@@ -32,8 +33,8 @@ _DURATION_PART_RE: Final = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|
 
 # Top-level sections Centrifugo has but Fugato does not implement: they are ignored with a warning.
 _CENTRIFUGO_ONLY_SECTIONS: Final = frozenset({
-    "admin", "broker", "presence_manager", "webtransport", "swagger", "debug",
-    "consumers", "opentelemetry", "graphite", "usage_stats", "pid_file", "enable_unreleased_features",
+    "admin", "webtransport", "swagger", "debug",
+    "opentelemetry", "graphite", "usage_stats", "pid_file", "enable_unreleased_features",
     "connect_proxy",
 })
 # The most common Centrifugo v5 flat keys, so a v5 file gets a useful hint instead of a bare warning.
@@ -239,7 +240,7 @@ def _convert(tp: Any, value: object, where: str, duration: bool, warnings: list[
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where}: expected string, got {_describe(value)}")
-    if typing.get_origin(tp) is dict:
+    if typing.get_origin(tp) is dict:  # map[string]string: static_headers, broker.nats.raw_mode.channel_replacements
         return _string_map(value, where)
     item = _tuple_item(tp)
     if item is not None:
@@ -346,6 +347,11 @@ def _set_path(data: dict[str, object], path: str, value: object) -> None:
 
 def _from_text(leaf: _Leaf, text: str, where: str) -> object:
     """A string from the environment or the command line, decoded for its key: JSON for arrays/objects."""
+    if typing.get_origin(leaf.type) is dict:
+        try:
+            return json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: invalid JSON: {e.msg}") from e
     if _tuple_item(leaf.type) is None:
         return text  # scalars: _convert parses strings for bool, int and duration keys
     stripped = text.strip()
@@ -379,6 +385,7 @@ def _apply_env(data: dict[str, object], env: Mapping[str, str], leaves: Mapping[
         path = by_env_name.get(key)
         if path is not None:
             _set_path(data, path, _from_text(leaves[path], value, f"{path} (from {name})"))
+    _apply_consumer_env(data, pairs, by_env_name)
     # Per-namespace options, CENTRIFUGO_CHANNEL_NAMESPACES_<NAME>_<OPTION>, for namespaces defined by now.
     channel = data.get("channel")
     namespaces = channel.get("namespaces") if isinstance(channel, dict) else None
@@ -402,6 +409,29 @@ def _apply_env(data: dict[str, object], env: Mapping[str, str], leaves: Mapping[
                 ns[option] = _from_text(options[option], value, where)
 
 
+def _apply_consumer_env(data: dict[str, object], pairs: list[tuple[str, str, str]],
+                        by_env_name: Mapping[str, str]) -> None:
+    """Per-consumer options, CENTRIFUGO_CONSUMERS_<NAME>_<OPTION> or ..._<NAME>_<TYPE>_<OPTION>, for consumers
+    defined by now (Centrifugo v6's names)."""
+    consumers = data.get("consumers")
+    if not isinstance(consumers, list):
+        return
+    options = {path.upper().replace(".", "_"): (path, leaf) for path, leaf in _leaves(ConsumerConfig, "").items()
+               if path != "name"}
+    for name, key, value in pairs:
+        if not key.startswith("CONSUMERS_") or key in by_env_name:
+            continue
+        for consumer in consumers:
+            if not isinstance(consumer, dict) or not isinstance(consumer.get("name"), str):
+                continue
+            head = "CONSUMERS_" + consumer["name"].upper() + "_"
+            found = options.get(key[len(head):]) if key.startswith(head) else None
+            if found is not None:
+                path, leaf = found
+                where = f"consumers[{consumer['name']}].{path} (from {name})"
+                _set_path(consumer, path, _from_text(leaf, value, where))
+
+
 def _apply_overrides(data: dict[str, object], overrides: Mapping[str, Any], leaves: Mapping[str, _Leaf]) -> None:
     for path, value in overrides.items():
         leaf = leaves.get(path)
@@ -423,6 +453,7 @@ def load(path: str | None, env: Mapping[str, str], overrides: Mapping[str, Any])
     warnings: list[str] = []
     config = _build(Config, data, "", warnings)
     assert isinstance(config, Config)
+    warnings.extend(broker_warnings(config))
     return LoadResult(config, tuple(warnings))
 
 

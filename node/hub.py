@@ -1,4 +1,5 @@
-"""The hub: which clients are connected and which are subscribed to what, and synchronous fan-out to them.
+"""The hub: which clients are connected, and synchronous fan-out to the subscribers of a channel (the map of
+who is subscribed to what belongs to ``subscriptions.py``; the hub reads it).
 
 No I/O and no awaits here. A broadcast encodes and frames each kind of message at most once (bidirectional
 messages are wrapped in ``{"push": ...}``, unidirectional ones are not; delta subscribers get the payload as a
@@ -8,8 +9,8 @@ every matching client queue.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Collection
+from typing import Generic, TypeVar
 
 import orjson
 
@@ -17,72 +18,28 @@ from node.delta import fossil
 from node.errors import DISCONNECT_INAPPROPRIATE_PROTOCOL
 from node.models import ClientInfo, Publication, StreamPosition
 from node.protocol import codec, proto
+from node.subscriptions import Receiver, Subscriber
 
-if TYPE_CHECKING:
-    from node.client import Client
+C = TypeVar("C", bound=Receiver)  # the node's connections: the hub hands back what it was given
 
 # Frame kinds of one broadcast; the cache key is (kind, unidirectional, framing).
 _PLAIN, _DELTA_FULL, _DELTA_PATCH = 0, 1, 2
 _FrameCache = dict[tuple[int, bool, str], bytes]
-# The framing of most connections (bidirectional JSON over WebSocket): its subscribers take the fast path.
-COMMON_FRAMING = "ws-text"
 
 
-class Subscriber:
-    """One client's subscription to one channel, as the fan-out loop needs it.
-
-    While ``buffer`` is a list the subscription is being set up (its reply is not queued yet): publications are
-    held there and released by ``Hub.release`` in order, so none is lost or delivered before the reply.
-    A positioned subscriber tracks the last offset it got; a gap or an epoch change breaks the subscription
-    (the client is told "insufficient state" and recovers on resubscribe).
-    """
-
-    __slots__ = ("broken", "buffer", "client", "common", "delta", "delta_ready", "epoch", "offset", "positioned",
-                 "push_join_leave", "unidirectional")
-
-    def __init__(self, client: Client, *, push_join_leave: bool, positioned: bool, delta: bool) -> None:
-        self.client = client
-        self.unidirectional = client.unidirectional
-        self.push_join_leave = push_join_leave
-        self.positioned = positioned
-        self.delta = delta
-        self.delta_ready = False  # the client holds the previous payload, so it can apply a patch
-        self.offset = 0
-        self.epoch = ""
-        self.broken = False
-        self.buffer: list[tuple[Publication, StreamPosition]] | None = []
-        # Needs nothing but the shared plain frame: no position, no delta, bidirectional, common framing.
-        self.common = not (positioned or delta or client.unidirectional) and client.framing == COMMON_FRAMING
-
-    def accept(self, pub: Publication, sp: StreamPosition, channel: str) -> bool:
-        """Position check for one live publication: False drops it (duplicate, or the subscription broke)."""
-        if self.broken:
-            return False
-        if not self.positioned or not pub.offset:
-            return True
-        if sp.epoch != self.epoch or pub.offset > self.offset + 1:
-            self.broken = True
-            self.client.insufficient_state(channel)
-            return False
-        if pub.offset <= self.offset:
-            return False
-        self.offset = pub.offset
-        return True
-
-
-class Hub:
+class Hub(Generic[C]):
     __slots__ = ("_clients", "_subs", "_users")
 
-    def __init__(self) -> None:
-        self._clients: dict[str, Client] = {}
+    def __init__(self, subscriptions: dict[str, dict[str, Subscriber]]) -> None:
+        self._clients: dict[str, C] = {}
         # user -> the connection, or {client id: connection} for a user with several: most users have one, and a
         # dict per connection would cost ~200 bytes of each idle connection's memory.
-        self._users: dict[str, Client | dict[str, Client]] = {}
-        self._subs: dict[str, dict[str, Subscriber]] = {}
+        self._users: dict[str, C | dict[str, C]] = {}
+        self._subs = subscriptions  # Subscriptions.by_channel, the same dict
 
     # --- connections ------------------------------------------------------------------------------------
 
-    def add(self, client: Client) -> None:
+    def add(self, client: C) -> None:
         self._clients[client.id] = client
         present = self._users.get(client.user)
         if present is None:
@@ -92,7 +49,7 @@ class Hub:
         elif present is not client:
             self._users[client.user] = {present.id: present, client.id: client}
 
-    def remove(self, client: Client) -> None:
+    def remove(self, client: C) -> None:
         self._clients.pop(client.id, None)
         present = self._users.get(client.user)
         if present is client:
@@ -104,13 +61,13 @@ class Hub:
             elif not present:
                 del self._users[client.user]
 
-    def clients(self) -> Collection[Client]:
+    def clients(self) -> Collection[C]:
         return self._clients.values()
 
-    def client(self, client_id: str) -> Client | None:
+    def client(self, client_id: str) -> C | None:
         return self._clients.get(client_id)
 
-    def user_clients(self, user: str) -> Collection[Client]:
+    def user_clients(self, user: str) -> Collection[C]:
         present = self._users.get(user)
         if present is None:
             return ()
@@ -130,17 +87,7 @@ class Hub:
 
     # --- subscriptions ----------------------------------------------------------------------------------
 
-    def add_sub(self, channel: str, client: Client, *, push_join_leave: bool = False, positioned: bool = False,
-                delta: bool = False) -> bool:
-        """Register the subscription in buffering mode; True when it is the channel's first local subscriber."""
-        subs = self._subs.get(channel)
-        first = subs is None
-        if subs is None:
-            subs = self._subs[channel] = {}
-        subs[client.id] = Subscriber(client, push_join_leave=push_join_leave, positioned=positioned, delta=delta)
-        return first
-
-    def release(self, channel: str, client: Client, position: StreamPosition | None, *,
+    def release(self, channel: str, client: Receiver, position: StreamPosition | None, *,
                 delta_ready: bool = False) -> None:
         """End buffering: from ``position`` on, deliver what arrived meanwhile and then everything live.
 
@@ -159,39 +106,6 @@ class Hub:
                     client.schedule_close(DISCONNECT_INAPPROPRIATE_PROTOCOL)
                     return
                 client.enqueue_framed(frame)
-
-    def remove_sub(self, channel: str, client: Client) -> bool:
-        """Drop the subscription; True when the channel has no local subscribers left."""
-        subs = self._subs.get(channel)
-        if subs is None:
-            return False
-        subs.pop(client.id, None)
-        if subs:
-            return False
-        del self._subs[channel]
-        return True
-
-    def subscribers(self, channel: str) -> list[Client]:
-        return [sub.client for sub in self._subs.get(channel, {}).values()]
-
-    def num_subscribers(self, channel: str) -> int:
-        return len(self._subs.get(channel, ()))
-
-    def num_channels(self) -> int:
-        return len(self._subs)
-
-    def num_subscriptions(self) -> int:
-        return sum(len(s) for s in self._subs.values())
-
-    def channels(self) -> Iterator[tuple[str, int]]:
-        for channel, subs in self._subs.items():
-            yield channel, len(subs)
-
-    def position(self, channel: str, client: Client) -> StreamPosition | None:
-        sub = self._subs.get(channel, {}).get(client.id)
-        if sub is None or not sub.positioned or sub.buffer is not None:
-            return None
-        return StreamPosition(sub.offset, sub.epoch)
 
     # --- fan-out (hot path) -----------------------------------------------------------------------------
 
@@ -229,9 +143,9 @@ class Hub:
         key = (kind, sub.unidirectional, client.framing)
         frame = cache.get(key)
         if frame is None:
-            frame_encoded = getattr(client.transport, "frame_encoded", None)
-            if frame_encoded is not None:  # protobuf: encoded from the Publication itself (no delta)
-                frame = frame_encoded(proto.publication(channel, pub, sub.unidirectional))
+            transport = client.transport
+            if transport.protocol == "protobuf":  # encoded from the Publication itself (no delta)
+                frame = transport.frame_encoded(proto.publication(channel, pub, sub.unidirectional))
             elif not _is_json(pub.data):
                 # A binary payload (published with b64data or over GRPC): a JSON client cannot receive it, and
                 # Centrifugo closes such a client with 3506 rather than break its stream.

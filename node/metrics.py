@@ -82,6 +82,13 @@ class Metrics:
                                             registry=r, buckets=FAST_BUCKETS)
         self.pub_sub_lag = Histogram("node_pub_sub_lag_seconds", "Publication time to arrival at this node.",
                                      namespace=ns, registry=r, buckets=FAST_BUCKETS)
+        self._consumer_processed = Counter("consumers_messages_processed", "Messages a consumer processed (and "
+                                           "acknowledged), by consumer.", ["consumer_name"], namespace=ns, registry=r)
+        self._consumer_errors = Counter("consumers_errors", "Consumer errors (retried later), by consumer.",
+                                        ["consumer_name"], namespace=ns, registry=r)
+        self._consumer_poison = Counter("consumers_messages_skipped", "Poison messages a consumer logged and "
+                                        "skipped, by consumer and reason.", ["consumer_name", "reason"],
+                                        namespace=ns, registry=r)
         # In multiprocess mode gauges add up over live workers; a dead worker's values vanish with it.
         self.clients = Gauge("node_num_clients", "Connected clients.", namespace=ns, registry=r,
                              multiprocess_mode="livesum")
@@ -123,6 +130,20 @@ class Metrics:
 
     def published(self, kind: str) -> None:
         self._sent.labels(kind).inc()
+
+    def consumer_processed(self, consumer: str, n: int = 1) -> None:
+        self._consumer_processed.labels(consumer).inc(n)
+
+    def consumer_error(self, consumer: str) -> None:
+        self._consumer_errors.labels(consumer).inc()
+
+    def consumer_skipped(self, consumer: str, reason: str) -> None:
+        self._consumer_poison.labels(consumer, reason).inc()
+
+    def consumer_init(self, consumer: str) -> None:
+        """Export a consumer's series at 0 from the start, as Centrifugo does."""
+        self._consumer_processed.labels(consumer)
+        self._consumer_errors.labels(consumer)
 
     def render(self) -> bytes:
         if MULTIPROCESS:

@@ -16,10 +16,16 @@ from typing import TYPE_CHECKING, Any, Final
 from node import VERSION_STRING
 from node.auth.jwt import JWTVerifier
 from node.broker.base import BrokerEventHandler, Engine
-from node.client import ChannelState, Flusher
 from node.config import ChannelConfig, Config, TokenConfig
 from node.control import Controller
-from node.errors import DISCONNECT_EXPIRED, DISCONNECT_SHUTDOWN, UNSUBSCRIBE_SERVER, Disconnect
+from node.errors import (
+    DISCONNECT_EXPIRED,
+    DISCONNECT_SHUTDOWN,
+    ERROR_UNRECOVERABLE_POSITION,
+    UNSUBSCRIBE_SERVER,
+    Disconnect,
+    ReplyError,
+)
 from node.hub import Hub
 from node.metrics import Metrics
 from node.models import (
@@ -41,16 +47,15 @@ from node.protocol import codec
 from node.proxy.manager import Proxies
 from node.proxy.python import Handlers
 from node.recovery import stream_start
+from node.subscriptions import ChannelState, Subscriptions
 from node.timers import TimerWheel
+from node.writer import Flusher
 
 if TYPE_CHECKING:
     from node.client import Client
-    from node.emulation import Emulation
 
 logger = logging.getLogger(__name__)
 
-# Absorbs subscribe/unsubscribe churn: the broker unsubscribe of an emptied channel waits this long.
-LAZY_UNSUBSCRIBE_DELAY: Final = 1.0
 # A subscriber behind the stream top may only have publications in flight: it is given this long to catch up.
 POSITION_GRACE: Final = 1.0
 
@@ -74,13 +79,11 @@ class Node(BrokerEventHandler):
         self.flusher = Flusher(config.client.write_delay)
         self.timers = TimerWheel()
         self.name = config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
-        self.hub = Hub()
+        self.subscriptions = Subscriptions(engine.broker.subscribe, engine.broker.unsubscribe)
+        self.hub: Hub[Client] = Hub(self.subscriptions.by_channel)
         self.started_at = time.time()
-        self._broker_channels: set[str] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
-        self.emulation: Emulation | None = None  # set by the server when SSE or HTTP-stream is enabled
 
     async def start(self) -> None:
         await self.engine.broker.start(self)
@@ -124,12 +127,6 @@ class Node(BrokerEventHandler):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _lock(self, channel: str) -> asyncio.Lock:
-        lock = self._locks.get(channel)
-        if lock is None:
-            lock = self._locks[channel] = asyncio.Lock()
-        return lock
-
     # --- connections -----------------------------------------------------------------------------------
 
     def add_client(self, client: Client) -> None:
@@ -146,34 +143,35 @@ class Node(BrokerEventHandler):
     def _update_gauges(self) -> None:
         self.metrics.clients.set(self.hub.num_clients())
         self.metrics.users.set(self.hub.num_users())
-        self.metrics.channels.set(self.hub.num_channels())
+        self.metrics.channels.set(self.subscriptions.num_channels())
 
     # --- subscriptions ---------------------------------------------------------------------------------
 
     async def subscribe_client(self, client: Client, channel: str, opts: SubscribeOptions, *, server_side: bool,
-                               since: StreamPosition | None = None) -> StreamStart | None:
+                               since: StreamPosition | None = None,
+                               reject_unrecovered: bool = False) -> StreamStart | None:
         """Subscribe ``client``: broker subscription, hub registration (buffering), stream position/recovery.
+        With ``reject_unrecovered`` a stream recovery that fails is error 112 instead of ``recovered: false``.
 
         The caller queues the reply and then calls ``start_delivery`` in the same tick; publications that arrive
         in between are buffered by the hub, so none is lost, duplicated or delivered before the reply."""
-        async with self._lock(channel):
-            if channel not in self._broker_channels:
-                await self.engine.broker.subscribe(channel)
-                self._broker_channels.add(channel)
-        self.hub.add_sub(channel, client, push_join_leave=opts.push_join_leave, positioned=opts.enable_positioning,
-                         delta=opts.delta)
+        await self.subscriptions.engage(channel)
+        self.subscriptions.add(channel, client, push_join_leave=opts.push_join_leave,
+                               positioned=opts.enable_positioning, delta=opts.delta)
         # Without channel info every subscription of a connection shares one ClientInfo (fewer objects per conn).
         info = client.info if opts.chan_info is None else ClientInfo(
             client=client.id, user=client.user, conn_info=client.conn_info, chan_info=opts.chan_info)
         client.channels[channel] = ChannelState(opts=opts, server_side=server_side, expire_at=opts.expire_at,
                                                 info=info)
         self.metrics.subscriptions.inc()
-        self.metrics.channels.set(self.hub.num_channels())
+        self.metrics.channels.set(self.subscriptions.num_channels())
         if not opts.enable_positioning:
             return None
         try:
             start = await stream_start(self.engine.broker, channel, opts, since,
                                        self.config.client.recovery_max_publication_limit)
+            if reject_unrecovered and start.was_recovering and not start.recovered:
+                raise ReplyError(ERROR_UNRECOVERABLE_POSITION)
         except BaseException:
             await self.remove_subscription(client, channel)
             raise
@@ -184,7 +182,7 @@ class Node(BrokerEventHandler):
     async def position_valid(self, client: Client, channel: str) -> bool:
         """Whether a positioned subscriber has missed nothing: not behind the stream top (once publications in
         flight had time to arrive) and not ahead of it (the stream lost publications, e.g. in a failover)."""
-        before = self.hub.position(channel, client)
+        before = self.subscriptions.position(channel, client)
         if before is None:
             return True
         state = client.channels.get(channel)
@@ -195,7 +193,7 @@ class Node(BrokerEventHandler):
         if before.offset == top.offset:
             return True
         await asyncio.sleep(POSITION_GRACE)
-        after = self.hub.position(channel, client)
+        after = self.subscriptions.position(channel, client)
         return after is not None and after.epoch == top.epoch and after.offset >= top.offset
 
     def start_delivery(self, client: Client, channel: str, start: StreamStart | None) -> None:
@@ -223,9 +221,8 @@ class Node(BrokerEventHandler):
         if state is None:
             return
         self.metrics.subscriptions.dec()
-        if self.hub.remove_sub(channel, client):
-            self.metrics.channels.set(self.hub.num_channels())
-            asyncio.get_running_loop().call_later(LAZY_UNSUBSCRIBE_DELAY, self._maybe_unsubscribe, channel)
+        if self.subscriptions.remove(channel, client):
+            self.metrics.channels.set(self.subscriptions.num_channels())
         # Best effort: the local state is already gone, and an engine outage must not keep a connection from
         # closing. A presence entry left behind expires by itself; a lost leave is not recoverable anyway.
         try:
@@ -236,20 +233,6 @@ class Node(BrokerEventHandler):
                 self.metrics.published("leave")
         except Exception as e:
             logger.warning("leaving %s: engine unavailable (%s)", channel, e)
-
-    def _maybe_unsubscribe(self, channel: str) -> None:
-        if self.hub.num_subscribers(channel) == 0 and channel in self._broker_channels:
-            self._spawn(self._unsubscribe_broker(channel))
-
-    async def _unsubscribe_broker(self, channel: str) -> None:
-        async with self._lock(channel):
-            if self.hub.num_subscribers(channel) == 0 and channel in self._broker_channels:
-                self._broker_channels.discard(channel)
-                self._locks.pop(channel, None)
-                try:
-                    await self.engine.broker.unsubscribe(channel)
-                except Exception as e:
-                    logger.info("unsubscribing %s: %s", channel, e)
 
     # --- publishing and reads --------------------------------------------------------------------------
 
@@ -298,7 +281,7 @@ class Node(BrokerEventHandler):
 
     async def _check_channel(self, channel: str) -> None:
         """One stream read for all local subscribers of the channel; see ``position_valid``."""
-        positions = [(c, self.hub.position(channel, c)) for c in self.hub.subscribers(channel)]
+        positions = [(c, self.subscriptions.position(channel, c)) for c in self.subscriptions.subscribers(channel)]
         positioned = [(c, p) for c, p in positions if p is not None]
         if not positioned:
             return
@@ -313,7 +296,7 @@ class Node(BrokerEventHandler):
         if behind:
             await asyncio.sleep(POSITION_GRACE)
             for client in behind:
-                after = self.hub.position(channel, client)
+                after = self.subscriptions.position(channel, client)
                 if after is not None and (after.epoch != top.epoch or after.offset < top.offset):
                     client.insufficient_state(channel)
 
@@ -367,8 +350,9 @@ class Node(BrokerEventHandler):
 
     def info(self) -> NodeInfo:
         return NodeInfo(uid=self.id, name=self.name, version=VERSION_STRING, num_clients=self.hub.num_clients(),
-                        num_users=self.hub.num_users(), num_subs=self.hub.num_subscriptions(),
-                        num_channels=self.hub.num_channels(), uptime=int(time.time() - self.started_at))
+                        num_users=self.hub.num_users(), num_subs=self.subscriptions.num_subscriptions(),
+                        num_channels=self.subscriptions.num_channels(), uptime=int(time.time() - self.started_at))
 
     def channels(self, pattern: str = "") -> dict[str, ChannelStat]:
-        return {ch: ChannelStat(n) for ch, n in self.hub.channels() if not pattern or fnmatch.fnmatchcase(ch, pattern)}
+        return {ch: ChannelStat(n) for ch, n in self.subscriptions.channels()
+                if not pattern or fnmatch.fnmatchcase(ch, pattern)}

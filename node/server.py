@@ -25,6 +25,7 @@ from node.api.http import ApiHandler
 from node.auth.jwt import JWTVerifier
 from node.broker.factory import build_engine
 from node.config import Config
+from node.consumers.runner import Consumers
 from node.errors import NodeError
 from node.metrics import Metrics
 from node.node import Node
@@ -52,7 +53,7 @@ def _separate_internal(config: Config) -> bool:
     return bool(internal) and internal != config.http_server.port
 
 
-def _add_internal_routes(app: web.Application, node: Node, api: ApiHandler | None) -> None:
+def _add_internal_routes(app: web.Application, node: Node, api: ApiHandler | None, consumers: Consumers) -> None:
     config = node.config
     if api is not None:
         app.router.add_routes(api.routes())
@@ -60,7 +61,8 @@ def _add_internal_routes(app: web.Application, node: Node, api: ApiHandler | Non
         async def health(request: web.Request) -> web.Response:
             if not node.engine.broker.healthy():
                 return web.json_response({"error": "engine unavailable"}, status=503)
-            return web.json_response({})
+            failing = consumers.errors()
+            return web.json_response({"consumers": failing} if failing else {})
 
         app.router.add_get(config.health.handler_prefix, health)
     if config.prometheus.enabled:
@@ -92,29 +94,34 @@ def build_apps(config: Config, handlers: Handlers | None = None) -> Apps:
     if not config.websocket.disabled:
         app.router.add_get(config.websocket.handler_prefix, ws)
     add_transport_routes(app, node)
-    api = None if config.http_api.disabled else ApiHandler(Executor(node), config.http_api)
+    executor = Executor(node)
+    api = None if config.http_api.disabled else ApiHandler(executor, config.http_api)
+    consumers = Consumers(config.consumers, executor)
     internal: web.Application | None = None
     external_api = internal_api = None
     if _separate_internal(config):
         internal = web.Application(client_max_size=client_max_size)
-        _add_internal_routes(internal, node, api)
+        _add_internal_routes(internal, node, api, consumers)
         internal_api = api
         if api is not None and config.http_api.external:
             app.router.add_routes(api.routes())
             external_api = api
     else:
-        _add_internal_routes(app, node, api)
+        _add_internal_routes(app, node, api, consumers)
         external_api = api
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await node.start()
+        consumers.start()
         logger.info("node %s (%s) started", node.name, node.id)
         yield
+        await consumers.close()
         await node.shutdown(0)  # clients were already told in on_shutdown; this closes the engine
 
     async def on_shutdown(app: web.Application) -> None:
         # Runs after the listener stopped accepting and before aiohttp drops open connections, so every client
-        # gets a 3001 close frame and reconnects elsewhere.
+        # gets a 3001 close frame and reconnects elsewhere. Consumers stop first: no new commands meanwhile.
+        await consumers.close()
         await node.shutdown_clients(config.shutdown.timeout)
 
     app.cleanup_ctx.append(lifecycle)

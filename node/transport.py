@@ -1,4 +1,5 @@
-"""What the node needs from a connection's transport (WebSocket now; SSE and HTTP-streaming later)."""
+"""What the node needs from a connection's transport: every transport under ``node/transports/`` (WebSocket,
+HTTP-streaming, SSE, their unidirectional versions, uni GRPC) implements this one protocol."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ class Transport(Protocol):
     """
 
     @property
-    def name(self) -> str: ...  # "websocket" | "sse" | "http_stream"
+    def name(self) -> str: ...  # "websocket" | "sse" | "http_stream" | "uni_websocket" | ...
+
+    @property
+    def protocol(self) -> str: ...  # "json" | "protobuf": how messages are encoded on this transport
 
     @property
     def framing(self) -> str: ...
@@ -25,8 +29,16 @@ class Transport(Protocol):
     @property
     def unidirectional(self) -> bool: ...
 
+    @property
+    def session(self) -> str: ...  # the emulation session of a bidirectional HTTP-stream/SSE connection, else ""
+
     def frame(self, message: bytes) -> bytes:
-        """The wire bytes of one protocol message."""
+        """The wire bytes of one protocol message (JSON; a protobuf transport encodes it first)."""
+
+    def frame_encoded(self, body: bytes) -> bytes:
+        """The wire bytes of a message already encoded in this transport's ``protocol``: for protobuf a
+        length-prefixed message (the hub builds publications straight from the Publication), for JSON the same
+        as ``frame``."""
 
     def write(self, data: bytes) -> None:
         """Write framed bytes (one or more whole frames) in one go."""

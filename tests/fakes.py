@@ -11,7 +11,9 @@ class FakeTransport:
     """Collects written bytes; ``buffer`` simulates bytes the kernel has not taken yet."""
 
     name = "fake"
+    protocol = "json"
     framing = "fake"
+    session = ""
 
     def __init__(self, *, unidirectional: bool = False) -> None:
         self.unidirectional = unidirectional
@@ -22,6 +24,9 @@ class FakeTransport:
     @staticmethod
     def frame(message: bytes) -> bytes:
         return message + END
+
+    def frame_encoded(self, body: bytes) -> bytes:
+        return self.frame(body)
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)

@@ -32,7 +32,7 @@ from node.protocol import codec
 Params = Mapping[str, Any]
 Method = Callable[[Params], Awaitable[bytes]]
 
-# Broadcast publishes concurrently, but bounded like Centrifugo's.
+# Broadcast and a parallel batch run concurrently, but bounded like Centrifugo's.
 MAX_BROADCAST_CONCURRENCY: Final = 1024
 
 # The ``protocol`` label of the API metrics ("http", "grpc"); a batch's commands inherit the batch's.
@@ -112,6 +112,11 @@ def _override(p: Params) -> SubscribeOverride | None:
     return SubscribeOverride(presence=flag("presence"), join_leave=flag("join_leave"),
                              force_push_join_leave=flag("force_push_join_leave"),
                              force_positioning=flag("force_positioning"), force_recovery=flag("force_recovery"))
+
+
+def response_body(method: str, result: bytes) -> bytes:
+    """The HTTP response body of a successful call: ``{"result": ...}``, except a batch's, which is its own."""
+    return result if method == "batch" else b'{"result":' + result + b"}"
 
 
 class Executor:
@@ -327,6 +332,8 @@ class Executor:
         raise ReplyError(API_ERROR_NOT_FOUND)
 
     async def batch(self, p: Params) -> bytes:
+        """The whole response (``{"replies": [...]}``): unlike every other method's, Centrifugo does not wrap a
+        batch's in ``result`` (see ``response_body``)."""
         commands = p.get("commands")
         if not isinstance(commands, list):
             raise _bad()
@@ -335,15 +342,21 @@ class Executor:
             if not isinstance(cmd, dict):
                 return b'{"error":' + codec.encode_error(ERROR_BAD_REQUEST) + b"}"
             method = next((k for k, v in cmd.items() if k in self.methods and k != "batch" and v is not None), None)
-            if method is None:
-                return b'{"error":' + codec.encode_error(ERROR_BAD_REQUEST) + b"}"
+            if method is None:  # Centrifugo answers a command it cannot name with 104
+                return b'{"error":' + codec.encode_error(API_ERROR_NOT_FOUND) + b"}"
             try:
                 return b'{"%s":%s}' % (method.encode(), await self.call(method, cmd[method]))
             except ReplyError as e:
                 return b'{"error":' + codec.encode_error(e.error) + b"}"
 
         if _bool(p, "parallel"):
-            replies = await asyncio.gather(*(one(c) for c in commands))
+            sem = asyncio.Semaphore(MAX_BROADCAST_CONCURRENCY)
+
+            async def bounded(cmd: Any) -> bytes:
+                async with sem:
+                    return await one(cmd)
+
+            replies = await asyncio.gather(*(bounded(c) for c in commands))
         else:
             replies = [await one(c) for c in commands]
         return b'{"replies":[' + b",".join(replies) + b"]}"

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import orjson
 
+from node.api.executor import response_body
 from node.api.http import ApiHandler, header_key
 from node.errors import ReplyError
 
@@ -72,7 +73,8 @@ class FastApi:
 
 
 class FastApiProtocol(asyncio.Protocol):
-    __slots__ = ("_buf", "_busy", "_close_after", "_fast", "_last", "_loop", "_mode", "_paused", "_transport")
+    __slots__ = ("_buf", "_busy", "_close_after", "_fast", "_last", "_loop", "_method", "_mode", "_paused",
+                 "_transport")
 
     def __init__(self, fast: FastApi) -> None:
         self._fast = fast
@@ -80,6 +82,7 @@ class FastApiProtocol(asyncio.Protocol):
         self._busy = False
         self._close_after = False
         self._mode = ""  # X-Centrifugo-Error-Mode of the running request
+        self._method = ""  # the running request's API method
         self._paused = False
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -186,6 +189,7 @@ class FastApiProtocol(asyncio.Protocol):
             return True
         self._busy = True
         self._mode = headers.get(b"x-centrifugo-error-mode", b"").decode("latin-1")
+        self._method = method
         task = self._loop.create_task(self._fast.executor.call(method, params))
         task.add_done_callback(self._done)
         return False
@@ -197,7 +201,7 @@ class FastApiProtocol(asyncio.Protocol):
             return
         error = task.exception()
         if error is None:
-            self._write(200, b'{"result":' + task.result() + b"}", _JSON)
+            self._write(200, response_body(self._method, task.result()), _JSON)
         elif isinstance(error, ReplyError):
             status, body = self._fast.handler.error_reply(error.error, self._mode)
             self._write(status, body, _JSON)

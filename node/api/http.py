@@ -8,7 +8,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from node.api.executor import Executor
+from node.api.executor import Executor, response_body
 from node.config import HttpApiConfig
 from node.errors import Error, ReplyError
 from node.protocol import codec
@@ -73,7 +73,7 @@ class ApiHandler:
             result = await self.executor.call(method, params)
         except ReplyError as e:
             return self._error(request, e.error)
-        return web.Response(body=b'{"result":' + result + b"}", content_type=JSON)
+        return web.Response(body=response_body(method, result), content_type=JSON)
 
     def _error(self, request: web.Request, error: Error) -> web.Response:
         status, body = self.error_reply(error, request.headers.get("X-Centrifugo-Error-Mode", ""))

@@ -54,9 +54,10 @@ def decode_body(body: bytes | list[Any], offset: int = 0) -> Publication:
     return Publication(data=data, offset=offset, info=decode_info(info), tags=tags, time_ms=time_ms)
 
 
-def encode_publication_message(body: bytes) -> bytes:
-    """A message for a publication that keeps no history (offset 0, no epoch); the Lua script builds the others."""
-    return b"".join(msgpack.packb(x, use_bin_type=True) for x in (VERSION, PUB, 0, "")) + body
+def encode_publication_message(body: bytes, offset: int = 0, epoch: str = "") -> bytes:
+    """A publication message; offset 0 and no epoch for one that keeps no history. (Redis's Lua script builds
+    the head of history-keeping messages itself; the JetStream broker passes its offset and epoch here.)"""
+    return b"".join(msgpack.packb(x, use_bin_type=True) for x in (VERSION, PUB, offset, epoch)) + body
 
 
 def encode_join_leave(kind: int, info: ClientInfo) -> bytes:

@@ -1,36 +1,16 @@
 """Pieces shared by the HTTP transports (HTTP-stream, SSE, their unidirectional versions, ``/emulation``) and
 by the unidirectional WebSocket: Origin checks and CORS headers, bounded body reads, response headers, and the
-unidirectional connect (a connect request in, a ``connect`` push or a ``disconnect`` push out)."""
+checks every connection endpoint makes before it accepts a connection."""
 
 from __future__ import annotations
 
-import logging
+import fnmatch
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
-import orjson
 from aiohttp import web
 
-from node import commands
-from node.config import ClientConfig
-from node.errors import (
-    DISCONNECT_BAD_REQUEST,
-    DISCONNECT_EXPIRED,
-    DISCONNECT_PERMISSION_DENIED,
-    DISCONNECT_SERVER_ERROR,
-    DISCONNECT_TOO_MANY_REQUESTS,
-    Disconnect,
-    DisconnectError,
-    ReplyError,
-)
-from node.protocol import codec
-from node.transports.websocket import origin_allowed
-
-if TYPE_CHECKING:
-    from node.client import Client
-    from node.node import Node
-
-logger = logging.getLogger(__name__)
+from node.node import Node
 
 # Streams must reach the client as written: no caching, and no buffering in a proxy (nginx honours the last).
 NO_CACHE_HEADERS: Final[Mapping[str, str]] = {
@@ -40,26 +20,12 @@ NO_CACHE_HEADERS: Final[Mapping[str, str]] = {
     "X-Accel-Buffering": "no",
 }
 
-# Centrifugo's default mapping of connect error codes to the disconnect a unidirectional client gets (it has no
-# reply to carry an error): expired -> reconnect with a fresh token; rate limited -> reconnect later; permission
-# denied -> terminal; anything else -> reconnect.
-_UNI_CONNECT_ERRORS: Final[Mapping[int, Disconnect]] = {
-    109: DISCONNECT_EXPIRED,
-    110: DISCONNECT_EXPIRED,
-    111: DISCONNECT_TOO_MANY_REQUESTS,
-    103: DISCONNECT_PERMISSION_DENIED,
-}
-
-
-def uni_connect_disconnect(cfg: ClientConfig, code: int) -> Disconnect:
-    """The disconnect a unidirectional client gets for connect error ``code``: a configured transform
-    (``client.connect_code_to_unidirectional_disconnect``) or Centrifugo's default mapping."""
-    transforms = cfg.connect_code_to_unidirectional_disconnect
-    if transforms.enabled:
-        for t in transforms.transforms:
-            if t.code == code:
-                return Disconnect(t.to.code, t.to.reason)
-    return _UNI_CONNECT_ERRORS.get(code, DISCONNECT_SERVER_ERROR)
+def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:
+    """Centrifugo's rule: no Origin header is fine; otherwise it must match a pattern (empty list = none)."""
+    if origin is None:
+        return True
+    origin = origin.lower()
+    return any(p == "*" or fnmatch.fnmatchcase(origin, p.lower()) for p in allowed)
 
 
 def origin_ok(request: web.BaseRequest, allowed: Sequence[str]) -> bool:
@@ -109,47 +75,6 @@ def protobuf_body(request: web.BaseRequest) -> bool:
     """Centrifugo's negotiation for HTTP-streaming and ``/emulation``: an ``application/octet-stream`` body is
     protobuf (what centrifuge-js's protobuf build sends), any other is JSON."""
     return request.content_type == "application/octet-stream"
-
-
-def parse_connect_request(data: bytes | str) -> dict[str, Any] | None:
-    """A unidirectional ConnectRequest (``token``, ``data``, ``subs``, ``name``, ``version``); None if malformed.
-    An empty body is an empty request (e.g. anonymous access)."""
-    if not data:
-        return {}
-    try:
-        req = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return req if isinstance(req, dict) else None
-
-
-async def connect_unidirectional(client: Client, request: dict[str, Any] | None) -> bool:
-    """Run the connect of a unidirectional client: on success the ``connect`` push is queued (server-side
-    subscriptions from the token included); on failure the client is closed with a disconnect push. True when
-    connected."""
-    return await connect_unidirectional_code(client, request) == 0
-
-
-async def connect_unidirectional_code(client: Client, request: dict[str, Any] | None) -> int:
-    """``connect_unidirectional``, telling why a connect failed: 0 when connected, else the connect's error or
-    disconnect code (before any mapping), which ``connect_code_to_http_response`` transforms match on."""
-    if request is None:
-        await client.close(DISCONNECT_BAD_REQUEST)
-        return DISCONNECT_BAD_REQUEST.code
-    try:
-        await commands.connect(client, codec.Command(0, "connect", request))
-    except ReplyError as e:
-        client.node.metrics.reply_error("connect", e.error.code)
-        await client.close(uni_connect_disconnect(client.node.config.client, e.error.code))
-        return e.error.code
-    except DisconnectError as e:
-        await client.close(e.disconnect)
-        return e.disconnect.code
-    except Exception:
-        logger.exception("client %s: unidirectional connect failed", client.id)
-        await client.close(DISCONNECT_SERVER_ERROR)
-        return DISCONNECT_SERVER_ERROR.code
-    return 0
 
 
 def refuse(request: web.BaseRequest, node: Node) -> web.Response | None:

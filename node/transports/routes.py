@@ -6,40 +6,51 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from node.emulation import Emulation
 from node.node import Node
+from node.transports.emulation import Emulation
 from node.transports.streaming import http_stream_handler, sse_handler, uni_http_stream_handler, uni_sse_handler
 from node.transports.uni_websocket import uni_websocket_handler
 
-Handler = Callable[[web.Request, Node], Awaitable[web.StreamResponse]]
-
-
-def _bind(handler: Handler, node: Node) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def bound(request: web.Request) -> web.StreamResponse:
-        return await handler(request, node)
-
-    return bound
+Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def add_transport_routes(app: web.Application, node: Node) -> None:
     """HTTP-stream and SSE (with ``/emulation`` while either is on) and the unidirectional transports; all are
     off by default, as in Centrifugo. Browser-facing POST endpoints also answer CORS preflights."""
     config = node.config
-    if config.http_stream.enabled:
-        app.router.add_route("POST", config.http_stream.handler_prefix, _bind(http_stream_handler, node))
-        app.router.add_route("OPTIONS", config.http_stream.handler_prefix, _bind(http_stream_handler, node))
-    if config.sse.enabled:
-        for method in ("GET", "POST", "OPTIONS"):
-            app.router.add_route(method, config.sse.handler_prefix, _bind(sse_handler, node))
+
+    def add(methods: tuple[str, ...], path: str, route: Route) -> None:
+        for method in methods:
+            app.router.add_route(method, path, route)
+
     if config.http_stream.enabled or config.sse.enabled:
-        emulation = node.emulation = Emulation(node)
-        app.router.add_route("POST", config.emulation.handler_prefix, emulation.handle)
-        app.router.add_route("OPTIONS", config.emulation.handler_prefix, emulation.handle)
+        # The sessions of this node's emulated connections: owned by these routes, shared by their handlers.
+        emulation = Emulation(node)
+
+        async def http_stream(request: web.Request) -> web.StreamResponse:
+            return await http_stream_handler(request, node, emulation)
+
+        async def sse(request: web.Request) -> web.StreamResponse:
+            return await sse_handler(request, node, emulation)
+
+        if config.http_stream.enabled:
+            add(("POST", "OPTIONS"), config.http_stream.handler_prefix, http_stream)
+        if config.sse.enabled:
+            add(("GET", "POST", "OPTIONS"), config.sse.handler_prefix, sse)
+        add(("POST", "OPTIONS"), config.emulation.handler_prefix, emulation.handle)
+
+    async def uni_websocket(request: web.Request) -> web.StreamResponse:
+        return await uni_websocket_handler(request, node)
+
+    async def uni_sse(request: web.Request) -> web.StreamResponse:
+        return await uni_sse_handler(request, node)
+
+    async def uni_http_stream(request: web.Request) -> web.StreamResponse:
+        return await uni_http_stream_handler(request, node)
+
     if config.uni_websocket.enabled:
-        app.router.add_get(config.uni_websocket.handler_prefix, _bind(uni_websocket_handler, node))
+        app.router.add_get(config.uni_websocket.handler_prefix, uni_websocket)
     if config.uni_sse.enabled:
-        for method in ("GET", "POST", "OPTIONS"):
-            app.router.add_route(method, config.uni_sse.handler_prefix, _bind(uni_sse_handler, node))
+        add(("GET", "POST", "OPTIONS"), config.uni_sse.handler_prefix, uni_sse)
     if config.uni_http_stream.enabled:
-        for method in ("POST", "OPTIONS"):
-            app.router.add_route(method, config.uni_http_stream.handler_prefix, _bind(uni_http_stream_handler, node))
+        add(("POST", "OPTIONS"), config.uni_http_stream.handler_prefix, uni_http_stream)

@@ -33,24 +33,13 @@ from node.errors import DISCONNECT_BAD_REQUEST, DISCONNECT_CONNECTION_CLOSED, Di
 from node.models import RequestInfo
 from node.node import Node
 from node.protocol import codec, proto
-from node.transports.http import (
-    NO_CACHE_HEADERS,
-    connect_unidirectional_code,
-    cors_headers,
-    parse_connect_request,
-    preflight,
-    protobuf_body,
-    read_body,
-    refuse,
-)
+from node.transports.emulation import Emulation
+from node.transports.http import NO_CACHE_HEADERS, cors_headers, preflight, protobuf_body, read_body, refuse
+from node.transports.uni import connect_unidirectional_code, disconnect_push, parse_connect_request
 
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT: Final = 5.0  # how long the end of a stream may wait for a slow reader before the socket is dropped
-
-
-def disconnect_push(disconnect: Disconnect) -> bytes:
-    return b'{"disconnect":{"code":%d,"reason":%s}}' % (disconnect.code, codec.raw(disconnect.reason))
 
 
 class _ResponseStream(abc.ABC):
@@ -61,10 +50,11 @@ class _ResponseStream(abc.ABC):
     unidirectional connect whose failure may become a plain HTTP response (``connect_code_to_http_response``)
     must run before the status line is sent."""
 
-    __slots__ = ("_chunked", "_close_pending", "_ended", "_held", "_raw", "_resp", "done", "name",
+    __slots__ = ("_chunked", "_close_pending", "_ended", "_held", "_raw", "_resp", "done", "name", "session",
                  "unidirectional")
 
     framing: ClassVar[str]  # set by each subclass
+    protocol: ClassVar[str] = "json"
 
     def __init__(self, name: str, unidirectional: bool, resp: web.StreamResponse, raw: asyncio.Transport,
                  chunked: bool, *, held: bool = False) -> None:
@@ -76,6 +66,7 @@ class _ResponseStream(abc.ABC):
         self._ended = False
         self._held: list[bytes] | None = [] if held else None
         self._close_pending = False  # closed while held: end the response once released
+        self.session = ""  # the emulation session of a bidirectional stream (see emulation.py)
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def release(self) -> None:
@@ -96,6 +87,9 @@ class _ResponseStream(abc.ABC):
     @abc.abstractmethod
     def frame(message: bytes) -> bytes:
         """One message in this stream's framing (each subclass has its own)."""
+
+    def frame_encoded(self, body: bytes) -> bytes:
+        return self.frame(body)
 
     def write(self, data: bytes) -> None:
         if self._held is not None:
@@ -168,13 +162,13 @@ class ProtobufHttpStreamTransport(_ResponseStream):
 
     __slots__ = ()
     framing = "http-stream-protobuf"
+    protocol = "protobuf"
 
     @staticmethod
     def frame(message: bytes) -> bytes:
         return proto.delimited(message)
 
-    @staticmethod
-    def frame_encoded(body: bytes) -> bytes:
+    def frame_encoded(self, body: bytes) -> bytes:
         """Bytes already encoded as length-prefixed protobuf (the hub's publications) need no more framing."""
         return body
 
@@ -194,7 +188,7 @@ Opener = Callable[[Client], Awaitable[int]]  # sets the connection up: 0, or the
 
 
 async def _serve(request: web.Request, node: Node, cls: type[_ResponseStream], name: str, unidirectional: bool,
-                 content_type: str, open_connection: Opener, protocol: str = "json",
+                 content_type: str, open_connection: Opener, emulation: Emulation | None = None,
                  to_http: ConnectCodeToHttpResponse | None = None) -> web.StreamResponse:
     headers = {**NO_CACHE_HEADERS, **cors_headers(request), "Content-Type": content_type}
     resp = web.StreamResponse(headers=headers)
@@ -213,11 +207,10 @@ async def _serve(request: web.Request, node: Node, cls: type[_ResponseStream], n
     transport = cls(name, unidirectional, resp, raw, chunked, held=held)
     if cls is SseTransport:
         transport.write(b"\r\n")  # sent at once, so that the EventSource opens before the first message
-    client = Client(node, transport, RequestInfo(transport=name, remote=request.remote or "", headers=request.headers),
-                    protocol=protocol)
-    emulation = node.emulation if not unidirectional else None
+    client = Client(node, transport, RequestInfo(transport=name, remote=request.remote or "",
+                                                 headers=request.headers))
     if emulation is not None:
-        emulation.register(client)
+        transport.session = emulation.register(client)
     try:
         refused = await open_connection(client)
         if held:
@@ -261,7 +254,7 @@ def _unidirectional(body: bytes) -> Opener:
     return open_connection
 
 
-async def http_stream_handler(request: web.Request, node: Node) -> web.StreamResponse:
+async def http_stream_handler(request: web.Request, node: Node, emulation: Emulation) -> web.StreamResponse:
     """``POST /connection/http_stream``: the body is the first command frame (the connect command), JSON, or
     varint-delimited protobuf ``Command``s when it is ``application/octet-stream`` (the response is then too)."""
     if request.method == "OPTIONS":
@@ -276,9 +269,9 @@ async def http_stream_handler(request: web.Request, node: Node) -> web.StreamRes
         return web.Response(status=400, headers=cors_headers(request))
     if protobuf_body(request):
         return await _serve(request, node, ProtobufHttpStreamTransport, "http_stream", False,
-                            "application/octet-stream", _bidirectional(body), protocol="protobuf")
+                            "application/octet-stream", _bidirectional(body), emulation)
     return await _serve(request, node, HttpStreamTransport, "http_stream", False, "application/json",
-                        _bidirectional(body))
+                        _bidirectional(body), emulation)
 
 
 async def _sse_connect_data(request: web.Request, limit: int) -> bytes | web.Response:
@@ -291,7 +284,7 @@ async def _sse_connect_data(request: web.Request, limit: int) -> bytes | web.Res
     return data
 
 
-async def sse_handler(request: web.Request, node: Node) -> web.StreamResponse:
+async def sse_handler(request: web.Request, node: Node, emulation: Emulation) -> web.StreamResponse:
     """``GET /connection/sse?cf_connect=<command frame>`` (or POST with the frame as body)."""
     if request.method == "OPTIONS":
         return preflight(request, node.config.client.allowed_origins)
@@ -304,7 +297,7 @@ async def sse_handler(request: web.Request, node: Node) -> web.StreamResponse:
     if not data:
         return web.Response(status=400, headers=cors_headers(request))
     return await _serve(request, node, SseTransport, "sse", False, "text/event-stream; charset=utf-8",
-                        _bidirectional(data))
+                        _bidirectional(data), emulation)
 
 
 async def uni_http_stream_handler(request: web.Request, node: Node) -> web.StreamResponse:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import grpc
 
@@ -31,8 +31,7 @@ from node.node import Node
 from node.protocol import client_pb2 as pb
 from node.protocol import proto
 from node.protocol.codec import DecodeError
-from node.transports.http import connect_unidirectional
-from node.transports.streaming import disconnect_push
+from node.transports.uni import connect_unidirectional, disconnect_push
 
 SERVICE: Final = "centrifugal.centrifugo.unistream.CentrifugoUniStream"
 
@@ -42,9 +41,11 @@ class UniGrpcTransport:
 
     __slots__ = ("_size", "_wakeup", "ended", "queue")
 
-    name: Final = "uni_grpc"
-    framing: Final = "grpc-push"
-    unidirectional: Final = True
+    name: ClassVar[str] = "uni_grpc"
+    protocol: ClassVar[str] = "protobuf"
+    framing: ClassVar[str] = "grpc-push"
+    unidirectional: ClassVar[bool] = True
+    session: ClassVar[str] = ""
 
     def __init__(self) -> None:
         self.queue: collections.deque[bytes] = collections.deque()
@@ -56,8 +57,7 @@ class UniGrpcTransport:
     def frame(message: bytes) -> bytes:
         return proto.delimited(message, push=True)
 
-    @staticmethod
-    def frame_encoded(body: bytes) -> bytes:
+    def frame_encoded(self, body: bytes) -> bytes:
         return body  # already a length-prefixed Push (the hub's publications)
 
     def write(self, data: bytes) -> None:
@@ -106,8 +106,7 @@ class UniGrpcService:
                       ) -> AsyncIterator[bytes]:
         transport = UniGrpcTransport()
         client = Client(self.node, transport, RequestInfo(transport="uni_grpc", remote=context.peer() or "",
-                                                       headers=_metadata(context)),
-                        protocol="protobuf")
+                                                       headers=_metadata(context)))
         try:
             try:
                 params: dict[str, Any] | None = proto.to_dict(request)

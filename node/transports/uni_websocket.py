@@ -9,7 +9,7 @@ transport shares its ``ws-text`` framing; the hub keeps unidirectional frames ap
 from __future__ import annotations
 
 import logging
-from typing import Final
+from typing import ClassVar
 
 from aiohttp import WSMsgType, web
 
@@ -17,8 +17,8 @@ from node.client import Client
 from node.errors import DISCONNECT_BAD_REQUEST, DISCONNECT_CONNECTION_CLOSED, Disconnect
 from node.models import RequestInfo
 from node.node import Node
-from node.transports.http import connect_unidirectional, parse_connect_request, refuse
-from node.transports.streaming import disconnect_push
+from node.transports.http import refuse
+from node.transports.uni import connect_unidirectional, disconnect_push, parse_connect_request
 from node.transports.websocket import CLOSE_TIMEOUT, WebSocketTransport, frame_header
 
 logger = logging.getLogger(__name__)
@@ -29,8 +29,8 @@ class UniWebSocketTransport(WebSocketTransport):
 
     __slots__ = ()
 
-    name: Final = "uni_websocket"  # type: ignore[misc]
-    unidirectional: Final = True  # type: ignore[misc]
+    name: ClassVar[str] = "uni_websocket"
+    unidirectional: ClassVar[bool] = True
 
     def before_close(self, disconnect: Disconnect) -> None:
         """A disconnect push first: a unidirectional client may not see close frames (e.g. behind a proxy)."""
@@ -44,7 +44,7 @@ class JoinedUniWebSocketTransport(UniWebSocketTransport):
 
     __slots__ = ()
 
-    framing: Final = "uni-ws-joined"  # type: ignore[misc]
+    framing: ClassVar[str] = "uni-ws-joined"
 
     @staticmethod
     def frame(message: bytes) -> bytes:

@@ -9,11 +9,9 @@ once and every subscriber's queue holds the same bytes; a client's frames of one
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import struct
-from collections.abc import Sequence
-from typing import Final
+from typing import ClassVar, Final
 
 from aiohttp import WSMsgType, web
 
@@ -22,6 +20,7 @@ from node.errors import DISCONNECT_CONNECTION_CLOSED, Disconnect
 from node.models import RequestInfo
 from node.node import Node
 from node.protocol import proto
+from node.transports.http import origin_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +44,11 @@ def frame_header(length: int, first: int = TEXT) -> bytes:
 class WebSocketTransport:
     __slots__ = ("_raw", "_ws")
 
-    name: Final = "websocket"
-    framing: Final = "ws-text"
-    unidirectional: Final = False
+    name: ClassVar[str] = "websocket"
+    protocol: ClassVar[str] = "json"
+    framing: ClassVar[str] = "ws-text"
+    unidirectional: ClassVar[bool] = False
+    session: ClassVar[str] = ""
 
     def __init__(self, ws: web.WebSocketResponse, raw: asyncio.Transport) -> None:
         self._ws = ws
@@ -56,6 +57,9 @@ class WebSocketTransport:
     @staticmethod
     def frame(message: bytes) -> bytes:
         return frame_header(len(message)) + message
+
+    def frame_encoded(self, body: bytes) -> bytes:
+        return self.frame(body)
 
     def write(self, data: bytes) -> None:
         self._raw.write(data)
@@ -89,15 +93,15 @@ class ProtobufWebSocketTransport(WebSocketTransport):
 
     __slots__ = ()
 
-    framing: Final = "ws-protobuf"  # type: ignore[misc]
+    protocol: ClassVar[str] = "protobuf"
+    framing: ClassVar[str] = "ws-protobuf"
 
     @staticmethod
     def frame(message: bytes) -> bytes:
         body = proto.delimited(message)
         return frame_header(len(body), BINARY) + body
 
-    @staticmethod
-    def frame_encoded(body: bytes) -> bytes:
+    def frame_encoded(self, body: bytes) -> bytes:
         """Frame bytes already encoded as length-prefixed protobuf (the hub's publications)."""
         return frame_header(len(body), BINARY) + body
 
@@ -108,14 +112,6 @@ def wants_protobuf(request: web.Request, subprotocol: str | None) -> bool:
     if subprotocol == "centrifuge-protobuf":
         return True
     return "protobuf" in (request.query.get("cf_protocol"), request.query.get("format"))
-
-
-def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:
-    """Centrifugo's rule: no Origin header is fine; otherwise it must match a pattern (empty list = none)."""
-    if origin is None:
-        return True
-    origin = origin.lower()
-    return any(p == "*" or fnmatch.fnmatchcase(origin, p.lower()) for p in allowed)
 
 
 async def websocket_handler(request: web.Request, node: Node) -> web.StreamResponse:
@@ -136,8 +132,7 @@ async def websocket_handler(request: web.Request, node: Node) -> web.StreamRespo
     transport = (ProtobufWebSocketTransport if protobuf else WebSocketTransport)(ws, raw)
     # Headers are not kept (a copy per connection costs memory), except those a proxy forwards.
     client = Client(node, transport, RequestInfo(transport="websocket", remote=request.remote or "",
-                                                 headers=request.headers),
-                    protocol="protobuf" if protobuf else "json")
+                                                 headers=request.headers))
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):

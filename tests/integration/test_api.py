@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 
+import cent
 import pytest
 from harness import ServerFactory, ServerProcess, unique_channel
 from test_protocol_raw import raw
@@ -86,21 +87,48 @@ async def test_legacy_api_form(srv: ServerProcess) -> None:
     assert (await srv.api_raw("", body=b""))[0] == 400
 
 
-async def test_batch_and_broadcast(srv: ServerProcess) -> None:
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("path", ["batch", "batch?aiohttp=1"])  # the fast path, and aiohttp (a query string)
+async def test_batch_and_broadcast(srv: ServerProcess, path: str, parallel: bool) -> None:
     a, b = unique_channel("plain"), unique_channel("chat:")
-    result = await srv.api_result("batch", {"commands": [
+    # Centrifugo's batch response is ``{"replies": [...]}`` at the top level, not wrapped in ``result``.
+    response = await srv.api(path, {"commands": [
         {"publish": {"channel": a, "data": {}}},
         {"publish": {"channel": "x:b", "data": {}}},
         {"info": {}},
-    ]})
-    assert result["replies"][0] == {"publish": {}}
-    assert result["replies"][1] == {"error": {"code": 102, "message": "unknown channel"}}
-    assert "nodes" in result["replies"][2]["info"]
+        {"publish": {"channel": b, "data": {"n": 1}}},
+        {"publish": {"channel": b, "data": {"n": 2}}},
+        {},
+    ], "parallel": parallel})
+    assert set(response) == {"replies"}
+    replies = response["replies"]
+    assert replies[0] == {"publish": {}}
+    assert replies[1] == {"error": {"code": 102, "message": "unknown channel"}}
+    assert "nodes" in replies[2]["info"]
+    assert sorted(r["publish"]["offset"] for r in replies[3:5]) == [1, 2]
+    if not parallel:
+        assert [r["publish"]["offset"] for r in replies[3:5]] == [1, 2]  # in order, one after the other
+    assert replies[5] == {"error": {"code": 104, "message": "not found"}}
     result = await srv.api_result("broadcast", {"channels": [a, b, "x:c"], "data": {"t": 1}})
     responses = result["responses"]
     assert responses[0] == {"result": {}}
-    assert responses[1]["result"]["offset"] == 1
+    assert responses[1]["result"]["offset"] == 3
     assert responses[2]["error"]["code"] == 102
+
+
+async def test_cent_batch(srv: ServerProcess) -> None:
+    """``cent``'s ``Client.batch()`` reads the top-level ``replies`` (a ``result`` wrapper was a KeyError)."""
+    ch = unique_channel("chat:")
+    async with srv.cent() as api:
+        for parallel in (False, True):
+            result = await api.batch(cent.BatchRequest(requests=[
+                cent.PublishRequest(channel=ch, data={"i": 1}),
+                cent.PresenceStatsRequest(channel=ch),
+                cent.HistoryRequest(channel=ch, limit=10),
+            ], parallel=parallel))
+            assert len(result.replies) == 3
+    history = await srv.api_result("history", {"channel": ch, "limit": 10})
+    assert [p["data"] for p in history["publications"]] == [{"i": 1}, {"i": 1}]
 
 
 async def test_server_side_subscribe_unsubscribe_disconnect(srv: ServerProcess) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from pathlib import Path
 
-from harness import REPO
+from harness import API_KEY, REPO, SECRET, ServerFactory
 
 
 async def run(*args: str, timeout: float = 90) -> tuple[int, str]:
@@ -54,3 +56,23 @@ async def test_write_delay_bench_delivers_everything() -> None:
                           "--duration", "1")
     assert code == 0, out
     assert "  lost                         0" in out.splitlines(), out
+
+
+async def test_locust_reports_publish_to_receive_with_no_failures(server_factory: ServerFactory) -> None:
+    """The README's locust run, bounded: with ``client.allowed_origins`` empty (a browser Origin is refused) the
+    scenario still connects, as a backend client sends no Origin, and reports its latency entry."""
+    srv = await server_factory({"client": {"allowed_origins": []}})
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("locust")), "-f", "loadtest/locustfile.py", "--headless", "-u", "20",
+        "-r", "20", "-t", "5s", "--host", srv.http_url, "--only-summary", cwd=REPO,
+        env={**os.environ, "FUGATO_SECRET": SECRET, "FUGATO_API_KEY": API_KEY},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await asyncio.wait_for(proc.communicate(), 90))[0].decode()
+    assert proc.returncode == 0, out
+    # The statistics table: "WS  publish→receive  <reqs>  <fails>(<%>) | ..." (not the percentiles table).
+    rows = {" ".join(line.split()[:2]): line.split() for line in out.splitlines()
+            if line.startswith(("WS", "POST")) and "|" in line}
+    latency = rows.get("WS publish→receive")
+    assert latency is not None and int(latency[2]) > 0, out
+    for row in rows.values():
+        assert row[row.index("|") - 1] == "0(0.00%)", out  # no failures anywhere (a 403 would fail connects)

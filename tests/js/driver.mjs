@@ -39,6 +39,8 @@
 //             getToken returns the listed tokens one per call; an exhausted list rejects.
 //   subscribe channel [token] [getToken: [...]] [data] [joinLeave] [recoverable] [positioned]
 //             [delta: "fossil"] [since: {offset, epoch}] [minResubscribeDelay] [maxResubscribeDelay] [wait]
+//             [getState: [{offset, epoch}, ...]]  the getState callback's answers, one per call (each call
+//             is reported as {"event":"get_state","n":..,"channel":..})
 //             Creates the subscription on first use (options apply then), calls subscribe().
 //   unsubscribe channel [remove]         remove: also drop it from the client's registry
 //   publish   channel data [via: "sub"|"client"]   default: the subscription if one exists, else the client
@@ -219,6 +221,17 @@ function newSub(cmd) {
   for (const key of ['token', 'data', 'joinLeave', 'recoverable', 'positioned', 'delta', 'since',
     'minResubscribeDelay', 'maxResubscribeDelay']) {
     if (cmd[key] !== undefined) options[key] = cmd[key];
+  }
+  if (cmd.getState !== undefined) {
+    // The app's getState callback: each call returns the next listed stream position {offset, epoch}.
+    const positions = need(cmd, 'getState');
+    let calls = 0;
+    options.getState = () => {
+      const n = calls++;
+      emit('get_state', { n, channel });
+      if (n >= positions.length) return Promise.reject(new Error(`getState list exhausted after ${n} calls`));
+      return Promise.resolve(positions[n]);
+    };
   }
   if (cmd.getToken !== undefined) {
     const source = tokenSource('subscription', channel);

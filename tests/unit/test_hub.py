@@ -12,14 +12,15 @@ import pytest
 from centrifuge.fossil import apply_delta
 from fakes import FakeTransport
 
-from node import client as client_module
-from node.client import FLUSH_HOPS, Client
+from node import writer as writer_module
+from node.client import Client
 from node.config import ClientConfig, Config
 from node.errors import DISCONNECT_SLOW, DISCONNECT_WRITE_ERROR
 from node.models import ClientInfo, Publication, RequestInfo, StreamPosition, SubscribeOptions
 from node.protocol import client_pb2, proto
 from node.protocol.proto import split_delimited
 from node.server import build_node
+from node.writer import FLUSH_HOPS
 
 
 def make_node(**client_opts: object) -> object:
@@ -29,7 +30,7 @@ def make_node(**client_opts: object) -> object:
 
 def live_sub(node: object, channel: str, client: Client, **opts: bool) -> None:
     """Subscribe and end the set-up buffering at once (what the node does right after the reply)."""
-    node.hub.add_sub(channel, client, **opts)  # type: ignore[attr-defined]
+    node.subscriptions.add(channel, client, **opts)  # type: ignore[attr-defined]
     node.hub.release(channel, client, None)  # type: ignore[attr-defined]
 
 
@@ -119,7 +120,7 @@ async def test_publications_during_a_flush_join_the_writes_still_to_come(monkeyp
     """A flush writes a slice of clients and lets the loop run before the rest: a publication handled in between
     reaches the clients not yet written in the same write() as the one before it, and the clients already
     written get it in a second round. Order per client is kept either way."""
-    monkeypatch.setattr(client_module, "FLUSH_SLICE", 0.0)  # a slice is then the 8 clients between time checks
+    monkeypatch.setattr(writer_module, "FLUSH_SLICE", 0.0)  # a slice is then the 8 clients between time checks
     node = make_node()
     clients = [new_client(node) for _ in range(32)]
     for c, _ in clients:
@@ -139,17 +140,17 @@ async def test_publications_during_a_flush_join_the_writes_still_to_come(monkeyp
         assert [orjson.loads(m)["push"]["pub"]["data"]["n"] for m in t.messages] == [1, 2]
 
 
-async def test_hub_counts_first_and_last_subscriber() -> None:
+async def test_subscriptions_count_first_and_last_subscriber() -> None:
     node = make_node()
     a, _ = new_client(node)
     b, _ = new_client(node)
-    hub = node.hub  # type: ignore[attr-defined]
-    assert hub.add_sub("ch", a) is True
-    assert hub.add_sub("ch", b) is False
-    assert hub.num_subscribers("ch") == 2
-    assert hub.remove_sub("ch", a) is False
-    assert hub.remove_sub("ch", b) is True
-    assert hub.num_channels() == 0
+    subs = node.subscriptions  # type: ignore[attr-defined]
+    assert subs.add("ch", a) is True
+    assert subs.add("ch", b) is False
+    assert subs.num_subscribers("ch") == 2
+    assert subs.remove("ch", a) is False
+    assert subs.remove("ch", b) is True
+    assert subs.num_channels() == 0
 
 
 async def test_slow_consumer_is_disconnected_when_the_socket_does_not_drain() -> None:
@@ -187,7 +188,7 @@ def pub(offset: int, data: bytes = b"1", *, prev: bytes | None = None) -> Public
 async def test_buffered_publications_are_released_after_the_position_without_duplicates() -> None:
     node = make_node()
     client, transport = new_client(node)
-    node.hub.add_sub("ch", client, positioned=True)  # type: ignore[attr-defined]
+    node.subscriptions.add("ch", client, positioned=True)  # type: ignore[attr-defined]
     for offset in (4, 5, 6):  # arrive while the subscribe reply is being prepared
         node.hub.broadcast_publication("ch", pub(offset), StreamPosition(offset, "e"))  # type: ignore[attr-defined]
     await tick()
@@ -206,7 +207,7 @@ async def test_a_gap_unsubscribes_the_positioned_client_with_2500() -> None:
     client, transport = new_client(node)
     await node.subscribe_client(client, "ch", SubscribeOptions(), server_side=False)  # type: ignore[attr-defined]
     node.hub.release("ch", client, None)  # type: ignore[attr-defined]
-    sub = node.hub._subs["ch"][client.id]  # type: ignore[attr-defined]
+    sub = node.subscriptions.by_channel["ch"][client.id]  # type: ignore[attr-defined]
     sub.positioned, sub.offset, sub.epoch = True, 10, "e"
     node.hub.broadcast_publication("ch", pub(11), StreamPosition(11, "e"))  # type: ignore[attr-defined]
     node.hub.broadcast_publication("ch", pub(11), StreamPosition(11, "e"))  # type: ignore[attr-defined]
@@ -224,7 +225,7 @@ async def test_a_gap_unsubscribes_the_positioned_client_with_2500() -> None:
 async def test_delta_subscribers_get_a_full_string_then_patches() -> None:
     node = make_node()
     client, transport = new_client(node)
-    node.hub.add_sub("ch", client, positioned=True, delta=True)  # type: ignore[attr-defined]
+    node.subscriptions.add("ch", client, positioned=True, delta=True)  # type: ignore[attr-defined]
     node.hub.release("ch", client, StreamPosition(0, "e"))  # type: ignore[attr-defined]
     plain, pt = new_client(node)
     live_sub(node, "ch", plain)
@@ -257,7 +258,7 @@ async def test_write_delay_collects_messages_of_several_ticks_into_one_write() -
 async def test_a_busy_loop_gives_the_flush_as_long_a_slice_as_the_other_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """Request handling between two slices must not starve the writes: the next slice lasts as long as the loop
     was busy elsewhere, so many publishers cannot grow the queues until healthy clients are cut as slow."""
-    monkeypatch.setattr(client_module, "FLUSH_SLICE", 0.0)  # a slice is then the 8 clients between time checks
+    monkeypatch.setattr(writer_module, "FLUSH_SLICE", 0.0)  # a slice is then the 8 clients between time checks
     node = make_node()
     clients = [new_client(node) for _ in range(64)]
     for c, _ in clients:
@@ -273,7 +274,7 @@ async def test_a_busy_loop_gives_the_flush_as_long_a_slice_as_the_other_work(mon
 async def test_write_delay_also_holds_the_round_after_a_sliced_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """A client queued again while a round is being written waits for the next round, and with write_delay that
     round starts only after the delay, as the first one did."""
-    monkeypatch.setattr(client_module, "FLUSH_SLICE", 0.0)  # a slice is then the 8 clients between time checks
+    monkeypatch.setattr(writer_module, "FLUSH_SLICE", 0.0)  # a slice is then the 8 clients between time checks
     node = make_node(write_delay=0.05)
     clients = [new_client(node) for _ in range(16)]
     for c, _ in clients:
@@ -292,14 +293,14 @@ async def test_write_delay_also_holds_the_round_after_a_sliced_one(monkeypatch: 
 class ProtobufFake(FakeTransport):
     """A fake transport speaking protobuf: each message a varint-delimited Reply (no NUL terminator)."""
 
+    protocol = "protobuf"
     framing = "fake-protobuf"
 
     @staticmethod
     def frame(message: bytes) -> bytes:
         return proto.delimited(message)
 
-    @staticmethod
-    def frame_encoded(body: bytes) -> bytes:
+    def frame_encoded(self, body: bytes) -> bytes:
         return body
 
 
@@ -309,7 +310,7 @@ async def test_broadcast_builds_one_frame_per_framing_for_json_and_protobuf_subs
     pb_clients = []
     for _ in range(2):
         transport = ProtobufFake()
-        client = Client(node, transport, RequestInfo(transport="fake"), protocol="protobuf")  # type: ignore[arg-type]
+        client = Client(node, transport, RequestInfo(transport="fake"))  # type: ignore[arg-type]
         pb_clients.append((client, transport))
     for c, _ in json_clients + pb_clients:
         live_sub(node, "ch", c)
@@ -329,7 +330,7 @@ async def test_binary_payload_goes_to_protobuf_clients_and_closes_json_clients_w
     node = make_node()
     json_client, jt = new_client(node)
     transport = ProtobufFake()
-    pb_client = Client(node, transport, RequestInfo(transport="fake"), protocol="protobuf")  # type: ignore[arg-type]
+    pb_client = Client(node, transport, RequestInfo(transport="fake"))  # type: ignore[arg-type]
     live_sub(node, "ch", json_client)
     live_sub(node, "ch", pb_client)
     node.hub.broadcast_publication("ch", Publication(b"\x00\xffbinary"), StreamPosition())  # type: ignore[attr-defined]

@@ -19,18 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
+from node.client import Client
+from node.node import Node
 from node.protocol import client_pb2 as pb
 from node.transports.http import cors_headers, origin_ok, preflight, protobuf_body, read_body
-
-if TYPE_CHECKING:
-    from node.client import Client
-    from node.node import Node
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +85,6 @@ class Emulation:
         session = self._by_client.pop(client.id, None)
         if session is not None:
             self._sessions.pop(session, None)
-
-    def session_of(self, client_id: str) -> str:
-        """The session of an emulated connection; "" for any other transport."""
-        return self._by_client.get(client_id, "")
 
     async def dispatch(self, session: str, data: bytes) -> None:
         """Run a command frame on a local session. An unknown session is ignored: its connection is gone, and

@@ -1,0 +1,226 @@
+"""History over NATS JetStream (Fugato only: ``broker.nats.jetstream``), so recovery, positioning and the
+``history`` API work with NATS alone.
+
+Mapping. One stream, ``<prefix>_history``, captures ``<prefix>.history.>``; a channel's publications are the
+messages on ``<prefix>.history.<channel>``. The stream keeps per subject the largest ``history_size`` of all
+namespaces and for the largest ``history_ttl``; a read trims to the channel's own size and TTL, which each
+message carries in its headers. The stream republishes every stored message to ``<prefix>.client.<channel>``,
+the subject live subscribers listen on, so live delivery happens only for what was stored, in stream order.
+
+Offsets and epochs. Each message carries its channel offset and epoch in the wire head. A publish states the
+subject sequence it expects to follow (``Nats-Expected-Last-Subject-Sequence``), so two nodes publishing to one
+channel cannot both take an offset: the loser re-reads the channel's last message and retries. A channel whose
+messages have all expired starts a new epoch, so clients see that their position cannot be recovered. Epochs
+of empty channels live in the ``<prefix>_epochs`` key-value bucket (TTL ``channel.history_meta_ttl``), so a
+client positioned on a channel before its first publication keeps a valid position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from nats.js import JetStreamContext
+from nats.js.api import RePublish, StorageType, StreamConfig
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from node.broker import wire
+from node.broker.base import new_epoch
+from node.config import NatsBrokerConfig
+from node.models import HistoryOptions, HistoryResult, Publication, PublishOptions, PublishResult, StreamPosition
+
+if TYPE_CHECKING:
+    from node.broker.nats import NatsBroker
+
+WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's error code for a failed expected-last-subject-sequence check
+MAX_ATTEMPTS: Final = 16
+SIZE_HEADER: Final = "Fugato-History-Size"
+TTL_HEADER: Final = "Fugato-History-Ttl"
+USED: Final = "!"  # suffix of an epoch in the bucket once publications were made in it
+
+
+def _name(prefix: str, suffix: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", prefix) + "_" + suffix
+
+
+@dataclass(frozen=True, slots=True)
+class _Top:
+    """The last stored message of a channel: its stream sequence (0: none) and stream position."""
+
+    seq: int
+    offset: int
+    epoch: str
+
+
+class JetStreamHistory:
+    def __init__(self, broker: NatsBroker, cfg: NatsBrokerConfig, limits: tuple[int, float], meta_ttl: float) -> None:
+        self._broker = broker
+        self._cfg = cfg
+        self._prefix = f"{cfg.prefix}.history."
+        self.stream = _name(cfg.prefix, "history")
+        self._bucket = _name(cfg.prefix, "epochs")
+        self._limits = limits
+        self._meta_ttl = meta_ttl
+        self._js: JetStreamContext | None = None
+        self._kv: KeyValue | None = None
+        self._tops: dict[str, _Top] = {}  # what this node last stored per channel (a guess; JetStream checks it)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def subject(self, channel: str) -> str:
+        return self._prefix + channel
+
+    @property
+    def js(self) -> JetStreamContext:
+        assert self._js is not None, "JetStreamHistory used before start()"
+        return self._js
+
+    async def start(self) -> None:
+        nc = self._broker.nc
+        self._js = nc.jetstream(timeout=max(self._cfg.write_timeout, 1.0))
+        size, ttl = self._limits
+        config = StreamConfig(
+            name=self.stream, subjects=[self._prefix + ">"], max_msgs_per_subject=max(size, 1),
+            max_age=ttl if ttl > 0 else None, allow_direct=True,
+            storage=StorageType.MEMORY if self._cfg.jetstream.storage == "memory" else StorageType.FILE,
+            num_replicas=self._cfg.jetstream.replicas,
+            republish=RePublish(src=self._prefix + ">", dest=f"{self._cfg.prefix}.client.>"),
+        )
+        try:
+            await self.js.add_stream(config)
+        except APIError:  # it exists (another node or an earlier run): bring its limits in line with ours
+            await self.js.update_stream(config)
+        try:
+            self._kv = await self.js.key_value(self._bucket)
+        except (NotFoundError, APIError):
+            self._kv = await self.js.create_key_value(bucket=self._bucket, ttl=self._meta_ttl or None,
+                                                      storage=config.storage, replicas=config.num_replicas)
+
+    # --- positions ---------------------------------------------------------------------------------------
+
+    async def _last(self, channel: str) -> _Top | None:
+        try:
+            msg = await self.js.get_last_msg(self.stream, self.subject(channel), direct=True)
+        except NotFoundError:
+            return None
+        pos = wire.decode(msg.data or b"").position
+        return _Top(msg.seq or 0, pos.offset, pos.epoch)
+
+    async def _top(self, channel: str, *, for_publish: bool) -> _Top:
+        last = await self._last(channel)
+        if last is not None:
+            return last
+        return _Top(0, 0, await self._empty_epoch(channel, for_publish=for_publish))
+
+    async def _empty_epoch(self, channel: str, *, for_publish: bool) -> str:
+        """The epoch of a channel without stored messages. An epoch whose publications have all expired is
+        replaced, so positions in it become unrecoverable; a publish marks its epoch as used."""
+        kv = self._kv
+        assert kv is not None
+        key = base64.urlsafe_b64encode(channel.encode()).decode().rstrip("=") or "_"
+        mark = USED if for_publish else ""
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                epoch = new_epoch()
+                try:
+                    await kv.create(key, (epoch + mark).encode())
+                except KeyWrongLastSequenceError:
+                    continue
+                return epoch
+            value = (entry.value or b"").decode()
+            epoch = value.removesuffix(USED)
+            if value.endswith(USED):
+                epoch = new_epoch()
+            elif not for_publish:
+                return epoch
+            try:
+                await kv.update(key, (epoch + mark).encode(), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+            return epoch
+        raise RuntimeError(f"JetStream history: no stable epoch for {channel!r}")
+
+    # --- publishing --------------------------------------------------------------------------------------
+
+    def _lock(self, channel: str) -> asyncio.Lock:
+        lock = self._locks.get(channel)
+        if lock is None:
+            lock = self._locks[channel] = asyncio.Lock()
+        return lock
+
+    async def publish(self, channel: str, body: bytes, opts: PublishOptions) -> PublishResult:
+        # One publish per channel at a time on this node: concurrent ones would only fail each other's check.
+        async with self._lock(channel):
+            top = self._tops.get(channel) or await self._top(channel, for_publish=True)
+            headers = {SIZE_HEADER: str(opts.history_size), TTL_HEADER: str(int(opts.history_ttl))}
+            for _ in range(MAX_ATTEMPTS):
+                offset = top.offset + 1
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(top.seq)
+                try:
+                    ack = await self.js.publish(self.subject(channel),
+                                                wire.encode_publication_message(body, offset, top.epoch),
+                                                headers=headers)
+                except APIError as e:
+                    if e.err_code != WRONG_LAST_SEQUENCE:
+                        raise
+                    self._tops.pop(channel, None)
+                    top = await self._top(channel, for_publish=True)
+                    continue
+                self._tops[channel] = _Top(ack.seq, offset, top.epoch)
+                if len(self._locks) > 10_000 and not self._lock(channel).locked():
+                    self._locks.clear()
+                return PublishResult(StreamPosition(offset, top.epoch))
+        raise RuntimeError(f"JetStream history: could not publish to {channel!r} (too much contention)")
+
+    # --- reads -------------------------------------------------------------------------------------------
+
+    async def _stored(self, channel: str) -> tuple[list[Publication], int, float]:
+        """Every publication the stream keeps for the channel (oldest first), with the channel's own history
+        size and TTL taken from the newest message."""
+        subject = self.subject(channel)
+        pubs: list[Publication] = []
+        size, ttl, seq = 0, 0.0, 1
+        while True:
+            try:
+                msg = await self.js.get_msg(self.stream, seq=seq, subject=subject, next=True, direct=True)
+            except NotFoundError:
+                break
+            decoded = wire.decode(msg.data or b"")
+            if decoded.publication is not None:
+                pubs.append(decoded.publication)
+            headers = msg.headers or {}
+            size, ttl = int(headers.get(SIZE_HEADER, 0)), float(headers.get(TTL_HEADER, 0))
+            seq = (msg.seq or seq) + 1
+        return pubs, size, ttl
+
+    async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
+        top = await self._top(channel, for_publish=False)
+        position = StreamPosition(top.offset, top.epoch)
+        if opts.limit == 0 or top.seq == 0:
+            return HistoryResult((), position)
+        pubs, size, ttl = await self._stored(channel)
+        if size > 0:
+            pubs = pubs[-size:]
+        if ttl > 0:
+            oldest = int((time.time() - ttl) * 1000)
+            pubs = [p for p in pubs if p.time_ms >= oldest]
+        since = opts.since
+        if since is not None:
+            pubs = [p for p in pubs if p.offset > since.offset] if not opts.reverse else \
+                [p for p in pubs if p.offset < since.offset]
+        if opts.reverse:
+            pubs.reverse()
+        if opts.limit > 0:
+            pubs = pubs[:opts.limit]
+        return HistoryResult(tuple(pubs), position)
+
+    async def remove(self, channel: str) -> None:
+        """Drop the channel's stored publications; its epoch and top offset stay, as with Redis."""
+        # Purging the subject would lose the top offset: keep the newest message, drop the rest.
+        await self.js.purge_stream(self.stream, subject=self.subject(channel), keep=1)

@@ -1,0 +1,222 @@
+"""Subscriptions: which local connections are subscribed to each channel, and the engine subscription that
+serves them (one per channel while it has local subscribers, dropped lazily once it has none).
+
+The map is read by the hub's fan-out (``by_channel`` is the very dict it iterates); changing it is this
+module's job. Engine calls come in as two callables, so only the node holds the engine itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from node.models import ClientInfo, Publication, StreamPosition, SubscribeOptions
+from node.transport import Transport
+
+logger = logging.getLogger(__name__)
+
+# Absorbs subscribe/unsubscribe churn: the engine unsubscribe of an emptied channel waits this long.
+LAZY_UNSUBSCRIBE_DELAY: Final = 1.0
+# The framing of most connections (bidirectional JSON over WebSocket): its subscribers take the fast path.
+COMMON_FRAMING: Final = "ws-text"
+
+
+class Receiver(Protocol):
+    """A connection as the fan-out sees it (the client session implements it)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def unidirectional(self) -> bool: ...
+
+    @property
+    def framing(self) -> str: ...
+
+    @property
+    def transport(self) -> Transport: ...
+
+    def frame(self, message: bytes) -> bytes:
+        """One protocol message in this connection's transport framing."""
+
+    def enqueue_framed(self, frame: bytes) -> None:
+        """Queue bytes already framed for this connection's ``framing``; O(1), never awaits."""
+
+    def schedule_close(self, disconnect: Any) -> None:
+        """Close from synchronous code."""
+
+    def insufficient_state(self, channel: str) -> None:
+        """The connection missed publications of a positioned channel."""
+
+
+@dataclass(slots=True)
+class ChannelState:
+    """What a connection holds for one of its subscriptions."""
+
+    opts: SubscribeOptions
+    server_side: bool
+    expire_at: int  # unix seconds, 0 = never
+    info: ClientInfo
+
+
+
+class Subscriber:
+    """One client's subscription to one channel, as the fan-out loop needs it.
+
+    While ``buffer`` is a list the subscription is being set up (its reply is not queued yet): publications are
+    held there and released by ``Hub.release`` in order, so none is lost or delivered before the reply.
+    A positioned subscriber tracks the last offset it got; a gap or an epoch change breaks the subscription
+    (the client is told "insufficient state" and recovers on resubscribe).
+    """
+
+    __slots__ = ("broken", "buffer", "client", "common", "delta", "delta_ready", "epoch", "offset", "positioned",
+                 "push_join_leave", "unidirectional")
+
+    def __init__(self, client: Receiver, *, push_join_leave: bool, positioned: bool, delta: bool) -> None:
+        self.client = client
+        self.unidirectional = client.unidirectional
+        self.push_join_leave = push_join_leave
+        self.positioned = positioned
+        self.delta = delta
+        self.delta_ready = False  # the client holds the previous payload, so it can apply a patch
+        self.offset = 0
+        self.epoch = ""
+        self.broken = False
+        self.buffer: list[tuple[Publication, StreamPosition]] | None = []
+        # Needs nothing but the shared plain frame: no position, no delta, bidirectional, common framing.
+        self.common = not (positioned or delta or client.unidirectional) and client.framing == COMMON_FRAMING
+
+    def accept(self, pub: Publication, sp: StreamPosition, channel: str) -> bool:
+        """Position check for one live publication: False drops it (duplicate, or the subscription broke)."""
+        if self.broken:
+            return False
+        if not self.positioned or not pub.offset:
+            return True
+        if sp.epoch != self.epoch or pub.offset > self.offset + 1:
+            self.broken = True
+            self.client.insufficient_state(channel)
+            return False
+        if pub.offset <= self.offset:
+            return False
+        self.offset = pub.offset
+        return True
+
+
+class Subscriptions:
+    """channel -> {client id: Subscriber} for this node, and the engine subscription of each channel.
+
+    ``engage`` subscribes the engine before a channel's first local subscriber is added (a per-channel lock
+    makes a second subscriber wait for it); ``remove`` of the last subscriber schedules the engine unsubscribe
+    ``LAZY_UNSUBSCRIBE_DELAY`` later, and only if the channel is still empty then."""
+
+    __slots__ = ("_engaged", "_handles", "_locks", "_subscribe", "_tasks", "_unsubscribe", "by_channel")
+
+    def __init__(self, subscribe: Callable[[str], Awaitable[None]],
+                 unsubscribe: Callable[[str], Awaitable[None]]) -> None:
+        self.by_channel: dict[str, dict[str, Subscriber]] = {}
+        self._subscribe = subscribe
+        self._unsubscribe = unsubscribe
+        self._engaged: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._handles: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _lock(self, channel: str) -> asyncio.Lock:
+        lock = self._locks.get(channel)
+        if lock is None:
+            lock = self._locks[channel] = asyncio.Lock()
+        return lock
+
+    async def engage(self, channel: str) -> None:
+        """Make sure the engine delivers ``channel``'s publications here."""
+        async with self._lock(channel):
+            if channel not in self._engaged:
+                await self._subscribe(channel)
+                self._engaged.add(channel)
+
+    def add(self, channel: str, client: Receiver, *, push_join_leave: bool = False, positioned: bool = False,
+            delta: bool = False) -> bool:
+        """Register the subscription in buffering mode; True when it is the channel's first local subscriber."""
+        subs = self.by_channel.get(channel)
+        first = subs is None
+        if subs is None:
+            subs = self.by_channel[channel] = {}
+        subs[client.id] = Subscriber(client, push_join_leave=push_join_leave, positioned=positioned, delta=delta)
+        return first
+
+    def remove(self, channel: str, client: Receiver) -> bool:
+        """Drop the subscription; True when the channel has no local subscribers left (its engine subscription
+        then ends ``LAZY_UNSUBSCRIBE_DELAY`` later unless someone subscribes meanwhile)."""
+        subs = self.by_channel.get(channel)
+        if subs is None:
+            return False
+        subs.pop(client.id, None)
+        if subs:
+            return False
+        del self.by_channel[channel]
+        if channel in self._engaged and channel not in self._handles:
+            loop = asyncio.get_running_loop()
+            self._handles[channel] = loop.call_later(LAZY_UNSUBSCRIBE_DELAY, self._maybe_unsubscribe, channel)
+        return True
+
+    def _maybe_unsubscribe(self, channel: str) -> None:
+        self._handles.pop(channel, None)
+        if channel not in self.by_channel and channel in self._engaged:
+            self._spawn(self._disengage(channel))
+
+    async def _disengage(self, channel: str) -> None:
+        async with self._lock(channel):
+            if channel not in self.by_channel and channel in self._engaged:
+                self._engaged.discard(channel)
+                self._locks.pop(channel, None)
+                try:
+                    await self._unsubscribe(channel)
+                except Exception as e:
+                    logger.info("unsubscribing %s: %s", channel, e)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Cancel the pending engine unsubscribes and wait for those under way (the engine closes next)."""
+        for handle in self._handles.values():
+            handle.cancel()
+        self._handles.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def get(self, channel: str, client_id: str) -> Subscriber | None:
+        subs = self.by_channel.get(channel)
+        return subs.get(client_id) if subs is not None else None
+
+    def subscribers(self, channel: str) -> list[Receiver]:
+        return [sub.client for sub in self.by_channel.get(channel, {}).values()]
+
+    def num_subscribers(self, channel: str) -> int:
+        return len(self.by_channel.get(channel, ()))
+
+    def num_channels(self) -> int:
+        return len(self.by_channel)
+
+    def num_subscriptions(self) -> int:
+        return sum(len(s) for s in self.by_channel.values())
+
+    def channels(self) -> Iterator[tuple[str, int]]:
+        for channel, subs in self.by_channel.items():
+            yield channel, len(subs)
+
+    def position(self, channel: str, client: Receiver) -> StreamPosition | None:
+        sub = self.get(channel, client.id)
+        if sub is None or not sub.positioned or sub.buffer is not None:
+            return None
+        return StreamPosition(sub.offset, sub.epoch)
