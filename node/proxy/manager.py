@@ -54,12 +54,13 @@ class Proxy:
 
     __slots__ = ("backend", "config", "headers", "name", "timeout")
 
-    def __init__(self, name: str, backend: ProxyBackend, config: ProxyConfig | None, timeout: float) -> None:
+    def __init__(self, name: str, backend: ProxyBackend, config: ProxyConfig | None, timeout: float,
+                 headers: tuple[str, ...] = ()) -> None:
         self.name = name
         self.backend = backend
         self.config = config
         self.timeout = timeout
-        names = (*config.http_headers, *config.grpc_metadata) if config is not None else ()
+        names = (*config.http_headers, *config.grpc_metadata) if config is not None else headers
         self.headers = frozenset(h.lower() for h in names)
 
     @property
@@ -71,7 +72,7 @@ class Proxy:
         headers: Mapping[str, str] = NO_HEADERS
         if self.headers and client.proxy_headers:
             headers = {k: v for k, v in client.proxy_headers.items() if k in self.headers}
-        meta = client.meta if self.config is not None and self.config.include_connection_meta else None
+        meta = client.meta if self.config is None or self.config.include_connection_meta else None
         return {"client": client.id, "transport": client.transport.name, "protocol": client.protocol,
                 "encoding": self.encoding, "user": client.user, "meta": meta, "headers": headers}
 
@@ -115,15 +116,17 @@ class Proxies:
 
     def _client_hook(self, hook: str, config: Any) -> Proxy | None:
         if self._handlers is not None and self._handlers.has(hook):
-            return Proxy(DEFAULT_PROXY_NAME, PythonProxy(self._handlers, DEFAULT_PROXY_NAME), None,
-                         self._handlers.timeout)
+            return self._python(DEFAULT_PROXY_NAME, self._handlers)
         if not config.enabled:
             return None
         return self._proxy(DEFAULT_PROXY_NAME, config)
 
+    def _python(self, name: str, handlers: Handlers) -> Proxy:
+        return Proxy(name, PythonProxy(handlers, name), None, handlers.timeout, handlers.http_headers)
+
     def _resolve(self, hook: str, name: str, default: ProxyConfig) -> Proxy:
         if self._handlers is not None and self._handlers.has(hook, name):
-            return Proxy(name, PythonProxy(self._handlers, name), None, self._handlers.timeout)
+            return self._python(name, self._handlers)
         config = default if name == DEFAULT_PROXY_NAME else self._named.get(name)
         if config is None or not config.endpoint:
             raise ConfigError(f"{hook} proxy {name!r} is enabled in a namespace but not configured")

@@ -9,6 +9,8 @@ the same request and result types as the HTTP and GRPC proxies (``node.proxy.typ
 
     app = build_app(config, handlers=handlers)
 
+(a complete example: ``examples/embedded.py``, shown in the README).
+
 A registered connect or refresh handler is used as ``client.proxy.connect`` / ``refresh`` would be (no endpoint
 needed). The channel and RPC hooks stay switched per namespace (``subscribe_proxy_enabled``, ``proxy_enabled``…)
 and take the handler registered under the namespace's proxy name (``"default"`` unless given).
@@ -44,8 +46,9 @@ HOOKS: Final = ("connect", "refresh", "subscribe", "publish", "rpc", "sub_refres
 class Handlers:
     """The callables an application registered, by hook and proxy name."""
 
-    def __init__(self, *, timeout: float = 1.0) -> None:
+    def __init__(self, *, timeout: float = 1.0, http_headers: tuple[str, ...] = ()) -> None:
         self.timeout = timeout  # an in-process handler is bounded like a remote proxy
+        self.http_headers = http_headers  # request headers the handlers get in ``req.headers`` (lower-cased)
         self._fns: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {}
 
     def register(self, hook: str, fn: F, name: str = DEFAULT_PROXY_NAME) -> F:
