@@ -13,9 +13,9 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from node import commands
 from node.errors import (
@@ -37,13 +37,11 @@ from node.errors import (
     Unsubscribe,
 )
 from node.models import ClientInfo, ClientState, RequestInfo
+from node.node import Node
 from node.protocol import codec, proto
 from node.proxy import hooks
 from node.subscriptions import ChannelState
-
-if TYPE_CHECKING:
-    from node.node import Node
-    from node.transport import Transport
+from node.transport import Transport
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +99,7 @@ class Client:
         self.conn_info: bytes | None = None
         self.meta: bytes | None = None  # connection meta (never sent to the client; proxies and the API see it)
         # The request headers some proxy forwards (http_headers / grpc_metadata); None in the common case.
-        self.proxy_headers = node.proxies.pick_headers(request.headers)
+        self.proxy_headers: Mapping[str, str] | None = node.proxies.pick_headers(request.headers)
         self._refreshing = False
         self._info: ClientInfo | None = None
         self.expire_at = 0
@@ -389,7 +387,7 @@ class Client:
                 await self.unsubscribe(channel, UNSUBSCRIBE_EXPIRED)
                 continue
             if state.opts.emit_presence:
-                await self.node.engine.presence.add_presence(channel, self.id, state.info)
+                await self.node.add_presence(channel, self.id, state.info)
             if check_positions and state.opts.enable_positioning and not await self.node.position_valid(self, channel):
                 self.insufficient_state(channel)
 

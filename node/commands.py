@@ -4,9 +4,10 @@ and refuses by raising ``ReplyError`` / ``DisconnectError``; ``client.py`` turns
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from node import VERSION_STRING
 from node.errors import (
@@ -26,13 +27,11 @@ from node.errors import (
     ReplyError,
 )
 from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosition
+from node.node import Connection
 from node.protocol import codec
 from node.proxy import hooks
 
-if TYPE_CHECKING:
-    from node.client import Client
-
-Handler = Callable[["Client", codec.Command], Awaitable[bytes | None]]
+Handler = Callable[[Connection, codec.Command], Awaitable[bytes | None]]
 
 # SubscribeRequest.flag bits (centrifuge's subscription flags; centrifuge-js sets the second in its getState flow).
 FLAG_REJECT_UNRECOVERED: Final = 2
@@ -94,9 +93,11 @@ def _ttl(expire_at: int) -> int:
     return max(int(expire_at - time.time()), 0)
 
 
-async def connect(client: Client, cmd: codec.Command) -> bytes | None:
+async def connect(client: Connection, cmd: codec.Command) -> bytes | None:
     node = client.node
-    decision = await node.policy.connect(client, cmd.params)
+    proxy = node.proxies.connect
+    ask = None if proxy is None else functools.partial(hooks.connect, client, proxy, cmd.params)
+    decision = await node.policy.connect(client, cmd.params, ask)
     cfg = node.config.client
     if decision.expire_at and decision.expire_at < time.time():
         raise ReplyError(ERROR_EXPIRED)
@@ -158,7 +159,7 @@ def _since(params: Any) -> StreamPosition | None:
     return StreamPosition(offset, _str(params, "epoch"))
 
 
-async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
+async def subscribe(client: Connection, cmd: codec.Command) -> bytes | None:
     node = client.node
     params = cmd.params
     channel = _channel(params)
@@ -179,7 +180,9 @@ async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
         raise ReplyError(ERROR_LIMIT_EXCEEDED)
     client.start_subscribing(channel)
     try:
-        opts = await node.policy.subscribe(client, channel, params)
+        proxy = node.proxies.for_channel("subscribe", node.policy.namespace(channel))
+        ask = None if proxy is None else functools.partial(hooks.subscribe, client, proxy, channel, params)
+        opts = await node.policy.subscribe(client, channel, params, ask)
         start = await node.subscribe_client(client, channel, opts, server_side=False, since=since,
                                             reject_unrecovered=reject_unrecovered)
     finally:
@@ -196,14 +199,14 @@ async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
     return None  # already replied
 
 
-async def unsubscribe(client: Client, cmd: codec.Command) -> bytes:
+async def unsubscribe(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     if channel in client.channels:
         await client.node.remove_subscription(client, channel)
     return b"{}"
 
 
-async def publish(client: Client, cmd: codec.Command) -> bytes:
+async def publish(client: Connection, cmd: codec.Command) -> bytes:
     node = client.node
     channel = _channel(cmd.params)
     data = _data(cmd.params)
@@ -228,22 +231,22 @@ async def publish(client: Client, cmd: codec.Command) -> bytes:
     return b"{}"
 
 
-async def presence(client: Client, cmd: codec.Command) -> bytes:
+async def presence(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     client.node.policy.check_presence(client, channel)
-    entries = await client.node.engine.presence.presence(channel)
+    entries = await client.node.presence(channel)
     body = b",".join(b'%s:%s' % (codec.raw(cid), codec.encode_client_info(info)) for cid, info in entries.items())
     return b'{"presence":{' + body + b"}}"
 
 
-async def presence_stats(client: Client, cmd: codec.Command) -> bytes:
+async def presence_stats(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     client.node.policy.check_presence(client, channel)
-    stats = await client.node.engine.presence.presence_stats(channel)
+    stats = await client.node.presence_stats(channel)
     return b'{"num_clients":%d,"num_users":%d}' % (stats.num_clients, stats.num_users)
 
 
-async def history(client: Client, cmd: codec.Command) -> bytes:
+async def history(client: Connection, cmd: codec.Command) -> bytes:
     node = client.node
     params = cmd.params
     channel = _channel(params)
@@ -268,7 +271,7 @@ async def history(client: Client, cmd: codec.Command) -> bytes:
         codec.encode_publications(result.publications), codec.raw(result.position.epoch), result.position.offset)
 
 
-async def rpc(client: Client, cmd: codec.Command) -> bytes:
+async def rpc(client: Connection, cmd: codec.Command) -> bytes:
     ping = client.node.config.rpc.ping
     method = _str(cmd.params, "method")
     if ping.enabled and method == ping.method:
@@ -282,12 +285,12 @@ async def rpc(client: Client, cmd: codec.Command) -> bytes:
     raise ReplyError(ERROR_METHOD_NOT_FOUND)
 
 
-async def send(client: Client, cmd: codec.Command) -> bytes | None:
+async def send(client: Connection, cmd: codec.Command) -> bytes | None:
     # Centrifugo OSS registers no message handler, and centrifuge answers such a send with 3508.
     raise DisconnectError(DISCONNECT_NOT_AVAILABLE)
 
 
-async def refresh(client: Client, cmd: codec.Command) -> bytes:
+async def refresh(client: Connection, cmd: codec.Command) -> bytes:
     token = _str(cmd.params, "token")
     if not token:
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
@@ -303,7 +306,7 @@ async def refresh(client: Client, cmd: codec.Command) -> bytes:
     return codec.result_object(fields)
 
 
-async def sub_refresh(client: Client, cmd: codec.Command) -> bytes:
+async def sub_refresh(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     token = _str(cmd.params, "token")
     if not token:
@@ -322,7 +325,7 @@ async def sub_refresh(client: Client, cmd: codec.Command) -> bytes:
     return codec.result_object(fields)
 
 
-async def ping(client: Client, cmd: codec.Command) -> bytes:
+async def ping(client: Connection, cmd: codec.Command) -> bytes:
     raise ReplyError(ERROR_NOT_AVAILABLE)
 
 

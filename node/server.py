@@ -59,7 +59,7 @@ def _add_internal_routes(app: web.Application, node: Node, api: ApiHandler | Non
         app.router.add_routes(api.routes())
     if config.health.enabled:
         async def health(request: web.Request) -> web.Response:
-            if not node.engine.broker.healthy():
+            if not node.healthy():
                 return web.json_response({"error": "engine unavailable"}, status=503)
             failing = consumers.errors()
             return web.json_response({"consumers": failing} if failing else {})

@@ -25,8 +25,7 @@ from node.proxy.types import (
 )
 
 if TYPE_CHECKING:
-    from node.client import Client
-    from node.proxy.manager import Proxy
+    from node.proxy.manager import Proxy, ProxyClient
 
 # A refresh that fails (backend down) gives the connection or subscription this much more time, as Centrifugo.
 RETRY_REFRESH_AFTER: Final = 60
@@ -50,19 +49,19 @@ def _str(params: Mapping[str, Any], key: str) -> str:
     return value
 
 
-async def connect(client: Client, proxy: Proxy, params: Mapping[str, Any]) -> ConnectResult | None:
+async def connect(client: ProxyClient, proxy: Proxy, params: Mapping[str, Any]) -> ConnectResult | None:
     channels = params.get("channels") or ()
     if not isinstance(channels, list | tuple) or not all(isinstance(c, str) for c in channels):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
     req = ConnectRequest(**proxy.request_fields(client), data=payload(params), name=_str(params, "name"),
                          version=_str(params, "version"), channels=tuple(channels))
-    return await client.node.proxies.call(proxy, "connect", proxy.backend.connect, req)
+    return await proxy.call("connect", proxy.backend.connect, req)
 
 
-async def refresh(client: Client, proxy: Proxy) -> RefreshResult:
+async def refresh(client: ProxyClient, proxy: Proxy) -> RefreshResult:
     """The server-side refresh of an expiring connection; no result from the backend means expired."""
     req = RefreshRequest(**proxy.request_fields(client))
-    result = await client.node.proxies.call(proxy, "refresh", proxy.backend.refresh, req, _refresh_later)
+    result = await proxy.call("refresh", proxy.backend.refresh, req, _refresh_later)
     return result if result is not None else RefreshResult(expired=True)
 
 
@@ -70,23 +69,23 @@ def _refresh_later() -> RefreshResult:
     return RefreshResult(expire_at=int(time.time()) + RETRY_REFRESH_AFTER)
 
 
-async def subscribe(client: Client, proxy: Proxy, channel: str, params: Mapping[str, Any]) -> SubscribeResult:
+async def subscribe(client: ProxyClient, proxy: Proxy, channel: str, params: Mapping[str, Any]) -> SubscribeResult:
     req = SubscribeRequest(**proxy.request_fields(client), channel=channel, token=_str(params, "token"),
                            data=payload(params))
-    return await client.node.proxies.call(proxy, "subscribe", proxy.backend.subscribe, req)
+    return await proxy.call("subscribe", proxy.backend.subscribe, req)
 
 
-async def publish(client: Client, proxy: Proxy, channel: str, data: bytes) -> PublishResult:
+async def publish(client: ProxyClient, proxy: Proxy, channel: str, data: bytes) -> PublishResult:
     req = PublishRequest(**proxy.request_fields(client), channel=channel, data=data)
-    return await client.node.proxies.call(proxy, "publish", proxy.backend.publish, req)
+    return await proxy.call("publish", proxy.backend.publish, req)
 
 
-async def rpc(client: Client, proxy: Proxy, method: str, data: bytes | None) -> RPCResult:
+async def rpc(client: ProxyClient, proxy: Proxy, method: str, data: bytes | None) -> RPCResult:
     req = RPCRequest(**proxy.request_fields(client), method=method, data=data)
-    return await client.node.proxies.call(proxy, "rpc", proxy.backend.rpc, req)
+    return await proxy.call("rpc", proxy.backend.rpc, req)
 
 
-async def sub_refresh(client: Client, proxy: Proxy, channel: str) -> SubRefreshResult:
+async def sub_refresh(client: ProxyClient, proxy: Proxy, channel: str) -> SubRefreshResult:
     req = SubRefreshRequest(**proxy.request_fields(client), channel=channel)
-    return await client.node.proxies.call(proxy, "sub_refresh", proxy.backend.sub_refresh, req,
+    return await proxy.call("sub_refresh", proxy.backend.sub_refresh, req,
                                           lambda: SubRefreshResult(expire_at=int(time.time()) + RETRY_REFRESH_AFTER))

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -32,7 +32,7 @@ from node.proxy.python import Handlers, PythonProxy
 from node.proxy.types import NO_HEADERS, ProxyCallError
 
 if TYPE_CHECKING:
-    from node.client import Client
+    from node.transport import Transport
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +49,31 @@ class ProxyMetrics:
                                   namespace="centrifugo", registry=registry, buckets=BUCKETS)
 
 
+class ProxyClient(Protocol):
+    """What a request is built from: a connection (``client.Client``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def protocol(self) -> str: ...
+    @property
+    def transport(self) -> Transport: ...
+    @property
+    def meta(self) -> bytes | None: ...
+    @property
+    def proxy_headers(self) -> Mapping[str, str] | None: ...
+
+
 class Proxy:
     """A backend under a name, with the settings that shape its requests."""
 
-    __slots__ = ("backend", "config", "headers", "name", "timeout")
+    __slots__ = ("backend", "config", "headers", "metrics", "name", "timeout")
 
     def __init__(self, name: str, backend: ProxyBackend, config: ProxyConfig | None, timeout: float,
-                 headers: tuple[str, ...] = ()) -> None:
+                 metrics: ProxyMetrics, headers: tuple[str, ...] = ()) -> None:
+        self.metrics = metrics
         self.name = name
         self.backend = backend
         self.config = config
@@ -67,7 +85,7 @@ class Proxy:
     def encoding(self) -> str:
         return "binary" if self.config is not None and self.config.binary_encoding else "json"
 
-    def request_fields(self, client: Client) -> dict[str, Any]:
+    def request_fields(self, client: ProxyClient) -> dict[str, Any]:
         """The fields of every request about ``client``."""
         headers: Mapping[str, str] = NO_HEADERS
         if self.headers and client.proxy_headers:
@@ -75,6 +93,39 @@ class Proxy:
         meta = client.meta if self.config is None or self.config.include_connection_meta else None
         return {"client": client.id, "transport": client.transport.name, "protocol": client.protocol,
                 "encoding": self.encoding, "user": client.user, "meta": meta, "headers": headers}
+
+    # --- calling ------------------------------------------------------------------------------------------
+
+    async def call(self, hook: str, fn: Callable[[Any], Awaitable[T]], request: Any,
+                   fallback: Callable[[], T] | None = None) -> T:
+        """Call one hook; a refusal by the backend is raised as it came, a failed call becomes ``fallback()``
+        (or error 100, or what ``status_to_code_transforms`` maps the HTTP status to)."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await _bounded(fn(request), self.timeout)
+        except ReplyError:
+            outcome = "error"
+            raise
+        except DisconnectError:
+            outcome = "disconnect"
+            raise
+        except ProxyCallError as e:
+            outcome = e.outcome
+            logger.error("%s proxy %r (%s) failed for client %s: %s", hook, self.name, self.backend.kind,
+                         getattr(request, "client", ""), e)
+            if e.reply is not None:
+                raise e.reply from None
+        except Exception as e:  # an in-process handler's bug is a failed call, not a crashed connection
+            outcome = "handler_error"
+            logger.error("%s proxy %r (%s) raised for client %s: %r", hook, self.name, self.backend.kind,
+                         getattr(request, "client", ""), e)
+        finally:
+            self.metrics.outcomes.labels(self.name, hook, outcome).inc()
+            self.metrics.duration.labels(self.backend.kind, hook, self.name).observe(time.perf_counter() - started)
+        if fallback is not None:
+            return fallback()
+        raise ReplyError(ERROR_INTERNAL)
 
 
 def _backend(config: ProxyConfig) -> ProxyBackend:
@@ -122,7 +173,7 @@ class Proxies:
         return self._proxy(DEFAULT_PROXY_NAME, config)
 
     def _python(self, name: str, handlers: Handlers) -> Proxy:
-        return Proxy(name, PythonProxy(handlers, name), None, handlers.timeout, handlers.http_headers)
+        return Proxy(name, PythonProxy(handlers, name), None, handlers.timeout, self.metrics, handlers.http_headers)
 
     def _resolve(self, hook: str, name: str, default: ProxyConfig) -> Proxy:
         if self._handlers is not None and self._handlers.has(hook, name):
@@ -135,7 +186,7 @@ class Proxies:
     def _proxy(self, name: str, config: ProxyConfig) -> Proxy:
         proxy = self._built.get(id(config))
         if proxy is None:
-            proxy = self._built[id(config)] = Proxy(name, _backend(config), config, config.timeout)
+            proxy = self._built[id(config)] = Proxy(name, _backend(config), config, config.timeout, self.metrics)
         return proxy
 
     async def close(self) -> None:
@@ -165,39 +216,6 @@ class Proxies:
             return None
         picked = {k.lower(): v for k, v in headers.items() if k.lower() in self.header_names}
         return picked or None
-
-    # --- calling ------------------------------------------------------------------------------------------
-
-    async def call(self, proxy: Proxy, hook: str, fn: Callable[[Any], Awaitable[T]], request: Any,
-                   fallback: Callable[[], T] | None = None) -> T:
-        """Call one hook; a refusal by the backend is raised as it came, a failed call becomes ``fallback()``
-        (or error 100, or what ``status_to_code_transforms`` maps the HTTP status to)."""
-        started = time.perf_counter()
-        outcome = "ok"
-        try:
-            return await _bounded(fn(request), proxy.timeout)
-        except ReplyError:
-            outcome = "error"
-            raise
-        except DisconnectError:
-            outcome = "disconnect"
-            raise
-        except ProxyCallError as e:
-            outcome = e.outcome
-            logger.error("%s proxy %r (%s) failed for client %s: %s", hook, proxy.name, proxy.backend.kind,
-                         getattr(request, "client", ""), e)
-            if e.reply is not None:
-                raise e.reply from None
-        except Exception as e:  # an in-process handler's bug is a failed call, not a crashed connection
-            outcome = "handler_error"
-            logger.error("%s proxy %r (%s) raised for client %s: %r", hook, proxy.name, proxy.backend.kind,
-                         getattr(request, "client", ""), e)
-        finally:
-            self.metrics.outcomes.labels(proxy.name, hook, outcome).inc()
-            self.metrics.duration.labels(proxy.backend.kind, hook, proxy.name).observe(time.perf_counter() - started)
-        if fallback is not None:
-            return fallback()
-        raise ReplyError(ERROR_INTERNAL)
 
 
 async def _bounded(aw: Awaitable[T], timeout: float) -> T:
