@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from node.api.proto.generate import ROOT, compile_proto
+from node.protocol.gen import ROOT, compile_proto
 
 PROTO_DIR: Final = Path(__file__).resolve().parent
 PROTO: Final = PROTO_DIR / "proxy.proto"
