@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import node
-from node.config import Config
+from node.config import Config, spans_processes
 from node.config_load import LoadResult, format_duration, known_keys, load
 from node.errors import ConfigError
 from node.supervise import parse_workers
@@ -124,15 +124,16 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
         workers = parse_workers(args.workers)
     except ValueError as e:
         return _err(f"--workers: {e}")
-    if workers > 1 and args.workers == "auto" and result.config.engine.type == "memory":
+    if workers > 1 and args.workers == "auto" and not spans_processes(result.config):
         # A container image runs `--workers auto` whatever its engine: with memory it stays one node.
         print(f"WARNING: --workers auto: 1 worker, not {workers}: the memory engine cannot span processes",
               file=sys.stderr)
         workers = 1
     if workers > 1 and args.worker_index is None:
-        if result.config.engine.type == "memory":
-            return _err("--workers > 1 needs engine.type \"redis\": the memory engine cannot span processes "
-                        "(each worker is its own node); use --workers 1 or configure Redis")
+        if not spans_processes(result.config):
+            return _err("--workers > 1 needs engine.type \"redis\" (or a NATS/Redis broker with a Redis presence "
+                        "manager): the memory engine cannot span processes (each worker is its own node); use "
+                        "--workers 1 or configure Redis")
         serve_args = [*(["--config", os.path.abspath(path)] if path else []), *_passthrough(args, extra)]
         return supervise(workers, serve_args, result.config.shutdown.timeout + 5)
     if args.worker_index is not None:

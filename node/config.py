@@ -549,6 +549,26 @@ class PrometheusConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    """The admin web UI (Centrifugo v6's ``admin`` section; node/admin/)."""
+
+    enabled: bool = False
+    password: str = ""  # the login password
+    secret: str = ""  # HMAC key of the session tokens issued at login
+    insecure: bool = False  # no login at all: for local use behind a firewall only
+    handler_prefix: str = ""  # "" = the UI at "/", as in Centrifugo
+    web_path: str = ""  # a directory to serve instead of the built-in UI (e.g. a build of Centrifugo's web app)
+    web_proxy_address: str = ""  # a running web app's dev server to proxy the UI's files from
+    external: bool = False  # with http_server.internal_port: serve the UI on the main port instead
+
+    def __post_init__(self) -> None:
+        if self.handler_prefix and not self.handler_prefix.startswith("/"):
+            raise ConfigError("admin.handler_prefix must start with \"/\"")
+        if self.web_proxy_address and not self.web_proxy_address.startswith(("http://", "https://")):
+            raise ConfigError("admin.web_proxy_address must be an http:// or https:// URL")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeSection:
     name: str = ""  # "" = <hostname>_<port>
 
@@ -582,6 +602,7 @@ class Config:
     uni_grpc: UniGrpcConfig = UniGrpcConfig()
     health: HealthConfig = HealthConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
+    admin: AdminConfig = AdminConfig()
     node: NodeSection = NodeSection()
     shutdown: ShutdownConfig = ShutdownConfig()
     proxies: tuple[NamedProxyConfig, ...] = ()
@@ -603,3 +624,10 @@ def broker_warnings(config: Config) -> list[str]:
     return [f"{where}: history, recovery and positioning are not available with the NATS broker (requests get "
             "108 \"not available\"); enable broker.nats.jetstream (a Fugato-only option) to keep history in NATS"
             for where, opts in scopes if opts.history_enabled]
+
+
+def spans_processes(config: Config) -> bool:
+    """Whether the engine is shared between processes (both halves outside memory): what several workers need."""
+    broker = config.broker.type if config.broker.enabled else config.engine.type
+    presence = config.presence_manager.type if config.presence_manager.enabled else config.engine.type
+    return broker != "memory" and presence != "memory"
