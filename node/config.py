@@ -528,6 +528,26 @@ class PrometheusConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    """The admin web UI (Centrifugo v6's ``admin`` section; node/admin/)."""
+
+    enabled: bool = False
+    password: str = ""  # the login password
+    secret: str = ""  # HMAC key of the session tokens issued at login
+    insecure: bool = False  # no login at all: for local use behind a firewall only
+    handler_prefix: str = ""  # "" = the UI at "/", as in Centrifugo
+    web_path: str = ""  # a directory to serve instead of the built-in UI (e.g. a build of Centrifugo's web app)
+    web_proxy_address: str = ""  # a running web app's dev server to proxy the UI's files from
+    external: bool = False  # with http_server.internal_port: serve the UI on the main port instead
+
+    def __post_init__(self) -> None:
+        if self.handler_prefix and not self.handler_prefix.startswith("/"):
+            raise ConfigError("admin.handler_prefix must start with \"/\"")
+        if self.web_proxy_address and not self.web_proxy_address.startswith(("http://", "https://")):
+            raise ConfigError("admin.web_proxy_address must be an http:// or https:// URL")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeSection:
     name: str = ""  # "" = <hostname>_<port>
 
@@ -561,6 +581,7 @@ class Config:
     uni_grpc: UniGrpcConfig = UniGrpcConfig()
     health: HealthConfig = HealthConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
+    admin: AdminConfig = AdminConfig()
     node: NodeSection = NodeSection()
     shutdown: ShutdownConfig = ShutdownConfig()
     consumers: tuple[ConsumerConfig, ...] = ()  # node/consumers/config.py

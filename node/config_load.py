@@ -33,7 +33,7 @@ _DURATION_PART_RE: Final = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|
 
 # Top-level sections Centrifugo has but Fugato does not implement: they are ignored with a warning.
 _CENTRIFUGO_ONLY_SECTIONS: Final = frozenset({
-    "admin", "proxies", "webtransport", "swagger", "debug",
+    "proxies", "webtransport", "swagger", "debug",
     "opentelemetry", "graphite", "usage_stats", "pid_file", "enable_unreleased_features",
     "connect_proxy",
 })

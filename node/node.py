@@ -53,7 +53,7 @@ from node.models import (
 from node.policy import Policy
 from node.protocol import codec
 from node.recovery import stream_start
-from node.subscriptions import ChannelState, Receiver, Subscriptions
+from node.subscriptions import ChannelState, Observer, Receiver, Subscriptions
 from node.timers import TimerWheel
 from node.writer import Flusher, Writable
 
@@ -330,6 +330,9 @@ class Node(BrokerEventHandler):
             metrics.pub_sub_lag.observe(max(time.time() - pub.time_ms / 1000, 0.0))
         self.hub.broadcast_publication(channel, pub, sp)
         metrics.broadcast_duration.observe(time.perf_counter() - started)
+        if self.subscriptions.observers:  # one check per publication: free while nobody observes
+            for observer in self.subscriptions.observers.get(channel, ()):
+                observer(channel, pub, sp)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         self.metrics.received_join.inc()
@@ -466,6 +469,14 @@ class Node(BrokerEventHandler):
             for ch, n in answer.items():
                 counts[ch] = counts.get(ch, 0) + n
         return {ch: ChannelStat(n) for ch, n in counts.items()}
+
+    async def observe(self, channel: str, observer: Observer) -> None:
+        """Call ``observer`` with each publication of ``channel`` from any node, without being a connection (the
+        admin UI's live tail); see ``Subscriptions.observe``."""
+        await self.subscriptions.observe(channel, observer)
+
+    def unobserve(self, channel: str, observer: Observer) -> None:
+        self.subscriptions.unobserve(channel, observer)
 
     async def _on_channels(self, p: dict[str, Any]) -> dict[str, int]:
         pattern = p.get("pattern") or ""

@@ -18,6 +18,7 @@ import grpc
 from aiohttp import web
 
 from node import VERSION_STRING
+from node.admin.routes import add_admin
 from node.api.executor import Executor
 from node.api.fastpath import FastApi
 from node.api.grpc_server import start_grpc_server
@@ -109,6 +110,8 @@ def build_apps(config: Config) -> Apps:
     else:
         _add_internal_routes(app, node, api, consumers)
         external_api = api
+    if config.admin.enabled:  # an internal endpoint in Centrifugo too, unless admin.external
+        add_admin(internal if internal is not None and not config.admin.external else app, node, Executor(node))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await node.start()
