@@ -170,6 +170,8 @@ async def test_a_worker_whose_event_loop_hangs_is_restarted(server_factory: Serv
     await wait_until(lambda: len(worker_pids(server)) == 2, timeout=15, what="two workers")
     before = worker_pids(server)
     hung = before[0]
+    # The hook is installed once the worker serves; before that SIGUSR2 would simply terminate it.
+    await wait_until(lambda: catches(hung, signal.SIGUSR2), timeout=15, what="the worker's test hook")
     os.kill(hung, signal.SIGUSR2)
     await wait_until(lambda: f"(pid {hung}): event loop unresponsive" in server.log_text(), timeout=30,
                      what="the liveness check notices the stuck loop")
@@ -178,6 +180,16 @@ async def test_a_worker_whose_event_loop_hangs_is_restarted(server_factory: Serv
     assert before[1] in worker_pids(server), "the healthy worker is left alone"
     # The group serves on: the API answers, from whichever worker takes the connection.
     await wait_until(lambda: _node_count(server), timeout=15, what="the API answers")
+
+
+def catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether the process has a handler for ``sig`` (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(mask >> (sig - 1) & 1)
 
 
 async def _node_count(server: ServerProcess) -> bool:
