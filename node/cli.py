@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import node
-from node.config import Config
+from node.config import Config, spans_processes
 from node.config_load import LoadResult, format_duration, known_keys, load
 from node.errors import ConfigError
 from node.workers import plan as plan_workers
@@ -121,7 +121,7 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     path = _config_path(args.config, required=False)
     result = _load(path, overrides)
     try:
-        workers = plan_workers(args.workers, result.config.engine.type)
+        workers = plan_workers(args.workers, spans_processes=spans_processes(result.config))
     except ValueError as e:
         return _err(str(e))
     if workers > 1 and args.worker_index is None:

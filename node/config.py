@@ -601,3 +601,10 @@ def broker_warnings(config: Config) -> list[str]:
     return [f"{where}: history, recovery and positioning are not available with the NATS broker (requests get "
             "108 \"not available\"); enable broker.nats.jetstream (a Fugato-only option) to keep history in NATS"
             for where, opts in scopes if opts.history_enabled]
+
+
+def spans_processes(config: Config) -> bool:
+    """Whether the engine is shared between processes (both halves outside memory): what several workers need."""
+    broker = config.broker.type if config.broker.enabled else config.engine.type
+    presence = config.presence_manager.type if config.presence_manager.enabled else config.engine.type
+    return broker != "memory" and presence != "memory"

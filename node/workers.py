@@ -53,20 +53,22 @@ SUPERVISOR_DIR: Final = Path(os.environ.get("FUGATO_SUPERVISOR_DIR")
 CONF: Final = SUPERVISOR_DIR / "supervisord.conf"
 
 
-def plan(value: str, engine_type: str) -> int:
-    """How many workers ``fugato serve --workers VALUE`` runs; ValueError carries the message for the user."""
+def plan(value: str, *, spans_processes: bool) -> int:
+    """How many workers ``fugato serve --workers VALUE`` runs (``spans_processes``: the configured engine can
+    serve several processes as one cluster); ValueError carries the message for the user."""
     try:
         workers = parse_workers(value)
     except ValueError as e:
         raise ValueError(f"--workers: {e}") from None
-    if workers > 1 and engine_type == "memory":
+    if workers > 1 and not spans_processes:
         if value == "auto":
             # A container image runs `--workers auto` whatever its engine: with memory it stays one node.
             print(f"WARNING: --workers auto: 1 worker, not {workers}: the memory engine cannot span processes",
                   file=sys.stderr)
             return 1
-        raise ValueError("--workers > 1 needs engine.type \"redis\": the memory engine cannot span processes "
-                         "(each worker is its own node); use --workers 1 or configure Redis")
+        raise ValueError("--workers > 1 needs engine.type \"redis\" (or a NATS/Redis broker with a Redis presence "
+                         "manager): the memory engine cannot span processes (each worker is its own node); use "
+                         "--workers 1 or configure Redis")
     return workers
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
 from admin_support import ADMIN_PASSWORD, admin_call, admin_config, admin_login
+from aiohttp import web
 from harness import REPO, PyFactory, ServerFactory, ServerProcess, free_port, unique_channel, wait_until
 
 
@@ -201,3 +203,53 @@ async def test_tail_of_a_channel_without_subscribers_and_of_a_bad_channel(server
             return not (await server.api_result("channels"))["channels"]
 
         await wait_until(no_channels, what="the tail leaves no channel behind")
+
+
+async def test_web_proxy_address_takes_the_page_from_a_dev_server(server_factory: ServerFactory) -> None:
+    upstream = web.Application()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=f"dev server: {request.path}", content_type="text/html")
+
+    upstream.router.add_get("/{tail:.*}", page)
+    runner = web.AppRunner(upstream)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        server = await server_factory(admin_config(handler_prefix="/admin",
+                                                   web_proxy_address=f"http://127.0.0.1:{port}"))
+        status, headers, body = await server.http("GET", "/admin/")
+        assert (status, body) == (200, b"dev server: /index.html")
+        assert headers["Content-Type"].startswith("text/html")
+        status, _, body = await server.http("GET", "/admin/static/app.js")
+        assert (status, body) == (200, b"dev server: /static/app.js")
+        # The admin endpoints are still the server's own.
+        status, _, body = await server.http("GET", "/admin/admin/init")
+        assert status == 200 and json.loads(body)["authenticated"] is False
+    finally:
+        await runner.cleanup()
+    status, _, _ = await server.http("GET", "/admin/")
+    assert status == 502  # the dev server is gone
+
+
+async def test_admin_without_password_or_secret_logs_nobody_in(server_factory: ServerFactory) -> None:
+    server = await server_factory({"admin": {"enabled": True}})
+    assert "nobody can log in" in server.log_text()
+    status, _, _ = await server.http("POST", "/admin/auth", json_body={"password": ""})
+    assert status == 400
+    status, _, _ = await server.http("POST", "/admin/api", json_body={"method": "info"},
+                                     headers={"Authorization": "token x"})
+    assert status == 401
+
+
+async def test_shutdown_ends_open_tails(server_factory: ServerFactory) -> None:
+    server = await server_factory(admin_config() | {"shutdown": {"timeout": "5s"}})
+    token = await admin_login(server)
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{server.http_url}/admin/tail", params={"channel": unique_channel("plain")},
+            headers={"Authorization": f"token {token}"}) as resp:
+        assert (await read_events(resp, 1))[0][0] == "ready"
+        server.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(resp.content.read(), 10) == b""  # the stream ends, not hangs
+    assert await server.wait_exit() == 0

@@ -148,6 +148,9 @@ async def test_every_view_against_sdk_clients(server_factory: ServerFactory, py_
         await expect(page.get_by_role("log").get_by_role("listitem")).to_have_text(['#3 {"live":1}'])
         await page.get_by_role("button", name="Stop").click()
         await expect(page.get_by_role("button", name="Start")).to_be_visible()
+        # Leaving the view while tailing (the Actions view next) ends the stream without a console error.
+        await page.get_by_role("button", name="Start").click()
+        await expect(page.get_by_role("status")).to_have_text(re.compile(f"Listening to {channel}"))
 
         await run_actions(page, server, alice, bob, channel)
         await check_keyboard_and_phone(page)
@@ -224,6 +227,28 @@ async def save_screenshot(page: Page, name: str, tmp_path: Path) -> None:
     target = os.environ.get("FUGATO_SCREENSHOT_DIR")
     if target:
         await page.screenshot(path=str(Path(target) / name))
+
+
+async def test_connections_view_follows_the_server_api(server_factory: ServerFactory, py_factory: PyFactory,
+                                                        tmp_path: Path) -> None:
+    """The Connections view is offered when the server has the ``connections`` API method, and only then."""
+    server = await server_factory(admin_config())
+    _, _, body = await server.http("GET", "/admin/init")
+    has_connections = "connections" in json.loads(body)["methods"]
+    await py_factory(server, "gina")
+    async with chromium_page(tmp_path / "profile") as browser:
+        page = browser.page
+        await log_in(page, server)
+        await expect(page.get_by_role("heading", name="Nodes", exact=True)).to_be_visible()
+        link = page.get_by_role("navigation", name="Main").get_by_role("link", name="Connections", exact=True)
+        if not has_connections:
+            await expect(link).to_have_count(0)
+            await page.goto(server.http_url + "/#connections")  # asked for anyway: the Nodes view instead
+            await expect(page.get_by_role("heading", level=2, name="Nodes", exact=True)).to_be_visible()
+        else:
+            await open_view(page, "Connections")
+            await expect(page.get_by_role("cell", name="gina", exact=True)).to_be_visible()
+        assert browser.unexpected_errors() == []
 
 
 async def test_unauthenticated_page_shows_only_the_login(server_factory: ServerFactory, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Admin session tokens and the failed-login limiter (node/admin/session.py)."""
+"""Admin session tokens and the failed-login limiter (node/admin/session.py), and the live tail's bound."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import time
 import jwt
 
 from node.admin.session import LoginLimiter, issue_token, password_matches, token_valid
+from node.admin.tail import MAX_PENDING, Tail
+from node.models import Publication, StreamPosition
 
 SECRET = "admin-secret-0123456789abcdef0123456789"
 
@@ -49,3 +51,11 @@ def test_limiter_blocks_after_failures_and_forgets_after_window() -> None:
     limiter.failed("1.2.3.4", now=161.0)
     limiter.succeeded("1.2.3.4")
     assert limiter.retry_after("1.2.3.4", now=161.0) == 0
+
+
+def test_a_tail_that_falls_behind_overflows_instead_of_buffering() -> None:
+    tail = Tail()
+    for offset in range(1, MAX_PENDING + 10):
+        tail("ch", Publication(data=b"{}", offset=offset), StreamPosition(offset, "e"))
+    assert len(tail.pending) == MAX_PENDING and tail.overflowed and tail.wake.is_set()
+    assert [pub.offset for pub, _ in list(tail.pending)[:2]] == [1, 2]  # the oldest are kept, in order

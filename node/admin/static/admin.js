@@ -382,9 +382,11 @@ function connectionsView() {
     if (reply.error) return show(out, errorText(reply.error), false);
     const conns = Object.entries(reply.result.connections || {});
     show(out, `${conns.length} connection${conns.length === 1 ? "" : "s"}`, true);
-    holder.replaceChildren(table("Connections", ["Client", "User", "Channels", "Info"],
-      conns.map(([id, c]) => [id, c.user || "", Object.keys(c.subscriptions || {}).join(", ") || (c.channels || []).join(", "),
-        json(c.conn_info)])));
+    // Centrifugo's ConnectionInfo: user, transport, protocol, app_name/app_version, state.channels.
+    holder.replaceChildren(table("Connections", ["Client", "User", "Transport", "App", "Channels"],
+      conns.map(([id, c]) => [id, c.user || "", [c.transport, c.protocol].filter(Boolean).join(", "),
+        [c.app_name, c.app_version].filter(Boolean).join(" "),
+        Object.keys((c.state && c.state.channels) || {}).sort().join(", ")])));
   }
   form.addEventListener("submit", (e) => { e.preventDefault(); load(); });
   load();
