@@ -28,6 +28,7 @@ from node.broker.factory import build_engine
 from node.config import Config
 from node.consumers.runner import Consumers
 from node.errors import NodeError
+from node.liveness import Heartbeat, start_heartbeat
 from node.metrics import Metrics
 from node.node import Node
 from node.policy import Policy
@@ -148,6 +149,7 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
     runners: list[web.AppRunner] = []
     listeners: list[_Listener] = []
     grpc_servers: list[grpc.aio.Server] = []
+    heartbeat: Heartbeat | None = None
     # handler_cancellation: a streaming response (HTTP-stream, SSE) learns that its client left only through the
     # cancellation of its handler; nothing else wakes a handler that waits for the server to end the stream.
     external = web.AppRunner(apps.external, access_log=None, shutdown_timeout=timeout, handle_signals=False,
@@ -171,6 +173,7 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
             grpc_servers.append(await start_grpc_server(Executor(apps.node), config.grpc_api, reuse_port=reuse_port))
         if config.uni_grpc.enabled:
             grpc_servers.append(await start_uni_grpc_server(apps.node, config.uni_grpc, reuse_port=reuse_port))
+        heartbeat = start_heartbeat()  # a worker under supervisord tells it that its loop runs
         await stop.wait()
         logger.info("shutting down")
     finally:
@@ -184,6 +187,8 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
             await runner.cleanup()
         for listener in listeners:
             listener.close_idle()
+        if heartbeat is not None:  # last: a long graceful shutdown is not a stuck loop
+            heartbeat.close()
 
 
 @dataclass(slots=True)
