@@ -39,7 +39,7 @@ RUN apt-get update \
  && mkdir -p /etc/fugato \
  && echo '{}' > /etc/fugato/config.json
 COPY --from=build /opt/fugato/venv /opt/fugato/venv
-COPY supervisor/supervisord.conf supervisor/watch.py /opt/fugato/supervisor/
+COPY supervisor/supervisord.conf /opt/fugato/supervisor/
 ENV PATH=/opt/fugato/venv/bin:$PATH \
     FUGATO_SUPERVISOR_DIR=/opt/fugato/supervisor \
     PYTHONDONTWRITEBYTECODE=1 \

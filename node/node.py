@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, Protocol
 
@@ -52,6 +52,8 @@ from node.models import (
 )
 from node.policy import Policy
 from node.protocol import codec
+from node.proxy.manager import Proxies
+from node.proxy.python import Handlers
 from node.recovery import stream_start
 from node.subscriptions import ChannelState, Observer, Receiver, Subscriptions
 from node.timers import TimerWheel
@@ -73,6 +75,8 @@ class Connection(Receiver, Writable, Protocol):
     node: Node
     user: str
     conn_info: bytes | None
+    meta: bytes | None  # connection meta: proxies (include_connection_meta) and the API see it, never the client
+    proxy_headers: Mapping[str, str] | None  # the request headers proxies forward
     state: ClientState
     channels: dict[str, ChannelState]
     subscribing: AbstractSet[str]
@@ -107,8 +111,10 @@ def _ttl(expire_at: int) -> int:
 
 class Node(BrokerEventHandler):
     def __init__(self, config: Config, engine: Engine, policy: Policy, metrics: Metrics, *,
-                 node_id: str = "") -> None:
+                 node_id: str = "", handlers: Handlers | None = None) -> None:
         self.config = config
+        # Hooks to the application backend; a misconfigured proxy name fails here, at start.
+        self.proxies = Proxies(config, metrics.registry, handlers)
         self._engine = engine
         self.policy = policy
         self.metrics = metrics
@@ -142,6 +148,7 @@ class Node(BrokerEventHandler):
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.subscriptions.close()
         await self.controller.close()
+        await self.proxies.close()
         await self.policy.verifier.close()
         await self._engine.presence.close()
         await self._engine.broker.close()
@@ -164,6 +171,7 @@ class Node(BrokerEventHandler):
         old = self.policy.verifier
         await verifier.start()
         self.policy = Policy(self.config, verifier)
+        self.proxies.configure(self.config)
         await old.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -285,20 +293,30 @@ class Node(BrokerEventHandler):
         self.metrics.published("publication")
         return result
 
+    async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
+        """Publish several (channel, data, options) together, each channel's in order (one pipelined burst per
+        Redis server); each gets its result or its own error."""
+        results = await self._engine.broker.publish_many(items)
+        self.metrics.published("publication", len(items))
+        return results
+
     async def broadcast(self, channels: Sequence[str], data: bytes, options: Callable[[str], PublishOptions],
                         ) -> list[PublishResult | Exception]:
         """Publish one payload to many channels (``options`` gives each channel's); each channel's result or
-        error, in order."""
-        sem = asyncio.Semaphore(MAX_BROADCAST_CONCURRENCY)
-
-        async def one(channel: str) -> PublishResult | Exception:
-            async with sem:
+        error, in order. They go to the engine together, in slices of MAX_BROADCAST_CONCURRENCY."""
+        results: list[PublishResult | Exception] = []
+        for start in range(0, len(channels), MAX_BROADCAST_CONCURRENCY):
+            items: list[tuple[str, bytes, PublishOptions]] = []
+            errors: dict[int, Exception] = {}
+            for i, channel in enumerate(channels[start:start + MAX_BROADCAST_CONCURRENCY]):
                 try:
-                    return await self.publish(channel, data, options(channel))
-                except Exception as e:
-                    return e
-
-        return await asyncio.gather(*(one(c) for c in channels))
+                    items.append((channel, data, options(channel)))
+                except Exception as e:  # an unknown namespace: that channel's error
+                    errors[i] = e
+            published = iter(await self.publish_many(items))
+            results.extend(errors[i] if i in errors else next(published)
+                           for i in range(min(MAX_BROADCAST_CONCURRENCY, len(channels) - start)))
+        return results
 
     async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
         return await self._engine.broker.history(channel, opts)
@@ -324,12 +342,13 @@ class Node(BrokerEventHandler):
     def handle_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
         metrics = self.metrics
         metrics.received_publication.inc()
-        self.flusher.activity += 1
-        started = time.perf_counter()
         if pub.time_ms:
             metrics.pub_sub_lag.observe(max(time.time() - pub.time_ms / 1000, 0.0))
-        self.hub.broadcast_publication(channel, pub, sp)
-        metrics.broadcast_duration.observe(time.perf_counter() - started)
+        if channel in self.subscriptions.by_channel:  # else nothing to fan out or time (a memory-engine publish)
+            self.flusher.activity += 1
+            started = time.perf_counter()
+            self.hub.broadcast_publication(channel, pub, sp)
+            metrics.broadcast_duration.observe(time.perf_counter() - started)
         if self.subscriptions.observers:  # one check per publication: free while nobody observes
             for observer in self.subscriptions.observers.get(channel, ()):
                 observer(channel, pub, sp)

@@ -167,9 +167,10 @@ def test_supervisord_files_are_where_fugato_looks_for_them() -> None:
     assert len(copied) == 1
     srcs, dest = copied[0]
     assert dest.rstrip("/") == supervisor_dir
-    assert sorted(Path(s).name for s in srcs) == ["supervisord.conf", "watch.py"]
+    assert sorted(Path(s).name for s in srcs) == ["supervisord.conf"]
     conf = (REPO / "supervisor" / "supervisord.conf").read_text()
-    assert "%(ENV_FUGATO_SUPERVISOR_DIR)s/watch.py" in conf  # the only other file supervisord runs
+    # The event listener is a module of the installed package, run by the same interpreter as the workers.
+    assert "command=%(ENV_FUGATO_PYTHON)s -m node.workers" in conf
 
 
 def test_entrypoint_is_a_command_line_fugato_serve_accepts() -> None:
@@ -251,7 +252,7 @@ def test_the_readme_run_line_and_compose_stop_later_than_the_drain() -> None:
 
 @pytest.mark.parametrize(("path", "expected"), [
     ("node/cli.py", False), ("node/__pycache__/cli.cpython-311.pyc", True), ("tests/harness.py", True),
-    ("supervisor/watch.py", False), ("supervisor/README.md", True), ("README.md", False),
+    ("supervisor/supervisord.conf", False), ("supervisor/README.md", True), ("README.md", False),
 ])
 def test_dockerignore_matching(path: str, expected: bool) -> None:
     assert ignored(path, dockerignore_rules()) is expected
