@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, Protocol
 
@@ -52,6 +52,8 @@ from node.models import (
 )
 from node.policy import Policy
 from node.protocol import codec
+from node.proxy.manager import Proxies
+from node.proxy.python import Handlers
 from node.recovery import stream_start
 from node.subscriptions import ChannelState, Observer, Receiver, Subscriptions
 from node.timers import TimerWheel
@@ -73,6 +75,8 @@ class Connection(Receiver, Writable, Protocol):
     node: Node
     user: str
     conn_info: bytes | None
+    meta: bytes | None  # connection meta: proxies (include_connection_meta) and the API see it, never the client
+    proxy_headers: Mapping[str, str] | None  # the request headers proxies forward
     state: ClientState
     channels: dict[str, ChannelState]
     subscribing: AbstractSet[str]
@@ -107,8 +111,10 @@ def _ttl(expire_at: int) -> int:
 
 class Node(BrokerEventHandler):
     def __init__(self, config: Config, engine: Engine, policy: Policy, metrics: Metrics, *,
-                 node_id: str = "") -> None:
+                 node_id: str = "", handlers: Handlers | None = None) -> None:
         self.config = config
+        # Hooks to the application backend; a misconfigured proxy name fails here, at start.
+        self.proxies = Proxies(config, metrics.registry, handlers)
         self._engine = engine
         self.policy = policy
         self.metrics = metrics
@@ -142,6 +148,7 @@ class Node(BrokerEventHandler):
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.subscriptions.close()
         await self.controller.close()
+        await self.proxies.close()
         await self.policy.verifier.close()
         await self._engine.presence.close()
         await self._engine.broker.close()
@@ -164,6 +171,7 @@ class Node(BrokerEventHandler):
         old = self.policy.verifier
         await verifier.start()
         self.policy = Policy(self.config, verifier)
+        self.proxies.configure(self.config)
         await old.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
