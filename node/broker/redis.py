@@ -109,27 +109,30 @@ class RedisBroker(Broker):
                 self._names.pop(name, None)
             await self.shards[index].pubsub.unsubscribe(names)
 
-    def _on_message(self, redis_channel: bytes, data: bytes) -> None:
+    def _on_message(self, messages: list[list[bytes]]) -> None:
+        """The messages of one read from a PUB/SUB connection, in order."""
         handler = self._handler
         if handler is None:
             return
-        channel = self._names.get(redis_channel)
-        if channel is None:
-            if redis_channel == self.keys.control or redis_channel == self._node_channel:  # noqa: PLR1714
-                handler.handle_control(data)
-            return
-        try:
-            msg = wire.decode(data)
-        except wire.WireError as e:
-            logger.warning("dropping a message on %s: %s", channel, e)
-            return
-        if msg.kind == wire.PUB and msg.publication is not None:
-            handler.handle_publication(channel, msg.publication, msg.position)
-        elif msg.info is not None:
-            if msg.kind == wire.JOIN:
-                handler.handle_join(channel, msg.info)
-            else:
-                handler.handle_leave(channel, msg.info)
+        names, decode = self._names, wire.decode
+        for _, redis_channel, data in messages:
+            channel = names.get(redis_channel)
+            if channel is None:
+                if redis_channel == self.keys.control or redis_channel == self._node_channel:  # noqa: PLR1714
+                    handler.handle_control(data)
+                continue
+            try:
+                msg = decode(data)
+            except wire.WireError as e:
+                logger.warning("dropping a message on %s: %s", channel, e)
+                continue
+            if msg.kind == wire.PUB and msg.publication is not None:
+                handler.handle_publication(channel, msg.publication, msg.position)
+            elif msg.info is not None:
+                if msg.kind == wire.JOIN:
+                    handler.handle_join(channel, msg.info)
+                else:
+                    handler.handle_leave(channel, msg.info)
 
     def _on_error(self, kind: str) -> None:
         if self._handler is not None:
