@@ -82,12 +82,6 @@ def _channel(params: Mapping[str, Any]) -> str:
     return channel
 
 
-def _data(params: Mapping[str, Any]) -> bytes | None:
-    if "data" not in params or params["data"] is None:
-        return None
-    return codec.raw(params["data"])
-
-
 def _ttl(expire_at: int) -> int:
     return max(int(expire_at - time.time()), 0)
 
@@ -128,15 +122,11 @@ async def connect(client: Client, cmd: codec.Command) -> bytes | None:
         # An emulated transport's client posts its commands with these to /emulation.
         fields["session"] = session
         fields["node"] = node.id
-    raw_fields = {"data": decision.data}
-    if started:
-        raw_fields["subs"] = b"{" + b",".join(
-            codec.raw(ch) + b":" + codec.encode_subscribe_result(opts, start, _ttl(opts.expire_at))
-            for ch, opts, start in started) + b"}"
-    result = codec.result_object(fields, raw_fields)
+    out = client.codec
+    subs = [(ch, out.subscribe_result(opts, start, _ttl(opts.expire_at))) for ch, opts, start in started]
     # A unidirectional client has no command to reply to: it gets the result as a bare ``connect`` push.
-    client.enqueue(codec.wrap_push(b'{"connect":' + result + b"}", True) if client.unidirectional
-                   else codec.reply(cmd.id, "connect", result))
+    result = out.connect_result(fields, decision.data, subs, push=client.unidirectional)
+    client.enqueue(out.push(result, True) if client.unidirectional else out.reply(cmd.id, "connect", result))
     for channel, _, start in started:
         node.start_delivery(client, channel, start)
     # Presence and join come after the reply is queued and before the next command runs.
@@ -164,10 +154,6 @@ async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
     delta = _str(params, "delta")
     if delta not in ("", "fossil"):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
-    if delta and client.protocol != "json":
-        # Delta frames carry the payload as a JSON string (see hub.py); protobuf would need raw patch bytes.
-        # Declining is allowed: the subscribe result then says delta is off and the SDK takes full payloads.
-        params = {k: v for k, v in params.items() if k != "delta"}
     if len(channel) > node.config.channel.max_length:
         raise ReplyError(ERROR_BAD_REQUEST)
     if channel in client.channels or channel in client.subscribing:
@@ -183,8 +169,8 @@ async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
         client.done_subscribing(channel)
     if client.state is ClientState.CLOSED:
         return None
-    client.enqueue(codec.reply(cmd.id, "subscribe", codec.encode_subscribe_result(opts, start,
-                                                                                  _ttl(opts.expire_at))))
+    client.enqueue(client.codec.reply(cmd.id, "subscribe",
+                                      client.codec.subscribe_result(opts, start, _ttl(opts.expire_at))))
     node.start_delivery(client, channel, start)
     await node.after_subscribe(client, channel, opts)
     return None  # already replied
@@ -194,35 +180,32 @@ async def unsubscribe(client: Client, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     if channel in client.channels:
         await client.node.remove_subscription(client, channel)
-    return b"{}"
+    return client.codec.empty
 
 
 async def publish(client: Client, cmd: codec.Command) -> bytes:
     node = client.node
     channel = _channel(cmd.params)
-    data = _data(cmd.params)
+    data = cmd.data  # the payload as the client sent it: stored and delivered byte for byte
     if data is None or data in (b'""',):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
     ns = node.policy.check_publish(client, channel, data)
     await node.publish(channel, data, PublishOptions(
         history_size=ns.history_size, history_ttl=ns.history_ttl, history_meta_ttl=ns.history_meta_ttl,
         client_info=client.channel_info(channel), use_delta=ns.delta_publish))
-    return b"{}"
+    return client.codec.empty
 
 
 async def presence(client: Client, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     client.node.policy.check_presence(client, channel)
-    entries = await client.node.engine.presence.presence(channel)
-    body = b",".join(b'%s:%s' % (codec.raw(cid), codec.encode_client_info(info)) for cid, info in entries.items())
-    return b'{"presence":{' + body + b"}}"
+    return client.codec.presence_result(await client.node.engine.presence.presence(channel))
 
 
 async def presence_stats(client: Client, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     client.node.policy.check_presence(client, channel)
-    stats = await client.node.engine.presence.presence_stats(channel)
-    return b'{"num_clients":%d,"num_users":%d}' % (stats.num_clients, stats.num_users)
+    return client.codec.presence_stats_result(await client.node.engine.presence.presence_stats(channel))
 
 
 async def history(client: Client, cmd: codec.Command) -> bytes:
@@ -246,8 +229,7 @@ async def history(client: Client, cmd: codec.Command) -> bytes:
         since=since, limit=limit, reverse=reverse, history_meta_ttl=ns.history_meta_ttl))
     if since is not None and since.epoch and since.epoch != result.position.epoch:
         raise ReplyError(ERROR_UNRECOVERABLE_POSITION)
-    return b'{"publications":%s,"epoch":%s,"offset":%d}' % (
-        codec.encode_publications(result.publications), codec.raw(result.position.epoch), result.position.offset)
+    return client.codec.history_result(result.publications, result.position)
 
 
 async def rpc(client: Client, cmd: codec.Command) -> bytes:
@@ -256,7 +238,7 @@ async def rpc(client: Client, cmd: codec.Command) -> bytes:
         raise ReplyError(ERROR_NOT_AVAILABLE)
     if _str(cmd.params, "method") != ping.method:
         raise ReplyError(ERROR_METHOD_NOT_FOUND)
-    return b"{}"
+    return client.codec.rpc_result(None)
 
 
 async def send(client: Client, cmd: codec.Command) -> bytes | None:
@@ -273,11 +255,8 @@ async def refresh(client: Client, cmd: codec.Command) -> bytes:
         raise ReplyError(ERROR_EXPIRED)
     client.conn_info = info if info is not None else client.conn_info
     client.set_expire_at(expire_at)
-    fields: dict[str, Any] = {"client": client.id}  # Centrifugo leaves RefreshResult.version empty
-    if expire_at:
-        fields["expires"] = True
-        fields["ttl"] = _ttl(expire_at)
-    return codec.result_object(fields)
+    # Centrifugo leaves RefreshResult.version empty.
+    return client.codec.refresh_result(client.id, bool(expire_at), _ttl(expire_at) if expire_at else 0)
 
 
 async def sub_refresh(client: Client, cmd: codec.Command) -> bytes:
@@ -292,11 +271,7 @@ async def sub_refresh(client: Client, cmd: codec.Command) -> bytes:
     if expire_at and expire_at < time.time():
         raise ReplyError(ERROR_EXPIRED)
     state.expire_at = expire_at
-    fields: dict[str, Any] = {}
-    if expire_at:
-        fields["expires"] = True
-        fields["ttl"] = _ttl(expire_at)
-    return codec.result_object(fields)
+    return client.codec.sub_refresh_result(bool(expire_at), _ttl(expire_at) if expire_at else 0)
 
 
 async def ping(client: Client, cmd: codec.Command) -> bytes:
