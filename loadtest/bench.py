@@ -136,7 +136,8 @@ class Spawned:
     """A server process started for this run (stopped at exit). ``redis_url`` switches Fugato to the Redis
     engine, and ``workers`` > 1 runs that many workers under supervisord on the one port."""
 
-    def __init__(self, kind: str, write_delay_ms: float = 0.0, *, redis_url: str = "", workers: int = 1) -> None:
+    def __init__(self, kind: str, write_delay_ms: float = 0.0, *, redis_url: str = "", workers: int = 1,
+                 channel: dict[str, Any] | None = None) -> None:
         self.kind = kind
         self.port = free_port()
         self.workers = workers
@@ -146,7 +147,7 @@ class Spawned:
                 "client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["*"],
                            "channel_limit": 100000, "write_delay": f"{write_delay_ms}ms"},
                 "http_api": {"key": API_KEY}, "log": {"level": "warn"},
-                "channel": {"without_namespace": {"allow_subscribe_for_client": True}}}
+                "channel": {"without_namespace": {"allow_subscribe_for_client": True, **(channel or {})}}}
             if redis_url:
                 config["engine"] = {"type": "redis", "redis": {"address": [redis_url]}}
             path = Path(self.dir.name) / "config.json"

@@ -3,9 +3,11 @@ and refuses by raising ``ReplyError`` / ``DisconnectError``; ``client.py`` turns
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from node import VERSION_STRING
 from node.errors import (
@@ -25,12 +27,11 @@ from node.errors import (
     ReplyError,
 )
 from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosition
+from node.node import Connection
 from node.protocol import codec
+from node.proxy import hooks
 
-if TYPE_CHECKING:
-    from node.client import Client
-
-Handler = Callable[["Client", codec.Command], Awaitable[bytes | None]]
+Handler = Callable[[Connection, codec.Command], Awaitable[bytes | None]]
 
 # SubscribeRequest.flag bits (centrifuge's subscription flags; centrifuge-js sets the second in its getState flow).
 FLAG_REJECT_UNRECOVERED: Final = 2
@@ -86,9 +87,11 @@ def _ttl(expire_at: int) -> int:
     return max(int(expire_at - time.time()), 0)
 
 
-async def connect(client: Client, cmd: codec.Command) -> bytes | None:
+async def connect(client: Connection, cmd: codec.Command) -> bytes | None:
     node = client.node
-    decision = await node.policy.connect(client, cmd.params)
+    proxy = node.proxies.connect
+    ask = None if proxy is None else functools.partial(hooks.connect, client, proxy, cmd.params)
+    decision = await node.policy.connect(client, cmd.params, ask)
     cfg = node.config.client
     if decision.expire_at and decision.expire_at < time.time():
         raise ReplyError(ERROR_EXPIRED)
@@ -99,6 +102,7 @@ async def connect(client: Client, cmd: codec.Command) -> bytes | None:
         raise DisconnectError(DISCONNECT_CHANNEL_LIMIT)
     client.user = decision.user
     client.conn_info = decision.info
+    client.meta = decision.meta
     client.set_expire_at(decision.expire_at)
     node.add_client(client)
     client.mark_connected()
@@ -111,7 +115,7 @@ async def connect(client: Client, cmd: codec.Command) -> bytes | None:
         started.append((channel, opts, await node.subscribe_client(client, channel, opts, server_side=True,
                                                                    since=since)))
     fields: dict[str, Any] = {"client": client.id, "version": VERSION_STRING}
-    if decision.expire_at:
+    if decision.expire_at and node.proxies.refresh is None:  # with a refresh proxy the server refreshes
         fields["expires"] = True
         fields["ttl"] = _ttl(decision.expire_at)
     fields["ping"] = int(cfg.ping_interval)
@@ -145,7 +149,7 @@ def _since(params: Any) -> StreamPosition | None:
     return StreamPosition(offset, _str(params, "epoch"))
 
 
-async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
+async def subscribe(client: Connection, cmd: codec.Command) -> bytes | None:
     node = client.node
     params = cmd.params
     channel = _channel(params)
@@ -162,53 +166,70 @@ async def subscribe(client: Client, cmd: codec.Command) -> bytes | None:
         raise ReplyError(ERROR_LIMIT_EXCEEDED)
     client.start_subscribing(channel)
     try:
-        opts = await node.policy.subscribe(client, channel, params)
+        proxy = node.proxies.for_channel("subscribe", node.policy.namespace(channel))
+        ask = None if proxy is None else functools.partial(hooks.subscribe, client, proxy, channel, params)
+        opts = await node.policy.subscribe(client, channel, params, ask)
         start = await node.subscribe_client(client, channel, opts, server_side=False, since=since,
                                             reject_unrecovered=reject_unrecovered)
     finally:
         client.done_subscribing(channel)
     if client.state is ClientState.CLOSED:
         return None
+    # With a sub_refresh proxy the server prolongs the subscription itself: the client is not told it expires.
+    shown = opts if node.proxies.for_channel("sub_refresh", node.policy.namespace(channel)) is None else \
+        dataclasses.replace(opts, expire_at=0)
     client.enqueue(client.codec.reply(cmd.id, "subscribe",
-                                      client.codec.subscribe_result(opts, start, _ttl(opts.expire_at))))
+                                      client.codec.subscribe_result(shown, start, _ttl(opts.expire_at))))
     node.start_delivery(client, channel, start)
     await node.after_subscribe(client, channel, opts)
     return None  # already replied
 
 
-async def unsubscribe(client: Client, cmd: codec.Command) -> bytes:
+async def unsubscribe(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     if channel in client.channels:
         await client.node.remove_subscription(client, channel)
     return client.codec.empty
 
 
-async def publish(client: Client, cmd: codec.Command) -> bytes:
+async def publish(client: Connection, cmd: codec.Command) -> bytes:
     node = client.node
     channel = _channel(cmd.params)
     data = cmd.data  # the payload as the client sent it: stored and delivered byte for byte
     if data is None or data in (b'""',):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
-    ns = node.policy.check_publish(client, channel, data)
-    await node.publish(channel, data, PublishOptions(
-        history_size=ns.history_size, history_ttl=ns.history_ttl, history_meta_ttl=ns.history_meta_ttl,
-        client_info=client.channel_info(channel), use_delta=ns.delta_publish))
+    ns = node.policy.namespace(channel)
+    proxy = node.proxies.for_channel("publish", ns)
+    if proxy is None:
+        node.policy.check_publish(client, channel, data)
+        opts = PublishOptions(history_size=ns.history_size, history_ttl=ns.history_ttl,
+                              history_meta_ttl=ns.history_meta_ttl, client_info=client.channel_info(channel),
+                              use_delta=ns.delta_publish)
+    else:
+        # The backend decides instead of the namespace's permissions, and may replace the data or skip history.
+        result = await hooks.publish(client, proxy, channel, data)
+        data = result.data if result.data is not None else data
+        opts = PublishOptions(
+            history_size=0 if result.skip_history else ns.history_size, history_ttl=ns.history_ttl,
+            history_meta_ttl=ns.history_meta_ttl, client_info=client.channel_info(channel), tags=result.tags,
+            idempotency_key=result.idempotency_key, use_delta=ns.delta_publish or result.delta)
+    await node.publish(channel, data, opts)
     return client.codec.empty
 
 
-async def presence(client: Client, cmd: codec.Command) -> bytes:
+async def presence(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     client.node.policy.check_presence(client, channel)
-    return client.codec.presence_result(await client.node.engine.presence.presence(channel))
+    return client.codec.presence_result(await client.node.presence(channel))
 
 
-async def presence_stats(client: Client, cmd: codec.Command) -> bytes:
+async def presence_stats(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     client.node.policy.check_presence(client, channel)
-    return client.codec.presence_stats_result(await client.node.engine.presence.presence_stats(channel))
+    return client.codec.presence_stats_result(await client.node.presence_stats(channel))
 
 
-async def history(client: Client, cmd: codec.Command) -> bytes:
+async def history(client: Connection, cmd: codec.Command) -> bytes:
     node = client.node
     params = cmd.params
     channel = _channel(params)
@@ -232,21 +253,26 @@ async def history(client: Client, cmd: codec.Command) -> bytes:
     return client.codec.history_result(result.publications, result.position)
 
 
-async def rpc(client: Client, cmd: codec.Command) -> bytes:
+async def rpc(client: Connection, cmd: codec.Command) -> bytes:
     ping = client.node.config.rpc.ping
+    method = _str(cmd.params, "method")
+    if ping.enabled and method == ping.method:
+        return client.codec.rpc_result(None)
+    proxy = client.node.proxies.for_rpc(method)
+    if proxy is not None:
+        result = await hooks.rpc(client, proxy, method, cmd.data)
+        return client.codec.rpc_result(result.data)
     if not ping.enabled:
         raise ReplyError(ERROR_NOT_AVAILABLE)
-    if _str(cmd.params, "method") != ping.method:
-        raise ReplyError(ERROR_METHOD_NOT_FOUND)
-    return client.codec.rpc_result(None)
+    raise ReplyError(ERROR_METHOD_NOT_FOUND)
 
 
-async def send(client: Client, cmd: codec.Command) -> bytes | None:
+async def send(client: Connection, cmd: codec.Command) -> bytes | None:
     # Centrifugo OSS registers no message handler, and centrifuge answers such a send with 3508.
     raise DisconnectError(DISCONNECT_NOT_AVAILABLE)
 
 
-async def refresh(client: Client, cmd: codec.Command) -> bytes:
+async def refresh(client: Connection, cmd: codec.Command) -> bytes:
     token = _str(cmd.params, "token")
     if not token:
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
@@ -259,7 +285,7 @@ async def refresh(client: Client, cmd: codec.Command) -> bytes:
     return client.codec.refresh_result(client.id, bool(expire_at), _ttl(expire_at) if expire_at else 0)
 
 
-async def sub_refresh(client: Client, cmd: codec.Command) -> bytes:
+async def sub_refresh(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     token = _str(cmd.params, "token")
     if not token:
@@ -274,7 +300,7 @@ async def sub_refresh(client: Client, cmd: codec.Command) -> bytes:
     return client.codec.sub_refresh_result(bool(expire_at), _ttl(expire_at) if expire_at else 0)
 
 
-async def ping(client: Client, cmd: codec.Command) -> bytes:
+async def ping(client: Connection, cmd: codec.Command) -> bytes:
     raise ReplyError(ERROR_NOT_AVAILABLE)
 
 

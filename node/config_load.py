@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from node.config import Config, NamespaceConfig, broker_warnings
+from node.consumers.config import ConsumerConfig
 from node.errors import ConfigError
 
 ENV_PREFIXES: Final = ("CENTRIFUGO_", "FUGATO_")  # applied in this order, so FUGATO_ wins
@@ -32,8 +33,8 @@ _DURATION_PART_RE: Final = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|
 
 # Top-level sections Centrifugo has but Fugato does not implement: they are ignored with a warning.
 _CENTRIFUGO_ONLY_SECTIONS: Final = frozenset({
-    "admin", "proxies", "webtransport", "swagger", "debug",
-    "consumers", "opentelemetry", "graphite", "usage_stats", "pid_file", "enable_unreleased_features",
+    "webtransport", "swagger", "debug",
+    "opentelemetry", "graphite", "usage_stats", "pid_file", "enable_unreleased_features",
     "connect_proxy",
 })
 # The most common Centrifugo v5 flat keys, so a v5 file gets a useful hint instead of a bare warning.
@@ -239,10 +240,8 @@ def _convert(tp: Any, value: object, where: str, duration: bool, warnings: list[
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where}: expected string, got {_describe(value)}")
-    if typing.get_origin(tp) is dict:  # map[string]string, e.g. broker.nats.raw_mode.channel_replacements
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise ConfigError(f"{where}: expected an object of strings, got {_describe(value)}")
-        return {str(k): v for k, v in value.items()}
+    if typing.get_origin(tp) is dict:  # map[string]string: static_headers, broker.nats.raw_mode.channel_replacements
+        return _string_map(value, where)
     item = _tuple_item(tp)
     if item is not None:
         if item is str and isinstance(value, str):
@@ -261,6 +260,18 @@ def _convert(tp: Any, value: object, where: str, duration: bool, warnings: list[
             raise ConfigError(f"{where}: expected object, got {_describe(value)}")
         return _build(tp, value, where + ".", warnings)
     raise ConfigError(f"{where}: unsupported field type {tp!r}")  # a programming error in the dataclasses
+
+
+def _string_map(value: object, where: str) -> dict[str, str]:
+    """A JSON object of strings (``static_headers``); from the environment it comes as JSON text."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: invalid JSON: {e.msg}") from e
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(f"{where}: expected an object of strings, got {_describe(value)}")
+    return {str(k): v for k, v in value.items()}
 
 
 def _unknown_key_warning(path: str) -> str:
@@ -374,6 +385,7 @@ def _apply_env(data: dict[str, object], env: Mapping[str, str], leaves: Mapping[
         path = by_env_name.get(key)
         if path is not None:
             _set_path(data, path, _from_text(leaves[path], value, f"{path} (from {name})"))
+    _apply_consumer_env(data, pairs, by_env_name)
     # Per-namespace options, CENTRIFUGO_CHANNEL_NAMESPACES_<NAME>_<OPTION>, for namespaces defined by now.
     channel = data.get("channel")
     namespaces = channel.get("namespaces") if isinstance(channel, dict) else None
@@ -395,6 +407,29 @@ def _apply_env(data: dict[str, object], env: Mapping[str, str], leaves: Mapping[
             if option in options:
                 where = f"channel.namespaces[{ns['name']}].{option} (from {name})"
                 ns[option] = _from_text(options[option], value, where)
+
+
+def _apply_consumer_env(data: dict[str, object], pairs: list[tuple[str, str, str]],
+                        by_env_name: Mapping[str, str]) -> None:
+    """Per-consumer options, CENTRIFUGO_CONSUMERS_<NAME>_<OPTION> or ..._<NAME>_<TYPE>_<OPTION>, for consumers
+    defined by now (Centrifugo v6's names)."""
+    consumers = data.get("consumers")
+    if not isinstance(consumers, list):
+        return
+    options = {path.upper().replace(".", "_"): (path, leaf) for path, leaf in _leaves(ConsumerConfig, "").items()
+               if path != "name"}
+    for name, key, value in pairs:
+        if not key.startswith("CONSUMERS_") or key in by_env_name:
+            continue
+        for consumer in consumers:
+            if not isinstance(consumer, dict) or not isinstance(consumer.get("name"), str):
+                continue
+            head = "CONSUMERS_" + consumer["name"].upper() + "_"
+            found = options.get(key[len(head):]) if key.startswith(head) else None
+            if found is not None:
+                path, leaf = found
+                where = f"consumers[{consumer['name']}].{path} (from {name})"
+                _set_path(consumer, path, _from_text(leaf, value, where))
 
 
 def _apply_overrides(data: dict[str, object], overrides: Mapping[str, Any], leaves: Mapping[str, _Leaf]) -> None:

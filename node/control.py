@@ -15,18 +15,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import msgpack
 
 from node.models import NodeInfo
 
-if TYPE_CHECKING:
-    from node.node import Node
-
 logger = logging.getLogger(__name__)
 
-VERSION: Final = 1
+VERSION: Final = 2  # 2: API actions carry typed fields (see node.py), not the API request
 NODE_INFO: Final = "node"
 SHUTDOWN: Final = "shutdown"
 SURVEY_REQUEST: Final = "survey_request"
@@ -38,11 +35,17 @@ SURVEY_TIMEOUT: Final = 5.0
 
 Action = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 SurveyHandler = Callable[[dict[str, Any]], Awaitable[Any]]
+Publish = Callable[[bytes, str], Awaitable[None]]  # the engine's publish_control: (message, node id or "" for all)
 
 
 class Controller:
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    """Owned by the node, which hands it its id, its own entry for the registry and the engine's control
+    publish (so this module needs nothing above the engine)."""
+
+    def __init__(self, node_id: str, info: Callable[[], NodeInfo], publish: Publish) -> None:
+        self._id = node_id
+        self._info = info
+        self._publish = publish
         self._nodes: dict[str, tuple[NodeInfo, float]] = {}
         self._actions: dict[str, Action] = {}
         self._survey_handlers: dict[str, SurveyHandler] = {}
@@ -65,8 +68,10 @@ class Controller:
     async def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await self._send(SHUTDOWN, None)
         except Exception as e:
@@ -75,8 +80,8 @@ class Controller:
     # --- sending -----------------------------------------------------------------------------------------
 
     async def _send(self, kind: str, payload: Any, node_id: str = "") -> None:
-        data = msgpack.packb([VERSION, kind, self._node.id, payload], use_bin_type=True)
-        await self._node.engine.broker.publish_control(data, node_id)
+        data = msgpack.packb([VERSION, kind, self._id, payload], use_bin_type=True)
+        await self._publish(data, node_id)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -96,7 +101,7 @@ class Controller:
         self._schedule_tick()
 
     async def _announce(self, node_id: str = "") -> None:
-        await self._send(NODE_INFO, asdict(self._node.info()), node_id)
+        await self._send(NODE_INFO, asdict(self._info()), node_id)
 
     async def broadcast(self, kind: str, params: dict[str, Any]) -> None:
         """Run a command here and on every other node."""
@@ -109,7 +114,7 @@ class Controller:
 
     def knows(self, node_id: str) -> bool:
         """Whether ``node_id`` is a live node (this one, or one heard from within ``NODE_TTL``)."""
-        if node_id == self._node.id:
+        if node_id == self._id:
             return True
         entry = self._nodes.get(node_id)
         return entry is not None and time.monotonic() - entry[1] <= NODE_TTL
@@ -143,7 +148,7 @@ class Controller:
         if version != VERSION:
             logger.warning("dropping a control message of version %r from %s", version, sender)
             return
-        if sender == self._node.id:
+        if sender == self._id:
             return
         if kind == NODE_INFO:
             known = sender in self._nodes
@@ -182,4 +187,4 @@ class Controller:
         now = time.monotonic()
         for uid in [uid for uid, (_, seen) in self._nodes.items() if now - seen > NODE_TTL]:
             del self._nodes[uid]
-        return [self._node.info(), *(info for info, _ in self._nodes.values())]
+        return [self._info(), *(info for info, _ in self._nodes.values())]

@@ -22,6 +22,24 @@ FAST_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02
                        5.0)
 
 
+def _observe_many(histogram: Histogram, amount: float, count: int) -> None:
+    """``count`` observations of the same ``amount`` at the cost of one. prometheus_client has no such call,
+    and a batch of 100 publishes observing each (1.2 µs apiece) cost more than publishing them; this relies
+    on the child's value cells (``_sum``, ``_buckets``, ``_upper_bounds``), which have been stable across its
+    versions, and falls back to observing one by one if they are gone."""
+    try:
+        bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
+    except AttributeError:
+        for _ in range(count):
+            histogram.observe(amount)
+        return
+    total.inc(amount * count)
+    for i, bound in enumerate(bounds):
+        if amount <= bound:
+            buckets[i].inc(count)
+            break
+
+
 def _forget_dead_workers() -> None:
     """Drop the live gauges of worker processes that no longer exist. The supervisor's event listener does
     this when a worker exits; checking here as well keeps /metrics right even if that notice was missed."""
@@ -82,6 +100,13 @@ class Metrics:
                                             registry=r, buckets=FAST_BUCKETS)
         self.pub_sub_lag = Histogram("node_pub_sub_lag_seconds", "Publication time to arrival at this node.",
                                      namespace=ns, registry=r, buckets=FAST_BUCKETS)
+        self._consumer_processed = Counter("consumers_messages_processed", "Messages a consumer processed (and "
+                                           "acknowledged), by consumer.", ["consumer_name"], namespace=ns, registry=r)
+        self._consumer_errors = Counter("consumers_errors", "Consumer errors (retried later), by consumer.",
+                                        ["consumer_name"], namespace=ns, registry=r)
+        self._consumer_poison = Counter("consumers_messages_skipped", "Poison messages a consumer logged and "
+                                        "skipped, by consumer and reason.", ["consumer_name", "reason"],
+                                        namespace=ns, registry=r)
         # In multiprocess mode gauges add up over live workers; a dead worker's values vanish with it.
         self.clients = Gauge("node_num_clients", "Connected clients.", namespace=ns, registry=r,
                              multiprocess_mode="livesum")
@@ -118,11 +143,32 @@ class Metrics:
         if error_code:
             self._api_errors.labels(protocol, method, str(error_code)).inc()
 
+    def api_commands(self, method: str, seconds: float, count: int, error_codes: list[int], *,
+                     protocol: str = "http") -> None:
+        """``count`` commands that ran together for ``seconds`` (a batch's group): each is observed."""
+        _observe_many(self._api_duration.labels(protocol, method), seconds, count)
+        for code in error_codes:
+            self._api_errors.labels(protocol, method, str(code)).inc()
+
     def recover(self, recovered: bool) -> None:
         self._recover.labels("yes" if recovered else "no").inc()
 
-    def published(self, kind: str) -> None:
-        self._sent.labels(kind).inc()
+    def published(self, kind: str, count: int = 1) -> None:
+        self._sent.labels(kind).inc(count)
+
+    def consumer_processed(self, consumer: str, n: int = 1) -> None:
+        self._consumer_processed.labels(consumer).inc(n)
+
+    def consumer_error(self, consumer: str) -> None:
+        self._consumer_errors.labels(consumer).inc()
+
+    def consumer_skipped(self, consumer: str, reason: str) -> None:
+        self._consumer_poison.labels(consumer, reason).inc()
+
+    def consumer_init(self, consumer: str) -> None:
+        """Export a consumer's series at 0 from the start, as Centrifugo does."""
+        self._consumer_processed.labels(consumer)
+        self._consumer_errors.labels(consumer)
 
     def render(self) -> bytes:
         if MULTIPROCESS:

@@ -1,5 +1,10 @@
-"""The Node: owns the hub and the engine, keeps broker subscriptions in step with local subscribers, and is the
-broker's event handler (every publication, including our own clients', reaches the hub through the broker)."""
+"""The Node: the one front door to the engine. The client session, the HTTP and GRPC API and the control
+channel act through it (publish, broadcast, history, presence, subscribe, disconnect ...); it owns the hub, the
+subscriptions and the engine, keeps engine subscriptions in step with local subscribers, and is the broker's
+event handler (every publication, including our own clients', reaches the hub through the broker).
+
+Nothing here imports the session or a transport: a connection is named by the ``Connection`` protocol below.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Any, Final, Protocol
 
 from node import VERSION_STRING
 from node.auth.jwt import JWTVerifier
@@ -25,6 +31,7 @@ from node.errors import (
     UNSUBSCRIBE_SERVER,
     Disconnect,
     ReplyError,
+    Unsubscribe,
 )
 from node.hub import Hub
 from node.metrics import Metrics
@@ -35,6 +42,7 @@ from node.models import (
     HistoryOptions,
     HistoryResult,
     NodeInfo,
+    PresenceStats,
     Publication,
     PublishOptions,
     PublishResult,
@@ -43,18 +51,56 @@ from node.models import (
     SubscribeOptions,
 )
 from node.policy import Policy
+from node.proxy.manager import Proxies
+from node.proxy.python import Handlers
 from node.recovery import stream_start
-from node.subscriptions import ChannelState, Subscriptions
+from node.subscriptions import ChannelState, Observer, Receiver, Subscriptions
 from node.timers import TimerWheel
-from node.writer import Flusher
-
-if TYPE_CHECKING:
-    from node.client import Client
+from node.writer import Flusher, Writable
 
 logger = logging.getLogger(__name__)
 
 # A subscriber behind the stream top may only have publications in flight: it is given this long to catch up.
 POSITION_GRACE: Final = 1.0
+# A broadcast publishes to at most this many channels at a time.
+MAX_BROADCAST_CONCURRENCY: Final = 1024
+# Control actions: run on every node (this one first), see ``Controller.broadcast``.
+SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, REFRESH, CHANNELS = "subscribe", "unsubscribe", "disconnect", "refresh", "channels"
+
+
+class Connection(Receiver, Writable, Protocol):
+    """One client connection as the node and the commands need it (``client.Client`` implements it)."""
+
+    node: Node
+    user: str
+    conn_info: bytes | None
+    meta: bytes | None  # connection meta: proxies (include_connection_meta) and the API see it, never the client
+    proxy_headers: Mapping[str, str] | None  # the request headers proxies forward
+    state: ClientState
+    channels: dict[str, ChannelState]
+    subscribing: AbstractSet[str]
+
+    @property
+    def info(self) -> ClientInfo: ...
+
+    @property
+    def protocol(self) -> str: ...
+
+    def channel_info(self, channel: str) -> ClientInfo: ...
+
+    def enqueue(self, message: bytes) -> None: ...
+
+    def set_expire_at(self, expire_at: int) -> None: ...
+
+    def mark_connected(self) -> None: ...
+
+    def start_subscribing(self, channel: str) -> None: ...
+
+    def done_subscribing(self, channel: str) -> None: ...
+
+    async def unsubscribe(self, channel: str, unsub: Unsubscribe) -> None: ...
+
+    async def close(self, disconnect: Disconnect) -> None: ...
 
 
 def _ttl(expire_at: int) -> int:
@@ -64,36 +110,47 @@ def _ttl(expire_at: int) -> int:
 
 class Node(BrokerEventHandler):
     def __init__(self, config: Config, engine: Engine, policy: Policy, metrics: Metrics, *,
-                 node_id: str = "") -> None:
+                 node_id: str = "", handlers: Handlers | None = None) -> None:
         self.config = config
-        self.engine = engine
+        # Hooks to the application backend; a misconfigured proxy name fails here, at start.
+        self.proxies = Proxies(config, metrics.registry, handlers)
+        self._engine = engine
         self.policy = policy
         self.metrics = metrics
         self.id = node_id or str(uuid.uuid4())
-        self.controller = Controller(self)
+        self.controller = Controller(self.id, self.node_info, engine.broker.publish_control)
+        self.controller.on_action(SUBSCRIBE, self._on_subscribe)
+        self.controller.on_action(UNSUBSCRIBE, self._on_unsubscribe)
+        self.controller.on_action(DISCONNECT, self._on_disconnect)
+        self.controller.on_action(REFRESH, self._on_refresh)
+        self.controller.on_survey(CHANNELS, self._on_channels)
         self.flusher = Flusher(config.client.write_delay)
         self.timers = TimerWheel()
         self.name = config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
         self.subscriptions = Subscriptions(engine.broker.subscribe, engine.broker.unsubscribe)
-        self.hub: Hub[Client] = Hub(self.subscriptions.by_channel)
+        self.hub: Hub[Connection] = Hub(self.subscriptions.by_channel)
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
 
     async def start(self) -> None:
-        await self.engine.broker.start(self)
+        await self._engine.broker.start(self)
         await self.policy.verifier.start()
         await self.controller.start()
 
     async def shutdown(self, timeout: float) -> None:
         """Disconnect every client with 3001 "shutdown" (they reconnect elsewhere), then close the engine."""
         await self.shutdown_clients(timeout)
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.subscriptions.close()
         await self.controller.close()
+        await self.proxies.close()
         await self.policy.verifier.close()
-        await self.engine.presence.close()
-        await self.engine.broker.close()
+        await self._engine.presence.close()
+        await self._engine.broker.close()
 
     async def shutdown_clients(self, timeout: float) -> None:
         self.shutting_down = True
@@ -113,6 +170,7 @@ class Node(BrokerEventHandler):
         old = self.policy.verifier
         await verifier.start()
         self.policy = Policy(self.config, verifier)
+        self.proxies.configure(self.config)
         await old.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -122,12 +180,12 @@ class Node(BrokerEventHandler):
 
     # --- connections -----------------------------------------------------------------------------------
 
-    def add_client(self, client: Client) -> None:
+    def add_client(self, client: Connection) -> None:
         self.hub.add(client)
         self.metrics.transport_connect(client.transport.name)
         self._update_gauges()
 
-    async def remove_client(self, client: Client, disconnect: Disconnect) -> None:
+    async def remove_client(self, client: Connection, disconnect: Disconnect) -> None:
         self.hub.remove(client)
         for channel in list(client.channels):
             await self.remove_subscription(client, channel)
@@ -140,7 +198,7 @@ class Node(BrokerEventHandler):
 
     # --- subscriptions ---------------------------------------------------------------------------------
 
-    async def subscribe_client(self, client: Client, channel: str, opts: SubscribeOptions, *, server_side: bool,
+    async def subscribe_client(self, client: Connection, channel: str, opts: SubscribeOptions, *, server_side: bool,
                                since: StreamPosition | None = None,
                                reject_unrecovered: bool = False) -> StreamStart | None:
         """Subscribe ``client``: broker subscription, hub registration (buffering), stream position/recovery.
@@ -161,7 +219,7 @@ class Node(BrokerEventHandler):
         if not opts.enable_positioning:
             return None
         try:
-            start = await stream_start(self.engine.broker, channel, opts, since,
+            start = await stream_start(self._engine.broker, channel, opts, since,
                                        self.config.client.recovery_max_publication_limit)
             if reject_unrecovered and start.was_recovering and not start.recovered:
                 raise ReplyError(ERROR_UNRECOVERABLE_POSITION)
@@ -172,7 +230,7 @@ class Node(BrokerEventHandler):
             self.metrics.recover(start.recovered)
         return start
 
-    async def position_valid(self, client: Client, channel: str) -> bool:
+    async def position_valid(self, client: Connection, channel: str) -> bool:
         """Whether a positioned subscriber has missed nothing: not behind the stream top (once publications in
         flight had time to arrive) and not ahead of it (the stream lost publications, e.g. in a failover)."""
         before = self.subscriptions.position(channel, client)
@@ -180,7 +238,7 @@ class Node(BrokerEventHandler):
             return True
         state = client.channels.get(channel)
         meta_ttl = state.opts.history_meta_ttl if state is not None else 0.0
-        top = (await self.engine.broker.history(channel, HistoryOptions(limit=0, history_meta_ttl=meta_ttl))).position
+        top = (await self._engine.broker.history(channel, HistoryOptions(limit=0, history_meta_ttl=meta_ttl))).position
         if before.epoch != top.epoch or before.offset > top.offset:
             return False
         if before.offset == top.offset:
@@ -189,27 +247,27 @@ class Node(BrokerEventHandler):
         after = self.subscriptions.position(channel, client)
         return after is not None and after.epoch == top.epoch and after.offset >= top.offset
 
-    def start_delivery(self, client: Client, channel: str, start: StreamStart | None) -> None:
+    def start_delivery(self, client: Connection, channel: str, start: StreamStart | None) -> None:
         """Synchronous: release what arrived while subscribing, then deliver live."""
         state = client.channels.get(channel)
         delta_ready = bool(start and start.publications and state and state.opts.delta)
         self.hub.release(channel, client, start.top if start is not None else None, delta_ready=delta_ready)
 
-    async def after_subscribe(self, client: Client, channel: str, opts: SubscribeOptions) -> None:
+    async def after_subscribe(self, client: Connection, channel: str, opts: SubscribeOptions) -> None:
         state = client.channels.get(channel)
         if state is None:
             return
         try:
             if opts.emit_presence:
-                await self.engine.presence.add_presence(channel, client.id, state.info)
+                await self._engine.presence.add_presence(channel, client.id, state.info)
             if opts.emit_join_leave:
-                await self.engine.broker.publish_join(channel, state.info)
+                await self._engine.broker.publish_join(channel, state.info)
                 self.metrics.published("join")
         except Exception as e:
             # The subscription itself stands; presence is re-added by the client's timer once the engine is back.
             logger.warning("joining %s: engine unavailable (%s)", channel, e)
 
-    async def remove_subscription(self, client: Client, channel: str) -> None:
+    async def remove_subscription(self, client: Connection, channel: str) -> None:
         state = client.channels.pop(channel, None)
         if state is None:
             return
@@ -220,9 +278,9 @@ class Node(BrokerEventHandler):
         # closing. A presence entry left behind expires by itself; a lost leave is not recoverable anyway.
         try:
             if state.opts.emit_presence:
-                await self.engine.presence.remove_presence(channel, client.id, client.user)
+                await self._engine.presence.remove_presence(channel, client.id, client.user)
             if state.opts.emit_join_leave:
-                await self.engine.broker.publish_leave(channel, state.info)
+                await self._engine.broker.publish_leave(channel, state.info)
                 self.metrics.published("leave")
         except Exception as e:
             logger.warning("leaving %s: engine unavailable (%s)", channel, e)
@@ -230,24 +288,69 @@ class Node(BrokerEventHandler):
     # --- publishing and reads --------------------------------------------------------------------------
 
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
-        result = await self.engine.broker.publish(channel, data, opts)
+        result = await self._engine.broker.publish(channel, data, opts)
         self.metrics.published("publication")
         return result
 
+    async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
+        """Publish several (channel, data, options) together, each channel's in order (one pipelined burst per
+        Redis server); each gets its result or its own error."""
+        results = await self._engine.broker.publish_many(items)
+        self.metrics.published("publication", len(items))
+        return results
+
+    async def broadcast(self, channels: Sequence[str], data: bytes, options: Callable[[str], PublishOptions],
+                        ) -> list[PublishResult | Exception]:
+        """Publish one payload to many channels (``options`` gives each channel's); each channel's result or
+        error, in order. They go to the engine together, in slices of MAX_BROADCAST_CONCURRENCY."""
+        results: list[PublishResult | Exception] = []
+        for start in range(0, len(channels), MAX_BROADCAST_CONCURRENCY):
+            items: list[tuple[str, bytes, PublishOptions]] = []
+            errors: dict[int, Exception] = {}
+            for i, channel in enumerate(channels[start:start + MAX_BROADCAST_CONCURRENCY]):
+                try:
+                    items.append((channel, data, options(channel)))
+                except Exception as e:  # an unknown namespace: that channel's error
+                    errors[i] = e
+            published = iter(await self.publish_many(items))
+            results.extend(errors[i] if i in errors else next(published)
+                           for i in range(min(MAX_BROADCAST_CONCURRENCY, len(channels) - start)))
+        return results
+
     async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
-        return await self.engine.broker.history(channel, opts)
+        return await self._engine.broker.history(channel, opts)
+
+    async def remove_history(self, channel: str) -> None:
+        await self._engine.broker.remove_history(channel)
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        return await self._engine.presence.presence(channel)
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        return await self._engine.presence.presence_stats(channel)
+
+    async def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> None:
+        """Add or refresh a presence entry (entries expire unless refreshed within presence_ttl)."""
+        await self._engine.presence.add_presence(channel, client_id, info)
+
+    def healthy(self) -> bool:
+        return self._engine.broker.healthy()
 
     # --- BrokerEventHandler (hot path: synchronous) ----------------------------------------------------
 
     def handle_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
         metrics = self.metrics
         metrics.received_publication.inc()
-        self.flusher.activity += 1
-        started = time.perf_counter()
         if pub.time_ms:
             metrics.pub_sub_lag.observe(max(time.time() - pub.time_ms / 1000, 0.0))
-        self.hub.broadcast_publication(channel, pub, sp)
-        metrics.broadcast_duration.observe(time.perf_counter() - started)
+        if channel in self.subscriptions.by_channel:  # else nothing to fan out or time (a memory-engine publish)
+            self.flusher.activity += 1
+            started = time.perf_counter()
+            self.hub.broadcast_publication(channel, pub, sp)
+            metrics.broadcast_duration.observe(time.perf_counter() - started)
+        if self.subscriptions.observers:  # one check per publication: free while nobody observes
+            for observer in self.subscriptions.observers.get(channel, ()):
+                observer(channel, pub, sp)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         self.metrics.received_join.inc()
@@ -279,7 +382,7 @@ class Node(BrokerEventHandler):
         if not positioned:
             return
         meta_ttl = self.policy.namespace(channel).history_meta_ttl
-        top = (await self.engine.broker.history(channel, HistoryOptions(limit=0, history_meta_ttl=meta_ttl))).position
+        top = (await self._engine.broker.history(channel, HistoryOptions(limit=0, history_meta_ttl=meta_ttl))).position
         behind = []
         for client, pos in positioned:
             if pos.epoch != top.epoch or pos.offset > top.offset:
@@ -293,9 +396,58 @@ class Node(BrokerEventHandler):
                 if after is not None and (after.epoch != top.epoch or after.offset < top.offset):
                     client.insufficient_state(channel)
 
-    # --- server-side operations on users (API) ---------------------------------------------------------
+    # --- server-side operations on users (API): on every node ----------------------------------------
 
-    def _targets(self, user: str, client_id: str) -> list[Client]:
+    async def subscribe(self, user: str, channel: str, opts: SubscribeOptions, *, client_id: str = "") -> None:
+        """Subscribe the user's connections (or the one ``client_id``), wherever they are connected."""
+        opts_payload = dataclasses.asdict(opts)
+        await self.controller.broadcast(SUBSCRIBE, {"user": user, "channel": channel, "client": client_id,
+                                                    "opts": opts_payload})
+
+    async def unsubscribe(self, user: str, channel: str, *, client_id: str = "") -> None:
+        await self.controller.broadcast(UNSUBSCRIBE, {"user": user, "channel": channel, "client": client_id})
+
+    async def disconnect(self, user: str, disconnect: Disconnect, *, client_id: str = "",
+                         whitelist: Collection[str] = ()) -> None:
+        await self.controller.broadcast(DISCONNECT, {"user": user, "client": client_id, "whitelist": list(whitelist),
+                                                     "code": disconnect.code, "reason": disconnect.reason})
+
+    async def refresh(self, user: str, *, client_id: str = "", expired: bool = False, expire_at: int = 0,
+                      info: bytes | None = None) -> None:
+        await self.controller.broadcast(REFRESH, {"user": user, "client": client_id, "expired": expired,
+                                                  "expire_at": expire_at, "info": info})
+
+    async def _on_subscribe(self, p: dict[str, Any]) -> None:
+        raw = dict(p["opts"])
+        since = raw.pop("recover_since", None)
+        opts = SubscribeOptions(**raw, recover_since=StreamPosition(**since) if since else None)
+        await self._subscribe_local(p["user"], p["channel"], opts, client_id=p["client"])
+
+    async def _on_unsubscribe(self, p: dict[str, Any]) -> None:
+        for client in self._targets(p["user"], p["client"]):
+            await client.unsubscribe(p["channel"], UNSUBSCRIBE_SERVER)
+
+    async def _on_disconnect(self, p: dict[str, Any]) -> None:
+        keep = set(p["whitelist"])
+        disconnect = Disconnect(p["code"], p["reason"])
+        for client in self._targets(p["user"], p["client"]):
+            if client.id not in keep:
+                await client.close(disconnect)
+
+    async def _on_refresh(self, p: dict[str, Any]) -> None:
+        expire_at: int = p["expire_at"]
+        info: bytes | None = p["info"]
+        for client in self._targets(p["user"], p["client"]):
+            if p["expired"]:
+                await client.close(DISCONNECT_EXPIRED)
+                continue
+            if info is not None:
+                client.conn_info = info
+            client.set_expire_at(expire_at)
+            out = client.codec
+            client.enqueue(out.push(out.push_refresh(bool(expire_at), _ttl(expire_at)), client.unidirectional))
+
+    def _targets(self, user: str, client_id: str) -> list[Connection]:
         if client_id:
             client = self.hub.client(client_id)
             if client is None or (user and client.user != user):
@@ -303,18 +455,7 @@ class Node(BrokerEventHandler):
             return [client]
         return [c for c in self.hub.user_clients(user) if c.state is ClientState.CONNECTED]
 
-    async def disconnect_user(self, user: str, disconnect: Disconnect, *, client_id: str = "",
-                              whitelist: Iterable[str] = ()) -> None:
-        keep = set(whitelist)
-        for client in self._targets(user, client_id):
-            if client.id not in keep:
-                await client.close(disconnect)
-
-    async def unsubscribe_user(self, user: str, channel: str, *, client_id: str = "") -> None:
-        for client in self._targets(user, client_id):
-            await client.unsubscribe(channel, UNSUBSCRIBE_SERVER)
-
-    async def subscribe_user(self, user: str, channel: str, opts: SubscribeOptions, *, client_id: str = "") -> None:
+    async def _subscribe_local(self, user: str, channel: str, opts: SubscribeOptions, *, client_id: str) -> None:
         for client in self._targets(user, client_id):
             if channel in client.channels or channel in client.subscribing:
                 continue
@@ -329,25 +470,34 @@ class Node(BrokerEventHandler):
             self.start_delivery(client, channel, start)
             await self.after_subscribe(client, channel, opts)
 
-    async def refresh_user(self, user: str, *, client_id: str = "", expired: bool = False, expire_at: int = 0,
-                           info: bytes | None = None) -> None:
-        for client in self._targets(user, client_id):
-            if expired:
-                await client.close(DISCONNECT_EXPIRED)
-                continue
-            if info is not None:
-                client.conn_info = info
-            client.set_expire_at(expire_at)
-            out = client.codec
-            client.enqueue(out.push(out.push_refresh(bool(expire_at), _ttl(expire_at)), client.unidirectional))
-
     # --- introspection ---------------------------------------------------------------------------------
 
-    def info(self) -> NodeInfo:
+    def node_info(self) -> NodeInfo:
+        """This node's entry (announced to the others through the control channel)."""
         return NodeInfo(uid=self.id, name=self.name, version=VERSION_STRING, num_clients=self.hub.num_clients(),
                         num_users=self.hub.num_users(), num_subs=self.subscriptions.num_subscriptions(),
                         num_channels=self.subscriptions.num_channels(), uptime=int(time.time() - self.started_at))
 
-    def channels(self, pattern: str = "") -> dict[str, ChannelStat]:
-        return {ch: ChannelStat(n) for ch, n in self.subscriptions.channels()
-                if not pattern or fnmatch.fnmatchcase(ch, pattern)}
+    def info(self) -> list[NodeInfo]:
+        """Every live node: this one and those heard from recently."""
+        return self.controller.nodes()
+
+    async def channels(self, pattern: str = "") -> dict[str, ChannelStat]:
+        """Channels with subscribers on any node (matching ``pattern``, a glob), with their subscriber counts."""
+        counts: dict[str, int] = {}
+        for answer in await self.controller.survey(CHANNELS, {"pattern": pattern}):
+            for ch, n in answer.items():
+                counts[ch] = counts.get(ch, 0) + n
+        return {ch: ChannelStat(n) for ch, n in counts.items()}
+
+    async def observe(self, channel: str, observer: Observer) -> None:
+        """Call ``observer`` with each publication of ``channel`` from any node, without being a connection (the
+        admin UI's live tail); see ``Subscriptions.observe``."""
+        await self.subscriptions.observe(channel, observer)
+
+    def unobserve(self, channel: str, observer: Observer) -> None:
+        self.subscriptions.unobserve(channel, observer)
+
+    async def _on_channels(self, p: dict[str, Any]) -> dict[str, int]:
+        pattern = p.get("pattern") or ""
+        return {ch: n for ch, n in self.subscriptions.channels() if not pattern or fnmatch.fnmatchcase(ch, pattern)}

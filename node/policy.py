@@ -8,9 +8,9 @@ of checks and the error codes follow spec §2.6-§2.8 exactly, because SDKs reac
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from node.auth.jwt import JWTVerifier, SubscribeOverride, SubscribeToken
 from node.config import ChannelOptions, Config
@@ -30,9 +30,20 @@ from node.errors import (
     TokenExpiredError,
 )
 from node.models import SubscribeOptions
+from node.proxy.types import ConnectResult, SubscribeResult
 
-if TYPE_CHECKING:
-    from node.client import Client
+
+class Peer(Protocol):
+    """Who asks: a connection as the policy sees it."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def channels(self) -> Collection[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +53,7 @@ class ConnectDecision:
     info: bytes | None
     data: bytes | None
     subs: dict[str, SubscribeOptions]
+    meta: bytes | None = None  # the connection's meta (a token's ``meta`` claim, a connect proxy's ``meta``)
 
 
 class Policy:
@@ -87,12 +99,17 @@ class Policy:
 
     # --- connect and refresh ---------------------------------------------------------------------------
 
-    async def connect(self, client: Client, params: Mapping[str, Any]) -> ConnectDecision:
+    async def connect(self, client: Peer, params: Mapping[str, Any],
+                      ask: Callable[[], Awaitable[ConnectResult | None]] | None = None) -> ConnectDecision:
+        """``ask``: the connect proxy's call, made for a connection without a token (None: no connect proxy)."""
         cfg = self.config.client
         token = params.get("token") or ""
         if not isinstance(token, str):
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
         if not token:
+            # As in Centrifugo, the connect proxy authenticates the connections that come without a token.
+            if ask is not None and (result := await ask()) is not None:
+                return self.proxy_decision(result)
             if cfg.allow_anonymous_connect_without_token or cfg.insecure:
                 return ConnectDecision("", 0, None, None, {})
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
@@ -110,9 +127,18 @@ class Policy:
         for channel, sub in claims.subs.items():
             subs[channel] = self._options(self.namespace(channel), claims.user, {}, sub.override,
                                           chan_info=sub.info, data=sub.data)
-        return ConnectDecision(claims.user, claims.expire_at, claims.info, None, subs)
+        return ConnectDecision(claims.user, claims.expire_at, claims.info, None, subs, claims.meta)
 
-    async def refresh(self, client: Client, token: str) -> tuple[int, bytes | None]:
+    def proxy_decision(self, result: ConnectResult) -> ConnectDecision:
+        subs: dict[str, SubscribeOptions] = {}
+        for channel in result.channels:
+            subs[channel] = self._options(self.namespace(channel), result.user, {}, None)
+        for channel, sub in result.subs.items():
+            subs[channel] = self._options(self.namespace(channel), result.user, {}, sub.override,
+                                          expire_at=sub.expire_at, chan_info=sub.info, data=sub.data)
+        return ConnectDecision(result.user, result.expire_at, result.info, result.data, subs, result.meta)
+
+    async def refresh(self, client: Peer, token: str) -> tuple[int, bytes | None]:
         try:
             claims = await self.verifier.verify_connect_token(token)
         except TokenExpiredError:
@@ -125,7 +151,9 @@ class Policy:
 
     # --- subscriptions ---------------------------------------------------------------------------------
 
-    async def subscribe(self, client: Client, channel: str, params: Mapping[str, Any]) -> SubscribeOptions:
+    async def subscribe(self, client: Peer, channel: str, params: Mapping[str, Any],
+                        ask: Callable[[], Awaitable[SubscribeResult]] | None = None) -> SubscribeOptions:
+        """``ask``: the namespace's subscribe proxy call, made when no subscription token decides."""
         ns = self._check_name(channel)
         token = params.get("token") or ""
         if not isinstance(token, str):
@@ -137,17 +165,19 @@ class Policy:
             claims = await self._verify_sub_token(client, channel, token)
             return self._options(ns, client.user, params, claims.override, expire_at=claims.expire_at,
                                  chan_info=claims.info, data=claims.data)
+        if ask is not None:
+            result = await ask()
+            return self._options(ns, client.user, params, result.override, expire_at=result.expire_at,
+                                 chan_info=result.info, data=result.data)
         if ns.allow_user_limited_channels and self._user_allowed(channel, client.user):
             return self._options(ns, client.user, params, None)
-        if ns.subscribe_proxy_enabled:
-            raise ReplyError(ERROR_NOT_AVAILABLE)
         if ns.allow_subscribe_for_client and (client.user or ns.allow_subscribe_for_anonymous):
             return self._options(ns, client.user, params, None)
         if self.config.client.insecure:
             return self._options(ns, client.user, params, None)
         raise ReplyError(ERROR_PERMISSION_DENIED)
 
-    async def _verify_sub_token(self, client: Client, channel: str, token: str) -> SubscribeToken:
+    async def _verify_sub_token(self, client: Peer, channel: str, token: str) -> SubscribeToken:
         try:
             claims = await self.verifier.verify_subscribe_token(token)
         except TokenExpiredError:
@@ -158,7 +188,7 @@ class Policy:
             raise DisconnectError(DISCONNECT_INVALID_TOKEN)
         return claims
 
-    async def sub_refresh(self, client: Client, channel: str, token: str) -> int:
+    async def sub_refresh(self, client: Peer, channel: str, token: str) -> int:
         claims = await self._verify_sub_token(client, channel, token)
         return int(claims.expire_at)
 
@@ -209,23 +239,22 @@ class Policy:
 
     # --- other commands --------------------------------------------------------------------------------
 
-    def _require(self, client: Client, channel: str, for_client: bool, for_subscriber: bool,
+    def _require(self, client: Peer, channel: str, for_client: bool, for_subscriber: bool,
                  for_anonymous: bool) -> None:
         if not self._access(for_client, for_subscriber, for_anonymous, client.user,
                             subscribed=channel in client.channels):
             raise ReplyError(ERROR_PERMISSION_DENIED)
 
-    def check_publish(self, client: Client, channel: str, data: bytes) -> ChannelOptions:
+    def check_publish(self, client: Peer, channel: str, data: bytes) -> ChannelOptions:
+        """Permission to publish from the client side (not asked when a publish proxy decides instead)."""
         ns = self.namespace(channel)
-        if ns.publish_proxy_enabled:
-            raise ReplyError(ERROR_NOT_AVAILABLE)
         self._require(client, channel, ns.allow_publish_for_client, ns.allow_publish_for_subscriber,
                       ns.allow_publish_for_anonymous)
         if ns.publication_data_format == "json_object" and not data.startswith(b"{"):
             raise ReplyError(ERROR_BAD_REQUEST)
         return ns
 
-    def check_history(self, client: Client, channel: str) -> ChannelOptions:
+    def check_history(self, client: Peer, channel: str) -> ChannelOptions:
         ns = self.namespace(channel)
         if not ns.history_enabled:
             raise ReplyError(ERROR_NOT_AVAILABLE)
@@ -233,7 +262,7 @@ class Policy:
                       ns.allow_history_for_anonymous)
         return ns
 
-    def check_presence(self, client: Client, channel: str) -> ChannelOptions:
+    def check_presence(self, client: Peer, channel: str) -> ChannelOptions:
         ns = self.namespace(channel)
         if not ns.presence:
             raise ReplyError(ERROR_NOT_AVAILABLE)

@@ -18,6 +18,7 @@ import grpc
 from aiohttp import web
 
 from node import VERSION_STRING
+from node.admin.routes import add_admin
 from node.api.executor import Executor
 from node.api.fastpath import FastApi
 from node.api.grpc_server import start_grpc_server
@@ -25,10 +26,13 @@ from node.api.http import ApiHandler
 from node.auth.jwt import JWTVerifier
 from node.broker.factory import build_engine
 from node.config import Config
+from node.consumers.runner import Consumers
 from node.errors import NodeError
+from node.liveness import Heartbeat, start_heartbeat
 from node.metrics import Metrics
 from node.node import Node
 from node.policy import Policy
+from node.proxy.python import Handlers
 from node.transports.routes import add_transport_routes
 from node.transports.uni_grpc import start_uni_grpc_server
 from node.transports.websocket import websocket_handler
@@ -38,12 +42,12 @@ logger = logging.getLogger(__name__)
 NODE_KEY: Final = web.AppKey("node", Node)
 
 
-def build_node(config: Config) -> Node:
+def build_node(config: Config, handlers: Handlers | None = None) -> Node:
     verifier = JWTVerifier(config.client.token, config.client.subscription_token,
                            skip_signature=config.client.insecure_skip_token_signature_verify)
     node_id = str(uuid.uuid4())
     return Node(config, build_engine(config, node_id), Policy(config, verifier), Metrics(VERSION_STRING),
-                node_id=node_id)
+                node_id=node_id, handlers=handlers)
 
 
 def _separate_internal(config: Config) -> bool:
@@ -51,15 +55,16 @@ def _separate_internal(config: Config) -> bool:
     return bool(internal) and internal != config.http_server.port
 
 
-def _add_internal_routes(app: web.Application, node: Node, api: ApiHandler | None) -> None:
+def _add_internal_routes(app: web.Application, node: Node, api: ApiHandler | None, consumers: Consumers) -> None:
     config = node.config
     if api is not None:
         app.router.add_routes(api.routes())
     if config.health.enabled:
         async def health(request: web.Request) -> web.Response:
-            if not node.engine.broker.healthy():
+            if not node.healthy():
                 return web.json_response({"error": "engine unavailable"}, status=503)
-            return web.json_response({})
+            failing = consumers.errors()
+            return web.json_response({"consumers": failing} if failing else {})
 
         app.router.add_get(config.health.handler_prefix, health)
     if config.prometheus.enabled:
@@ -79,8 +84,8 @@ class Apps:
     max_body: int = 1024**2
 
 
-def build_apps(config: Config) -> Apps:
-    node = build_node(config)
+def build_apps(config: Config, handlers: Handlers | None = None) -> Apps:
+    node = build_node(config, handlers)
     client_max_size = max(config.websocket.message_size_limit, 1024**2)
     app = web.Application(client_max_size=client_max_size)
     app[NODE_KEY] = node
@@ -91,29 +96,36 @@ def build_apps(config: Config) -> Apps:
     if not config.websocket.disabled:
         app.router.add_get(config.websocket.handler_prefix, ws)
     add_transport_routes(app, node)
-    api = None if config.http_api.disabled else ApiHandler(Executor(node), config.http_api)
+    executor = Executor(node)
+    api = None if config.http_api.disabled else ApiHandler(executor, config.http_api)
+    consumers = Consumers(config.consumers, executor)
     internal: web.Application | None = None
     external_api = internal_api = None
     if _separate_internal(config):
         internal = web.Application(client_max_size=client_max_size)
-        _add_internal_routes(internal, node, api)
+        _add_internal_routes(internal, node, api, consumers)
         internal_api = api
         if api is not None and config.http_api.external:
             app.router.add_routes(api.routes())
             external_api = api
     else:
-        _add_internal_routes(app, node, api)
+        _add_internal_routes(app, node, api, consumers)
         external_api = api
+    if config.admin.enabled:  # an internal endpoint in Centrifugo too, unless admin.external
+        add_admin(internal if internal is not None and not config.admin.external else app, node, Executor(node))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await node.start()
+        consumers.start()
         logger.info("node %s (%s) started", node.name, node.id)
         yield
+        await consumers.close()
         await node.shutdown(0)  # clients were already told in on_shutdown; this closes the engine
 
     async def on_shutdown(app: web.Application) -> None:
         # Runs after the listener stopped accepting and before aiohttp drops open connections, so every client
-        # gets a 3001 close frame and reconnects elsewhere.
+        # gets a 3001 close frame and reconnects elsewhere. Consumers stop first: no new commands meanwhile.
+        await consumers.close()
         await node.shutdown_clients(config.shutdown.timeout)
 
     app.cleanup_ctx.append(lifecycle)
@@ -121,9 +133,9 @@ def build_apps(config: Config) -> Apps:
     return Apps(node, app, internal, external_api, internal_api, client_max_size)
 
 
-def build_app(config: Config) -> web.Application:
-    """The external application alone (tests and embedding)."""
-    return build_apps(config).external
+def build_app(config: Config, *, handlers: Handlers | None = None) -> web.Application:
+    """The external application alone (tests and embedding); ``handlers`` are in-process proxy hooks."""
+    return build_apps(config, handlers).external
 
 
 async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False,
@@ -137,6 +149,7 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
     runners: list[web.AppRunner] = []
     listeners: list[_Listener] = []
     grpc_servers: list[grpc.aio.Server] = []
+    heartbeat: Heartbeat | None = None
     # handler_cancellation: a streaming response (HTTP-stream, SSE) learns that its client left only through the
     # cancellation of its handler; nothing else wakes a handler that waits for the server to end the stream.
     external = web.AppRunner(apps.external, access_log=None, shutdown_timeout=timeout, handle_signals=False,
@@ -160,6 +173,7 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
             grpc_servers.append(await start_grpc_server(Executor(apps.node), config.grpc_api, reuse_port=reuse_port))
         if config.uni_grpc.enabled:
             grpc_servers.append(await start_uni_grpc_server(apps.node, config.uni_grpc, reuse_port=reuse_port))
+        heartbeat = start_heartbeat()  # a worker under supervisord tells it that its loop runs
         await stop.wait()
         logger.info("shutting down")
     finally:
@@ -173,6 +187,8 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
             await runner.cleanup()
         for listener in listeners:
             listener.close_idle()
+        if heartbeat is not None:  # last: a long graceful shutdown is not a stuck loop
+            heartbeat.close()
 
 
 @dataclass(slots=True)

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 # Absorbs subscribe/unsubscribe churn: the engine unsubscribe of an emptied channel waits this long.
 LAZY_UNSUBSCRIBE_DELAY: Final = 1.0
+# Sees every publication of a channel this node receives, besides the hub's subscribers (the admin UI's live tail).
+Observer = Callable[[str, Publication, StreamPosition], None]
 # The framing of most connections (bidirectional JSON over WebSocket): its subscribers take the fast path.
 COMMON_FRAMING: Final = "ws-text"
 
@@ -117,13 +119,15 @@ class Subscriptions:
 
     ``engage`` subscribes the engine before a channel's first local subscriber is added (a per-channel lock
     makes a second subscriber wait for it); ``remove`` of the last subscriber schedules the engine unsubscribe
-    ``LAZY_UNSUBSCRIBE_DELAY`` later, and only if the channel is still empty then."""
+    ``LAZY_UNSUBSCRIBE_DELAY`` later, and only if the channel is still empty then. Observers (``observe``) keep
+    a channel engaged like subscribers, but are no connections: the node calls them after the hub's fan-out."""
 
-    __slots__ = ("_engaged", "_handles", "_locks", "_subscribe", "_tasks", "_unsubscribe", "by_channel")
+    __slots__ = ("_engaged", "_handles", "_locks", "_subscribe", "_tasks", "_unsubscribe", "by_channel", "observers")
 
     def __init__(self, subscribe: Callable[[str], Awaitable[None]],
                  unsubscribe: Callable[[str], Awaitable[None]]) -> None:
         self.by_channel: dict[str, dict[str, Subscriber]] = {}
+        self.observers: dict[str, list[Observer]] = {}
         self._subscribe = subscribe
         self._unsubscribe = unsubscribe
         self._engaged: set[str] = set()
@@ -164,19 +168,44 @@ class Subscriptions:
         if subs:
             return False
         del self.by_channel[channel]
-        if channel in self._engaged and channel not in self._handles:
+        self._release_later(channel)
+        return True
+
+    async def observe(self, channel: str, observer: Observer) -> None:
+        """Call ``observer`` (synchronously, on the broker's reader: it must not block) with each publication of
+        ``channel`` from now on, whichever node it was published on."""
+        self.observers.setdefault(channel, []).append(observer)
+        try:
+            await self.engage(channel)
+        except BaseException:
+            self.unobserve(channel, observer)
+            raise
+
+    def unobserve(self, channel: str, observer: Observer) -> None:
+        observers = self.observers.get(channel)
+        if observers is None or observer not in observers:
+            return
+        observers.remove(observer)
+        if not observers:
+            del self.observers[channel]
+            self._release_later(channel)
+
+    def _unused(self, channel: str) -> bool:
+        return channel not in self.by_channel and channel not in self.observers
+
+    def _release_later(self, channel: str) -> None:
+        if self._unused(channel) and channel in self._engaged and channel not in self._handles:
             loop = asyncio.get_running_loop()
             self._handles[channel] = loop.call_later(LAZY_UNSUBSCRIBE_DELAY, self._maybe_unsubscribe, channel)
-        return True
 
     def _maybe_unsubscribe(self, channel: str) -> None:
         self._handles.pop(channel, None)
-        if channel not in self.by_channel and channel in self._engaged:
+        if self._unused(channel) and channel in self._engaged:
             self._spawn(self._disengage(channel))
 
     async def _disengage(self, channel: str) -> None:
         async with self._lock(channel):
-            if channel not in self.by_channel and channel in self._engaged:
+            if self._unused(channel) and channel in self._engaged:
                 self._engaged.discard(channel)
                 self._locks.pop(channel, None)
                 try:

@@ -5,16 +5,17 @@ Each method takes the decoded request object and returns the encoded ``result`` 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
+from node.api.batch import publish_reply, run_batch
 from node.auth.jwt import SubscribeOverride
+from node.config import ChannelOptions
 from node.errors import (
     API_ERROR_NOT_FOUND,
     DISCONNECT_FORCE_NO_RECONNECT,
@@ -33,8 +34,6 @@ Params = Mapping[str, Any]
 T = TypeVar("T")
 Method = Callable[[Params], Awaitable[bytes]]
 
-# Broadcast and a parallel batch run concurrently, but bounded like Centrifugo's.
-MAX_BROADCAST_CONCURRENCY: Final = 1024
 
 # The ``protocol`` label of the API metrics ("http", "grpc"); a batch's commands inherit the batch's.
 _protocol: ContextVar[str] = ContextVar("api_protocol", default="http")
@@ -134,12 +133,7 @@ class Executor:
             "history_remove": self.history_remove, "channels": self.channels, "info": self.info, "rpc": self.rpc,
             "batch": self.batch,
         }
-        controller = node.controller
-        controller.on_action("subscribe", self._local_subscribe)
-        controller.on_action("unsubscribe", self._local_unsubscribe)
-        controller.on_action("disconnect", self._local_disconnect)
-        controller.on_action("refresh", self._local_refresh)
-        controller.on_survey("channels", self._local_channels)
+        self._options: dict[tuple[int, bool, bool], tuple[ChannelOptions, PublishOptions]] = {}
 
     async def call(self, method: str, params: Any, *, protocol: str | None = None) -> bytes:
         """Run ``method``; ``protocol`` labels the metrics (None: the enclosing call's, "http" at the top)."""
@@ -174,56 +168,78 @@ class Executor:
 
     # --- publishing ------------------------------------------------------------------------------------
 
-    async def publish(self, p: Params) -> bytes:
-        return await self._publish(_str(p, "channel", required=True), p)
+    def publishes_done(self, count: int, seconds: float, error_codes: list[int]) -> None:
+        """Metrics for ``count`` publish commands that ran together (in a batch) for ``seconds``."""
+        self.node.metrics.api_commands("publish", seconds, count, error_codes, protocol=_protocol.get())
 
-    async def _publish(self, channel: str, p: Params) -> bytes:
-        data = _raw(p, "data")
-        if data is None:
-            raise _bad()
-        ns = self.node.policy.namespace(channel)
-        skip_history = _bool(p, "skip_history")
-        opts = PublishOptions(
-            history_size=0 if skip_history else ns.history_size,
-            history_ttl=0 if skip_history else ns.history_ttl,
-            history_meta_ttl=ns.history_meta_ttl,
-            tags=_tags(p),
-            idempotency_key=_str(p, "idempotency_key"),
-            use_delta=_bool(p, "delta") or ns.delta_publish,
-        )
+    async def publish(self, p: Params) -> bytes:
+        channel = _str(p, "channel", required=True)
         try:
-            result = await self.node.publish(channel, data, opts)
+            result = await self.node.publish(*self.publish_args(channel, p))
         except ReplyError:
             raise
         except Exception:
             raise ReplyError(ERROR_INTERNAL) from None
-        sp = result.position
-        return codec.result_object({"offset": sp.offset, "epoch": sp.epoch})
+        return publish_reply(result)
+
+    def publish_args(self, channel: str, p: Params) -> tuple[str, bytes, PublishOptions]:
+        """A publish command's (channel, data, options), validated; raises ReplyError."""
+        data = _raw(p, "data")
+        if data is None:
+            raise _bad()
+        return channel, data, self._publish_options(channel, p)
+
+    def _publish_options(self, channel: str, p: Params) -> PublishOptions:
+        ns = self.node.policy.namespace(channel)
+        if len(p) == 2:  # channel and data only: the options' defaults
+            skip_history, use_delta, tags, idempotency_key = False, ns.delta_publish, None, ""
+        else:
+            skip_history = _bool(p, "skip_history")
+            use_delta = _bool(p, "delta") or ns.delta_publish
+            tags = _tags(p)
+            idempotency_key = _str(p, "idempotency_key")
+        shared = tags is None and not idempotency_key
+        if shared:
+            # The common case: options shared by every publication to the namespace (the namespace object is
+            # kept in the entry, so a reloaded config, with new objects, never matches an old entry).
+            key = (id(ns), skip_history, use_delta)
+            cached = self._options.get(key)
+            if cached is not None and cached[0] is ns:
+                return cached[1]
+        opts = PublishOptions(
+            history_size=0 if skip_history else ns.history_size,
+            history_ttl=0 if skip_history else ns.history_ttl,
+            history_meta_ttl=ns.history_meta_ttl,
+            tags=tags,
+            idempotency_key=idempotency_key,
+            use_delta=use_delta,
+        )
+        if shared:
+            self._options[key] = (ns, opts)
+        return opts
 
     async def broadcast(self, p: Params) -> bytes:
         channels = p.get("channels")
         if not isinstance(channels, list) or not channels or not all(isinstance(c, str) and c for c in channels):
             raise _bad()
-        if _raw(p, "data") is None:
+        data = _raw(p, "data")
+        if data is None:
             raise _bad()
-        sem = asyncio.Semaphore(MAX_BROADCAST_CONCURRENCY)
-
-        async def one(channel: str) -> bytes:
-            async with sem:
-                try:
-                    return b'{"result":' + await self._publish(channel, p) + b"}"
-                except ReplyError as e:
-                    return b'{"error":' + codec.encode_error(e.error) + b"}"
-
-        responses = await asyncio.gather(*(one(c) for c in channels))
+        results = await self.node.broadcast(channels, data, lambda channel: self._publish_options(channel, p))
+        responses = []
+        for result in results:
+            if isinstance(result, Exception):
+                error = result.error if isinstance(result, ReplyError) else ERROR_INTERNAL
+                responses.append(b'{"error":' + codec.encode_error(error) + b"}")
+            else:
+                responses.append(b'{"result":' + publish_reply(result) + b"}")
         return b'{"responses":[' + b",".join(responses) + b"]}"
 
     # --- acting on connections (on every node: applied here and broadcast as control commands) ------------
 
     async def subscribe(self, p: Params) -> bytes:
-        _str(p, "channel", required=True)
-        self._subscribe_options(p)  # validate here: other nodes cannot report errors back
-        await self.node.controller.broadcast("subscribe", dict(p))
+        channel = _str(p, "channel", required=True)
+        await self.node.subscribe(_str(p, "user"), channel, self._subscribe_options(p), client_id=_str(p, "client"))
         return b"{}"
 
     def _subscribe_options(self, p: Params) -> SubscribeOptions:
@@ -236,24 +252,17 @@ class Executor:
             data=_raw(p, "data"))
         return dataclasses.replace(opts, recover_since=since) if since is not None else opts
 
-    async def _local_subscribe(self, p: Params) -> None:
-        await self.node.subscribe_user(_str(p, "user"), _str(p, "channel"), self._subscribe_options(p),
-                                       client_id=_str(p, "client"))
-
     async def unsubscribe(self, p: Params) -> bytes:
-        _str(p, "channel", required=True)
-        await self.node.controller.broadcast("unsubscribe", dict(p))
+        channel = _str(p, "channel", required=True)
+        await self.node.unsubscribe(_str(p, "user"), channel, client_id=_str(p, "client"))
         return b"{}"
 
-    async def _local_unsubscribe(self, p: Params) -> None:
-        await self.node.unsubscribe_user(_str(p, "user"), _str(p, "channel"), client_id=_str(p, "client"))
-
     async def disconnect(self, p: Params) -> bytes:
-        self._disconnect_of(p)
+        disconnect = self._disconnect_of(p)
         whitelist = p.get("whitelist") or []
         if not isinstance(whitelist, list):
             raise _bad()
-        await self.node.controller.broadcast("disconnect", dict(p))
+        await self.node.disconnect(_str(p, "user"), disconnect, client_id=_str(p, "client"), whitelist=whitelist)
         return b"{}"
 
     def _disconnect_of(self, p: Params) -> Disconnect:
@@ -270,19 +279,10 @@ class Executor:
             raise _bad()
         return Disconnect(code, reason or "disconnect")
 
-    async def _local_disconnect(self, p: Params) -> None:
-        await self.node.disconnect_user(_str(p, "user"), self._disconnect_of(p), client_id=_str(p, "client"),
-                                        whitelist=p.get("whitelist") or ())
-
     async def refresh(self, p: Params) -> bytes:
-        _bool(p, "expired")
-        _int(p, "expire_at")
-        await self.node.controller.broadcast("refresh", dict(p))
+        await self.node.refresh(_str(p, "user"), client_id=_str(p, "client"), expired=_bool(p, "expired"),
+                                expire_at=_int(p, "expire_at"), info=_raw(p, "info"))
         return b"{}"
-
-    async def _local_refresh(self, p: Params) -> None:
-        await self.node.refresh_user(_str(p, "user"), client_id=_str(p, "client"), expired=_bool(p, "expired"),
-                                     expire_at=_int(p, "expire_at"), info=_raw(p, "info"))
 
     # --- reads -----------------------------------------------------------------------------------------
 
@@ -290,7 +290,7 @@ class Executor:
         channel = _str(p, "channel", required=True)
         if not self.node.policy.namespace(channel).presence:
             raise ReplyError(ERROR_NOT_AVAILABLE)
-        entries = await self.node.engine.presence.presence(channel)
+        entries = await self.node.presence(channel)
         body = b",".join(codec.raw(cid) + b":" + codec.encode_client_info(i) for cid, i in entries.items())
         return b'{"presence":{' + body + b"}}"
 
@@ -298,7 +298,7 @@ class Executor:
         channel = _str(p, "channel", required=True)
         if not self.node.policy.namespace(channel).presence:
             raise ReplyError(ERROR_NOT_AVAILABLE)
-        stats = await self.node.engine.presence.presence_stats(channel)
+        stats = await self.node.presence_stats(channel)
         return b'{"num_clients":%d,"num_users":%d}' % (stats.num_clients, stats.num_users)
 
     async def history(self, p: Params) -> bytes:
@@ -328,22 +328,16 @@ class Executor:
         channel = _str(p, "channel", required=True)
         if not self.node.policy.namespace(channel).history_enabled:
             raise ReplyError(ERROR_NOT_AVAILABLE)
-        await self.node.engine.broker.remove_history(channel)
+        await self.node.remove_history(channel)
         return b"{}"
 
     async def channels(self, p: Params) -> bytes:
-        counts: dict[str, int] = {}
-        for answer in await self.node.controller.survey("channels", {"pattern": _str(p, "pattern")}):
-            for ch, n in answer.items():
-                counts[ch] = counts.get(ch, 0) + n
-        body = b",".join(b'%s:{"num_clients":%d}' % (codec.raw(ch), n) for ch, n in counts.items())
+        channels = await self.node.channels(_str(p, "pattern"))
+        body = b",".join(b'%s:{"num_clients":%d}' % (codec.raw(ch), s.num_clients) for ch, s in channels.items())
         return b'{"channels":{' + body + b"}}"
 
-    async def _local_channels(self, p: Params) -> dict[str, int]:
-        return {ch: stat.num_clients for ch, stat in self.node.channels(_str(p, "pattern")).items()}
-
     async def info(self, p: Params) -> bytes:
-        nodes = [codec.raw(dataclasses.asdict(n)) for n in self.node.controller.nodes()]
+        nodes = [codec.raw(dataclasses.asdict(n)) for n in self.node.info()]
         return b'{"nodes":[' + b",".join(nodes) + b"]}"
 
     async def rpc(self, p: Params) -> bytes:
@@ -356,26 +350,4 @@ class Executor:
         commands = p.get("commands")
         if not isinstance(commands, list):
             raise _bad()
-
-        async def one(cmd: Any) -> bytes:
-            if not isinstance(cmd, dict):
-                return b'{"error":' + codec.encode_error(ERROR_BAD_REQUEST) + b"}"
-            method = next((k for k, v in cmd.items() if k in self.methods and k != "batch" and v is not None), None)
-            if method is None:  # Centrifugo answers a command it cannot name with 104
-                return b'{"error":' + codec.encode_error(API_ERROR_NOT_FOUND) + b"}"
-            try:
-                return b'{"%s":%s}' % (method.encode(), await self.call(method, cmd[method]))
-            except ReplyError as e:
-                return b'{"error":' + codec.encode_error(e.error) + b"}"
-
-        if _bool(p, "parallel"):
-            sem = asyncio.Semaphore(MAX_BROADCAST_CONCURRENCY)
-
-            async def bounded(cmd: Any) -> bytes:
-                async with sem:
-                    return await one(cmd)
-
-            replies = await asyncio.gather(*(bounded(c) for c in commands))
-        else:
-            replies = [await one(c) for c in commands]
-        return b'{"replies":[' + b",".join(replies) + b"]}"
+        return await run_batch(self, commands, parallel=_bool(p, "parallel"))

@@ -77,8 +77,11 @@ def _decode_command(line: bytes) -> Command:
         if key in _METHOD_SET and value is not None:
             if not isinstance(value, dict):
                 raise DecodeError(f"{key}: request is not an object")
-            data = rawjson.span(line, (key, "data")) if value.get("data") is not None else None
-            return Command(cmd_id, key, value, None if data is None else bytes(data))
+            data = None
+            if value.get("data") is not None:
+                # The payload as sent, also in the params (a proxy hook forwards it): never re-serialised.
+                value["data"] = data = rawjson.span(line, (key, "data"))
+            return Command(cmd_id, key, value, data)
     if len(obj) > (1 if "id" in obj else 0):
         # Fields we do not know: an unknown method. An id-less one is still a pong (see client.py).
         return Command(cmd_id, "?", _EMPTY)
@@ -125,6 +128,8 @@ def encode_publication(pub: Publication, data: bytes | None = None, *, delta: bo
         out += b',"tags":' + orjson.dumps(pub.tags)
     if delta:
         out += b',"delta":true'
+    if pub.channel:
+        out += b',"channel":' + orjson.dumps(pub.channel)
     return out + b"}"
 
 

@@ -141,6 +141,8 @@ def _fill_publication(out: pb.Publication, pub: Publication, data: bytes | None 
         out.offset = pub.offset
     if pub.tags:
         out.tags.update(pub.tags)
+    if pub.channel:
+        out.channel = pub.channel
     if pub.info is not None:
         _client_info(out.info, pub.info)
     if delta:

@@ -23,8 +23,9 @@ _QUOTE, _OPEN_OBJECT, _OPEN_ARRAY = 0x22, 0x7B, 0x5B
 
 
 class Raw(bytes):
-    """Payload bytes taken verbatim from a request (a JSON value's exact span, or binary data): the API
-    executor stores them as they are instead of serialising a parsed value again."""
+    """Payload bytes taken verbatim from an API request (a JSON value's exact span, or GRPC bytes) in place of
+    the parsed value: the executor stores them as they are (as plain ``bytes``: orjson, for one, does not take
+    a subclass) instead of serialising a parsed value again."""
 
     __slots__ = ()
 
@@ -95,7 +96,7 @@ def member(buf: bytes, pos: int, key: str) -> tuple[int, int] | None:
     return found
 
 
-def span(buf: bytes, path: Sequence[str]) -> Raw | None:
+def span(buf: bytes, path: Sequence[str]) -> bytes | None:
     """The exact bytes at ``path`` (object keys from the top-level object), or None if a step is missing or
     not an object."""
     pos = skip_ws(buf, 0)
@@ -107,7 +108,7 @@ def span(buf: bytes, path: Sequence[str]) -> Raw | None:
         if found is None:
             return None
         pos, end = found
-    return Raw(buf[pos:end])
+    return buf[pos:end]
 
 
 # Request members whose values are payloads (kept as sent), and members that hold requests (a batch's

@@ -88,10 +88,11 @@ async def test_json_payloads_arrive_byte_for_byte(srv: ServerProcess, js_factory
         await client.send({"id": 2, "subscribe": {"channel": ch}})
         await client.reply(2)
         # A JSON client publishes the odd payload; then an API caller a pretty-printed one.
-        await client.ws.send_bytes(b'{"id":3,"publish":{"channel":"%s","data":%s}}' % (ch.encode(), ODD_JSON))
+        await client.ws.send_str('{"id":3,"publish":{"channel":"' + ch + '","data":' + ODD_JSON.decode() + "}}")
         frames = []  # the raw text of the publication pushes
         while not frames:
             msg = await client.ws.receive(5)
+            assert msg.type is aiohttp.WSMsgType.TEXT, (msg, srv.log_report(30))
             frames += [line for line in msg.data.split("\n") if '"pub"' in line]
         await api_publish_body(srv, b'{"channel": "%s",\n "data": %s}' % (ch.encode(), PRETTY_JSON))
         while len(frames) < 2:

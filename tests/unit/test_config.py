@@ -175,7 +175,7 @@ def test_unknown_keys_warn_with_dotted_path(tmp_path: Path) -> None:
     result = load_dict(tmp_path, {
         "client": {"foo_bar": 1, "token": {"hmac_secret_key": "x", "extra": True}},
         "channel": {"namespaces": [{"name": "chat", "bogus": 1}]},
-        "admin": {"enabled": True},
+        "swagger": {"enabled": True},
         "whatever": 1,
     })
     assert result.config.client.token.hmac_secret_key == "x"
@@ -183,9 +183,19 @@ def test_unknown_keys_warn_with_dotted_path(tmp_path: Path) -> None:
     assert "unknown config key: client.foo_bar" in text
     assert "unknown config key: client.token.extra" in text
     assert "unknown config key: channel.namespaces[chat].bogus" in text
-    assert "unknown config key: admin" in text
+    assert "unknown config key: swagger" in text
     assert "unknown config key: whatever" in text
     assert len(result.warnings) == 5
+
+
+def test_admin_section_as_in_centrifugo_docs(tmp_path: Path) -> None:
+    result = load_dict(tmp_path, {"admin": {
+        "enabled": True, "password": "pw", "secret": "sec", "insecure": False, "handler_prefix": "/admin",
+        "web_path": "", "web_proxy_address": "", "external": True}})
+    assert result.warnings == ()
+    admin = result.config.admin
+    assert (admin.enabled, admin.password, admin.secret, admin.handler_prefix, admin.external) == (
+        True, "pw", "sec", "/admin", True)
 
 
 def test_v5_key_gets_hint(tmp_path: Path) -> None:

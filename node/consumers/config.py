@@ -1,0 +1,143 @@
+"""The ``consumers`` array of a Centrifugo v6 config: one object per consumer, with a section per type.
+
+Keys, nesting and defaults are Centrifugo v6's. Types Fugato cannot consume yet (``kafka``, ``google_pub_sub``,
+``aws_sqs``, ``azure_service_bus``) are accepted while disabled; enabling one stops the server with a
+``ConfigError`` naming it, so a consumer never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from node.errors import ConfigError
+
+NAME_RE: Final = re.compile(r"^[a-zA-Z0-9_]{2,}$")
+SUPPORTED_TYPES: Final = ("postgresql", "redis_stream")
+UNSUPPORTED_TYPES: Final = ("nats_jetstream", "kafka", "google_pub_sub", "aws_sqs", "azure_service_bus")
+
+
+def _dur(default: float) -> Any:
+    return field(default=default, metadata={"duration": True})  # parsed as a Go duration by config_load
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostgresConsumerConfig:
+    dsn: str = ""
+    outbox_table_name: str = ""
+    num_partitions: int = 1
+    partition_select_limit: int = 100
+    partition_poll_interval: float = _dur(0.3)
+    partition_notification_channel: str = ""
+    partition_notification_dsn: str = ""
+    # Accepted for compatibility: Fugato never waits on a partition lock (rows are claimed with
+    # FOR UPDATE SKIP LOCKED), which is what use_try_lock asks Centrifugo for.
+    use_try_lock: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisStreamConsumerConfig:
+    address: tuple[str, ...] = ("redis://127.0.0.1:6379",)
+    connect_timeout: float = _dur(1.0)
+    io_timeout: float = _dur(4.0)
+    db: int = 0
+    user: str = ""
+    password: str = ""
+    client_name: str = ""
+    force_resp2: bool = False
+    streams: tuple[str, ...] = ()
+    consumer_group: str = ""
+    visibility_timeout: float = _dur(30.0)
+    num_workers: int = 1
+    payload_value: str = "payload"
+    method_value: str = "method"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsJetStreamConsumerConfig:
+    url: str = "nats://127.0.0.1:4222"
+    credentials_file: str = ""
+    username: str = ""
+    password: str = ""
+    token: str = ""
+    stream_name: str = ""
+    subjects: tuple[str, ...] = ()
+    durable_consumer_name: str = ""
+    deliver_policy: str = "new"
+    max_ack_pending: int = 100
+    method_header: str = "centrifugo-method"
+    use_existing_consumer: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaConsumerConfig:
+    """Accepted so that a Centrifugo config loads; a Kafka consumer cannot be enabled yet."""
+
+    brokers: tuple[str, ...] = ()
+    topics: tuple[str, ...] = ()
+    consumer_group: str = ""
+    max_poll_records: int = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerConfig:
+    name: str = ""
+    enabled: bool = False
+    type: str = ""
+    postgresql: PostgresConsumerConfig = PostgresConsumerConfig()
+    redis_stream: RedisStreamConsumerConfig = RedisStreamConsumerConfig()
+    nats_jetstream: NatsJetStreamConsumerConfig = NatsJetStreamConsumerConfig()
+    kafka: KafkaConsumerConfig = KafkaConsumerConfig()
+
+    def __post_init__(self) -> None:
+        where = f"consumers[{self.name}]"
+        if not NAME_RE.match(self.name):
+            raise ConfigError(f"{where}: invalid consumer name {self.name!r} (must match ^[a-zA-Z0-9_]{{2,}}$)")
+        if self.type not in SUPPORTED_TYPES + UNSUPPORTED_TYPES:
+            raise ConfigError(f"{where}: unknown consumer type {self.type!r}")
+        if not self.enabled:
+            return
+        if self.type in UNSUPPORTED_TYPES:
+            raise ConfigError(f"{where}: consumer type {self.type!r} is not supported by Fugato yet "
+                              f"(supported: {', '.join(SUPPORTED_TYPES)}); set enabled to false to keep it")
+        getattr(self, "_validate_" + self.type)(where)
+
+    def _validate_postgresql(self, where: str) -> None:
+        pg = self.postgresql
+        if not pg.dsn:
+            raise ConfigError(f"{where}.postgresql.dsn is required")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", pg.outbox_table_name):
+            raise ConfigError(f"{where}.postgresql.outbox_table_name is required: a table name, optionally "
+                              f"schema-qualified (got {pg.outbox_table_name!r})")
+        if pg.num_partitions < 1 or pg.partition_select_limit < 1 or pg.partition_poll_interval <= 0:
+            raise ConfigError(f"{where}.postgresql: num_partitions, partition_select_limit and "
+                              "partition_poll_interval must be positive")
+
+    def _validate_redis_stream(self, where: str) -> None:
+        rs = self.redis_stream
+        if not rs.streams or not all(rs.streams):
+            raise ConfigError(f"{where}.redis_stream.streams is required")
+        if not rs.consumer_group:
+            raise ConfigError(f"{where}.redis_stream.consumer_group is required")
+        if len(rs.address) != 1:
+            raise ConfigError(f"{where}.redis_stream.address: exactly one Redis address is supported")
+        if rs.num_workers < 1 or rs.visibility_timeout <= 0 or not rs.payload_value:
+            raise ConfigError(f"{where}.redis_stream: num_workers and visibility_timeout must be positive, "
+                              "payload_value non-empty")
+
+    def _validate_nats_jetstream(self, where: str) -> None:
+        js = self.nats_jetstream
+        if not js.stream_name or not js.durable_consumer_name:
+            raise ConfigError(f"{where}.nats_jetstream: stream_name and durable_consumer_name are required")
+        if js.deliver_policy not in ("new", "all"):
+            raise ConfigError(f"{where}.nats_jetstream.deliver_policy must be \"new\" or \"all\"")
+        if js.max_ack_pending < 1:
+            raise ConfigError(f"{where}.nats_jetstream.max_ack_pending must be positive")
+
+
+def check_unique_names(consumers: tuple[ConsumerConfig, ...]) -> None:
+    names = [c.name for c in consumers]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"consumers: duplicate names {', '.join(dupes)}")
