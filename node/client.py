@@ -69,9 +69,12 @@ class Client:
         "_stale_deadline",
         "_stalled_since",
         "_tasks",
+        "app_name",
+        "app_version",
         "channels",
         "codec",
         "conn_info",
+        "connected_at",
         "expire_at",
         "frame",
         "framing",
@@ -104,6 +107,9 @@ class Client:
         # The request headers some proxy forwards (http_headers / grpc_metadata); None in the common case.
         self.proxy_headers: Mapping[str, str] | None = node.proxies.pick_headers(request.headers)
         self._refreshing = False
+        self.app_name = ""
+        self.app_version = ""
+        self.connected_at = 0.0
         self._info: ClientInfo | None = None
         self.expire_at = 0
         self.state = ClientState.CONNECTING
@@ -418,7 +424,7 @@ class Client:
         """Unsubscribe from the server side and tell the client with an unsubscribe push."""
         if channel not in self.channels:
             return
-        await self.node.remove_subscription(self, channel)
+        await self.node.remove_subscription(self, channel, unsub)
         codec_ = self.codec
         self.enqueue(codec_.push(codec_.push_unsubscribe(channel, unsub.code, unsub.reason), self.unidirectional))
 

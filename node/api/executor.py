@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
+import orjson
+
 from node.api.batch import publish_reply, run_batch
 from node.auth.jwt import SubscribeOverride
 from node.config import ChannelOptions
@@ -131,7 +133,7 @@ class Executor:
             "unsubscribe": self.unsubscribe, "disconnect": self.disconnect, "refresh": self.refresh,
             "presence": self.presence, "presence_stats": self.presence_stats, "history": self.history,
             "history_remove": self.history_remove, "channels": self.channels, "info": self.info, "rpc": self.rpc,
-            "batch": self.batch,
+            "batch": self.batch, "connections": self.connections,
         }
         self._options: dict[tuple[int, bool, bool], tuple[ChannelOptions, PublishOptions]] = {}
 
@@ -335,6 +337,17 @@ class Executor:
         channels = await self.node.channels(_str(p, "pattern"))
         body = b",".join(b'%s:{"num_clients":%d}' % (codec.raw(ch), s.num_clients) for ch, s in channels.items())
         return b'{"channels":{' + body + b"}}"
+
+    async def connections(self, p: Params) -> bytes:
+        """Centrifugo PRO's ``connections``: by ``user`` (and, a Fugato addition, by ``channel``), across nodes."""
+        if _str(p, "expression"):
+            raise ReplyError(ERROR_NOT_AVAILABLE)  # Centrifugo PRO's CEL expressions are not implemented
+        found = await self.node.connections(_str(p, "user"), _str(p, "channel"))
+        for entry in found.values():
+            for holder, key in ((entry, "info"), (entry["state"], "meta")):
+                if holder.get(key) is not None:
+                    holder[key] = orjson.Fragment(holder[key])
+        return orjson.dumps({"connections": found})
 
     async def info(self, p: Params) -> bytes:
         nodes = [codec.raw(dataclasses.asdict(n)) for n in self.node.info()]
