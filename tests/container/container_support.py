@@ -54,9 +54,6 @@ ENTRYPOINT ["nats-server"]
 """,
 }
 
-# What the Dockerfile copies: a change to any of these makes a new image tag.
-IMAGE_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "node",
-                "supervisor/supervisord.conf", "supervisor/watch.py")
 
 
 def podman() -> list[str]:
@@ -184,9 +181,19 @@ def _tree_hash(paths: Sequence[str]) -> str:
     return digest.hexdigest()[:12]
 
 
+def image_inputs() -> list[str]:
+    """The Dockerfile, .dockerignore and what the Dockerfile copies from the context: a change to any of them
+    makes a new image tag."""
+    copied = []
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            copied += line.split()[1:-1]
+    return ["Dockerfile", ".dockerignore", *copied]
+
+
 def fugato_image(base: str) -> str:
     """The project's Dockerfile built on ``base``; nothing is built when that exact source is already an image."""
-    tag = f"localhost/fugato-test:{short_hash(base, _tree_hash(IMAGE_INPUTS))}"
+    tag = f"localhost/fugato-test:{short_hash(base, _tree_hash(image_inputs()))}"
     if image_exists(tag):
         return tag
     with cache_lock("fugato-image"):
