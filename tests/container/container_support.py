@@ -200,7 +200,19 @@ def fugato_image(base: str) -> str:
         if not image_exists(tag):
             sh([*podman(), "build", *build_flags(), "--build-arg", f"PYTHON_IMAGE={base}", "-t", tag, str(REPO)],
                timeout=BUILD_TIMEOUT)
+            prune_old_images(keep=tag)
     return tag
+
+
+def prune_old_images(keep: str) -> None:
+    """Every source change makes a new image: drop the test images (and dangling build layers) built more than
+    a day ago, so the disk does not fill up. podman refuses to remove one a container still uses."""
+    old = sh([*podman(), "images", "--filter", "reference=localhost/fugato-test", "--filter", "until=24h",
+              "--format", "{{.Repository}}:{{.Tag}}"], check=False).stdout.split()
+    old = [tag for tag in old if tag != keep]
+    if old:
+        sh([*podman(), "rmi", *old], check=False)
+    sh([*podman(), "image", "prune", "--force", "--filter", "until=24h"], check=False)
 
 
 def service_image(name: str, base: str) -> str:
