@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from node.consumers.base import Consumer
 from node.consumers.config import ConsumerConfig
+from node.consumers.nats_jetstream import NatsJetStreamConsumer
 from node.consumers.postgresql import PostgresConsumer
 from node.consumers.redis_stream import RedisStreamConsumer
 
@@ -30,6 +31,8 @@ def build_consumer(config: ConsumerConfig, executor: Executor) -> Consumer:
         return PostgresConsumer(config.name, config.postgresql, executor)
     if config.type == "redis_stream":
         return RedisStreamConsumer(config.name, config.redis_stream, executor)
+    if config.type == "nats_jetstream":
+        return NatsJetStreamConsumer(config.name, config.nats_jetstream, executor)
     raise AssertionError(f"consumer type {config.type} passed validation")  # ConsumerConfig refuses it
 
 
