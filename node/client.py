@@ -68,8 +68,11 @@ class Client:
         "_stale_deadline",
         "_stalled_since",
         "_tasks",
+        "app_name",
+        "app_version",
         "channels",
         "conn_info",
+        "connected_at",
         "expire_at",
         "frame",
         "framing",
@@ -101,6 +104,9 @@ class Client:
         # The request headers some proxy forwards (http_headers / grpc_metadata); None in the common case.
         self.proxy_headers: Mapping[str, str] | None = node.proxies.pick_headers(request.headers)
         self._refreshing = False
+        self.app_name = ""
+        self.app_version = ""
+        self.connected_at = 0.0
         self._info: ClientInfo | None = None
         self.expire_at = 0
         self.state = ClientState.CONNECTING

@@ -109,6 +109,8 @@ async def connect(client: Connection, cmd: codec.Command) -> bytes | None:
     client.user = decision.user
     client.conn_info = decision.info
     client.meta = decision.meta
+    client.app_name, client.app_version = _str(cmd.params, "name"), _str(cmd.params, "version")
+    client.connected_at = time.time()
     client.set_expire_at(decision.expire_at)
     node.add_client(client)
     client.mark_connected()

@@ -5,13 +5,17 @@ Each method takes the decoded request object and returns the encoded ``result`` 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
+
+import orjson
 
 from node.api.batch import publish_reply, run_batch
 from node.auth.jwt import SubscribeOverride
@@ -26,7 +30,7 @@ from node.errors import (
     Disconnect,
     ReplyError,
 )
-from node.models import HistoryOptions, PublishOptions, StreamPosition, SubscribeOptions
+from node.models import HistoryOptions, PublishOptions, PublishResult, StreamPosition, SubscribeOptions
 from node.node import Node
 from node.protocol import codec
 
@@ -126,7 +130,7 @@ class Executor:
             "unsubscribe": self.unsubscribe, "disconnect": self.disconnect, "refresh": self.refresh,
             "presence": self.presence, "presence_stats": self.presence_stats, "history": self.history,
             "history_remove": self.history_remove, "channels": self.channels, "info": self.info, "rpc": self.rpc,
-            "batch": self.batch,
+            "batch": self.batch, "connections": self.connections,
         }
         self._options: dict[tuple[int, bool, bool], tuple[ChannelOptions, PublishOptions]] = {}
 
@@ -151,6 +155,36 @@ class Executor:
             self.node.metrics.api_command(method, time.perf_counter() - started, code, protocol=_protocol.get())
             if token is not None:
                 _protocol.reset(token)
+
+    def start(self, method: str, params: Any) -> asyncio.Future[bytes]:
+        """``call`` as a future, for callers that answer from a callback (the API fast path). A publish needs
+        no task: it is validated now and carried by the engine's future (for Redis, straight from the reply)."""
+        if method != "publish" or type(params) is not dict:
+            return asyncio.ensure_future(self.call(method, params))
+        started = time.perf_counter()
+        out: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        try:
+            args = self.publish_args(_str(params, "channel", required=True), params)
+        except ReplyError as e:
+            self.node.metrics.api_command("publish", time.perf_counter() - started, e.error.code,
+                                          protocol=_protocol.get())
+            out.set_exception(e)
+            return out
+        self.node.publish_soon(*args).add_done_callback(functools.partial(self._published, out, started))
+        return out
+
+    def _published(self, out: asyncio.Future[bytes], started: float, fut: asyncio.Future[PublishResult]) -> None:
+        error = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or error is not None:
+            reply_error = error if isinstance(error, ReplyError) else ReplyError(ERROR_INTERNAL)
+            code = reply_error.error.code
+            if not out.done():
+                out.set_exception(reply_error)
+        else:
+            code = 0
+            if not out.done():
+                out.set_result(publish_reply(fut.result()))
+        self.node.metrics.api_command("publish", time.perf_counter() - started, code, protocol=_protocol.get())
 
     # --- publishing ------------------------------------------------------------------------------------
 
@@ -316,6 +350,17 @@ class Executor:
         channels = await self.node.channels(_str(p, "pattern"))
         body = b",".join(b'%s:{"num_clients":%d}' % (codec.raw(ch), s.num_clients) for ch, s in channels.items())
         return b'{"channels":{' + body + b"}}"
+
+    async def connections(self, p: Params) -> bytes:
+        """Centrifugo PRO's ``connections``: by ``user`` (and, a Fugato addition, by ``channel``), across nodes."""
+        if _str(p, "expression"):
+            raise ReplyError(ERROR_NOT_AVAILABLE)  # Centrifugo PRO's CEL expressions are not implemented
+        found = await self.node.connections(_str(p, "user"), _str(p, "channel"))
+        for entry in found.values():
+            for holder, key in ((entry, "info"), (entry["state"], "meta")):
+                if holder.get(key) is not None:
+                    holder[key] = orjson.Fragment(holder[key])
+        return orjson.dumps({"connections": found})
 
     async def info(self, p: Params) -> bytes:
         nodes = [codec.raw(dataclasses.asdict(n)) for n in self.node.info()]
