@@ -330,3 +330,15 @@ def _cluster_clients(page: Page, names: list[str]) -> object:
         counts = [int((await node_row_cells(page, name))[3]) for name in names]
         return sum(counts) == 3
     return check()
+
+
+async def test_insecure_mode_opens_without_login_and_says_so(server_factory: ServerFactory, tmp_path: Path) -> None:
+    server = await server_factory({"admin": {"enabled": True, "insecure": True}})
+    async with chromium_page(tmp_path / "profile") as browser:
+        page = browser.page
+        await page.goto(server.http_url + "/")
+        await expect(page.get_by_role("heading", level=2, name="Nodes", exact=True)).to_be_visible()
+        await expect(page.get_by_role("note")).to_contain_text("Insecure mode")
+        await expect(page.get_by_label("Password")).to_have_count(0)
+        await expect(page.get_by_role("button", name="Log out")).to_be_hidden()
+        assert browser.unexpected_errors() == []
