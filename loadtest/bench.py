@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 import jwt
 
+from loadtest.engines import compare_engines
 from loadtest.swarm import swarm_main
 
 SECRET = "fugato-bench-secret-0123456789abcdef"
@@ -134,9 +135,12 @@ def descendants(pid: int) -> list[int]:
 
 class Spawned:
     """A server process started for this run (stopped at exit). ``redis_url`` switches Fugato to the Redis
-    engine, and ``workers`` > 1 runs that many workers under supervisord on the one port."""
+    engine; ``engine`` is merged into its config (e.g. a NATS broker); ``workers`` > 1 runs that many workers
+    under supervisord on the one port."""
 
-    def __init__(self, kind: str, write_delay_ms: float = 0.0, *, redis_url: str = "", workers: int = 1) -> None:
+    def __init__(self, kind: str, write_delay_ms: float = 0.0, *, redis_url: str = "",
+                 engine: dict[str, Any] | None = None, workers: int = 1,
+                 channel: dict[str, Any] | None = None) -> None:
         self.kind = kind
         self.port = free_port()
         self.workers = workers
@@ -146,9 +150,10 @@ class Spawned:
                 "client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["*"],
                            "channel_limit": 100000, "write_delay": f"{write_delay_ms}ms"},
                 "http_api": {"key": API_KEY}, "log": {"level": "warn"},
-                "channel": {"without_namespace": {"allow_subscribe_for_client": True}}}
+                "channel": {"without_namespace": {"allow_subscribe_for_client": True, **(channel or {})}}}
             if redis_url:
                 config["engine"] = {"type": "redis", "redis": {"address": [redis_url]}}
+            config.update(engine or {})
             path = Path(self.dir.name) / "config.json"
             path.write_text(json.dumps(config))
             cmd = [sys.executable, "-m", "node", "serve", "--config", str(path), "--port", str(self.port),
@@ -490,9 +495,9 @@ def start_redis_cluster(workdir: str) -> Any:
     return RedisCluster(Path(workdir), ports=ports, replicas=0).start()
 
 
-async def run_one(kind: str, workers: int, args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+async def run_one(kind: str, workers: int, args: argparse.Namespace, engine: dict[str, Any]) -> dict[str, Any]:
     all_cpus = os.sched_getaffinity(0)
-    spawned = Spawned(kind, args.write_delay_ms, redis_url=redis_url, workers=workers) \
+    spawned = Spawned(kind, args.write_delay_ms, engine=engine, workers=workers) \
         if args.spawn or kind == "socketio" else None
     try:
         if spawned is not None:
@@ -523,13 +528,16 @@ async def main_async(args: argparse.Namespace) -> int:
     worker_counts = [int(w) for w in str(args.workers).split(",")]
     if args.engine == "memory" and worker_counts != [1]:
         raise SystemExit("--workers above 1 needs --engine redis_cluster (the memory engine serves one process)")
+    if args.engine == "nats":
+        return await compare_engines(args, worker_counts[0], run_one)
     runs = [("fugato", w) for w in worker_counts] + ([("socketio", 1)] if args.peer == "socketio" else [])
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="fugato-bench-redis-") as redis_dir:
         cluster = start_redis_cluster(redis_dir) if args.engine == "redis_cluster" and args.spawn else None
         try:
             for kind, workers in runs:
-                result = await run_one(kind, workers, args, cluster.url if cluster is not None else "")
+                engine_cfg = {"engine": {"type": "redis", "redis": {"address": [cluster.url]}}} if cluster else {}
+                result = await run_one(kind, workers, args, engine_cfg)
                 name = kind if len(worker_counts) == 1 or kind != "fugato" else f"fugato-{workers}w"
                 results[name] = result
                 engine = f", {args.engine} engine, {workers} worker(s)" if kind == "fugato" else ""
@@ -578,8 +586,9 @@ def main() -> int:
                         help="also measure this machine's limit: a bare Python loop of one send() per delivery")
     parser.add_argument("--write-delay-ms", type=float, default=0.0,
                         help="client.write_delay of the spawned server (Centrifugo PRO's batching knob)")
-    parser.add_argument("--engine", choices=("memory", "redis_cluster"), default="memory",
-                        help="with --spawn: redis_cluster starts a private 3-master Redis Cluster for the run")
+    parser.add_argument("--engine", choices=("memory", "redis_cluster", "nats"), default="memory",
+                        help="with --spawn: redis_cluster starts a private 3-master Redis Cluster for the run; "
+                             "nats runs the workload over a NATS broker and over the Redis engine, and compares")
     parser.add_argument("--workers", default="1",
                         help="with --spawn: worker processes; a list such as 1,2 runs each and prints the ratio")
     parser.add_argument("--no-pin", action="store_true",

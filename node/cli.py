@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import node
-from node.config import Config
+from node.config import Config, spans_processes
 from node.config_load import LoadResult, format_duration, known_keys, load
 from node.errors import ConfigError
-from node.supervise import parse_workers
-from node.supervise import run as supervise
+from node.workers import plan as plan_workers
+from node.workers import run as supervise
 
 DEFAULT_CONFIG: Final = "config.json"
 DEFAULT_TOKEN_TTL: Final = 7 * 24 * 3600  # one week, like Centrifugo's gentoken
@@ -121,18 +121,10 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     path = _config_path(args.config, required=False)
     result = _load(path, overrides)
     try:
-        workers = parse_workers(args.workers)
+        workers = plan_workers(args.workers, spans_processes=spans_processes(result.config))
     except ValueError as e:
-        return _err(f"--workers: {e}")
-    if workers > 1 and args.workers == "auto" and result.config.engine.type == "memory":
-        # A container image runs `--workers auto` whatever its engine: with memory it stays one node.
-        print(f"WARNING: --workers auto: 1 worker, not {workers}: the memory engine cannot span processes",
-              file=sys.stderr)
-        workers = 1
+        return _err(str(e))
     if workers > 1 and args.worker_index is None:
-        if result.config.engine.type == "memory":
-            return _err("--workers > 1 needs engine.type \"redis\": the memory engine cannot span processes "
-                        "(each worker is its own node); use --workers 1 or configure Redis")
         serve_args = [*(["--config", os.path.abspath(path)] if path else []), *_passthrough(args, extra)]
         return supervise(workers, serve_args, result.config.shutdown.timeout + 5)
     if args.worker_index is not None:

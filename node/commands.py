@@ -3,6 +3,8 @@ and refuses by raising ``ReplyError`` / ``DisconnectError``; ``client.py`` turns
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -27,6 +29,7 @@ from node.errors import (
 from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosition
 from node.node import Connection
 from node.protocol import codec
+from node.proxy import hooks
 
 Handler = Callable[[Connection, codec.Command], Awaitable[bytes | None]]
 
@@ -92,7 +95,9 @@ def _ttl(expire_at: int) -> int:
 
 async def connect(client: Connection, cmd: codec.Command) -> bytes | None:
     node = client.node
-    decision = await node.policy.connect(client, cmd.params)
+    proxy = node.proxies.connect
+    ask = None if proxy is None else functools.partial(hooks.connect, client, proxy, cmd.params)
+    decision = await node.policy.connect(client, cmd.params, ask)
     cfg = node.config.client
     if decision.expire_at and decision.expire_at < time.time():
         raise ReplyError(ERROR_EXPIRED)
@@ -103,6 +108,9 @@ async def connect(client: Connection, cmd: codec.Command) -> bytes | None:
         raise DisconnectError(DISCONNECT_CHANNEL_LIMIT)
     client.user = decision.user
     client.conn_info = decision.info
+    client.meta = decision.meta
+    client.app_name, client.app_version = _str(cmd.params, "name"), _str(cmd.params, "version")
+    client.connected_at = time.time()
     client.set_expire_at(decision.expire_at)
     node.add_client(client)
     client.mark_connected()
@@ -115,7 +123,7 @@ async def connect(client: Connection, cmd: codec.Command) -> bytes | None:
         started.append((channel, opts, await node.subscribe_client(client, channel, opts, server_side=True,
                                                                    since=since)))
     fields: dict[str, Any] = {"client": client.id, "version": VERSION_STRING}
-    if decision.expire_at:
+    if decision.expire_at and node.proxies.refresh is None:  # with a refresh proxy the server refreshes
         fields["expires"] = True
         fields["ttl"] = _ttl(decision.expire_at)
     fields["ping"] = int(cfg.ping_interval)
@@ -174,14 +182,19 @@ async def subscribe(client: Connection, cmd: codec.Command) -> bytes | None:
         raise ReplyError(ERROR_LIMIT_EXCEEDED)
     client.start_subscribing(channel)
     try:
-        opts = await node.policy.subscribe(client, channel, params)
+        proxy = node.proxies.for_channel("subscribe", node.policy.namespace(channel))
+        ask = None if proxy is None else functools.partial(hooks.subscribe, client, proxy, channel, params)
+        opts = await node.policy.subscribe(client, channel, params, ask)
         start = await node.subscribe_client(client, channel, opts, server_side=False, since=since,
                                             reject_unrecovered=reject_unrecovered)
     finally:
         client.done_subscribing(channel)
     if client.state is ClientState.CLOSED:
         return None
-    client.enqueue(codec.reply(cmd.id, "subscribe", codec.encode_subscribe_result(opts, start,
+    # With a sub_refresh proxy the server prolongs the subscription itself: the client is not told it expires.
+    shown = opts if node.proxies.for_channel("sub_refresh", node.policy.namespace(channel)) is None else \
+        dataclasses.replace(opts, expire_at=0)
+    client.enqueue(codec.reply(cmd.id, "subscribe", codec.encode_subscribe_result(shown, start,
                                                                                   _ttl(opts.expire_at))))
     node.start_delivery(client, channel, start)
     await node.after_subscribe(client, channel, opts)
@@ -201,10 +214,22 @@ async def publish(client: Connection, cmd: codec.Command) -> bytes:
     data = _data(cmd.params)
     if data is None or data in (b'""',):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
-    ns = node.policy.check_publish(client, channel, data)
-    await node.publish(channel, data, PublishOptions(
-        history_size=ns.history_size, history_ttl=ns.history_ttl, history_meta_ttl=ns.history_meta_ttl,
-        client_info=client.channel_info(channel), use_delta=ns.delta_publish))
+    ns = node.policy.namespace(channel)
+    proxy = node.proxies.for_channel("publish", ns)
+    if proxy is None:
+        node.policy.check_publish(client, channel, data)
+        opts = PublishOptions(history_size=ns.history_size, history_ttl=ns.history_ttl,
+                              history_meta_ttl=ns.history_meta_ttl, client_info=client.channel_info(channel),
+                              use_delta=ns.delta_publish)
+    else:
+        # The backend decides instead of the namespace's permissions, and may replace the data or skip history.
+        result = await hooks.publish(client, proxy, channel, data)
+        data = result.data if result.data is not None else data
+        opts = PublishOptions(
+            history_size=0 if result.skip_history else ns.history_size, history_ttl=ns.history_ttl,
+            history_meta_ttl=ns.history_meta_ttl, client_info=client.channel_info(channel), tags=result.tags,
+            idempotency_key=result.idempotency_key, use_delta=ns.delta_publish or result.delta)
+    await node.publish(channel, data, opts)
     return b"{}"
 
 
@@ -250,11 +275,16 @@ async def history(client: Connection, cmd: codec.Command) -> bytes:
 
 async def rpc(client: Connection, cmd: codec.Command) -> bytes:
     ping = client.node.config.rpc.ping
+    method = _str(cmd.params, "method")
+    if ping.enabled and method == ping.method:
+        return b"{}"
+    proxy = client.node.proxies.for_rpc(method)
+    if proxy is not None:
+        result = await hooks.rpc(client, proxy, method, hooks.payload(cmd.params))
+        return codec.result_object({}, {"data": result.data})
     if not ping.enabled:
         raise ReplyError(ERROR_NOT_AVAILABLE)
-    if _str(cmd.params, "method") != ping.method:
-        raise ReplyError(ERROR_METHOD_NOT_FOUND)
-    return b"{}"
+    raise ReplyError(ERROR_METHOD_NOT_FOUND)
 
 
 async def send(client: Connection, cmd: codec.Command) -> bytes | None:

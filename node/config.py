@@ -14,6 +14,15 @@ from typing import Any, Final
 
 from node.consumers.config import ConsumerConfig, check_unique_names
 from node.errors import ConfigError
+from node.proxy.config import (
+    ChannelProxyContainer,
+    ClientProxyContainer,
+    DefaultProxyConfig,
+    FugatoConfig,
+    NamedProxyConfig,
+    RpcNamespaceConfig,
+    RpcOptions,
+)
 
 DURATION: Final = {"duration": True}
 
@@ -251,6 +260,7 @@ class ClientConfig:
     # Unidirectional transports get a connect error as a disconnect push; these override the default mapping.
     connect_code_to_unidirectional_disconnect: ConnectCodeToUnidirectionalDisconnect = \
         ConnectCodeToUnidirectionalDisconnect()
+    proxy: ClientProxyContainer = ClientProxyContainer()  # connect and refresh proxies (node/proxy/)
 
     def __post_init__(self) -> None:
         if self.pong_timeout > 0 and self.ping_interval <= self.pong_timeout:
@@ -298,11 +308,17 @@ class ChannelOptions:
     allow_user_limited_channels: bool = False
     channel_regex: str = ""
     publication_data_format: str = ""
-    # Proxies are not implemented: a namespace that turns one on answers 108 "not available", as Centrifugo
-    # does when the named proxy is missing.
+    # Hooks to the application backend (node/proxy/): each names a proxy of ``proxies`` or "default" (the one
+    # under channel.proxy).
     subscribe_proxy_enabled: bool = False
+    subscribe_proxy_name: str = "default"
     publish_proxy_enabled: bool = False
+    publish_proxy_name: str = "default"
     sub_refresh_proxy_enabled: bool = False
+    sub_refresh_proxy_name: str = "default"
+    subscribe_stream_proxy_enabled: bool = False
+    subscribe_stream_proxy_name: str = "default"
+    subscribe_stream_proxy_bidirectional: bool = False
 
     @property
     def history_enabled(self) -> bool:
@@ -349,6 +365,7 @@ class NamespaceConfig(ChannelOptions):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChannelConfig:
+    proxy: ChannelProxyContainer = ChannelProxyContainer()
     without_namespace: ChannelOptions = ChannelOptions()
     namespaces: tuple[NamespaceConfig, ...] = ()
     history_meta_ttl: float = _dur(720 * 3600.0)
@@ -376,7 +393,11 @@ class RpcPingConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RpcConfig:
+    proxy: DefaultProxyConfig = DefaultProxyConfig()
+    without_namespace: RpcOptions = RpcOptions()
+    namespaces: tuple[RpcNamespaceConfig, ...] = ()
     ping: RpcPingConfig = RpcPingConfig()
+    namespace_boundary: str = ":"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -584,6 +605,8 @@ class Config:
     admin: AdminConfig = AdminConfig()
     node: NodeSection = NodeSection()
     shutdown: ShutdownConfig = ShutdownConfig()
+    proxies: tuple[NamedProxyConfig, ...] = ()
+    fugato: FugatoConfig = FugatoConfig()  # Fugato-only keys (Centrifugo has no such section)
     consumers: tuple[ConsumerConfig, ...] = ()  # node/consumers/config.py
 
     def __post_init__(self) -> None:
@@ -601,3 +624,10 @@ def broker_warnings(config: Config) -> list[str]:
     return [f"{where}: history, recovery and positioning are not available with the NATS broker (requests get "
             "108 \"not available\"); enable broker.nats.jetstream (a Fugato-only option) to keep history in NATS"
             for where, opts in scopes if opts.history_enabled]
+
+
+def spans_processes(config: Config) -> bool:
+    """Whether the engine is shared between processes (both halves outside memory): what several workers need."""
+    broker = config.broker.type if config.broker.enabled else config.engine.type
+    presence = config.presence_manager.type if config.presence_manager.enabled else config.engine.type
+    return broker != "memory" and presence != "memory"

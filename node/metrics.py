@@ -22,6 +22,24 @@ FAST_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02
                        5.0)
 
 
+def _observe_many(histogram: Histogram, amount: float, count: int) -> None:
+    """``count`` observations of the same ``amount`` at the cost of one. prometheus_client has no such call,
+    and a batch of 100 publishes observing each (1.2 µs apiece) cost more than publishing them; this relies
+    on the child's value cells (``_sum``, ``_buckets``, ``_upper_bounds``), which have been stable across its
+    versions, and falls back to observing one by one if they are gone."""
+    try:
+        bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
+    except AttributeError:
+        for _ in range(count):
+            histogram.observe(amount)
+        return
+    total.inc(amount * count)
+    for i, bound in enumerate(bounds):
+        if amount <= bound:
+            buckets[i].inc(count)
+            break
+
+
 def _forget_dead_workers() -> None:
     """Drop the live gauges of worker processes that no longer exist. The supervisor's event listener does
     this when a worker exits; checking here as well keeps /metrics right even if that notice was missed."""
@@ -125,11 +143,18 @@ class Metrics:
         if error_code:
             self._api_errors.labels(protocol, method, str(error_code)).inc()
 
+    def api_commands(self, method: str, seconds: float, count: int, error_codes: list[int], *,
+                     protocol: str = "http") -> None:
+        """``count`` commands that ran together for ``seconds`` (a batch's group): each is observed."""
+        _observe_many(self._api_duration.labels(protocol, method), seconds, count)
+        for code in error_codes:
+            self._api_errors.labels(protocol, method, str(code)).inc()
+
     def recover(self, recovered: bool) -> None:
         self._recover.labels("yes" if recovered else "no").inc()
 
-    def published(self, kind: str) -> None:
-        self._sent.labels(kind).inc()
+    def published(self, kind: str, count: int = 1) -> None:
+        self._sent.labels(kind).inc(count)
 
     def consumer_processed(self, consumer: str, n: int = 1) -> None:
         self._consumer_processed.labels(consumer).inc(n)

@@ -47,6 +47,8 @@ class Publication:
     # Set by the broker when the publisher asked for delta and the broker knows the previous payload.
     delta: bool = False
     prev_data: bytes | None = None
+    # The concrete channel of a publication delivered to a wildcard subscription (NATS broker), else "".
+    channel: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,3 +150,4 @@ class RequestInfo:
 
     transport: str
     remote: str = ""
+    headers: Mapping[str, str] | None = None  # the request's headers (only those a proxy forwards are kept)

@@ -10,6 +10,7 @@ channel must then hold exactly ``0..per_partition-1``, in order.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 from harness import PyClient, PyFactory, ServerFactory, ServerProcess, unique_channel, wait_until
 
 Produce = Callable[[list[str]], Awaitable[None]]
+# For the tests running exactly_once_across_a_killed_node: 10,000 commands on a shared 2-core machine.
+SLOW_TEST_TIMEOUT = 300
 
 
 def publish_command(channel: str, seq: int) -> dict[str, Any]:
@@ -50,6 +53,14 @@ async def barrier(server: ServerProcess, py: PyClient, channels: list[str]) -> N
         await wait_until(lambda ch=ch: seqs(py, ch)[-1:] == ["end"], timeout=30, what=f"marker in {ch}")
 
 
+async def health_names(server: ServerProcess, consumer_name: str) -> bool:
+    """Whether /health (always 200) lists ``consumer_name`` as failing ("": lists none)."""
+    status, _, body = await server.http("GET", "/health")
+    assert status == 200
+    failing = json.loads(body).get("consumers", {})
+    return consumer_name in failing if consumer_name else not failing
+
+
 async def metric(server: ServerProcess, name: str, label: str = "") -> float:
     """The sum of a Prometheus metric's samples (those whose labels contain ``label``)."""
     status, _, body = await server.http("GET", "/metrics")
@@ -73,7 +84,7 @@ async def exactly_once_across_a_killed_node(
     total = partitions * per_partition
     producer = asyncio.create_task(produce(channels))
     try:
-        await wait_until(lambda: len(py.events("publication")) >= total // 4, timeout=120,
+        await wait_until(lambda: len(py.events("publication")) >= total // 4, timeout=60,
                          what="a quarter delivered before the kill")
         assert await metric(a, "centrifugo_consumers_messages_processed_total") > 0, "node A takes part"
         await a.stop(signal.SIGKILL)
@@ -81,7 +92,7 @@ async def exactly_once_across_a_killed_node(
     finally:
         if not producer.done():
             producer.cancel()
-    await wait_until(lambda: len(py.events("publication")) >= total, timeout=180,
+    await wait_until(lambda: len(py.events("publication")) >= total, timeout=120,
                      what=f"{total} publications delivered")
     await wait_until(drained, timeout=60, what="the source drained")
     await barrier(b, py, channels)

@@ -5,11 +5,14 @@ would. Servers still running at interpreter exit are killed."""
 from __future__ import annotations
 
 import atexit
+import json
 import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from redis_servers import HOST, free_port
 
@@ -30,6 +33,7 @@ class NatsServer:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.monitor_port = free_port({self.port})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,7 +48,8 @@ class NatsServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with (self.workdir / "nats.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                [_binary(), "-a", HOST, "-p", str(self.port), "-js", "-sd", str(self.workdir / "store")],
+                [_binary(), "-a", HOST, "-p", str(self.port), "-m", str(self.monitor_port),
+                 "-js", "-sd", str(self.workdir / "store")],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         _live.add(self)
         deadline = time.monotonic() + timeout
@@ -58,6 +63,12 @@ class NatsServer:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"nats-server on port {self.port} not ready within {timeout} s")
+
+    def connections(self) -> list[dict[str, Any]]:
+        """The server's client connections (its /connz monitoring endpoint)."""
+        with urllib.request.urlopen(f"http://{HOST}:{self.monitor_port}/connz?limit=1000", timeout=5) as resp:
+            conns: list[dict[str, Any]] = json.load(resp).get("connections") or []
+            return conns
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

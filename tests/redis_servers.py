@@ -1,15 +1,16 @@
 """Real Redis servers for the tests, run from the ``redis-server`` binary on free loopback ports.
 
-* ``RedisStandalone(workdir, port=None)``: one plain Redis; ``start()`` / ``stop()``, ``.port``, ``.url``,
-  ``.address``, ``client()``.
-* ``RedisCluster(workdir, ports=None, replicas=1, node_timeout_ms=2000)``: a Redis Cluster (6 nodes, 3 masters
-  with one replica each by default) created with ``redis-cli --cluster create``; ``.seeds``, ``.url``,
+* ``RedisStandalone(workdir, port=None, settings=None)``: one plain Redis; ``start()`` / ``stop()`` /
+  ``kill()``, ``.port``, ``.url``, ``.address``, ``client()``.
+* ``RedisCluster(workdir, ports=None, replicas=1, node_timeout_ms=2000, settings=None)``: a Redis Cluster (6
+  nodes, 3 masters with one replica each by default) created with ``redis-cli --cluster create``; ``.seeds``, ``.url``,
   ``master_for_key()``, ``kill_master_for_key()``, ``restart_node()``, ``wait_healthy()`` for failover tests.
 * ``RedisClusterFactory``: the type of the ``redis_cluster_factory`` fixture.
 * ``ensure_redis_installed()``: a clear error naming the fix when the binaries are missing or too old.
 
-Nothing persists (``save ""``, ``appendonly no``); every file lives in the given workdir. Ports are picked by
-the OS unless given; a server that loses a race for its port is restarted on another one. Everything here is
+Nothing persists (``save ""``, ``appendonly no``) unless ``settings`` (extra redis.conf options) say so; every
+file lives in the given workdir. Ports are picked by the OS unless given; a server that loses a race for its
+port is restarted on another one. Everything here is
 synchronous: the servers are plain subprocesses, so session-scoped fixtures can share them across event loops.
 Servers still running at interpreter exit are killed.
 """
@@ -256,9 +257,9 @@ def _kill_leftovers() -> None:
 class RedisStandalone:
     """A single Redis server on ``127.0.0.1:port`` (a free port unless given), files in ``workdir``."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, settings: Mapping[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
-        self._node = _Node(self.workdir, port, {})
+        self._node = _Node(self.workdir, port, settings or {})
 
     @property
     def port(self) -> int:
@@ -289,6 +290,10 @@ class RedisStandalone:
     def stop(self) -> None:
         """SHUTDOWN NOSAVE, then SIGKILL if it has not exited within 5 s. Idempotent."""
         self._node.stop()
+
+    def kill(self) -> None:
+        """SIGKILL (no shutdown: what is not on disk is gone); ``start()`` brings it back on the same port."""
+        self._node.kill()
 
     def client(self, **kwargs: Any) -> redis.Redis:
         """A redis-py client (``decode_responses=True``, no retries) for this server."""
@@ -324,7 +329,7 @@ class RedisCluster:
     sharded pub/sub keep working on the healthy part of a partly-down cluster."""
 
     def __init__(self, workdir: Path, ports: list[int] | None = None, replicas: int = 1,
-                 node_timeout_ms: int = 2000) -> None:
+                 node_timeout_ms: int = 2000, settings: Mapping[str, str] | None = None) -> None:
         count = len(ports) if ports is not None else 6
         if replicas < 0 or count < 3 * (replicas + 1) or count % (replicas + 1):
             raise ValueError(f"{count} nodes cannot make >= 3 masters with {replicas} replica(s) each")
@@ -343,6 +348,7 @@ class RedisCluster:
             # Redis 7 leaves a replica out of CLUSTER SLOTS/SHARDS until its replication offset is non-zero,
             # and an idle master only moves the offset with its replica PINGs (every 10 s by default).
             "repl-ping-replica-period": "1",
+            **(settings or {}),
         }
         reserved = set(ports or ())
         self._nodes = [

@@ -5,16 +5,19 @@ Each method takes the decoded request object and returns the encoded ``result`` 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from typing import Any, Final
+from typing import Any
 
+import orjson
+
+from node.api.batch import publish_reply, run_batch
 from node.auth.jwt import SubscribeOverride
+from node.config import ChannelOptions
 from node.errors import (
     API_ERROR_NOT_FOUND,
     DISCONNECT_FORCE_NO_RECONNECT,
@@ -25,15 +28,13 @@ from node.errors import (
     Disconnect,
     ReplyError,
 )
-from node.models import HistoryOptions, PublishOptions, PublishResult, StreamPosition, SubscribeOptions
+from node.models import HistoryOptions, PublishOptions, StreamPosition, SubscribeOptions
 from node.node import Node
 from node.protocol import codec
 
 Params = Mapping[str, Any]
 Method = Callable[[Params], Awaitable[bytes]]
 
-# Broadcast and a parallel batch run concurrently, but bounded like Centrifugo's.
-MAX_BROADCAST_CONCURRENCY: Final = 1024
 
 # The ``protocol`` label of the API metrics ("http", "grpc"); a batch's commands inherit the batch's.
 _protocol: ContextVar[str] = ContextVar("api_protocol", default="http")
@@ -119,11 +120,6 @@ def response_body(method: str, result: bytes) -> bytes:
     return result if method == "batch" else b'{"result":' + result + b"}"
 
 
-def _publish_result(result: PublishResult) -> bytes:
-    sp = result.position
-    return codec.result_object({"offset": sp.offset, "epoch": sp.epoch})
-
-
 class Executor:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -132,8 +128,9 @@ class Executor:
             "unsubscribe": self.unsubscribe, "disconnect": self.disconnect, "refresh": self.refresh,
             "presence": self.presence, "presence_stats": self.presence_stats, "history": self.history,
             "history_remove": self.history_remove, "channels": self.channels, "info": self.info, "rpc": self.rpc,
-            "batch": self.batch,
+            "batch": self.batch, "connections": self.connections,
         }
+        self._options: dict[tuple[int, bool, bool], tuple[ChannelOptions, PublishOptions]] = {}
 
     async def call(self, method: str, params: Any, *, protocol: str | None = None) -> bytes:
         """Run ``method``; ``protocol`` labels the metrics (None: the enclosing call's, "http" at the top)."""
@@ -159,30 +156,55 @@ class Executor:
 
     # --- publishing ------------------------------------------------------------------------------------
 
+    def publishes_done(self, count: int, seconds: float, error_codes: list[int]) -> None:
+        """Metrics for ``count`` publish commands that ran together (in a batch) for ``seconds``."""
+        self.node.metrics.api_commands("publish", seconds, count, error_codes, protocol=_protocol.get())
+
     async def publish(self, p: Params) -> bytes:
         channel = _str(p, "channel", required=True)
-        data = _raw(p, "data")
-        if data is None:
-            raise _bad()
         try:
-            result = await self.node.publish(channel, data, self._publish_options(channel, p))
+            result = await self.node.publish(*self.publish_args(channel, p))
         except ReplyError:
             raise
         except Exception:
             raise ReplyError(ERROR_INTERNAL) from None
-        return _publish_result(result)
+        return publish_reply(result)
+
+    def publish_args(self, channel: str, p: Params) -> tuple[str, bytes, PublishOptions]:
+        """A publish command's (channel, data, options), validated; raises ReplyError."""
+        data = _raw(p, "data")
+        if data is None:
+            raise _bad()
+        return channel, data, self._publish_options(channel, p)
 
     def _publish_options(self, channel: str, p: Params) -> PublishOptions:
         ns = self.node.policy.namespace(channel)
-        skip_history = _bool(p, "skip_history")
-        return PublishOptions(
+        if len(p) == 2:  # channel and data only: the options' defaults
+            skip_history, use_delta, tags, idempotency_key = False, ns.delta_publish, None, ""
+        else:
+            skip_history = _bool(p, "skip_history")
+            use_delta = _bool(p, "delta") or ns.delta_publish
+            tags = _tags(p)
+            idempotency_key = _str(p, "idempotency_key")
+        shared = tags is None and not idempotency_key
+        if shared:
+            # The common case: options shared by every publication to the namespace (the namespace object is
+            # kept in the entry, so a reloaded config, with new objects, never matches an old entry).
+            key = (id(ns), skip_history, use_delta)
+            cached = self._options.get(key)
+            if cached is not None and cached[0] is ns:
+                return cached[1]
+        opts = PublishOptions(
             history_size=0 if skip_history else ns.history_size,
             history_ttl=0 if skip_history else ns.history_ttl,
             history_meta_ttl=ns.history_meta_ttl,
-            tags=_tags(p),
-            idempotency_key=_str(p, "idempotency_key"),
-            use_delta=_bool(p, "delta") or ns.delta_publish,
+            tags=tags,
+            idempotency_key=idempotency_key,
+            use_delta=use_delta,
         )
+        if shared:
+            self._options[key] = (ns, opts)
+        return opts
 
     async def broadcast(self, p: Params) -> bytes:
         channels = p.get("channels")
@@ -198,7 +220,7 @@ class Executor:
                 error = result.error if isinstance(result, ReplyError) else ERROR_INTERNAL
                 responses.append(b'{"error":' + codec.encode_error(error) + b"}")
             else:
-                responses.append(b'{"result":' + _publish_result(result) + b"}")
+                responses.append(b'{"result":' + publish_reply(result) + b"}")
         return b'{"responses":[' + b",".join(responses) + b"]}"
 
     # --- acting on connections (on every node: applied here and broadcast as control commands) ------------
@@ -297,6 +319,17 @@ class Executor:
         body = b",".join(b'%s:{"num_clients":%d}' % (codec.raw(ch), s.num_clients) for ch, s in channels.items())
         return b'{"channels":{' + body + b"}}"
 
+    async def connections(self, p: Params) -> bytes:
+        """Centrifugo PRO's ``connections``: by ``user`` (and, a Fugato addition, by ``channel``), across nodes."""
+        if _str(p, "expression"):
+            raise ReplyError(ERROR_NOT_AVAILABLE)  # Centrifugo PRO's CEL expressions are not implemented
+        found = await self.node.connections(_str(p, "user"), _str(p, "channel"))
+        for entry in found.values():
+            for holder, key in ((entry, "info"), (entry["state"], "meta")):
+                if holder.get(key) is not None:
+                    holder[key] = orjson.Fragment(holder[key])
+        return orjson.dumps({"connections": found})
+
     async def info(self, p: Params) -> bytes:
         nodes = [codec.raw(dataclasses.asdict(n)) for n in self.node.info()]
         return b'{"nodes":[' + b",".join(nodes) + b"]}"
@@ -311,26 +344,4 @@ class Executor:
         commands = p.get("commands")
         if not isinstance(commands, list):
             raise _bad()
-
-        async def one(cmd: Any) -> bytes:
-            if not isinstance(cmd, dict):
-                return b'{"error":' + codec.encode_error(ERROR_BAD_REQUEST) + b"}"
-            method = next((k for k, v in cmd.items() if k in self.methods and k != "batch" and v is not None), None)
-            if method is None:  # Centrifugo answers a command it cannot name with 104
-                return b'{"error":' + codec.encode_error(API_ERROR_NOT_FOUND) + b"}"
-            try:
-                return b'{"%s":%s}' % (method.encode(), await self.call(method, cmd[method]))
-            except ReplyError as e:
-                return b'{"error":' + codec.encode_error(e.error) + b"}"
-
-        if _bool(p, "parallel"):
-            sem = asyncio.Semaphore(MAX_BROADCAST_CONCURRENCY)
-
-            async def bounded(cmd: Any) -> bytes:
-                async with sem:
-                    return await one(cmd)
-
-            replies = await asyncio.gather(*(bounded(c) for c in commands))
-        else:
-            replies = [await one(c) for c in commands]
-        return b'{"replies":[' + b",".join(replies) + b"]}"
+        return await run_batch(self, commands, parallel=_bool(p, "parallel"))

@@ -61,6 +61,7 @@ RPCS: Final[Mapping[str, Rpc]] = {
     "RPC": Rpc("rpc", api_pb2.RPCRequest, api_pb2.RPCResponse),
     "Refresh": Rpc("refresh", api_pb2.RefreshRequest, api_pb2.RefreshResponse),
     "Channels": Rpc("channels", api_pb2.ChannelsRequest, api_pb2.ChannelsResponse),
+    "Connections": Rpc("connections", api_pb2.ConnectionsRequest, api_pb2.ConnectionsResponse),
 }
 
 # Transport error mode: API error code → GRPC status (Centrifugo's mapping).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -58,6 +59,17 @@ class Broker(Protocol):
 
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
         """Append to history (when ``opts.history_size``) and publish, atomically per channel."""
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
+        """``publish`` for each (channel, data, options), in order: each item gets its result or its own error.
+        Publications of one channel keep their order. Brokers override this to send them together."""
+        results: list[PublishResult | Exception] = []
+        for channel, data, opts in items:
+            try:
+                results.append(await self.publish(channel, data, opts))
+            except Exception as e:
+                results.append(e)
+        return results
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -83,13 +84,18 @@ class MemoryBroker(Broker):
         return ttl if ttl > 0 else self._default_meta_ttl
 
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+        return self._publish(channel, data, opts, time.monotonic(), int(time.time() * 1000))
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
+        publish, now, time_ms = self._publish, time.monotonic(), int(time.time() * 1000)
+        return [publish(channel, data, opts, now, time_ms) for channel, data, opts in items]
+
+    def _publish(self, channel: str, data: bytes, opts: PublishOptions, now: float, time_ms: int) -> PublishResult:
         # No await from here to the fan-out: the append and the delivery are atomic for this channel.
-        now = time.monotonic()
         if opts.idempotency_key:
             cached = self._results.get((channel, opts.idempotency_key))
             if cached is not None and cached[1] > now:
                 return PublishResult(cached[0].position, suppressed=True)
-        time_ms = int(time.time() * 1000)
         if opts.history_size > 0 and opts.history_ttl > 0:
             stream = self._stream(channel, now, create=True)
             assert stream is not None  # create=True always returns a stream

@@ -12,6 +12,8 @@ otherwise history reads answer 108 "not available", as Centrifugo's NATS broker 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
 import logging
 import ssl
@@ -87,6 +89,21 @@ class NatsBroker(Broker):
     async def start(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
         url = self._cfg.url or DEFAULT_URL
+        # nats-py retries the first connect forever when reconnects are unlimited; like Centrifugo, a node
+        # whose NATS is unreachable at start stops with an error instead.
+        try:
+            await asyncio.wait_for(self._connect(url), max(5 * self._cfg.dial_timeout, 2.0))
+        except TimeoutError:
+            await self.nc.close()
+            raise ConnectionError(f"NATS broker: cannot connect to {url}") from None
+        on_control = self._on_control
+        await self.nc.subscribe(self._control, cb=on_control)
+        await self.nc.subscribe(f"{self._cfg.prefix}.node.{self._node_id}", cb=on_control)
+        if self.history_store is not None:
+            await self.history_store.start()
+        logger.info("NATS broker connected to %s", url)
+
+    async def _connect(self, url: str) -> None:
         await self.nc.connect(
             servers=[u.strip() for u in url.split(",") if u.strip()],
             connect_timeout=self._cfg.dial_timeout,  # type: ignore[arg-type]
@@ -102,12 +119,6 @@ class NatsBroker(Broker):
             reconnected_cb=self._reconnected,
             error_cb=self._error,
         )
-        on_control = self._on_control
-        await self.nc.subscribe(self._control, cb=on_control)
-        await self.nc.subscribe(f"{self._cfg.prefix}.node.{self._node_id}", cb=on_control)
-        if self.history_store is not None:
-            await self.history_store.start()
-        logger.info("NATS broker connected to %s", self.nc.connected_url.netloc if self.nc.connected_url else url)
 
     async def close(self) -> None:
         if not self.nc.is_closed:
@@ -125,6 +136,8 @@ class NatsBroker(Broker):
         # nats-py has re-sent every SUB; publications sent meanwhile never reached us, so positioned
         # subscribers are checked against the stream (JetStream mode) and sent through recovery if behind.
         logger.info("NATS broker: reconnected")
+        if self.history_store is not None:
+            await self.history_store.wait_ready()  # a restarted nats-server serves JetStream a little later
         if self._handler is not None:
             self._handler.handle_resubscribed(list(self._subs))
 
@@ -141,6 +154,8 @@ class NatsBroker(Broker):
                 raise ReplyError(ERROR_BAD_REQUEST)
             cb = functools.partial(self._on_raw if self._raw.enabled else self._on_message, channel)
             self._subs[channel] = await self.nc.subscribe(self.subject(channel), cb=cb)
+        # A round trip, so nats-server has the subscriptions before the client is told it is subscribed.
+        await self.nc.flush(self._cfg.write_timeout)  # type: ignore[arg-type]
 
     async def unsubscribe(self, *channels: str) -> None:
         for channel in channels:
@@ -152,9 +167,16 @@ class NatsBroker(Broker):
         if self._handler is not None:
             self._handler.handle_control(msg.data)
 
+    def _specific(self, channel: str, msg: Msg) -> str:
+        """For a wildcard subscription, the concrete channel a message was published to (else "")."""
+        if not _has_wildcard(channel):
+            return ""
+        return msg.subject.removeprefix(self._raw.prefix if self._raw.enabled else self._client_prefix)
+
     async def _on_raw(self, channel: str, msg: Msg) -> None:
         if self._handler is not None:
-            self._handler.handle_publication(channel, Publication(data=msg.data), StreamPosition())
+            pub = Publication(data=msg.data, channel=self._specific(channel, msg))
+            self._handler.handle_publication(channel, pub, StreamPosition())
 
     async def _on_message(self, channel: str, msg: Msg) -> None:
         handler = self._handler
@@ -166,7 +188,11 @@ class NatsBroker(Broker):
             logger.warning("dropping a message on %s: %s", msg.subject, e)
             return
         if decoded.kind == wire.PUB and decoded.publication is not None:
-            handler.handle_publication(channel, decoded.publication, decoded.position)
+            pub = decoded.publication
+            specific = self._specific(channel, msg)
+            if specific:
+                pub = dataclasses.replace(pub, channel=specific)
+            handler.handle_publication(channel, pub, decoded.position)
         elif decoded.info is not None:
             if decoded.kind == wire.JOIN:
                 handler.handle_join(channel, decoded.info)

@@ -100,6 +100,16 @@ class JetStreamHistory:
             self._kv = await self.js.create_key_value(bucket=self._bucket, ttl=self._meta_ttl or None,
                                                       storage=config.storage, replicas=config.num_replicas)
 
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait (bounded) until JetStream answers, e.g. after nats-server restarted and recovers its store."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                await self.js.stream_info(self.stream)
+                return
+            except Exception:  # not ready yet (no responders, 503, timeout): ask again shortly
+                await asyncio.sleep(0.1)
+
     # --- positions ---------------------------------------------------------------------------------------
 
     async def _last(self, channel: str) -> _Top | None:

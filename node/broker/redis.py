@@ -8,12 +8,13 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, TypeVar
 
 from node.broker import wire
 from node.broker.base import Broker, BrokerEventHandler, new_epoch
-from node.broker.redis_shard import Keys, RedisShard
+from node.broker.redis_pipe import encode
+from node.broker.redis_shard import Keys, RedisShard, ScriptCall
 from node.broker.sharding import shard_index
 from node.config import RedisEngineConfig
 from node.models import (
@@ -29,6 +30,31 @@ from node.models import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_META_TTL: Final = 720 * 3600
+T = TypeVar("T")
+_Options = tuple[bytes, bytes, list[Any]]  # EVALSHA head, publish options as RESP, the options
+CHANNEL_CACHE_SIZE: Final = 65536  # channels whose encoded keys are kept (the cache starts over when full)
+
+
+def _publish_result(reply: Any) -> PublishResult:
+    top, epoch, suppressed = reply
+    epoch_str = epoch.decode() if isinstance(epoch, bytes) else str(epoch or "")
+    return PublishResult(StreamPosition(int(top), epoch_str), suppressed=bool(suppressed))
+
+
+class _ChannelKeys:
+    """The keys publish.lua gets for a channel, and their RESP encoding with the PUB/SUB channel (ARGV 1)."""
+
+    __slots__ = ("encoded", "keys", "pubsub")
+
+    def __init__(self, keys: Keys, channel: str, idempotency_key: str) -> None:
+        self.keys = [keys.stream(channel), keys.meta(channel), keys.result(channel, idempotency_key)]
+        self.pubsub = keys.client_channel(channel)
+        self.encoded = _bulks((*self.keys, self.pubsub))
+
+
+def _bulks(values: Sequence[Any]) -> bytes:
+    """Values as consecutive RESP bulk strings (a part of a command)."""
+    return encode(values).split(b"\r\n", 1)[1]
 
 
 class RedisBroker(Broker):
@@ -40,6 +66,7 @@ class RedisBroker(Broker):
         self._names: dict[bytes, str] = {}  # Redis PUB/SUB channel → channel, for subscribed channels
         self._default_meta_ttl = history_meta_ttl
         self._control_rr = itertools.cycle(range(len(self.shards)))
+        self._channel_cache: dict[str, _ChannelKeys] = {}
 
     def shard(self, channel: str) -> RedisShard:
         return self.shards[shard_index(channel, len(self.shards))]
@@ -61,10 +88,11 @@ class RedisBroker(Broker):
 
     # --- PUB/SUB -----------------------------------------------------------------------------------------
 
-    def _by_shard(self, channels: Iterable[str]) -> dict[int, list[str]]:
-        groups: dict[int, list[str]] = {}
-        for ch in channels:
-            groups.setdefault(shard_index(ch, len(self.shards)), []).append(ch)
+    def _by_shard(self, items: Iterable[T], channel_of: Callable[[T], str] = str) -> dict[int, list[T]]:
+        groups: dict[int, list[T]] = {}
+        n = len(self.shards)
+        for item in items:
+            groups.setdefault(shard_index(channel_of(item), n), []).append(item)
         return groups
 
     async def subscribe(self, *channels: str) -> None:
@@ -117,20 +145,53 @@ class RedisBroker(Broker):
     def _meta_ttl(self, ttl: float) -> int:
         return int(ttl if ttl > 0 else self._default_meta_ttl)
 
+    def _channel_keys(self, channel: str) -> _ChannelKeys:
+        """A channel's publish keys and their encoding, built once: most publishers reuse few channels."""
+        cached = self._channel_cache.get(channel)
+        if cached is None:
+            if len(self._channel_cache) >= CHANNEL_CACHE_SIZE:
+                self._channel_cache.clear()
+            cached = self._channel_cache[channel] = _ChannelKeys(self.keys, channel, "")
+        return cached
+
+    def _publish_call(self, shard: RedisShard, channel: str, data: bytes, opts: PublishOptions, epoch: str,
+                      time_ms: int, options: dict[tuple[int, int], _Options]) -> ScriptCall:
+        """The EVALSHA of publish.lua; ``options`` caches the encoded options of one burst (by object)."""
+        ck = _ChannelKeys(self.keys, channel, opts.idempotency_key) if opts.idempotency_key \
+            else self._channel_keys(channel)
+        key = (id(opts), id(shard))
+        encoded = options.get(key)
+        if encoded is None:
+            history = opts.history_size > 0 and opts.history_ttl > 0
+            values = [opts.history_size if history else 0, max(int(opts.history_ttl), 1),
+                      self._meta_ttl(opts.history_meta_ttl), epoch, shard.publish_command,
+                      int(opts.idempotent_result_ttl) if opts.idempotency_key else 0,
+                      b"1" if opts.use_delta and history else b"0"]
+            encoded = options[key] = (shard.head("publish", 13) + b"$1\r\n3\r\n", _bulks(values), values)
+        head, bulks, values = encoded
+        body = wire.encode_body(data, opts.client_info, opts.tags, time_ms)
+        command = b"%s%s%s$%d\r\n%s\r\n" % (head, ck.encoded, bulks, len(body), body)
+        return ScriptCall("publish", command, ck.keys, [ck.pubsub, *values, body])
+
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
         shard = self.shard(channel)
-        body = wire.encode_body(data, opts.client_info, opts.tags, int(time.time() * 1000))
-        history = opts.history_size > 0 and opts.history_ttl > 0
-        result_ttl = int(opts.idempotent_result_ttl) if opts.idempotency_key else 0
-        top, epoch, suppressed = await shard.script_batched(
-            "publish",
-            [self.keys.stream(channel), self.keys.meta(channel), self.keys.result(channel, opts.idempotency_key)],
-            [body, opts.history_size if history else 0, max(int(opts.history_ttl), 1),
-             self.keys.client_channel(channel), self._meta_ttl(opts.history_meta_ttl), new_epoch(),
-             shard.publish_command, result_ttl, "1" if opts.use_delta and history else "0"],
-        )
-        epoch_str = epoch.decode() if isinstance(epoch, bytes) else str(epoch or "")
-        return PublishResult(StreamPosition(int(top), epoch_str), suppressed=bool(suppressed))
+        call = self._publish_call(shard, channel, data, opts, new_epoch(), int(time.time() * 1000), {})
+        return _publish_result(await shard.run(call))
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
+        # One epoch candidate and one timestamp for the whole group: only a channel's first publication ever
+        # uses the epoch, and the publications of one burst are published at the same moment.
+        epoch, time_ms = new_epoch(), int(time.time() * 1000)
+        options: dict[tuple[int, int], _Options] = {}
+        groups = self._by_shard(range(len(items)), lambda i: items[i][0])
+        calls = [(idxs, self.shards[index].run_many(  # sent to every shard before waiting for any
+                     [self._publish_call(self.shards[index], *items[i], epoch, time_ms, options) for i in idxs]))
+                 for index, idxs in groups.items()]
+        results: dict[int, PublishResult | Exception] = {}
+        for idxs, call in calls:
+            for i, reply in zip(idxs, await call, strict=True):
+                results[i] = reply if isinstance(reply, Exception) else _publish_result(reply)
+        return [results[i] for i in range(len(items))]
 
     async def _publish_raw(self, channel: str, message: bytes) -> None:
         shard = self.shard(channel)

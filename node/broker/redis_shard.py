@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
+import hiredis
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from node.broker.redis_pipe import RECONNECT_DELAY, PipeError, RedisPipe, encode
 from node.broker.redis_pubsub import (
     ClusterPubSub,
     ConnectOptions,
@@ -28,6 +34,22 @@ from node.config import RedisEngineConfig
 from node.errors import ConfigError
 
 SCRIPTS: Final = ("publish", "history", "presence_add", "presence_remove", "presence_get")
+_RETRIED_ERRORS: Final = ("NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "READONLY",
+                          "MASTERDOWN")
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One EVALSHA: its encoded command for the fast path, and its parts for redis-py (the fallback)."""
+
+    name: str
+    command: bytes
+    keys: list[str]  # the first one routes the call (every key of a call shares one slot)
+    args: list[Any]
+
+
+class ScriptError(Exception):
+    """A Lua script failed on the server (its error reply), for this call only."""
 
 
 def _lua(name: str) -> str:
@@ -87,6 +109,8 @@ class RedisShard:
         if scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
             raise ConfigError(f"engine.redis: unsupported address {url!r} (redis://, rediss://, redis+cluster://)")
         self.cluster = scheme.endswith("+cluster")
+        self._host, self._port, self._db = "", 0, 0
+        self._slots: NodesManager | None = None  # the Cluster's slot map (kept up to date by redis-py)
         tls = scheme.startswith("rediss")
         user = unquote(parts.username or "") or cfg.user
         password = unquote(parts.password or "") or cfg.password
@@ -109,17 +133,23 @@ class RedisShard:
         if self.cluster:
             nodes = [ClusterNode(*_host_port(h)) for h in hosts]
             self.client = RedisCluster(startup_nodes=nodes, **common)
+            self._slots = self.client.nodes_manager
             self.pubsub = ClusterPubSub(self.client, opts, on_message, on_resync, on_error)
         else:
             db = int(parts.path.strip("/") or cfg.db)
             host, port = _host_port(hosts[0])
+            self._host, self._port, self._db = host, port, db
             self.client = Redis(host=host, port=port, db=db, **common)
             self.pubsub = StandalonePubSub(host, port, opts, on_message, on_resync, on_error)
         self.publish_command = "spublish" if self.cluster else "publish"
-        self.scripts: dict[str, AsyncScript] = {n: self.client.register_script(_lua(n)) for n in SCRIPTS}
+        self._sources = [_lua(n) for n in SCRIPTS]
+        self.scripts: dict[str, AsyncScript] = {n: self.client.register_script(src)
+                                                for n, src in zip(SCRIPTS, self._sources, strict=True)}
         self.address = url
-        self._batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
-        self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._heads = {n: encode(("EVALSHA", s.sha)).split(b"\r\n", 1)[1] for n, s in self.scripts.items()}
+        self._pipes: dict[str, RedisPipe] = {}  # server ("host:port" in a Cluster) → its command connection
+        self._connect_opts = opts
+        self._io_timeout = cfg.io_timeout
 
     async def start(self) -> None:
         if isinstance(self.client, RedisCluster):
@@ -129,62 +159,112 @@ class RedisShard:
         await self.pubsub.start()
 
     async def close(self) -> None:
+        for pipe in self._pipes.values():
+            pipe.close()
         await self.pubsub.close()
         await self.client.aclose()
 
+    # --- scripts ---------------------------------------------------------------------------------------
+
+    def _pipe(self, key: str) -> RedisPipe | None:
+        """The command connection to the server holding ``key`` (its slot owner in a Cluster); None while a
+        recent connect to it failed, or the slot map does not know the key (then redis-py takes the call)."""
+        if self._slots is not None:
+            try:
+                node = self._slots.get_node_from_slot(key_slot(key.encode()))
+            except RedisError:
+                return None
+            name, host, port = node.name, node.host, int(node.port)
+        else:
+            name, host, port = "", self._host, self._port
+        pipe = self._pipes.get(name)
+        if pipe is None or pipe.closed:
+            loop = asyncio.get_running_loop()
+            if pipe is not None and loop.time() - pipe.failed_at < RECONNECT_DELAY:
+                return None
+            pipe = self._pipes[name] = RedisPipe(host, port, self._connect_opts, db=self._db,
+                                                 io_timeout=self._io_timeout, scripts=self._sources)
+            pipe.connect()
+        return pipe
+
+    def head(self, name: str, nargs: int) -> bytes:
+        """The encoded start of an EVALSHA of script ``name`` with ``nargs`` arguments after the SHA."""
+        return b"*%d\r\n%s" % (nargs + 2, self._heads[name])
+
+    def call(self, name: str, keys: list[str], args: list[Any]) -> ScriptCall:
+        command = encode((len(keys), *keys, *args), self._heads[name], 2)
+        return ScriptCall(name, command, keys, args)
+
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return await self.scripts[name](keys=keys, args=args)
+        """Run a Lua script on the server holding ``keys`` (they share one slot). Calls made in the same
+        event-loop iteration share one write and one round trip (redis_pipe.py)."""
+        return await self.run(self.call(name, keys, args))
 
-    def script_batched(self, name: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        """Like ``script``, but calls made in the same event-loop tick share one pipeline (one round trip per
-        Redis server), which is what makes many concurrent publishes cheap."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._batch.append((name, keys, args, fut))
-        if len(self._batch) == 1:
-            asyncio.get_running_loop().call_soon(self._flush_batch)
-        return fut
+    async def run(self, call: ScriptCall) -> Any:
+        pipe = self._pipe(call.keys[0])
+        if pipe is not None:
+            try:
+                reply = await pipe.call(call.command)
+            except PipeError:
+                pass  # in doubt: redis-py runs it again, with its reconnects and retries
+            else:
+                if type(reply) is not hiredis.ReplyError:
+                    return reply
+                if not _elsewhere(reply):
+                    raise ScriptError(str(reply))
+        return await self.scripts[call.name](keys=call.keys, args=call.args)
 
-    def _flush_batch(self) -> None:
-        batch, self._batch = self._batch, []
-        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
-        self._batch_tasks.add(task)
-        task.add_done_callback(self._batch_tasks.discard)
+    def run_many(self, calls: Sequence[ScriptCall]) -> Awaitable[list[Any]]:
+        """``run`` for many calls at once: they are sent now (one future per server for the whole group), and
+        the awaitable gives each call's reply or its exception, in the order of ``calls``."""
+        by_pipe: dict[RedisPipe | None, list[int]] = {}
+        for i, call in enumerate(calls):
+            by_pipe.setdefault(self._pipe(call.keys[0]), []).append(i)
+        retry = by_pipe.pop(None, [])
+        sent = [(idxs, pipe.call_many([calls[i].command for i in idxs]))
+                for pipe, idxs in by_pipe.items() if pipe is not None]
+        return self._collect(calls, sent, retry)
 
-    async def _run_batch(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> None:
-        if len(batch) == 1:
-            name, keys, args, fut = batch[0]
-            await self._settle(fut, self.script(name, keys, args))
-            return
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for name, keys, args, _ in batch:
-                pipe.execute_command("EVALSHA", self.scripts[name].sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
-        except Exception as e:
-            for *_, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-            return
-        for (name, keys, args, fut), result in zip(batch, results, strict=True):
-            if isinstance(result, NoScriptError):
-                # A promoted replica or a flushed script cache: the Script object loads it and retries.
-                await self._settle(fut, self.script(name, keys, args))
-            elif isinstance(result, Exception):
-                if not fut.done():
-                    fut.set_exception(result)
-            elif not fut.done():
-                fut.set_result(result)
+    async def _collect(self, calls: Sequence[ScriptCall], sent: list[tuple[list[int], asyncio.Future[list[Any]]]],
+                       retry: list[int]) -> list[Any]:
+        results: list[Any] = [None] * len(calls)
+        for idxs, fut in sent:
+            try:
+                replies = await fut
+            except PipeError:
+                retry.extend(idxs)
+                continue
+            for i, reply in zip(idxs, replies, strict=True):
+                if type(reply) is not hiredis.ReplyError:
+                    results[i] = reply
+                elif _elsewhere(reply):
+                    retry.append(i)
+                else:
+                    results[i] = ScriptError(str(reply))
+        await self._retry(calls, sorted(retry), results)
+        return results
 
-    @staticmethod
-    async def _settle(fut: asyncio.Future[Any], call: Awaitable[Any]) -> None:
-        try:
-            result = await call
-        except Exception as e:
-            if not fut.done():
-                fut.set_exception(e)
-            return
-        if not fut.done():
-            fut.set_result(result)
+    async def _retry(self, calls: Sequence[ScriptCall], idxs: list[int], results: list[Any]) -> None:
+        """Run the calls the fast path could not through redis-py, one after another (per-channel order); once
+        the server proves unreachable the rest fail the same way instead of each waiting out the retries."""
+        down: Exception | None = None
+        for i in idxs:
+            if down is not None:
+                results[i] = down
+                continue
+            call = calls[i]
+            try:
+                results[i] = await self.scripts[call.name](keys=call.keys, args=call.args)
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                results[i] = down = e
+            except Exception as e:
+                results[i] = e
+
+
+def _elsewhere(reply: hiredis.ReplyError) -> bool:
+    """Whether an error reply means "not here / not now" (a missing script, a moved slot, a failover), which
+    redis-py knows how to handle, rather than the script's own failure."""
+    return str(reply).startswith(_RETRIED_ERRORS)
 
 
 def _host_port(hostport: str) -> tuple[str, int]:

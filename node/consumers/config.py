@@ -14,8 +14,8 @@ from typing import Any, Final
 from node.errors import ConfigError
 
 NAME_RE: Final = re.compile(r"^[a-zA-Z0-9_]{2,}$")
-SUPPORTED_TYPES: Final = ("postgresql",)
-UNSUPPORTED_TYPES: Final = ("redis_stream", "nats_jetstream", "kafka", "google_pub_sub", "aws_sqs", "azure_service_bus")
+SUPPORTED_TYPES: Final = ("postgresql", "redis_stream", "nats_jetstream")
+UNSUPPORTED_TYPES: Final = ("kafka", "google_pub_sub", "aws_sqs", "azure_service_bus")
 
 
 def _dur(default: float) -> Any:

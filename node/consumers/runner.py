@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from node.consumers.base import Consumer
 from node.consumers.config import ConsumerConfig
+from node.consumers.nats_jetstream import NatsJetStreamConsumer
 from node.consumers.postgresql import PostgresConsumer
+from node.consumers.redis_stream import RedisStreamConsumer
 
 if TYPE_CHECKING:
     from node.api.executor import Executor
 
 logger = logging.getLogger(__name__)
 
+RESTART_DELAY: Final = 1.0
+
 
 def build_consumer(config: ConsumerConfig, executor: Executor) -> Consumer:
     if config.type == "postgresql":
         return PostgresConsumer(config.name, config.postgresql, executor)
+    if config.type == "redis_stream":
+        return RedisStreamConsumer(config.name, config.redis_stream, executor)
+    if config.type == "nats_jetstream":
+        return NatsJetStreamConsumer(config.name, config.nats_jetstream, executor)
     raise AssertionError(f"consumer type {config.type} passed validation")  # ConsumerConfig refuses it
 
 
@@ -42,13 +50,12 @@ class Consumers:
 
     @staticmethod
     async def _run(consumer: Consumer) -> None:
-        try:
-            await consumer.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug: log it loudly rather than lose the consumer silently
-            logger.exception("consumer %s stopped", consumer.name)
-            raise
+        while True:
+            try:
+                await consumer.run()
+            except Exception:  # a bug or an unforeseen reply: say so loudly, and keep consuming
+                logger.exception("consumer %s failed; restarting it in %.0f s", consumer.name, RESTART_DELAY)
+            await asyncio.sleep(RESTART_DELAY)
 
     async def close(self) -> None:
         """Stop consuming; a command being run is abandoned unacknowledged and will be delivered again."""

@@ -110,6 +110,8 @@ def encode_publication(pub: Publication, data: bytes | None = None, *, delta: bo
         out += b',"tags":' + orjson.dumps(pub.tags)
     if delta:
         out += b',"delta":true'
+    if pub.channel:
+        out += b',"channel":' + orjson.dumps(pub.channel)
     return out + b"}"
 
 

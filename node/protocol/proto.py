@@ -143,6 +143,8 @@ def publication(channel: str, pub: Publication, unidirectional: bool) -> bytes:
         out.offset = pub.offset
     if pub.tags:
         out.tags.update(pub.tags)
+    if pub.channel:
+        out.channel = pub.channel
     if pub.info is not None:
         info = out.info
         info.user, info.client = pub.info.user, pub.info.client

@@ -207,7 +207,8 @@ async def _serve(request: web.Request, node: Node, cls: type[_ResponseStream], n
     transport = cls(name, unidirectional, resp, raw, chunked, held=held)
     if cls is SseTransport:
         transport.write(b"\r\n")  # sent at once, so that the EventSource opens before the first message
-    client = Client(node, transport, RequestInfo(transport=name, remote=request.remote or ""))
+    client = Client(node, transport, RequestInfo(transport=name, remote=request.remote or "",
+                                                 headers=request.headers))
     if emulation is not None:
         transport.session = emulation.register(client)
     try:

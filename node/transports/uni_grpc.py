@@ -93,6 +93,11 @@ class UniGrpcTransport:
         self._wakeup.set()
 
 
+def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    """The call's text metadata (what ``grpc_metadata`` of a proxy may forward)."""
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
 class UniGrpcService:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -100,7 +105,8 @@ class UniGrpcService:
     async def consume(self, request: pb.ConnectRequest, context: grpc.aio.ServicerContext[Any, Any],
                       ) -> AsyncIterator[bytes]:
         transport = UniGrpcTransport()
-        client = Client(self.node, transport, RequestInfo(transport="uni_grpc", remote=context.peer() or ""))
+        client = Client(self.node, transport, RequestInfo(transport="uni_grpc", remote=context.peer() or "",
+                                                       headers=_metadata(context)))
         try:
             try:
                 params: dict[str, Any] | None = proto.to_dict(request)

@@ -66,7 +66,8 @@ async def uni_websocket_handler(request: web.Request, node: Node) -> web.StreamR
     if raw is None:
         return ws
     cls = JoinedUniWebSocketTransport if node.config.uni_websocket.join_push_messages else UniWebSocketTransport
-    client = Client(node, cls(ws, raw), RequestInfo(transport="uni_websocket", remote=request.remote or ""))
+    client = Client(node, cls(ws, raw), RequestInfo(transport="uni_websocket", remote=request.remote or "",
+                                                          headers=request.headers))
     try:
         first = await ws.receive()
         if first.type is WSMsgType.TEXT or first.type is WSMsgType.BINARY:

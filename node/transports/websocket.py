@@ -130,8 +130,9 @@ async def websocket_handler(request: web.Request, node: Node) -> web.StreamRespo
         return ws
     protobuf = wants_protobuf(request, ws.ws_protocol)
     transport = (ProtobufWebSocketTransport if protobuf else WebSocketTransport)(ws, raw)
-    # Headers are not kept: nothing reads them after the upgrade, and a copy per connection costs memory.
-    client = Client(node, transport, RequestInfo(transport="websocket", remote=request.remote or ""))
+    # Headers are not kept (a copy per connection costs memory), except those a proxy forwards.
+    client = Client(node, transport, RequestInfo(transport="websocket", remote=request.remote or "",
+                                                 headers=request.headers))
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from harness import ServerFactory
 
-from node.cpus import cgroup_cpu_limit, cpu_count
+from node.workers import cgroup_cpu_limit, cpu_count
 
 
 def children(pid: int) -> list[int]:

@@ -341,10 +341,10 @@ def test_process_metrics_per_worker(single: tuple[ServerProcess, str],
 
 def test_workers_run_from_the_image_layout(image_like_workers: tuple[ServerProcess, str, Path, Path]) -> None:
     server, _, supervisor_dir, tmpdir = image_like_workers
-    # supervisord runs the event listener from the directory the image names, not from the checkout ...
-    listeners = [p for p in Path("/proc").iterdir() if p.name.isdigit()
-                 and str(supervisor_dir / "watch.py") in _cmdline(p)]
-    assert listeners
+    # supervisord runs with the configuration from the directory the image names, not from the checkout ...
+    supervisords = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                    and str(supervisor_dir / "supervisord.conf") in _cmdline(p)]
+    assert supervisords
     # ... and keeps its socket, pid file and the metrics files under TMPDIR (the chart's /tmp emptyDir).
     run_dirs = [p for p in tmpdir.glob("fugato-*") if p.is_dir()]
     assert len(run_dirs) == 1

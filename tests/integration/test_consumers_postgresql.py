@@ -11,8 +11,10 @@ from typing import Any
 import psycopg
 import pytest
 from consumer_scenarios import (
+    SLOW_TEST_TIMEOUT,
     barrier,
     exactly_once_across_a_killed_node,
+    health_names,
     metric,
     publish_command,
     redis_engine,
@@ -55,6 +57,7 @@ async def insert(dsn: str, table: str, rows: list[tuple[str, str, int]]) -> None
         await cur.executemany(f"INSERT INTO {table} (method, payload, partition) VALUES (%s, %s, %s)", rows)
 
 
+@pytest.mark.timeout(SLOW_TEST_TIMEOUT)
 async def test_outbox_rows_reach_clients_exactly_once_in_order_across_a_killed_node(
         postgres: PostgresServer, outbox: str, server_factory: ServerFactory, py_factory: PyFactory,
         redis_standalone: RedisStandalone, redis_prefix: str) -> None:
@@ -104,22 +107,12 @@ async def test_poison_rows_are_skipped_and_counted_and_an_outage_heals(
     # The database goes away: /health names the consumer (still 200: clients are unaffected) within seconds.
     postgres.stop()
     try:
-        async def failing() -> bool:
-            status, _, body = await server.http("GET", "/health")
-            assert status == 200
-            return "outbox" in json.loads(body).get("consumers", {})
-
-        await wait_until(failing, timeout=20, what="/health reports the failing consumer")
+        await wait_until(lambda: health_names(server, "outbox"), timeout=20, what="/health reports the consumer")
     finally:
         postgres.start()
-    await wait_until(lambda: _health_clean(server), timeout=30, what="the consumer recovers by itself")
+    await wait_until(lambda: health_names(server, ""), timeout=30, what="the consumer recovers by itself")
     await insert(postgres.dsn, outbox, [("publish", json.dumps({"channel": ch, "data": {"seq": 3}}), 0)])
     await wait_until(lambda: seqs(py, ch) == [0, 1, 2, 3], timeout=20, what="a row inserted after the outage")
     await barrier(server, py, [ch])
     assert seqs(py, ch) == [0, 1, 2, 3, "end"]
     assert await metric(server, "centrifugo_consumers_errors_total") >= 1
-
-
-async def _health_clean(server: Any) -> bool:
-    status, _, body = await server.http("GET", "/health")
-    return status == 200 and json.loads(body) == {}

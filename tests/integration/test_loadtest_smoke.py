@@ -51,6 +51,15 @@ async def test_workers_bench_runs_one_then_two_workers_on_a_redis_cluster() -> N
     assert "2 workers / 1:" in out
 
 
+async def test_nats_bench_compares_with_redis() -> None:
+    code, out = await run("loadtest.bench", "--spawn", "--engine", "nats", "--subscribers", "50", "--publishers", "2",
+                          "--duration", "1", timeout=120)
+    assert code == 0, out
+    lost = [line for line in out.splitlines() if line.strip().startswith("lost")]
+    assert lost == ["  lost                         0"] * 2, out
+    assert "NATS / Redis publications/s:" in out and "NATS / Redis deliveries per server CPU-second:" in out
+
+
 async def test_write_delay_bench_delivers_everything() -> None:
     code, out = await run("loadtest.bench", "--spawn", "--subscribers", "50", "--write-delay-ms", "5",
                           "--duration", "1")

@@ -17,6 +17,7 @@ import pytest
 from harness import JsFactory, PyFactory, ServerFactory, ServerProcess, unique_channel, wait_until
 from nats_servers import NatsServer
 from redis_servers import RedisStandalone
+from test_protocol_raw import Raw, raw
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +58,17 @@ async def test_cross_node_delivery_exactly_once_in_order(two_nodes: tuple[Server
 
     await sub.publish({"from": "python on A"})
     assert (await js.wait("publication", channel=ch))["data"] == {"from": "python on A"}
+    assert (await py.wait("publication", ch)).ctx.pub.data == {"from": "python on A"}
+    # Each node publishes 50, interleaved. NATS orders what one connection sends, not what two send: every
+    # subscriber gets each node's publications exactly once and in that node's order.
     for i in range(50):
-        await (a if i % 2 else b).api_result("publish", {"channel": ch, "data": {"n": i}})
-    got_js = [(await js.wait("publication", channel=ch))["data"] for _ in range(50)]
-    got_py = [(await py.wait("publication", ch)).ctx.pub.data for _ in range(51)]
-    # Each API call returns after its publish went out, so the order is the order of the calls.
-    assert got_js == [{"n": i} for i in range(50)]
-    assert got_py == [{"from": "python on A"}, *({"n": i} for i in range(50))]
+        await a.api_result("publish", {"channel": ch, "data": {"node": "a", "n": i}})
+        await b.api_result("publish", {"channel": ch, "data": {"node": "b", "n": i}})
+    got_js = [(await js.wait("publication", channel=ch))["data"] for _ in range(100)]
+    got_py = [(await py.wait("publication", ch)).ctx.pub.data for _ in range(100)]
+    for got in (got_js, got_py):
+        for node in ("a", "b"):
+            assert [d["n"] for d in got if d["node"] == node] == list(range(50)), (node, got)
     await b.api_result("publish", {"channel": ch, "data": "last"})
     assert (await py.wait("publication", ch)).ctx.pub.data == "last", "no duplicate arrived before the last one"
     assert (await js.wait("publication", channel=ch))["data"] == "last"
@@ -72,15 +77,24 @@ async def test_cross_node_delivery_exactly_once_in_order(two_nodes: tuple[Server
 async def test_presence_and_join_leave_across_nodes(two_nodes: tuple[ServerProcess, ServerProcess],
                                                     py_factory: PyFactory, js_factory: JsFactory) -> None:
     a, b = two_nodes
-    ch = unique_channel("plain")
+    ch = unique_channel("chat:")
     py = await py_factory(a, "alice")
-    await py.subscribe(ch)
+    await py.subscribe(ch, join_leave=True)
     js = await js_factory(b)
     await js.call("connect", token=b.token("bob"), wait=True)
     await js.call("subscribe", channel=ch, wait=True)
-    presence = await a.api_result("presence", {"channel": ch})
-    assert sorted(info["user"] for info in presence["presence"].values()) == ["alice", "bob"]
+
+    async def users() -> list[str] | None:
+        presence = await a.api_result("presence", {"channel": ch})
+        found = sorted(info["user"] for info in presence["presence"].values())
+        return found if found == ["alice", "bob"] else None
+
+    await wait_until(users, timeout=10, what="both users present")  # presence is added just after the reply
     assert (await b.api_result("presence_stats", {"channel": ch})) == {"num_clients": 2, "num_users": 2}
+    # Join and leave travel over NATS: alice (node A) sees bob (node B) leave.
+    await js.call("unsubscribe", channel=ch, wait=True)
+    leave = await py.wait("leave", ch)
+    assert leave.ctx.info.user == "bob"
 
 
 async def test_server_side_subscribe_and_disconnect_across_nodes(
@@ -160,3 +174,61 @@ async def test_raw_mode_with_plain_nats(server_factory: ServerFactory, nats_serv
         assert (await py.wait("publication", ch)).ctx.pub.data == {"from": "api"}
     finally:
         await nc.close()
+
+
+async def test_workers_each_have_their_own_nats_connection(server_factory: ServerFactory, nats_server: NatsServer,
+                                                          redis_standalone: RedisStandalone, redis_prefix: str,
+                                                          py_factory: PyFactory) -> None:
+    config = nats_config(nats_server.url, redis_prefix, redis_standalone.url)
+    server = await server_factory(config, name="workers", extra_args=("--workers", "2"))
+
+    async def two_nodes() -> list[dict[str, Any]] | None:
+        nodes = (await server.api_result("info"))["nodes"]
+        return nodes if len(nodes) == 2 else None
+
+    nodes = await wait_until(two_nodes, timeout=20)
+    names = sorted(c.get("name", "") for c in nats_server.connections())
+    for node in nodes:
+        assert names.count(f"fugato {node['uid']}") == 1, names
+    # Clients, on whichever worker the kernel gave them, share every channel.
+    ch = unique_channel("plain")
+    clients = [await py_factory(server, f"user{i}") for i in range(6)]
+    for c in clients:
+        await c.subscribe(ch)
+    await server.api_result("publish", {"channel": ch, "data": "all"})
+    for c in clients:
+        assert (await c.wait("publication", ch)).ctx.pub.data == "all"
+
+
+async def _next_push(c: Raw) -> dict[str, Any]:
+    while True:
+        msg = await c.recv(10)
+        if "push" in msg:
+            push: dict[str, Any] = msg["push"]
+            return push
+
+
+async def test_wildcard_subscriptions(two_nodes: tuple[ServerProcess, ServerProcess], server_factory: ServerFactory,
+                                      nats_server: NatsServer, redis_standalone: RedisStandalone,
+                                      redis_prefix: str) -> None:
+    plain_node, _ = two_nodes
+    base = unique_channel("w")
+    async with raw(plain_node) as c:  # without allow_wildcards a wildcard channel is refused
+        await c.connect(plain_node.token("gina"))
+        await c.send({"id": 2, "subscribe": {"channel": f"{base}.*"}})
+        assert (await c.reply(2))["error"] == {"code": 107, "message": "bad request"}
+    config = nats_config(nats_server.url, f"{redis_prefix}w", redis_standalone.url, allow_wildcards=True)
+    a = await server_factory(config, name="wild-a")
+    b = await server_factory(config, name="wild-b")
+    async with raw(a) as c:
+        await c.connect(a.token("gina"))
+        await c.send({"id": 2, "subscribe": {"channel": f"{base}.*"}})
+        assert (await c.reply(2))["subscribe"] == {}
+        for leaf in ("x", "y"):
+            await b.api_result("publish", {"channel": f"{base}.{leaf}", "data": {"leaf": leaf}})
+        pushes = [await _next_push(c), await _next_push(c)]
+        assert [p["channel"] for p in pushes] == [f"{base}.*"] * 2
+        assert [(p["pub"]["data"], p["pub"]["channel"]) for p in pushes] == [
+            ({"leaf": "x"}, f"{base}.x"), ({"leaf": "y"}, f"{base}.y")]
+    reply = await b.api("publish", {"channel": f"{base}.*", "data": {}})
+    assert reply["error"]["code"] == 107, "a publication goes to one channel, never to a pattern"

@@ -160,6 +160,42 @@ async def test_killed_worker_is_restarted_and_its_clients_recover(workers: Serve
                              f"now {worker_pids(workers)}") from None
 
 
+async def test_a_worker_whose_event_loop_hangs_is_restarted(server_factory: ServerFactory,
+                                                            redis_cluster: RedisCluster, redis_prefix: str) -> None:
+    """SIGUSR2 makes a worker's event loop block (the test hook in node/liveness.py): the process lives on, but
+    its heartbeat stops, and the liveness check kills it so that supervisord starts a fresh one."""
+    config = redis_engine(redis_cluster.url, redis_prefix) | {"shutdown": {"timeout": "5s"}}
+    server = await server_factory(config, name="hung", extra_args=("--workers", "2"),
+                                  env={"FUGATO_WORKER_LIVENESS_TIMEOUT": "3", "FUGATO_TEST_BLOCK_LOOP_ON_SIGUSR2": "1"})
+    await wait_until(lambda: len(worker_pids(server)) == 2, timeout=15, what="two workers")
+    before = worker_pids(server)
+    hung = before[0]
+    # The hook is installed once the worker serves; before that SIGUSR2 would simply terminate it.
+    await wait_until(lambda: catches(hung, signal.SIGUSR2), timeout=15, what="the worker's test hook")
+    os.kill(hung, signal.SIGUSR2)
+    await wait_until(lambda: f"(pid {hung}): event loop unresponsive" in server.log_text(), timeout=30,
+                     what="the liveness check notices the stuck loop")
+    await wait_until(lambda: len(worker_pids(server)) == 2 and hung not in worker_pids(server), timeout=20,
+                     what="the stuck worker is replaced")
+    assert before[1] in worker_pids(server), "the healthy worker is left alone"
+    # The group serves on: the API answers, from whichever worker takes the connection.
+    await wait_until(lambda: _node_count(server), timeout=15, what="the API answers")
+
+
+def catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether the process has a handler for ``sig`` (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(mask >> (sig - 1) & 1)
+
+
+async def _node_count(server: ServerProcess) -> bool:
+    return len((await server.api_result("info"))["nodes"]) >= 2
+
+
 async def _equals(value: Any, expected: str) -> bool:
     return bool(await value == expected)
 

@@ -26,6 +26,7 @@ FLOORS: dict[str, int] = {
     "node.protocol": 0,
     "node.delta": 0,
     "node.timers": 0,
+    "node.liveness": 0,  # a worker's heartbeat (the supervisor side is node.workers)
     "node.procstats": 0,
     "node.transport": 0,  # the Transport protocol (what the session needs from a transport)
     "node.auth": 0,
@@ -43,6 +44,7 @@ FLOORS: dict[str, int] = {
     # 3: the application layer and the front door: policy, proxies, Node (the only one holding the engine)
     "node.policy": 3,
     "node.proxy": 3,
+    "node.connections": 3,  # the connections API's survey (describes what the node holds)
     "node.node": 3,
     # 4: the client session: one connection and its commands
     "node.commands": 4,
@@ -55,9 +57,7 @@ FLOORS: dict[str, int] = {
     # 6: the composition root
     "node.server": 6,
     # 7: command line and process management
-    "node.process": 7,
-    "node.supervise": 7,
-    "node.cpus": 7,
+    "node.workers": 7,  # process management on the supervisor side
     "node.cli": 7,
     "node.__main__": 7,
 }
