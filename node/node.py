@@ -317,6 +317,11 @@ class Node(BrokerEventHandler):
         self.metrics.published("publication")
         return result
 
+    def publish_soon(self, channel: str, data: bytes, opts: PublishOptions) -> asyncio.Future[PublishResult]:
+        """``publish`` as a future, for callers that answer from a callback (the API fast path)."""
+        self.metrics.published("publication")
+        return self._engine.broker.publish_soon(channel, data, opts)
+
     async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
         """Publish several (channel, data, options) together, each channel's in order (one pipelined burst per
         Redis server); each gets its result or its own error."""

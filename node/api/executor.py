@@ -5,9 +5,11 @@ Each method takes the decoded request object and returns the encoded ``result`` 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -28,7 +30,7 @@ from node.errors import (
     Disconnect,
     ReplyError,
 )
-from node.models import HistoryOptions, PublishOptions, StreamPosition, SubscribeOptions
+from node.models import HistoryOptions, PublishOptions, PublishResult, StreamPosition, SubscribeOptions
 from node.node import Node
 from node.protocol import codec
 
@@ -153,6 +155,36 @@ class Executor:
             self.node.metrics.api_command(method, time.perf_counter() - started, code, protocol=_protocol.get())
             if token is not None:
                 _protocol.reset(token)
+
+    def start(self, method: str, params: Any) -> asyncio.Future[bytes]:
+        """``call`` as a future, for callers that answer from a callback (the API fast path). A publish needs
+        no task: it is validated now and carried by the engine's future (for Redis, straight from the reply)."""
+        if method != "publish" or type(params) is not dict:
+            return asyncio.ensure_future(self.call(method, params))
+        started = time.perf_counter()
+        out: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        try:
+            args = self.publish_args(_str(params, "channel", required=True), params)
+        except ReplyError as e:
+            self.node.metrics.api_command("publish", time.perf_counter() - started, e.error.code,
+                                          protocol=_protocol.get())
+            out.set_exception(e)
+            return out
+        self.node.publish_soon(*args).add_done_callback(functools.partial(self._published, out, started))
+        return out
+
+    def _published(self, out: asyncio.Future[bytes], started: float, fut: asyncio.Future[PublishResult]) -> None:
+        error = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or error is not None:
+            reply_error = error if isinstance(error, ReplyError) else ReplyError(ERROR_INTERNAL)
+            code = reply_error.error.code
+            if not out.done():
+                out.set_exception(reply_error)
+        else:
+            code = 0
+            if not out.done():
+                out.set_result(publish_reply(fut.result()))
+        self.node.metrics.api_command("publish", time.perf_counter() - started, code, protocol=_protocol.get())
 
     # --- publishing ------------------------------------------------------------------------------------
 

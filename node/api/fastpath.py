@@ -190,11 +190,10 @@ class FastApiProtocol(asyncio.Protocol):
         self._busy = True
         self._mode = headers.get(b"x-centrifugo-error-mode", b"").decode("latin-1")
         self._method = method
-        task = self._loop.create_task(self._fast.executor.call(method, params))
-        task.add_done_callback(self._done)
+        self._fast.executor.start(method, params).add_done_callback(self._done)
         return False
 
-    def _done(self, task: asyncio.Task[bytes]) -> None:
+    def _done(self, task: asyncio.Future[bytes]) -> None:
         self._busy = False
         if task.cancelled():
             self._fail()

@@ -86,6 +86,11 @@ class MemoryBroker(Broker):
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
         return self._publish(channel, data, opts, time.monotonic(), int(time.time() * 1000))
 
+    def publish_soon(self, channel: str, data: bytes, opts: PublishOptions) -> asyncio.Future[PublishResult]:
+        fut: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+        fut.set_result(self._publish(channel, data, opts, time.monotonic(), int(time.time() * 1000)))
+        return fut
+
     async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
         publish, now, time_ms = self._publish, time.monotonic(), int(time.time() * 1000)
         return [publish(channel, data, opts, now, time_ms) for channel, data, opts in items]
