@@ -39,6 +39,7 @@ from node.errors import (
 from node.models import ClientInfo, ClientState, RequestInfo
 from node.node import Node
 from node.protocol import codec, proto
+from node.protocol.codec import Codec
 from node.proxy import hooks
 from node.subscriptions import ChannelState
 from node.transport import Transport
@@ -71,6 +72,7 @@ class Client:
         "app_name",
         "app_version",
         "channels",
+        "codec",
         "conn_info",
         "connected_at",
         "expire_at",
@@ -93,6 +95,7 @@ class Client:
         self.node = node
         self.transport = transport
         self.protocol = transport.protocol  # "json" | "protobuf": how commands arrive and messages leave
+        self.codec: Codec = proto.CODECS[self.protocol]  # builds every message this client is sent
         # The request itself is not kept (nothing needs it after the upgrade; memory per connection counts).
         self.unidirectional = transport.unidirectional
         self.framing = transport.framing
@@ -185,13 +188,13 @@ class Client:
         try:
             result = await handler(self, cmd)
             if result is not None and cmd.id:
-                self.enqueue(codec.reply(cmd.id, cmd.method, result))
+                self.enqueue(self.codec.reply(cmd.id, cmd.method, result))
         except ReplyError as e:
             self.node.metrics.reply_error(cmd.method, e.error.code)
             if cmd.method == "connect":
                 self._connect_failed = True
             if cmd.id:
-                self.enqueue(codec.error_reply(cmd.id, e.error))
+                self.enqueue(self.codec.error_reply(cmd.id, e.error))
         except DisconnectError as e:
             await self.close(e.disconnect)
             return False
@@ -203,7 +206,7 @@ class Client:
             if cmd.method == "connect":
                 self._connect_failed = True
             if cmd.id:
-                self.enqueue(codec.error_reply(cmd.id, ERROR_INTERNAL))
+                self.enqueue(self.codec.error_reply(cmd.id, ERROR_INTERNAL))
         finally:
             self.node.metrics.command_duration(cmd.method, time.perf_counter() - started)
         return not self._closing
@@ -343,7 +346,7 @@ class Client:
                 self._refreshing = True
                 self.spawn(self._server_refresh())
             if now >= self._next_ping:
-                self.enqueue(codec.PING_BIDI)
+                self.enqueue(self.codec.ping)
                 self._ping_sent = now
                 self._next_ping = now + cfg.ping_interval
                 if cfg.pong_timeout > 0 and not self.unidirectional and not self._pong_deadline:
@@ -422,7 +425,8 @@ class Client:
         if channel not in self.channels:
             return
         await self.node.remove_subscription(self, channel, unsub)
-        self.enqueue(codec.wrap_push(codec.push_unsubscribe(channel, unsub.code, unsub.reason), self.unidirectional))
+        codec_ = self.codec
+        self.enqueue(codec_.push(codec_.push_unsubscribe(channel, unsub.code, unsub.reason), self.unidirectional))
 
     def start_subscribing(self, channel: str) -> None:
         """Mark a subscription in flight (a second subscribe to it is refused with 105)."""
