@@ -46,6 +46,11 @@ from node.transport import Transport
 
 logger = logging.getLogger(__name__)
 
+# The commands Centrifugo runs concurrently with client.concurrency (its handler's concurrent event handlers);
+# connect, unsubscribe and send stay in order with the reading.
+CONCURRENT_METHODS: Final = frozenset({"subscribe", "publish", "presence", "presence_stats", "history", "rpc",
+                                       "refresh", "sub_refresh"})
+
 _NONE: Final[frozenset[str]] = frozenset()
 
 
@@ -66,6 +71,7 @@ class Client:
         "_positions_checked",
         "_queue_max",
         "_refreshing",
+        "_slots",
         "_stale_deadline",
         "_stalled_since",
         "_tasks",
@@ -125,6 +131,9 @@ class Client:
         self._queue_max = node.config.client.queue_max_size
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
+        # client.concurrency > 1: commands that may run side by side take a slot each (None: one at a time).
+        concurrency = node.config.client.concurrency
+        self._slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
         self._tasks: set[asyncio.Task[None]] | None = None
         self._connect_failed = False
         self._positions_checked = time.time()
@@ -161,9 +170,26 @@ class Client:
             await self.close(DISCONNECT_BAD_REQUEST)
             return False
         for cmd in cmds:
-            if not await self._dispatch(cmd):
+            if self._slots is not None and cmd.method in CONCURRENT_METHODS and self.state is ClientState.CONNECTED:
+                await self._dispatch_concurrently(cmd)
+            elif not await self._dispatch(cmd):
                 return False
-        return True
+        return not self._closing
+
+    async def _dispatch_concurrently(self, cmd: codec.Command) -> None:
+        """``client.concurrency``: the command runs in a task of its own, at most that many at a time (reading
+        waits for a free slot); each reply is written when its command finishes, as Centrifugo does."""
+        slots = self._slots
+        assert slots is not None
+        await slots.acquire()
+
+        async def run() -> None:
+            try:
+                await self._dispatch(cmd)
+            finally:
+                slots.release()
+
+        self.spawn(run())
 
     async def _dispatch(self, cmd: codec.Command) -> bool:
         if self.state is ClientState.CLOSED:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -15,6 +16,7 @@ from node.errors import (
     DISCONNECT_CHANNEL_LIMIT,
     DISCONNECT_CONNECTION_LIMIT,
     DISCONNECT_NOT_AVAILABLE,
+    DISCONNECT_SERVER_ERROR,
     ERROR_ALREADY_SUBSCRIBED,
     ERROR_BAD_REQUEST,
     ERROR_EXPIRED,
@@ -26,10 +28,12 @@ from node.errors import (
     DisconnectError,
     ReplyError,
 )
-from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosition
+from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosition, SubscribeOptions
 from node.node import Connection
 from node.protocol import codec
 from node.proxy import hooks
+
+logger = logging.getLogger(__name__)
 
 Handler = Callable[[Connection, codec.Command], Awaitable[bytes | None]]
 
@@ -98,6 +102,8 @@ async def connect(client: Connection, cmd: codec.Command) -> bytes | None:
     if cfg.user_connection_limit and decision.user and \
             node.hub.num_user_connections(decision.user) >= cfg.user_connection_limit:
         raise DisconnectError(DISCONNECT_CONNECTION_LIMIT)
+    if cfg.subscribe_to_user_personal_channel.enabled and decision.user:
+        await _personal_channel(client, decision.user, decision.subs)
     if len(decision.subs) > cfg.channel_limit:
         raise DisconnectError(DISCONNECT_CHANNEL_LIMIT)
     client.user = decision.user
@@ -139,6 +145,23 @@ async def connect(client: Connection, cmd: codec.Command) -> bytes | None:
     for channel, opts, _ in started:
         await node.after_subscribe(client, channel, opts)
     return None
+
+
+async def _personal_channel(client: Connection, user: str, subs: dict[str, SubscribeOptions]) -> None:
+    """``client.subscribe_to_user_personal_channel``, as Centrifugo: a server-side subscription to the user's
+    personal channel; with ``single_connection``, a user already present there (on any node) has those other
+    connections closed with 3504 first."""
+    node = client.node
+    channel = node.policy.personal_channel(user)
+    if node.config.client.subscribe_to_user_personal_channel.single_connection:
+        try:
+            stats = await node.presence_stats(channel)
+            if stats.num_clients:
+                await node.disconnect(user, DISCONNECT_CONNECTION_LIMIT, whitelist=(client.id,))
+        except Exception as e:
+            logger.error("single connection for %s: %s", user, e)
+            raise DisconnectError(DISCONNECT_SERVER_ERROR) from None
+    subs[channel] = node.policy.personal_options(channel)  # an unknown namespace is 102, as in Centrifugo
 
 
 def _since(params: Any) -> StreamPosition | None:
