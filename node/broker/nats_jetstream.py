@@ -41,6 +41,7 @@ WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's error code for a failed expect
 MAX_ATTEMPTS: Final = 16
 SIZE_HEADER: Final = "Fugato-History-Size"
 TTL_HEADER: Final = "Fugato-History-Ttl"
+IDEMPOTENCY_WINDOW: Final = 300.0
 READ_TIMEOUT: Final = 5.0  # a history read that stalls this long between messages fails
 USED: Final = "!"  # suffix of an epoch in the bucket once publications were made in it
 REMOVED: Final = "="  # separates an epoch from the offset its history was removed at
@@ -88,6 +89,8 @@ class JetStreamHistory:
         config = StreamConfig(
             name=self.stream, subjects=[self._prefix + ">"], max_msgs_per_subject=max(size, 1),
             max_age=ttl if ttl > 0 else None, allow_direct=True,
+            # Centrifugo's default idempotent_result_ttl (5 min), within the stream's max_age.
+            duplicate_window=min(IDEMPOTENCY_WINDOW, ttl) if ttl > 0 else IDEMPOTENCY_WINDOW,
             storage=StorageType.MEMORY if self._cfg.jetstream.storage == "memory" else StorageType.FILE,
             num_replicas=self._cfg.jetstream.replicas,
             republish=RePublish(src=self._prefix + ">", dest=f"{self._cfg.prefix}.client.>"),
@@ -177,6 +180,8 @@ class JetStreamHistory:
         async with self._lock(channel):
             top = self._tops.get(channel) or await self._top(channel, for_publish=True)
             headers = {SIZE_HEADER: str(opts.history_size), TTL_HEADER: str(int(opts.history_ttl))}
+            if opts.idempotency_key:  # JetStream drops a repeated Nats-Msg-Id within the stream's duplicate window
+                headers["Nats-Msg-Id"] = f"{self._key(channel)}.{opts.idempotency_key}"
             for _ in range(MAX_ATTEMPTS):
                 offset = top.offset + 1
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(top.seq)
@@ -190,6 +195,9 @@ class JetStreamHistory:
                     self._tops.pop(channel, None)
                     top = await self._top(channel, for_publish=True)
                     continue
+                if ack.duplicate:  # the earlier publication with this idempotency key stands
+                    earlier = await self.js.get_msg(self.stream, seq=ack.seq, direct=True)
+                    return PublishResult(wire.decode(earlier.data or b"").position, suppressed=True)
                 self._tops[channel] = _Top(ack.seq, offset, top.epoch)
                 if len(self._locks) > 10_000 and not self._lock(channel).locked():
                     self._locks.clear()

@@ -64,6 +64,11 @@ async def test_history_offsets_shared_by_two_nodes(two_nodes: tuple[ServerProces
     assert [p["offset"] for p in since["publications"]] == [16, 17, 18]
     reverse = await b.api_result("history", {"channel": ch, "limit": 2, "reverse": True})
     assert [p["offset"] for p in reverse["publications"]] == [20, 19]
+    # Idempotent publishing: the same key on either node gives the first publication's position, once.
+    once = await a.api_result("publish", {"channel": ch, "data": "once", "idempotency_key": "k1"})
+    again = await b.api_result("publish", {"channel": ch, "data": "once", "idempotency_key": "k1"})
+    assert once == again and once["offset"] == 21
+    assert (await a.api_result("history", {"channel": ch, "limit": 0}))["offset"] == 21
 
 
 async def test_history_keeps_the_namespace_size(server_factory: ServerFactory, nats_server: NatsServer,
