@@ -146,7 +146,10 @@ class NatsBroker(Broker):
         # nats-py has re-sent every SUB; publications sent meanwhile never reached us, so positioned
         # subscribers are checked against the stream (JetStream mode) and sent through recovery if behind.
         if self.history_store is not None:
-            await self.history_store.wait_ready()  # a restarted nats-server serves JetStream a little later
+            try:
+                await self.history_store.restore()
+            except Exception as e:  # publishes and reads answer errors until a later reconnect restores it
+                logger.warning("NATS broker: JetStream not restored after reconnecting: %s", e)
         if self._handler is not None:
             self._handler.handle_resubscribed(list(self._subs))
 

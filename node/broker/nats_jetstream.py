@@ -105,15 +105,18 @@ class JetStreamHistory:
             self._kv = await self.js.create_key_value(bucket=self._bucket, ttl=self._meta_ttl or None,
                                                       storage=config.storage, replicas=config.num_replicas)
 
-    async def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait (bounded) until JetStream answers, e.g. after nats-server restarted and recovers its store."""
+    async def restore(self, timeout: float = 10.0) -> None:
+        """After a reconnect: wait (bounded) until JetStream answers (a restarted nats-server recovers its store
+        first), then create the stream and bucket again if they are gone (a server with memory storage)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                await self.js.stream_info(self.stream)
-                return
+                await self.js.account_info()
+                break
             except Exception:  # not ready yet (no responders, 503, timeout): ask again shortly
                 await asyncio.sleep(0.1)
+        self._tops.clear()
+        await self.start()
 
     # --- positions ---------------------------------------------------------------------------------------
 

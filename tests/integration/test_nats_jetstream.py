@@ -190,3 +190,30 @@ async def test_expired_history_starts_a_new_epoch(server_factory: ServerFactory,
     assert top["publications"] == [] and top.get("offset", 0) == 0
     again = await server.api_result("publish", {"channel": ch, "data": "new"})
     assert (again["offset"], again["epoch"]) == (1, top["epoch"]), "the epoch read before the publication stays"
+
+
+async def test_memory_storage_is_recreated_after_a_nats_restart(
+        server_factory: ServerFactory, tmp_path_factory: pytest.TempPathFactory,
+        redis_standalone: RedisStandalone, redis_prefix: str) -> None:
+    nats = NatsServer(tmp_path_factory.mktemp("nats-memory"))
+    nats.start()
+    try:
+        config = nats_config(nats.url, redis_prefix, redis_standalone.url, jetstream={"enabled": True,
+                                                                                     "storage": "memory"})
+        server = await server_factory(config, name="memory-js")
+        ch = unique_channel("feed:")
+        before = await server.api_result("publish", {"channel": ch, "data": 1})
+        nats.stop()
+        nats.start()
+
+        async def published() -> dict[str, Any] | None:
+            reply = await server.api("publish", {"channel": ch, "data": 2})
+            return reply.get("result")
+
+        after = await wait_until(published, timeout=15, interval=0.2, what="publishing again")
+        # The stream was lost with the server's memory: a new epoch starts, never a reused offset.
+        assert after["epoch"] != before["epoch"] and after["offset"] == 1
+        history = await server.api_result("history", {"channel": ch, "limit": -1})
+        assert [p["data"] for p in history["publications"]] == [2]
+    finally:
+        nats.stop()
