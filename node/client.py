@@ -415,7 +415,7 @@ class Client:
         """Unsubscribe from the server side and tell the client with an unsubscribe push."""
         if channel not in self.channels:
             return
-        await self.node.remove_subscription(self, channel)
+        await self.node.remove_subscription(self, channel, unsub)
         self.enqueue(codec.wrap_push(codec.push_unsubscribe(channel, unsub.code, unsub.reason), self.unidirectional))
 
     def start_subscribing(self, channel: str) -> None:

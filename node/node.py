@@ -52,6 +52,7 @@ from node.models import (
 )
 from node.policy import Policy
 from node.protocol import codec
+from node.proxy.leave_events import UNSUBSCRIBE_CLIENT, UNSUBSCRIBE_DISCONNECT, LeaveEvents
 from node.proxy.manager import Proxies
 from node.proxy.python import Handlers
 from node.recovery import stream_start
@@ -125,6 +126,10 @@ class Node(BrokerEventHandler):
         self.controller.on_action(DISCONNECT, self._on_disconnect)
         self.controller.on_action(REFRESH, self._on_refresh)
         self.controller.on_survey(CHANNELS, self._on_channels)
+        leave = config.fugato.leave_events
+        self.leave_events = LeaveEvents(leave, self.id, engine.presence, metrics.registry) if leave.enabled else None
+        if self.leave_events is not None:
+            self.controller.on_node_gone(self.leave_events.node_gone)
         self.flusher = Flusher(config.client.write_delay)
         self.timers = TimerWheel()
         self.name = config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
@@ -138,6 +143,8 @@ class Node(BrokerEventHandler):
         await self._engine.broker.start(self)
         await self.policy.verifier.start()
         await self.controller.start()
+        if self.leave_events is not None:
+            await self.leave_events.start()
 
     async def shutdown(self, timeout: float) -> None:
         """Disconnect every client with 3001 "shutdown" (they reconnect elsewhere), then close the engine."""
@@ -147,6 +154,9 @@ class Node(BrokerEventHandler):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.subscriptions.close()
+        if self.leave_events is not None:
+            # Before the control channel says goodbye: peers send what is still undelivered only after that.
+            await self.leave_events.close(self.config.shutdown.timeout)
         await self.controller.close()
         await self.proxies.close()
         await self.policy.verifier.close()
@@ -183,13 +193,17 @@ class Node(BrokerEventHandler):
 
     def add_client(self, client: Connection) -> None:
         self.hub.add(client)
+        if self.leave_events is not None:
+            self.leave_events.connected(client)
         self.metrics.transport_connect(client.transport.name)
         self._update_gauges()
 
     async def remove_client(self, client: Connection, disconnect: Disconnect) -> None:
         self.hub.remove(client)
         for channel in list(client.channels):
-            await self.remove_subscription(client, channel)
+            await self.remove_subscription(client, channel, UNSUBSCRIBE_DISCONNECT)
+        if self.leave_events is not None:
+            self.leave_events.disconnected(client, disconnect)
         self._update_gauges()
 
     def _update_gauges(self) -> None:
@@ -215,6 +229,8 @@ class Node(BrokerEventHandler):
             client=client.id, user=client.user, conn_info=client.conn_info, chan_info=opts.chan_info)
         client.channels[channel] = ChannelState(opts=opts, server_side=server_side, expire_at=opts.expire_at,
                                                 info=info)
+        if self.leave_events is not None:
+            self.leave_events.subscribed(client, channel)
         self.metrics.subscriptions.inc()
         self.metrics.channels.set(self.subscriptions.num_channels())
         if not opts.enable_positioning:
@@ -268,10 +284,14 @@ class Node(BrokerEventHandler):
             # The subscription itself stands; presence is re-added by the client's timer once the engine is back.
             logger.warning("joining %s: engine unavailable (%s)", channel, e)
 
-    async def remove_subscription(self, client: Connection, channel: str) -> None:
+    async def remove_subscription(self, client: Connection, channel: str,
+                                  unsub: Unsubscribe = UNSUBSCRIBE_CLIENT) -> None:
+        """``unsub``: why (for the leave events): the client's own unsubscribe unless told otherwise."""
         state = client.channels.pop(channel, None)
         if state is None:
             return
+        if self.leave_events is not None:
+            self.leave_events.unsubscribed(client, channel, unsub)
         self.metrics.subscriptions.dec()
         if self.subscriptions.remove(channel, client):
             self.metrics.channels.set(self.subscriptions.num_channels())
