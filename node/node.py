@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, Protocol
 
-from node import VERSION_STRING
+from node import VERSION_STRING, connections
 from node.auth.jwt import JWTVerifier
 from node.broker.base import BrokerEventHandler, Engine
 from node.config import ChannelConfig, Config, TokenConfig
@@ -51,7 +51,6 @@ from node.models import (
     SubscribeOptions,
 )
 from node.policy import Policy
-from node.protocol import codec
 from node.proxy.leave_events import UNSUBSCRIBE_CLIENT, UNSUBSCRIBE_DISCONNECT, LeaveEvents
 from node.proxy.manager import Proxies
 from node.proxy.python import Handlers
@@ -77,6 +76,9 @@ class Connection(Receiver, Writable, Protocol):
     user: str
     conn_info: bytes | None
     meta: bytes | None  # connection meta: proxies (include_connection_meta) and the API see it, never the client
+    app_name: str  # the connect command's name and version (the connections API shows them)
+    app_version: str
+    connected_at: float  # unix seconds
     proxy_headers: Mapping[str, str] | None  # the request headers proxies forward
     state: ClientState
     channels: dict[str, ChannelState]
@@ -126,6 +128,7 @@ class Node(BrokerEventHandler):
         self.controller.on_action(DISCONNECT, self._on_disconnect)
         self.controller.on_action(REFRESH, self._on_refresh)
         self.controller.on_survey(CHANNELS, self._on_channels)
+        self.controller.on_survey(connections.SURVEY, self._on_connections)
         leave = config.fugato.leave_events
         self.leave_events = LeaveEvents(leave, self.id, engine.presence, metrics.registry) if leave.enabled else None
         if self.leave_events is not None:
@@ -313,6 +316,11 @@ class Node(BrokerEventHandler):
         self.metrics.published("publication")
         return result
 
+    def publish_soon(self, channel: str, data: bytes, opts: PublishOptions) -> asyncio.Future[PublishResult]:
+        """``publish`` as a future, for callers that answer from a callback (the API fast path)."""
+        self.metrics.published("publication")
+        return self._engine.broker.publish_soon(channel, data, opts)
+
     async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
         """Publish several (channel, data, options) together, each channel's in order (one pipelined burst per
         Redis server); each gets its result or its own error."""
@@ -465,7 +473,8 @@ class Node(BrokerEventHandler):
             if info is not None:
                 client.conn_info = info
             client.set_expire_at(expire_at)
-            client.enqueue(codec.wrap_push(codec.push_refresh(bool(expire_at), _ttl(expire_at)), client.unidirectional))
+            out = client.codec
+            client.enqueue(out.push(out.push_refresh(bool(expire_at), _ttl(expire_at)), client.unidirectional))
 
     def _targets(self, user: str, client_id: str) -> list[Connection]:
         if client_id:
@@ -484,8 +493,9 @@ class Node(BrokerEventHandler):
                 start = await self.subscribe_client(client, channel, opts, server_side=True, since=opts.recover_since)
             finally:
                 client.done_subscribing(channel)
-            result = codec.encode_subscribe_result(opts, start, ttl=_ttl(opts.expire_at))
-            client.enqueue(codec.wrap_push(codec.push_subscribe(channel, result), client.unidirectional))
+            out = client.codec
+            client.enqueue(out.push(out.push_subscribe(channel, opts, start, _ttl(opts.expire_at)),
+                                    client.unidirectional))
             self.start_delivery(client, channel, start)
             await self.after_subscribe(client, channel, opts)
 
@@ -508,6 +518,17 @@ class Node(BrokerEventHandler):
             for ch, n in answer.items():
                 counts[ch] = counts.get(ch, 0) + n
         return {ch: ChannelStat(n) for ch, n in counts.items()}
+
+    async def connections(self, user: str = "", channel: str = "") -> dict[str, dict[str, Any]]:
+        """The connections of ``user`` and/or subscribed to ``channel`` (all if neither) on every node."""
+        found: dict[str, dict[str, Any]] = {}
+        for answer in await self.controller.survey(connections.SURVEY, {"user": user, "channel": channel}):
+            found.update(answer)
+        return found
+
+    async def _on_connections(self, p: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        clients = connections.matching(self.hub.clients(), p.get("user") or "", p.get("channel") or "")
+        return {c.id: connections.describe(c, self.id) for c in clients if c.state is ClientState.CONNECTED}
 
     async def observe(self, channel: str, observer: Observer) -> None:
         """Call ``observer`` with each publication of ``channel`` from any node, without being a connection (the
