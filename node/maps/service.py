@@ -21,7 +21,6 @@ from node.errors import (
     ERROR_ALREADY_SUBSCRIBED,
     ERROR_BAD_REQUEST,
     ERROR_LIMIT_EXCEEDED,
-    ERROR_NOT_AVAILABLE,
     ERROR_UNRECOVERABLE_POSITION,
     DisconnectError,
     ReplyError,
@@ -153,8 +152,6 @@ class MapService:
         m = self.options(channel)
         if kind != TYPE_MAP or phase not in (PHASE_STATE, PHASE_STREAM):
             raise ReplyError(ERROR_BAD_REQUEST)
-        if client.protocol != "json":
-            raise ReplyError(ERROR_NOT_AVAILABLE)  # the protobuf protocol's map fields are not built yet
         if channel in client.channels or channel in client.subscribing:
             raise ReplyError(ERROR_ALREADY_SUBSCRIBED)
         if len(client.channels) + len(client.subscribing) >= node.config.client.channel_limit:
@@ -170,7 +167,7 @@ class MapService:
             # The first page freezes the position; the following ones carry it back.
             position = StreamPosition(offset, epoch) if epoch else top
             entries, cursor = self.state.page(channel, _param(params, "cursor", str, ""), limit)
-            return wire.state_page(top.epoch if epoch != top.epoch else epoch, position.offset,
+            return wire.state_page(client.protocol, top.epoch if epoch != top.epoch else epoch, position.offset,
                                    entries, cursor)
         since = StreamPosition(offset, epoch)
         if epoch != top.epoch or offset > top.offset:
@@ -179,7 +176,7 @@ class MapService:
                                                                         history_meta_ttl=meta_ttl))
         if len(page.publications) > limit:
             pubs = page.publications[:limit]
-            return wire.stream_page(top.epoch, pubs[-1].offset, pubs)
+            return wire.stream_page(client.protocol, top.epoch, pubs[-1].offset, pubs)
         await self._go_live(client, cmd, channel, m, opts, since)
         return None  # already replied
 

@@ -4,6 +4,8 @@ reconnect, key TTL expiry delivered as removals, and the errors of bad map reque
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 import pytest
@@ -32,22 +34,36 @@ async def server(server_factory: ServerFactory) -> ServerProcess:
     return await server_factory(MAP_NAMESPACES)
 
 
-async def _connected(server: ServerProcess, js_factory: JsFactory, user: str = "alice") -> JsClient:
-    js = await js_factory(server)
+@pytest.fixture(params=["json", "protobuf"])
+def protocol(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _connected(server: ServerProcess, js_factory: JsFactory, user: str = "alice",
+                     protocol: str = "json") -> JsClient:
+    js = await js_factory(server, {"protocol": protocol})
     await js.call("connect", token=server.token(user), wait=True)
     return js
 
 
+def _data(value: Any) -> Any:
+    """A payload as the test published it: the protobuf build hands JSON bytes to the application as bytes."""
+    if isinstance(value, dict) and "__bytes__" in value:
+        return json.loads(base64.b64decode(value["__bytes__"]))
+    return value
+
+
 def _entries(event: dict[str, Any]) -> dict[str, Any]:
-    return {e["key"]: e["data"] for e in event["entries"]}
+    return {e["key"]: _data(e["data"]) for e in event["entries"]}
 
 
-async def test_state_loads_in_pages_then_updates_arrive_live(server: ServerProcess, js_factory: JsFactory) -> None:
+async def test_state_loads_in_pages_then_updates_arrive_live(server: ServerProcess, js_factory: JsFactory,
+                                                            protocol: str) -> None:
     ch = unique_channel("board:")
     for i in range(25):
         await server.api_result("map_publish", {"channel": ch, "key": f"k{i:02d}", "data": {"n": i}})
     await server.api_result("map_remove", {"channel": ch, "key": "k03"})
-    js = await _connected(server, js_factory)
+    js = await _connected(server, js_factory, protocol=protocol)
     # Pages of 10: the SDK asks three times for state, then catches up from the stream and goes live.
     await js.call("map_subscribe", channel=ch, pageSize=10, wait=True)
     sync = await js.wait("map_sync", channel=ch)
@@ -55,7 +71,7 @@ async def test_state_loads_in_pages_then_updates_arrive_live(server: ServerProce
     assert len(state) == 24 and "k03" not in state and state["k24"] == {"n": 24}
     await server.api_result("map_publish", {"channel": ch, "key": "k05", "data": {"n": 500}})
     update = await js.wait("map_update", channel=ch, key="k05")
-    assert update["data"] == {"n": 500} and not update.get("removed")
+    assert _data(update["data"]) == {"n": 500} and not update.get("removed")
     await server.api_result("map_remove", {"channel": ch, "key": "k06"})
     removal = await js.wait("map_update", channel=ch, key="k06")
     assert removal["removed"] is True
@@ -91,19 +107,21 @@ async def test_changes_during_state_paging_are_caught_up(server: ServerProcess, 
     assert state["k001"] == {"v": 0}
 
 
-async def test_clients_publish_and_remove_by_map_permissions(server: ServerProcess, js_factory: JsFactory) -> None:
+async def test_clients_publish_and_remove_by_map_permissions(server: ServerProcess, js_factory: JsFactory,
+                                                             protocol: str) -> None:
     ch = unique_channel("board:")
-    alice = await _connected(server, js_factory, "alice")
-    bob = await _connected(server, js_factory, "bob")
+    alice = await _connected(server, js_factory, "alice", protocol)
+    bob = await _connected(server, js_factory, "bob", protocol)
     # Publishing into "board" is for its subscribers only.
     with pytest.raises(JsCallError) as denied:
         await bob.call("map_publish", channel=ch, key="x", data={"by": "bob"}, via="client")
     assert denied.value.code == 103
     await alice.call("map_subscribe", channel=ch, wait=True)
     await bob.call("map_subscribe", channel=ch, wait=True)
-    await alice.call("map_publish", channel=ch, key="card1", data={"title": "hello"})
+    await alice.call("map_publish", channel=ch, key="card1", data=json.dumps({"title": "hello"}) if protocol ==
+                     "protobuf" else {"title": "hello"})
     update = await bob.wait("map_update", channel=ch, key="card1")
-    assert update["data"] == {"title": "hello"} and update["info"]["user"] == "alice"
+    assert _data(update["data"]) == {"title": "hello"} and update["info"]["user"] == "alice"
     await bob.call("map_remove", channel=ch, key="card1")
     assert (await alice.wait("map_update", channel=ch, key="card1", removed=True))["removed"] is True
 
@@ -126,10 +144,10 @@ async def test_client_key_and_key_ttl_expiry_arrive_as_removals(server: ServerPr
 
 
 async def test_durable_map_recovers_missed_changes_after_resubscribe(server: ServerProcess,
-                                                                     js_factory: JsFactory) -> None:
+                                                                     js_factory: JsFactory, protocol: str) -> None:
     ch = unique_channel("polls:")
     await server.api_result("map_publish", {"channel": ch, "key": "yes", "data": {"votes": 1}})
-    js = await _connected(server, js_factory)
+    js = await _connected(server, js_factory, protocol=protocol)
     await js.call("map_subscribe", channel=ch, wait=True)
     assert _entries(await js.wait("map_sync", channel=ch)) == {"yes": {"votes": 1}}
     await js.call("map_unsubscribe", channel=ch)
@@ -140,8 +158,8 @@ async def test_durable_map_recovers_missed_changes_after_resubscribe(server: Ser
     subscribed = [e for e in js.events("map_subscribed") if e["channel"] == ch][-1]
     assert subscribed["recovered"] is True and subscribed["recoverable"] is True
     # Recovery: the two missed changes arrive as updates, no second full sync.
-    assert (await js.wait("map_update", channel=ch, key="no"))["data"] == {"votes": 5}
-    assert (await js.wait("map_update", channel=ch, key="yes"))["data"] == {"votes": 2}
+    assert _data((await js.wait("map_update", channel=ch, key="no"))["data"]) == {"votes": 5}
+    assert _data((await js.wait("map_update", channel=ch, key="yes"))["data"]) == {"votes": 2}
     assert len([e for e in js.events("map_sync") if e["channel"] == ch]) == 1
 
 
