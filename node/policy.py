@@ -29,17 +29,11 @@ from node.errors import (
     TokenError,
     TokenExpiredError,
 )
-from node.models import SubscribeOptions
+from node.models import Identity, SubscribeOptions
 
 
-class Peer(Protocol):
+class Peer(Identity, Protocol):
     """Who asks: a connection as the policy sees it."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def user(self) -> str: ...
 
     @property
     def channels(self) -> Collection[str]: ...
@@ -237,19 +231,22 @@ class Policy:
 
     def check_history(self, client: Peer, channel: str) -> ChannelOptions:
         ns = self.namespace(channel)
-        if not ns.history_enabled:
-            raise ReplyError(ERROR_NOT_AVAILABLE)
-        self._require(client, channel, ns.allow_history_for_client, ns.allow_history_for_subscriber,
-                      ns.allow_history_for_anonymous)
+        self._check_read(client, channel, ns.history_enabled, ns.allow_history_for_client,
+                         ns.allow_history_for_subscriber, ns.allow_history_for_anonymous)
         return ns
 
     def check_presence(self, client: Peer, channel: str) -> ChannelOptions:
         ns = self.namespace(channel)
-        if not ns.presence:
-            raise ReplyError(ERROR_NOT_AVAILABLE)
-        self._require(client, channel, ns.allow_presence_for_client, ns.allow_presence_for_subscriber,
-                      ns.allow_presence_for_anonymous)
+        self._check_read(client, channel, ns.presence, ns.allow_presence_for_client,
+                         ns.allow_presence_for_subscriber, ns.allow_presence_for_anonymous)
         return ns
+
+    def _check_read(self, client: Peer, channel: str, enabled: bool, for_client: bool, for_subscriber: bool,
+                    for_anonymous: bool) -> None:
+        """History or presence: 108 where the namespace keeps none, 103 where the client may not read it."""
+        if not enabled:
+            raise ReplyError(ERROR_NOT_AVAILABLE)
+        self._require(client, channel, for_client, for_subscriber, for_anonymous)
 
     def server_subscribe_options(self, channel: str, override: SubscribeOverride | None, *, expire_at: int = 0,
                                  chan_info: bytes | None = None, data: bytes | None = None) -> SubscribeOptions:
