@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from node.auth.jwt import JWTVerifier, SubscribeOverride, SubscribeToken
+from node.auth.jwt import ConnectToken, JWTVerifier, SubscribeOverride, SubscribeToken
 from node.config import ChannelOptions, Config
 from node.errors import (
     DISCONNECT_BAD_REQUEST,
@@ -100,12 +100,7 @@ class Policy:
             if cfg.allow_anonymous_connect_without_token or cfg.insecure:
                 return ConnectDecision("", 0, None, None, {})
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
-        try:
-            claims = await self.verifier.verify_connect_token(token)
-        except TokenExpiredError:
-            raise ReplyError(ERROR_TOKEN_EXPIRED) from None
-        except TokenError:
-            raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
+        claims = await self._connect_claims(token, ReplyError(ERROR_TOKEN_EXPIRED))
         if not claims.user and cfg.disallow_anonymous_connection_tokens:
             raise DisconnectError(DISCONNECT_PERMISSION_DENIED)
         subs: dict[str, SubscribeOptions] = {}
@@ -117,15 +112,20 @@ class Policy:
         return ConnectDecision(claims.user, claims.expire_at, claims.info, None, subs)
 
     async def refresh(self, client: Peer, token: str) -> tuple[int, bytes | None]:
-        try:
-            claims = await self.verifier.verify_connect_token(token)
-        except TokenExpiredError:
-            raise DisconnectError(DISCONNECT_EXPIRED) from None
-        except TokenError:
-            raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
+        claims = await self._connect_claims(token, DisconnectError(DISCONNECT_EXPIRED))
         if claims.user != client.user:
             raise DisconnectError(DISCONNECT_INVALID_TOKEN)
         return claims.expire_at, claims.info
+
+    async def _connect_claims(self, token: str, expired: ReplyError | DisconnectError) -> ConnectToken:
+        """The verified claims of a connection token; ``expired`` is raised for an expired one (a connect is
+        told to refresh, a refresh is disconnected), 3500 for any other invalid token."""
+        try:
+            return await self.verifier.verify_connect_token(token)
+        except TokenExpiredError:
+            raise expired from None
+        except TokenError:
+            raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
 
     # --- subscriptions ---------------------------------------------------------------------------------
 

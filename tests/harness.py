@@ -562,7 +562,10 @@ class ServerFactory:
             if not server.running and not server.stopped_by_test and server.returncode != 0:
                 crashed.append(f"{server.name} exited by itself with code {server.returncode}\n"
                                f"{server.log_report()}")
-            server.stop_sync()
+            try:
+                server.stop_sync()
+            except AssertionError as e:  # an unclean shutdown: stop the others all the same, then report it
+                crashed.append(str(e))
         self.servers.clear()
         if crashed:
             raise AssertionError("\n\n".join(crashed))
