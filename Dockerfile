@@ -2,12 +2,15 @@
 # (only /tmp must be writable: supervisord's socket and pid file and the workers' shared metrics files).
 #
 #   docker build -t fugato:0.1.0 .
-#   docker run --rm --read-only --tmpfs /tmp -p 8000:8000 -p 9000:9000 \
-#     -e FUGATO_HTTP_SERVER_INTERNAL_PORT=9000 -e FUGATO_HTTP_API_KEY=change-me \
-#     -e FUGATO_CLIENT_TOKEN_HMAC_SECRET_KEY=change-me-too fugato:0.1.0
+#   docker run --rm --read-only --tmpfs /tmp --stop-timeout 40 -p 8000:8000 \
+#     -e FUGATO_HTTP_API_KEY=change-me -e FUGATO_CLIENT_TOKEN_HMAC_SECRET_KEY=change-me-to-a-long-random-secret \
+#     fugato:0.1.0
 #
 # The entrypoint runs one worker per CPU of the container's CPU limit (--workers auto; one with the memory
 # engine). Configure it with /etc/fugato/config.json (mount your own) and FUGATO_* environment variables.
+# --stop-timeout (compose: stop_grace_period) must exceed shutdown.timeout (30s) plus supervisord's 5 s:
+# Docker's default of 10 s kills a node that is still draining its connections.
+# tests/container builds and runs this file with podman on a Debian base (PYTHON_IMAGE) made by debootstrap.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -15,10 +18,11 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/fugato/venv
 WORKDIR /src
-# Dependencies first (a layer that survives source changes), then the package itself.
-COPY pyproject.toml README.md ./
+# Dependencies first (a layer that survives source and README changes), then the package itself.
+COPY pyproject.toml ./
 RUN /opt/fugato/venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > /tmp/requirements.txt \
  && /opt/fugato/venv/bin/pip install --only-binary=:all: -r /tmp/requirements.txt
+COPY README.md ./
 COPY node ./node
 RUN /opt/fugato/venv/bin/pip install --no-deps . \
  && /opt/fugato/venv/bin/python -m compileall -q /opt/fugato/venv
@@ -47,4 +51,7 @@ WORKDIR /tmp
 # 8000: clients (/connection/websocket). 9000: the server API, /health and /metrics when
 # http_server.internal_port is 9000 (the chart sets it); without it everything is served on 8000.
 EXPOSE 8000 9000
+# GET /health on the port the config says (the internal one when set); no curl in the image.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["python", "-m", "node.healthcheck", "--config", "/etc/fugato/config.json"]
 ENTRYPOINT ["/usr/bin/tini", "--", "fugato", "serve", "--workers", "auto", "--config", "/etc/fugato/config.json"]

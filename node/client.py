@@ -13,7 +13,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any, Final
 
@@ -39,10 +39,17 @@ from node.errors import (
 from node.models import ClientInfo, ClientState, RequestInfo
 from node.node import Node
 from node.protocol import codec, proto
+from node.protocol.codec import Codec
+from node.proxy import hooks
 from node.subscriptions import ChannelState
 from node.transport import Transport
 
 logger = logging.getLogger(__name__)
+
+# The commands Centrifugo runs concurrently with client.concurrency (its handler's concurrent event handlers);
+# connect, unsubscribe and send stay in order with the reading.
+CONCURRENT_METHODS: Final = frozenset({"subscribe", "publish", "presence", "presence_stats", "history", "rpc",
+                                       "refresh", "sub_refresh"})
 
 _NONE: Final[frozenset[str]] = frozenset()
 
@@ -63,17 +70,25 @@ class Client:
         "_pong_deadline",
         "_positions_checked",
         "_queue_max",
+        "_refreshing",
+        "_slots",
         "_stale_deadline",
         "_stalled_since",
         "_tasks",
+        "app_name",
+        "app_version",
         "channels",
+        "codec",
         "conn_info",
+        "connected_at",
         "expire_at",
         "frame",
         "framing",
         "id",
+        "meta",
         "node",
         "protocol",
+        "proxy_headers",
         "state",
         "subscribing",
         "timer_slot",
@@ -86,6 +101,7 @@ class Client:
         self.node = node
         self.transport = transport
         self.protocol = transport.protocol  # "json" | "protobuf": how commands arrive and messages leave
+        self.codec: Codec = proto.CODECS[self.protocol]  # builds every message this client is sent
         # The request itself is not kept (nothing needs it after the upgrade; memory per connection counts).
         self.unidirectional = transport.unidirectional
         self.framing = transport.framing
@@ -93,6 +109,13 @@ class Client:
         self.id = str(uuid.uuid4())
         self.user = ""
         self.conn_info: bytes | None = None
+        self.meta: bytes | None = None  # connection meta (never sent to the client; proxies and the API see it)
+        # The request headers some proxy forwards (http_headers / grpc_metadata); None in the common case.
+        self.proxy_headers: Mapping[str, str] | None = node.proxies.pick_headers(request.headers)
+        self._refreshing = False
+        self.app_name = ""
+        self.app_version = ""
+        self.connected_at = 0.0
         self._info: ClientInfo | None = None
         self.expire_at = 0
         self.state = ClientState.CONNECTING
@@ -108,6 +131,9 @@ class Client:
         self._queue_max = node.config.client.queue_max_size
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
+        # client.concurrency > 1: commands that may run side by side take a slot each (None: one at a time).
+        concurrency = node.config.client.concurrency
+        self._slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
         self._tasks: set[asyncio.Task[None]] | None = None
         self._connect_failed = False
         self._positions_checked = time.time()
@@ -144,9 +170,26 @@ class Client:
             await self.close(DISCONNECT_BAD_REQUEST)
             return False
         for cmd in cmds:
-            if not await self._dispatch(cmd):
+            if self._slots is not None and cmd.method in CONCURRENT_METHODS and self.state is ClientState.CONNECTED:
+                await self._dispatch_concurrently(cmd)
+            elif not await self._dispatch(cmd):
                 return False
-        return True
+        return not self._closing
+
+    async def _dispatch_concurrently(self, cmd: codec.Command) -> None:
+        """``client.concurrency``: the command runs in a task of its own, at most that many at a time (reading
+        waits for a free slot); each reply is written when its command finishes, as Centrifugo does."""
+        slots = self._slots
+        assert slots is not None
+        await slots.acquire()
+
+        async def run() -> None:
+            try:
+                await self._dispatch(cmd)
+            finally:
+                slots.release()
+
+        self.spawn(run())
 
     async def _dispatch(self, cmd: codec.Command) -> bool:
         if self.state is ClientState.CLOSED:
@@ -171,13 +214,13 @@ class Client:
         try:
             result = await handler(self, cmd)
             if result is not None and cmd.id:
-                self.enqueue(codec.reply(cmd.id, cmd.method, result))
+                self.enqueue(self.codec.reply(cmd.id, cmd.method, result))
         except ReplyError as e:
             self.node.metrics.reply_error(cmd.method, e.error.code)
             if cmd.method == "connect":
                 self._connect_failed = True
             if cmd.id:
-                self.enqueue(codec.error_reply(cmd.id, e.error))
+                self.enqueue(self.codec.error_reply(cmd.id, e.error))
         except DisconnectError as e:
             await self.close(e.disconnect)
             return False
@@ -189,7 +232,7 @@ class Client:
             if cmd.method == "connect":
                 self._connect_failed = True
             if cmd.id:
-                self.enqueue(codec.error_reply(cmd.id, ERROR_INTERNAL))
+                self.enqueue(self.codec.error_reply(cmd.id, ERROR_INTERNAL))
         finally:
             self.node.metrics.command_duration(cmd.method, time.perf_counter() - started)
         return not self._closing
@@ -296,13 +339,17 @@ class Client:
             deadlines.append(self._next_tick)
             if self._pong_deadline:
                 deadlines.append(self._pong_deadline)
-            if self.expire_at:
+            if self.expire_at and not self._refreshing:
                 deadlines.append(self._expire_deadline())
         # The wheel keeps an earlier wake-up if one is set; on_timer schedules the next one.
         self.node.timers.schedule(self, min(deadlines))
 
+    def _close_delay(self) -> float:
+        # A connection the server refreshes (refresh proxy) is refreshed at expiry, with no grace for the client.
+        return 0.0 if self.node.proxies.refresh is not None else self.node.config.client.expired_close_delay
+
     def _expire_deadline(self) -> float:
-        delay = self.expire_at - time.time() + self.node.config.client.expired_close_delay
+        delay = self.expire_at - time.time() + self._close_delay()
         return self._loop.time() + max(delay, 0.0)
 
     def on_timer(self) -> None:
@@ -318,11 +365,14 @@ class Client:
             if self._pong_deadline and now >= self._pong_deadline:
                 self.schedule_close(DISCONNECT_NO_PONG)
                 return
-            if self.expire_at and time.time() >= self.expire_at + cfg.expired_close_delay:
-                self.schedule_close(DISCONNECT_EXPIRED)
-                return
+            if self.expire_at and not self._refreshing and time.time() >= self.expire_at + self._close_delay():
+                if self.node.proxies.refresh is None:
+                    self.schedule_close(DISCONNECT_EXPIRED)
+                    return
+                self._refreshing = True
+                self.spawn(self._server_refresh())
             if now >= self._next_ping:
-                self.enqueue(codec.PING_BIDI)
+                self.enqueue(self.codec.ping)
                 self._ping_sent = now
                 self._next_ping = now + cfg.ping_interval
                 if cfg.pong_timeout > 0 and not self.unidirectional and not self._pong_deadline:
@@ -331,6 +381,28 @@ class Client:
                 self._next_tick = now + cfg.presence_update_interval
                 self.spawn(self._periodic())
         self._schedule_timer()
+
+    async def _server_refresh(self) -> None:
+        """Ask the refresh proxy whether the expiring connection lives on (Centrifugo's server-side refresh)."""
+        proxy = self.node.proxies.refresh
+        assert proxy is not None
+        try:
+            result = await hooks.refresh(self, proxy)
+        except DisconnectError as e:
+            await self.close(e.disconnect)
+            return
+        except ReplyError:
+            result = hooks.RefreshResult(expired=True)
+        finally:
+            self._refreshing = False
+        if result.expired or (result.expire_at and result.expire_at <= time.time()):
+            await self.close(DISCONNECT_EXPIRED)
+            return
+        if result.info is not None:
+            self.conn_info = result.info
+        if result.meta is not None:
+            self.meta = result.meta
+        self.set_expire_at(result.expire_at)
 
     async def _periodic(self) -> None:
         """Every presence_update_interval: refresh presence entries, expire lapsed subscriptions and, every
@@ -341,6 +413,8 @@ class Client:
         if check_positions:
             self._positions_checked = now
         for channel, state in list(self.channels.items()):
+            if state.expire_at and now >= state.expire_at and await self._sub_refreshed(channel, state):
+                continue
             if state.expire_at and now >= state.expire_at + cfg.expired_sub_close_delay:
                 if state.server_side:
                     await self.close(DISCONNECT_SUB_EXPIRED)
@@ -352,14 +426,33 @@ class Client:
             if check_positions and state.opts.enable_positioning and not await self.node.position_valid(self, channel):
                 self.insufficient_state(channel)
 
+    async def _sub_refreshed(self, channel: str, state: ChannelState) -> bool:
+        """With a sub_refresh proxy for the channel's namespace, the server prolongs an expired subscription
+        (True); without one, or when the backend says it expired, it runs out as usual."""
+        proxy = self.node.proxies.for_channel("sub_refresh", self.node.policy.namespace(channel))
+        if proxy is None:
+            return False
+        try:
+            result = await hooks.sub_refresh(self, proxy, channel)
+        except (ReplyError, DisconnectError):
+            result = hooks.SubRefreshResult(expired=True)
+        if result.expired or (result.expire_at and result.expire_at <= time.time()):
+            state.expire_at = 1  # long past: unsubscribed below without further grace
+            return False
+        state.expire_at = result.expire_at
+        if result.info is not None:
+            state.info = ClientInfo(client=self.id, user=self.user, conn_info=self.conn_info, chan_info=result.info)
+        return True
+
     # --- server-side actions ---------------------------------------------------------------------------
 
     async def unsubscribe(self, channel: str, unsub: Unsubscribe) -> None:
         """Unsubscribe from the server side and tell the client with an unsubscribe push."""
         if channel not in self.channels:
             return
-        await self.node.remove_subscription(self, channel)
-        self.enqueue(codec.wrap_push(codec.push_unsubscribe(channel, unsub.code, unsub.reason), self.unidirectional))
+        await self.node.remove_subscription(self, channel, unsub)
+        codec_ = self.codec
+        self.enqueue(codec_.push(codec_.push_unsubscribe(channel, unsub.code, unsub.reason), self.unidirectional))
 
     def start_subscribing(self, channel: str) -> None:
         """Mark a subscription in flight (a second subscribe to it is refused with 105)."""

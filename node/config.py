@@ -14,6 +14,15 @@ from typing import Any, Final
 
 from node.consumers.config import ConsumerConfig, check_unique_names
 from node.errors import ConfigError
+from node.proxy.config import (
+    ChannelProxyContainer,
+    ClientProxyContainer,
+    DefaultProxyConfig,
+    FugatoConfig,
+    NamedProxyConfig,
+    RpcNamespaceConfig,
+    RpcOptions,
+)
 
 DURATION: Final = {"duration": True}
 
@@ -234,6 +243,16 @@ class ConnectCodeToUnidirectionalDisconnect(CodeTransforms):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SubscribeToUserPersonalChannel:
+    """Subscribe every authenticated connection to its user's personal channel ``<namespace>:#<user>`` (``#<user>``
+    without a namespace); with ``single_connection`` a new connection disconnects the user's others."""
+
+    enabled: bool = False
+    personal_channel_namespace: str = ""
+    single_connection: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientConfig:
     token: TokenConfig = TokenConfig()
     subscription_token: TokenConfig = TokenConfig()
@@ -265,6 +284,10 @@ class ClientConfig:
     # Unidirectional transports get a connect error as a disconnect push; these override the default mapping.
     connect_code_to_unidirectional_disconnect: ConnectCodeToUnidirectionalDisconnect = \
         ConnectCodeToUnidirectionalDisconnect()
+    proxy: ClientProxyContainer = ClientProxyContainer()  # connect and refresh proxies (node/proxy/)
+    subscribe_to_user_personal_channel: SubscribeToUserPersonalChannel = SubscribeToUserPersonalChannel()
+    # Commands of one connection processed at the same time (0 or 1: one after the other).
+    concurrency: int = 0
 
     def __post_init__(self) -> None:
         if self.pong_timeout > 0 and self.ping_interval <= self.pong_timeout:
@@ -272,7 +295,7 @@ class ClientConfig:
         if self.ping_interval <= 0:
             raise ConfigError("client.ping_interval must be positive")
         for name in ("channel_limit", "queue_max_size", "user_connection_limit", "connection_limit",
-                     "history_max_publication_limit", "recovery_max_publication_limit"):
+                     "history_max_publication_limit", "recovery_max_publication_limit", "concurrency"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"client.{name} must not be negative")
         if self.write_delay < 0:
@@ -312,11 +335,17 @@ class ChannelOptions:
     allow_user_limited_channels: bool = False
     channel_regex: str = ""
     publication_data_format: str = ""
-    # Proxies are not implemented: a namespace that turns one on answers 108 "not available", as Centrifugo
-    # does when the named proxy is missing.
+    # Hooks to the application backend (node/proxy/): each names a proxy of ``proxies`` or "default" (the one
+    # under channel.proxy).
     subscribe_proxy_enabled: bool = False
+    subscribe_proxy_name: str = "default"
     publish_proxy_enabled: bool = False
+    publish_proxy_name: str = "default"
     sub_refresh_proxy_enabled: bool = False
+    sub_refresh_proxy_name: str = "default"
+    subscribe_stream_proxy_enabled: bool = False
+    subscribe_stream_proxy_name: str = "default"
+    subscribe_stream_proxy_bidirectional: bool = False
 
     @property
     def history_enabled(self) -> bool:
@@ -363,6 +392,7 @@ class NamespaceConfig(ChannelOptions):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChannelConfig:
+    proxy: ChannelProxyContainer = ChannelProxyContainer()
     without_namespace: ChannelOptions = ChannelOptions()
     namespaces: tuple[NamespaceConfig, ...] = ()
     history_meta_ttl: float = _dur(720 * 3600.0)
@@ -390,7 +420,11 @@ class RpcPingConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RpcConfig:
+    proxy: DefaultProxyConfig = DefaultProxyConfig()
+    without_namespace: RpcOptions = RpcOptions()
+    namespaces: tuple[RpcNamespaceConfig, ...] = ()
     ping: RpcPingConfig = RpcPingConfig()
+    namespace_boundary: str = ":"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -595,10 +629,31 @@ class Config:
     admin: AdminConfig = AdminConfig()
     node: NodeSection = NodeSection()
     shutdown: ShutdownConfig = ShutdownConfig()
+    proxies: tuple[NamedProxyConfig, ...] = ()
+    fugato: FugatoConfig = FugatoConfig()  # Fugato-only keys (Centrifugo has no such section)
     consumers: tuple[ConsumerConfig, ...] = ()  # node/consumers/config.py
 
     def __post_init__(self) -> None:
         check_unique_names(self.consumers)
+        check_personal_channel(self.client.subscribe_to_user_personal_channel, self.channel)
+
+
+def check_personal_channel(personal: SubscribeToUserPersonalChannel, channel: ChannelConfig) -> None:
+    """Centrifugo's rules: the personal channel's namespace must exist, and keeping a single connection per user
+    needs presence there (the new connection finds the others through it)."""
+    if not personal.enabled:
+        return
+    name = personal.personal_channel_namespace
+    if not name:
+        opts: ChannelOptions = channel.without_namespace
+    else:
+        found = [ns for ns in channel.namespaces if ns.name == name]
+        if not found:
+            raise ConfigError(f"namespace for user personal channel not found: {name}")
+        opts = found[0]
+    if personal.single_connection and not opts.presence:
+        where = f"namespace {name}" if name else "channel.without_namespace"
+        raise ConfigError(f"client.subscribe_to_user_personal_channel.single_connection needs presence in {where}")
 
 
 def broker_warnings(config: Config) -> list[str]:

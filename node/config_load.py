@@ -33,7 +33,7 @@ _DURATION_PART_RE: Final = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|
 
 # Top-level sections Centrifugo has but Fugato does not implement: they are ignored with a warning.
 _CENTRIFUGO_ONLY_SECTIONS: Final = frozenset({
-    "proxies", "webtransport", "swagger", "debug",
+    "webtransport", "swagger", "debug",
     "opentelemetry", "graphite", "usage_stats", "pid_file", "enable_unreleased_features",
     "connect_proxy",
 })
@@ -239,10 +239,8 @@ def _convert(tp: Any, value: object, where: str, duration: bool, warnings: list[
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where}: expected string, got {_describe(value)}")
-    if typing.get_origin(tp) is dict:  # map[string]string, e.g. broker.nats.raw_mode.channel_replacements
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise ConfigError(f"{where}: expected an object of strings, got {_describe(value)}")
-        return {str(k): v for k, v in value.items()}
+    if typing.get_origin(tp) is dict:  # map[string]string: static_headers, broker.nats.raw_mode.channel_replacements
+        return _string_map(value, where)
     item = _tuple_item(tp)
     if item is not None:
         if item is str and isinstance(value, str):
@@ -261,6 +259,18 @@ def _convert(tp: Any, value: object, where: str, duration: bool, warnings: list[
             raise ConfigError(f"{where}: expected object, got {_describe(value)}")
         return _build(tp, value, where + ".", warnings)
     raise ConfigError(f"{where}: unsupported field type {tp!r}")  # a programming error in the dataclasses
+
+
+def _string_map(value: object, where: str) -> dict[str, str]:
+    """A JSON object of strings (``static_headers``); from the environment it comes as JSON text."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: invalid JSON: {e.msg}") from e
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(f"{where}: expected an object of strings, got {_describe(value)}")
+    return {str(k): v for k, v in value.items()}
 
 
 def _unknown_key_warning(path: str) -> str:

@@ -53,6 +53,16 @@ class Controller:
         self._survey_ids = itertools.count(1)
         self._ticker: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._gone: list[Callable[[str, list[str]], None]] = []
+
+    def on_node_gone(self, callback: Callable[[str, list[str]], None]) -> None:
+        """Call ``callback(node id, ids of the live peers)`` when a node shuts down or is no longer heard from."""
+        self._gone.append(callback)
+
+    def _node_gone(self, node_id: str) -> None:
+        live = list(self._nodes)
+        for callback in self._gone:
+            callback(node_id, live)
 
     def on_action(self, kind: str, action: Action) -> None:
         """Register what a command does on each node (locally, and when another node broadcasts it)."""
@@ -98,6 +108,7 @@ class Controller:
 
     def _tick(self) -> None:
         self._spawn(self._announce())
+        self.nodes()  # notices the nodes that stopped announcing themselves
         self._schedule_tick()
 
     async def _announce(self, node_id: str = "") -> None:
@@ -156,7 +167,8 @@ class Controller:
             if not known:
                 self._spawn(self._announce(sender))  # let a new node learn about us at once
         elif kind == SHUTDOWN:
-            self._nodes.pop(sender, None)
+            if self._nodes.pop(sender, None) is not None:
+                self._node_gone(sender)
         elif kind == SURVEY_REQUEST:
             self._spawn(self._answer(sender, payload))
         elif kind == SURVEY_RESPONSE:
@@ -187,4 +199,5 @@ class Controller:
         now = time.monotonic()
         for uid in [uid for uid, (_, seen) in self._nodes.items() if now - seen > NODE_TTL]:
             del self._nodes[uid]
+            self._node_gone(uid)
         return [self._info(), *(info for info, _ in self._nodes.values())]

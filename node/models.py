@@ -161,3 +161,4 @@ class RequestInfo:
 
     transport: str
     remote: str = ""
+    headers: Mapping[str, str] | None = None  # the request's headers (only those a proxy forwards are kept)

@@ -15,11 +15,11 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, Protocol
 
-from node import VERSION_STRING
+from node import VERSION_STRING, connections
 from node.auth.jwt import JWTVerifier
 from node.broker.base import BrokerEventHandler, Engine
 from node.config import ChannelConfig, Config, TokenConfig
@@ -51,7 +51,9 @@ from node.models import (
     SubscribeOptions,
 )
 from node.policy import Policy
-from node.protocol import codec
+from node.proxy.leave_events import UNSUBSCRIBE_CLIENT, UNSUBSCRIBE_DISCONNECT, LeaveEvents
+from node.proxy.manager import Proxies
+from node.proxy.python import Handlers
 from node.recovery import stream_start
 from node.subscriptions import ChannelState, Observer, Receiver, Subscriptions
 from node.timers import TimerWheel
@@ -73,6 +75,11 @@ class Connection(Receiver, Writable, Protocol):
     node: Node
     user: str
     conn_info: bytes | None
+    meta: bytes | None  # connection meta: proxies (include_connection_meta) and the API see it, never the client
+    app_name: str  # the connect command's name and version (the connections API shows them)
+    app_version: str
+    connected_at: float  # unix seconds
+    proxy_headers: Mapping[str, str] | None  # the request headers proxies forward
     state: ClientState
     channels: dict[str, ChannelState]
     subscribing: AbstractSet[str]
@@ -107,8 +114,10 @@ def _ttl(expire_at: int) -> int:
 
 class Node(BrokerEventHandler):
     def __init__(self, config: Config, engine: Engine, policy: Policy, metrics: Metrics, *,
-                 node_id: str = "") -> None:
+                 node_id: str = "", handlers: Handlers | None = None) -> None:
         self.config = config
+        # Hooks to the application backend; a misconfigured proxy name fails here, at start.
+        self.proxies = Proxies(config, metrics.registry, handlers)
         self._engine = engine
         self.policy = policy
         self.metrics = metrics
@@ -119,6 +128,11 @@ class Node(BrokerEventHandler):
         self.controller.on_action(DISCONNECT, self._on_disconnect)
         self.controller.on_action(REFRESH, self._on_refresh)
         self.controller.on_survey(CHANNELS, self._on_channels)
+        self.controller.on_survey(connections.SURVEY, self._on_connections)
+        leave = config.fugato.leave_events
+        self.leave_events = LeaveEvents(leave, self.id, engine.presence, metrics.registry) if leave.enabled else None
+        if self.leave_events is not None:
+            self.controller.on_node_gone(self.leave_events.node_gone)
         self.flusher = Flusher(config.client.write_delay)
         self.timers = TimerWheel()
         self.name = config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
@@ -132,6 +146,8 @@ class Node(BrokerEventHandler):
         await self._engine.broker.start(self)
         await self.policy.verifier.start()
         await self.controller.start()
+        if self.leave_events is not None:
+            await self.leave_events.start()
 
     async def shutdown(self, timeout: float) -> None:
         """Disconnect every client with 3001 "shutdown" (they reconnect elsewhere), then close the engine."""
@@ -141,7 +157,11 @@ class Node(BrokerEventHandler):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.subscriptions.close()
+        if self.leave_events is not None:
+            # Before the control channel says goodbye: peers send what is still undelivered only after that.
+            await self.leave_events.close(self.config.shutdown.timeout)
         await self.controller.close()
+        await self.proxies.close()
         await self.policy.verifier.close()
         await self._engine.presence.close()
         await self._engine.broker.close()
@@ -164,6 +184,7 @@ class Node(BrokerEventHandler):
         old = self.policy.verifier
         await verifier.start()
         self.policy = Policy(self.config, verifier)
+        self.proxies.configure(self.config)
         await old.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -175,13 +196,17 @@ class Node(BrokerEventHandler):
 
     def add_client(self, client: Connection) -> None:
         self.hub.add(client)
+        if self.leave_events is not None:
+            self.leave_events.connected(client)
         self.metrics.transport_connect(client.transport.name)
         self._update_gauges()
 
     async def remove_client(self, client: Connection, disconnect: Disconnect) -> None:
         self.hub.remove(client)
         for channel in list(client.channels):
-            await self.remove_subscription(client, channel)
+            await self.remove_subscription(client, channel, UNSUBSCRIBE_DISCONNECT)
+        if self.leave_events is not None:
+            self.leave_events.disconnected(client, disconnect)
         self._update_gauges()
 
     def _update_gauges(self) -> None:
@@ -207,6 +232,8 @@ class Node(BrokerEventHandler):
             client=client.id, user=client.user, conn_info=client.conn_info, chan_info=opts.chan_info)
         client.channels[channel] = ChannelState(opts=opts, server_side=server_side, expire_at=opts.expire_at,
                                                 info=info)
+        if self.leave_events is not None:
+            self.leave_events.subscribed(client, channel)
         self.metrics.subscriptions.inc()
         self.metrics.channels.set(self.subscriptions.num_channels())
         if not opts.enable_positioning:
@@ -260,10 +287,14 @@ class Node(BrokerEventHandler):
             # The subscription itself stands; presence is re-added by the client's timer once the engine is back.
             logger.warning("joining %s: engine unavailable (%s)", channel, e)
 
-    async def remove_subscription(self, client: Connection, channel: str) -> None:
+    async def remove_subscription(self, client: Connection, channel: str,
+                                  unsub: Unsubscribe = UNSUBSCRIBE_CLIENT) -> None:
+        """``unsub``: why (for the leave events): the client's own unsubscribe unless told otherwise."""
         state = client.channels.pop(channel, None)
         if state is None:
             return
+        if self.leave_events is not None:
+            self.leave_events.unsubscribed(client, channel, unsub)
         self.metrics.subscriptions.dec()
         if self.subscriptions.remove(channel, client):
             self.metrics.channels.set(self.subscriptions.num_channels())
@@ -284,6 +315,11 @@ class Node(BrokerEventHandler):
         result = await self._engine.broker.publish(channel, data, opts)
         self.metrics.published("publication")
         return result
+
+    def publish_soon(self, channel: str, data: bytes, opts: PublishOptions) -> asyncio.Future[PublishResult]:
+        """``publish`` as a future, for callers that answer from a callback (the API fast path)."""
+        self.metrics.published("publication")
+        return self._engine.broker.publish_soon(channel, data, opts)
 
     async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
         """Publish several (channel, data, options) together, each channel's in order (one pipelined burst per
@@ -437,7 +473,8 @@ class Node(BrokerEventHandler):
             if info is not None:
                 client.conn_info = info
             client.set_expire_at(expire_at)
-            client.enqueue(codec.wrap_push(codec.push_refresh(bool(expire_at), _ttl(expire_at)), client.unidirectional))
+            out = client.codec
+            client.enqueue(out.push(out.push_refresh(bool(expire_at), _ttl(expire_at)), client.unidirectional))
 
     def _targets(self, user: str, client_id: str) -> list[Connection]:
         if client_id:
@@ -456,8 +493,9 @@ class Node(BrokerEventHandler):
                 start = await self.subscribe_client(client, channel, opts, server_side=True, since=opts.recover_since)
             finally:
                 client.done_subscribing(channel)
-            result = codec.encode_subscribe_result(opts, start, ttl=_ttl(opts.expire_at))
-            client.enqueue(codec.wrap_push(codec.push_subscribe(channel, result), client.unidirectional))
+            out = client.codec
+            client.enqueue(out.push(out.push_subscribe(channel, opts, start, _ttl(opts.expire_at)),
+                                    client.unidirectional))
             self.start_delivery(client, channel, start)
             await self.after_subscribe(client, channel, opts)
 
@@ -480,6 +518,17 @@ class Node(BrokerEventHandler):
             for ch, n in answer.items():
                 counts[ch] = counts.get(ch, 0) + n
         return {ch: ChannelStat(n) for ch, n in counts.items()}
+
+    async def connections(self, user: str = "", channel: str = "") -> dict[str, dict[str, Any]]:
+        """The connections of ``user`` and/or subscribed to ``channel`` (all if neither) on every node."""
+        found: dict[str, dict[str, Any]] = {}
+        for answer in await self.controller.survey(connections.SURVEY, {"user": user, "channel": channel}):
+            found.update(answer)
+        return found
+
+    async def _on_connections(self, p: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        clients = connections.matching(self.hub.clients(), p.get("user") or "", p.get("channel") or "")
+        return {c.id: connections.describe(c, self.id) for c in clients if c.state is ClientState.CONNECTED}
 
     async def observe(self, channel: str, observer: Observer) -> None:
         """Call ``observer`` with each publication of ``channel`` from any node, without being a connection (the

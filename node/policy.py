@@ -8,7 +8,7 @@ of checks and the error codes follow spec §2.6-§2.8 exactly, because SDKs reac
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ from node.errors import (
     TokenExpiredError,
 )
 from node.models import Identity, SubscribeOptions
+from node.proxy.types import ConnectResult, SubscribeResult
 
 
 class Peer(Identity, Protocol):
@@ -46,6 +47,7 @@ class ConnectDecision:
     info: bytes | None
     data: bytes | None
     subs: dict[str, SubscribeOptions]
+    meta: bytes | None = None  # the connection's meta (a token's ``meta`` claim, a connect proxy's ``meta``)
 
 
 class Policy:
@@ -91,12 +93,17 @@ class Policy:
 
     # --- connect and refresh ---------------------------------------------------------------------------
 
-    async def connect(self, client: Peer, params: Mapping[str, Any]) -> ConnectDecision:
+    async def connect(self, client: Peer, params: Mapping[str, Any],
+                      ask: Callable[[], Awaitable[ConnectResult | None]] | None = None) -> ConnectDecision:
+        """``ask``: the connect proxy's call, made for a connection without a token (None: no connect proxy)."""
         cfg = self.config.client
         token = params.get("token") or ""
         if not isinstance(token, str):
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
         if not token:
+            # As in Centrifugo, the connect proxy authenticates the connections that come without a token.
+            if ask is not None and (result := await ask()) is not None:
+                return self.proxy_decision(result)
             if cfg.allow_anonymous_connect_without_token or cfg.insecure:
                 return ConnectDecision("", 0, None, None, {})
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
@@ -109,7 +116,33 @@ class Policy:
         for channel, sub in claims.subs.items():
             subs[channel] = self._options(self.namespace(channel), claims.user, {}, sub.override,
                                           chan_info=sub.info, data=sub.data)
-        return ConnectDecision(claims.user, claims.expire_at, claims.info, None, subs)
+        return ConnectDecision(claims.user, claims.expire_at, claims.info, None, subs, claims.meta)
+
+    def personal_channel(self, user: str) -> str:
+        """The user's personal channel (``client.subscribe_to_user_personal_channel``), as Centrifugo names it."""
+        cfg = self.config
+        ns = cfg.client.subscribe_to_user_personal_channel.personal_channel_namespace
+        return f"{ns}{cfg.channel.namespace_boundary}{cfg.channel.user_boundary}{user}" if ns else \
+            f"{cfg.channel.user_boundary}{user}"
+
+    def personal_options(self, channel: str) -> SubscribeOptions:
+        """A personal channel's server-side subscription: what its namespace forces (presence, join/leave,
+        pushed join/leave, positioning, recovery), nothing a client could ask for."""
+        ns = self.namespace(channel)
+        return SubscribeOptions(
+            emit_presence=ns.presence, emit_join_leave=ns.join_leave, push_join_leave=ns.force_push_join_leave,
+            enable_positioning=ns.history_enabled and (ns.force_positioning or ns.force_recovery),
+            enable_recovery=ns.history_enabled and ns.force_recovery,
+            recovery_mode_cache=ns.force_recovery_mode == "cache", history_meta_ttl=ns.history_meta_ttl)
+
+    def proxy_decision(self, result: ConnectResult) -> ConnectDecision:
+        subs: dict[str, SubscribeOptions] = {}
+        for channel in result.channels:
+            subs[channel] = self._options(self.namespace(channel), result.user, {}, None)
+        for channel, sub in result.subs.items():
+            subs[channel] = self._options(self.namespace(channel), result.user, {}, sub.override,
+                                          expire_at=sub.expire_at, chan_info=sub.info, data=sub.data)
+        return ConnectDecision(result.user, result.expire_at, result.info, result.data, subs, result.meta)
 
     async def refresh(self, client: Peer, token: str) -> tuple[int, bytes | None]:
         claims = await self._connect_claims(token, DisconnectError(DISCONNECT_EXPIRED))
@@ -129,7 +162,9 @@ class Policy:
 
     # --- subscriptions ---------------------------------------------------------------------------------
 
-    async def subscribe(self, client: Peer, channel: str, params: Mapping[str, Any]) -> SubscribeOptions:
+    async def subscribe(self, client: Peer, channel: str, params: Mapping[str, Any],
+                        ask: Callable[[], Awaitable[SubscribeResult]] | None = None) -> SubscribeOptions:
+        """``ask``: the namespace's subscribe proxy call, made when no subscription token decides."""
         ns = self._check_name(channel)
         token = params.get("token") or ""
         if not isinstance(token, str):
@@ -141,10 +176,12 @@ class Policy:
             claims = await self._verify_sub_token(client, channel, token)
             return self._options(ns, client.user, params, claims.override, expire_at=claims.expire_at,
                                  chan_info=claims.info, data=claims.data)
+        if ask is not None:
+            result = await ask()
+            return self._options(ns, client.user, params, result.override, expire_at=result.expire_at,
+                                 chan_info=result.info, data=result.data)
         if ns.allow_user_limited_channels and self._user_allowed(channel, client.user):
             return self._options(ns, client.user, params, None)
-        if ns.subscribe_proxy_enabled:
-            raise ReplyError(ERROR_NOT_AVAILABLE)
         if ns.allow_subscribe_for_client and (client.user or ns.allow_subscribe_for_anonymous):
             return self._options(ns, client.user, params, None)
         if self.config.client.insecure:
@@ -220,9 +257,8 @@ class Policy:
             raise ReplyError(ERROR_PERMISSION_DENIED)
 
     def check_publish(self, client: Peer, channel: str, data: bytes) -> ChannelOptions:
+        """Permission to publish from the client side (not asked when a publish proxy decides instead)."""
         ns = self.namespace(channel)
-        if ns.publish_proxy_enabled:
-            raise ReplyError(ERROR_NOT_AVAILABLE)
         self._require(client, channel, ns.allow_publish_for_client, ns.allow_publish_for_subscriber,
                       ns.allow_publish_for_anonymous)
         if ns.publication_data_format == "json_object" and not data.startswith(b"{"):

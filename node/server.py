@@ -32,6 +32,7 @@ from node.liveness import Heartbeat, start_heartbeat
 from node.metrics import Metrics
 from node.node import Node
 from node.policy import Policy
+from node.proxy.python import Handlers
 from node.transports.routes import add_transport_routes
 from node.transports.uni_grpc import start_uni_grpc_server
 from node.transports.websocket import websocket_handler
@@ -41,12 +42,12 @@ logger = logging.getLogger(__name__)
 NODE_KEY: Final = web.AppKey("node", Node)
 
 
-def build_node(config: Config) -> Node:
+def build_node(config: Config, handlers: Handlers | None = None) -> Node:
     verifier = JWTVerifier(config.client.token, config.client.subscription_token,
                            skip_signature=config.client.insecure_skip_token_signature_verify)
     node_id = str(uuid.uuid4())
     return Node(config, build_engine(config, node_id), Policy(config, verifier), Metrics(VERSION_STRING),
-                node_id=node_id)
+                node_id=node_id, handlers=handlers)
 
 
 def _separate_internal(config: Config) -> bool:
@@ -83,8 +84,8 @@ class Apps:
     max_body: int = 1024**2
 
 
-def build_apps(config: Config) -> Apps:
-    node = build_node(config)
+def build_apps(config: Config, handlers: Handlers | None = None) -> Apps:
+    node = build_node(config, handlers)
     client_max_size = max(config.websocket.message_size_limit, 1024**2)
     app = web.Application(client_max_size=client_max_size)
     app[NODE_KEY] = node
@@ -132,9 +133,9 @@ def build_apps(config: Config) -> Apps:
     return Apps(node, app, internal, external_api, internal_api, client_max_size)
 
 
-def build_app(config: Config) -> web.Application:
-    """The external application alone (tests and embedding)."""
-    return build_apps(config).external
+def build_app(config: Config, *, handlers: Handlers | None = None) -> web.Application:
+    """The external application alone (tests and embedding); ``handlers`` are in-process proxy hooks."""
+    return build_apps(config, handlers).external
 
 
 async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False,

@@ -26,5 +26,21 @@ def generate(out: Path = ROOT) -> int:
     return int(code or protoc.main(["protoc", f"-I{ROOT}", f"--grpc_python_out={out}", protos[1]]))
 
 
+def compile_proto(proto: Path, outputs: tuple[str, ...], out_root: Path) -> list[Path]:
+    """Compile ``proto`` (a file inside this repository) under ``out_root``; returns the ``outputs`` paths.
+
+    The proto is compiled relative to the repository root so the generated imports read
+    ``from node.api.proto import api_pb2`` (the server API's and the proxies' GRPC code use this)."""
+    from grpc_tools import protoc  # noqa: PLC0415  # the test extra only: the server needs just grpcio and protobuf
+
+    include = str(Path(protoc.__file__).parent / "_proto")  # google/protobuf/*.proto shipped with grpcio-tools
+    args = ["grpc_tools.protoc", f"-I{ROOT}", f"-I{include}", f"--python_out={out_root}", f"--pyi_out={out_root}",
+            f"--grpc_python_out={out_root}", str(proto.relative_to(ROOT))]
+    if protoc.main(args) != 0:
+        raise RuntimeError("protoc failed: " + " ".join(args))
+    target = out_root / proto.parent.relative_to(ROOT)
+    return [target / name for name in outputs]
+
+
 if __name__ == "__main__":
     sys.exit(generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT))

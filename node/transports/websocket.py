@@ -58,9 +58,6 @@ class WebSocketTransport:
     def frame(message: bytes) -> bytes:
         return frame_header(len(message)) + message
 
-    def frame_encoded(self, body: bytes) -> bytes:
-        return self.frame(body)
-
     def write(self, data: bytes) -> None:
         self._raw.write(data)
 
@@ -98,11 +95,7 @@ class ProtobufWebSocketTransport(WebSocketTransport):
 
     @staticmethod
     def frame(message: bytes) -> bytes:
-        body = proto.delimited(message)
-        return frame_header(len(body), BINARY) + body
-
-    def frame_encoded(self, body: bytes) -> bytes:
-        """Frame bytes already encoded as length-prefixed protobuf (the hub's publications)."""
+        body = proto.delimit(message)
         return frame_header(len(body), BINARY) + body
 
 
@@ -130,8 +123,9 @@ async def websocket_handler(request: web.Request, node: Node) -> web.StreamRespo
         return ws
     protobuf = wants_protobuf(request, ws.ws_protocol)
     transport = (ProtobufWebSocketTransport if protobuf else WebSocketTransport)(ws, raw)
-    # Headers are not kept: nothing reads them after the upgrade, and a copy per connection costs memory.
-    client = Client(node, transport, RequestInfo(transport="websocket", remote=request.remote or ""))
+    # Headers are not kept (a copy per connection costs memory), except those a proxy forwards.
+    client = Client(node, transport, RequestInfo(transport="websocket", remote=request.remote or "",
+                                                 headers=request.headers))
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):

@@ -14,6 +14,7 @@ from deploy_tools import REPO
 
 CHART = REPO / "helm" / "fugato"
 VALUES_HA = CHART / "values-ha.yaml"
+VALUES_NATS = CHART / "values-nats.yaml"
 # Schemas checked: the chart's minimum (Chart.yaml kubeVersion) and a recent release.
 KUBE_VERSIONS = ("1.25.0", "1.35.0")
 

@@ -15,18 +15,18 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import CHART, KUBE_VERSIONS, REPO, VALUES_HA, Helm, by_kind, one
+from deploy_support import CHART, KUBE_VERSIONS, REPO, VALUES_HA, VALUES_NATS, Helm, by_kind, one
 
 from node.config_load import load
 
 KUBERNETES_VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
 CRD_KINDS = {"ServiceMonitor"}  # no schema in kubernetes-validate; checked by hand below
 SECRET_KEYS = ("client.token.hmac_secret_key", "client.subscription_token.hmac_secret_key", "http_api.key",
-               "engine.redis.password")
+               "engine.redis.password", "broker.redis.password", "presence_manager.redis.password")
 # `fugato serve --workers N` gives supervisord stopwaitsecs = shutdown.timeout + 5 (node/cli.py) before KILL.
 SUPERVISORD_KILL_MARGIN = 5
 
-VALUE_SETS = {"default": (), "ha": (VALUES_HA,)}
+VALUE_SETS = {"default": (), "ha": (VALUES_HA,), "nats": (VALUES_NATS,)}
 
 
 def container(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -185,6 +185,10 @@ def test_the_pod_loads_the_config_the_chart_gives_it(helm: Helm, tmp_path: Path,
     assert config.prometheus.enabled and config.prometheus.handler_prefix == "/metrics"
     assert config.shutdown.timeout == 25
     assert config.engine.type == ("redis" if values == "ha" else "memory")
+    if values == "nats":
+        assert (config.broker.enabled, config.broker.type) == (True, "nats")
+        assert config.broker.nats.url == "nats://nats.messaging.svc.cluster.local:4222"
+        assert (config.presence_manager.enabled, config.presence_manager.type) == (True, "redis")
 
 
 @pytest.mark.parametrize("key", SECRET_KEYS)
@@ -218,6 +222,11 @@ def test_worker_count_is_passed_to_the_entrypoint(helm: Helm) -> None:
     assert container(helm.render(sets=["workers=4", "config.engine.type=redis"]))["args"] == ["--workers", "4"]
     # `fugato serve --workers 4` refuses the memory engine; the chart says so before anything is deployed.
     proc = helm.run(*helm.template_args(sets=["workers=4"]), check=False)
+    assert proc.returncode != 0 and "memory engine cannot span processes" in proc.stderr
+    # A NATS broker with a Redis presence manager spans processes; a NATS broker with presence in memory does not.
+    assert container(helm.render([VALUES_NATS], sets=["workers=4"]))["args"] == ["--workers", "4"]
+    proc = helm.run(*helm.template_args(sets=["workers=4", "config.broker.enabled=true", "config.broker.type=nats"]),
+                    check=False)
     assert proc.returncode != 0 and "memory engine cannot span processes" in proc.stderr
 
 
@@ -312,6 +321,10 @@ def test_notes_warn_about_several_memory_pods(helm4: Helm) -> None:
     assert "several pods with the memory engine" in helm4.run(*install, "--set", "autoscaling.enabled=true").stdout
     assert "several pods" not in helm4.run(*install).stdout
     assert "several pods" not in helm4.run(*install, "-f", str(VALUES_HA)).stdout
+    assert "several pods" not in helm4.run(*install, "-f", str(VALUES_NATS)).stdout
+    # A NATS broker alone does not share presence between processes: still a warning.
+    assert "several pods with the memory engine" in helm4.run(
+        *install, "--set", "replicaCount=3,config.broker.enabled=true,config.broker.type=nats").stdout
 
 
 # --- kustomize ---------------------------------------------------------------------------------------------------
@@ -379,3 +392,17 @@ def test_kustomize_redis_cluster_example(kubectl: Path, tmp_path: Path) -> None:
     c = container(docs)
     assert c["envFrom"] == [{"secretRef": {"name": "fugato-secrets"}}]
     assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+def test_kustomize_nats_example(kubectl: Path, tmp_path: Path) -> None:
+    text = kustomize(kubectl, REPO / "k8s" / "examples" / "nats")
+    assert_valid(text, tmp_path, "nats")
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    assert one(docs, "Deployment")["spec"]["replicas"] == 3
+    path = tmp_path / "config.json"
+    path.write_text(one(docs, "ConfigMap")["data"]["config.json"])
+    result = load(str(path), {}, {})
+    assert result.warnings == ()
+    assert (result.config.broker.type, result.config.presence_manager.type) == ("nats", "redis")
+    env = {e["name"]: e for e in container(docs)["env"]}
+    assert env["FUGATO_PRESENCE_MANAGER_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis"

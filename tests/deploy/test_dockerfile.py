@@ -1,6 +1,7 @@
-"""The Dockerfile, checked without a Docker engine: what it copies exists and passes .dockerignore, its
-entrypoint is a command line `fugato serve` accepts, and it agrees with the Helm chart (user, ports, config
-path, writable /tmp). Building and running the image needs a Docker engine (not on the test machines)."""
+"""The Dockerfile, read as text: what it copies exists and passes .dockerignore, its entrypoint is a command
+line `fugato serve` accepts, its HEALTHCHECK asks the health module with the entrypoint's config, it agrees with
+the Helm chart (user, ports, config path, writable /tmp), and every documented way to stop it waits longer than
+the drain. tests/container builds and runs the image."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import yaml
 from deploy_support import CHART, REPO
 
 from node.cli import build_parser
+from node.config import ShutdownConfig
 from node.config_load import load
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -214,6 +216,38 @@ def test_ports_and_writable_paths_match_the_chart() -> None:
     assert "mountPath: /tmp" in (CHART / "templates" / "deployment.yaml").read_text()
     assert variables["PYTHONDONTWRITEBYTECODE"] == "1"  # a read-only root: no __pycache__ writes
     assert variables["PATH"].startswith("/opt/fugato/venv/bin:")
+
+
+def test_healthcheck_runs_the_health_module_with_the_entrypoints_config() -> None:
+    (healthcheck,) = final("HEALTHCHECK")
+    options, _, command = healthcheck.args.partition("CMD ")
+    argv = json.loads(command)
+    (entrypoint,) = final("ENTRYPOINT")
+    config_path = json.loads(entrypoint.args)[-1]
+    assert argv == ["python", "-m", "node.healthcheck", "--config", config_path]
+    assert "--start-period=" in options  # workers take a few seconds to start under load
+
+
+def shutdown_drain_seconds() -> float:
+    """What a stopping container may take: shutdown.timeout (default) plus supervisord's margin before KILL."""
+    return ShutdownConfig().timeout + 5
+
+
+def test_the_readme_run_line_and_compose_stop_later_than_the_drain() -> None:
+    readme = (REPO / "README.md").read_text()
+    run_lines = re.findall(r"^docker run .*$", readme, re.M)
+    assert run_lines, "README.md has no docker run line"
+    for run_line in run_lines:
+        match = re.search(r"--stop-timeout (\d+)", run_line)
+        assert match and int(match.group(1)) > shutdown_drain_seconds(), run_line
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    fugato_services = [s for s in compose["services"].values() if "fugato" in str(s.get("image", ""))]
+    assert len(fugato_services) >= 3
+    for service in fugato_services:
+        grace = service["stop_grace_period"]
+        assert grace.endswith("s") and int(grace[:-1]) > shutdown_drain_seconds(), service
+    comment = re.search(r"docker run .*--stop-timeout (\d+)", DOCKERFILE.read_text())
+    assert comment and int(comment.group(1)) > shutdown_drain_seconds()
 
 
 @pytest.mark.parametrize(("path", "expected"), [

@@ -51,6 +51,15 @@ async def test_workers_bench_runs_one_then_two_workers_on_a_redis_cluster() -> N
     assert "2 workers / 1:" in out
 
 
+async def test_nats_bench_compares_with_redis() -> None:
+    code, out = await run("loadtest.bench", "--spawn", "--engine", "nats", "--subscribers", "50", "--publishers", "2",
+                          "--duration", "1", timeout=120)
+    assert code == 0, out
+    lost = [line for line in out.splitlines() if line.strip().startswith("lost")]
+    assert lost == ["  lost                         0"] * 2, out
+    assert "NATS / Redis publications/s:" in out and "NATS / Redis deliveries per server CPU-second:" in out
+
+
 async def test_write_delay_bench_delivers_everything() -> None:
     code, out = await run("loadtest.bench", "--spawn", "--subscribers", "50", "--write-delay-ms", "5",
                           "--duration", "1")
@@ -76,3 +85,10 @@ async def test_locust_reports_publish_to_receive_with_no_failures(server_factory
     assert latency is not None and int(latency[2]) > 0, out
     for row in rows.values():
         assert row[row.index("|") - 1] == "0(0.00%)", out  # no failures anywhere (a 403 would fail connects)
+
+
+async def test_consumer_bench_runs_every_type() -> None:
+    code, out = await run("loadtest.consumer_bench", "--messages", "300", "--partitions", "2", timeout=180)
+    assert code == 0, out
+    rates = [line.split()[0] for line in out.splitlines() if "commands/s" in line]
+    assert rates == ["postgresql", "redis_stream", "nats_jetstream"], out

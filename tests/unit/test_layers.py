@@ -44,6 +44,7 @@ FLOORS: dict[str, int] = {
     # 3: the application layer and the front door: policy, proxies, Node (the only one holding the engine)
     "node.policy": 3,
     "node.proxy": 3,
+    "node.connections": 3,  # the connections API's survey (describes what the node holds)
     "node.node": 3,
     # 4: the client session: one connection and its commands
     "node.commands": 4,

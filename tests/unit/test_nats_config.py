@@ -98,3 +98,11 @@ def test_engine_combinations() -> None:
     assert isinstance(engine.broker, NatsBroker) and isinstance(engine.presence, StandaloneRedisPresenceManager)
     disabled = _load({"broker": {"type": "nats"}}).config  # not enabled: the engine's broker stays
     assert isinstance(build_engine(disabled, "n1").broker, MemoryBroker)
+
+
+def test_shipped_nats_config_loads_cleanly() -> None:
+    result = load(str(Path(__file__).resolve().parents[2] / "conf" / "config.nats.json"), {}, {})
+    assert result.warnings == ()
+    nats = result.config.broker.nats
+    assert nats.jetstream.enabled and nats.url == "nats://127.0.0.1:4222"
+    assert result.config.presence_manager.type == "redis"

@@ -47,7 +47,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* The ConfigMap's config.json. Secrets are refused: they belong in Secrets, passed as env. */}}
 {{- define "fugato.configJson" -}}
 {{- $c := .Values.config | default dict }}
-{{- range $path := list "client.token.hmac_secret_key" "client.subscription_token.hmac_secret_key" "http_api.key" "engine.redis.password" }}
+{{- range $path := list "client.token.hmac_secret_key" "client.subscription_token.hmac_secret_key" "http_api.key" "engine.redis.password" "broker.redis.password" "presence_manager.redis.password" }}
 {{- $v := $c }}
 {{- range $key := splitList "." $path }}
 {{- $v = and (kindIs "map" $v) (get $v $key) }}
@@ -73,15 +73,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $grace }}
 {{- end }}
 
-{{/* The engine type of the config ("memory" when unset). */}}
+{{/* "memory" when the engine cannot span processes (its broker or its presence manager lives in memory), else
+the broker's type: the engine's, or Centrifugo v6's separate broker / presence_manager when enabled. */}}
 {{- define "fugato.engine" -}}
-{{- dig "engine" "type" "memory" (.Values.config | default dict) }}
+{{- $c := .Values.config | default dict }}
+{{- $engine := dig "engine" "type" "memory" $c }}
+{{- $broker := ternary (dig "broker" "type" "memory" $c) $engine (dig "broker" "enabled" false $c | eq true) }}
+{{- $presence := ternary (dig "presence_manager" "type" "memory" $c) $engine (dig "presence_manager" "enabled" false $c | eq true) }}
+{{- if or (eq $broker "memory") (eq $presence "memory") }}memory{{ else }}{{ $broker }}{{ end }}
 {{- end }}
 
 {{/* Several workers share nothing in memory: they need the Redis engine, as `fugato serve` itself insists. */}}
 {{- define "fugato.checkWorkers" -}}
 {{- $workers := toString .Values.workers }}
 {{- if and (ne $workers "auto") (gt (atoi $workers) 1) (eq (include "fugato.engine" .) "memory") }}
-{{- fail (printf "workers: %s needs config.engine.type \"redis\": the memory engine cannot span processes (use workers: auto or 1)" $workers) }}
+{{- fail (printf "workers: %s needs config.engine.type \"redis\" (or a NATS/Redis broker with a Redis presence_manager): the memory engine cannot span processes (use workers: auto or 1)" $workers) }}
 {{- end }}
 {{- end }}

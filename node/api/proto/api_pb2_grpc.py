@@ -104,6 +104,11 @@ class CentrifugoApiStub:
                 request_serializer=node_dot_api_dot_proto_dot_api__pb2.ChannelsRequest.SerializeToString,
                 response_deserializer=node_dot_api_dot_proto_dot_api__pb2.ChannelsResponse.FromString,
                 _registered_method=True)
+        self.Connections = channel.unary_unary(
+                '/centrifugal.centrifugo.api.CentrifugoApi/Connections',
+                request_serializer=node_dot_api_dot_proto_dot_api__pb2.ConnectionsRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_proto_dot_api__pb2.ConnectionsResponse.FromString,
+                _registered_method=True)
 
 
 class CentrifugoApiServicer:
@@ -193,6 +198,12 @@ class CentrifugoApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Connections(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CentrifugoApiServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +276,11 @@ def add_CentrifugoApiServicer_to_server(servicer, server):
                     servicer.Channels,
                     request_deserializer=node_dot_api_dot_proto_dot_api__pb2.ChannelsRequest.FromString,
                     response_serializer=node_dot_api_dot_proto_dot_api__pb2.ChannelsResponse.SerializeToString,
+            ),
+            'Connections': grpc.unary_unary_rpc_method_handler(
+                    servicer.Connections,
+                    request_deserializer=node_dot_api_dot_proto_dot_api__pb2.ConnectionsRequest.FromString,
+                    response_serializer=node_dot_api_dot_proto_dot_api__pb2.ConnectionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -645,6 +661,33 @@ class CentrifugoApi:
             '/centrifugal.centrifugo.api.CentrifugoApi/Channels',
             node_dot_api_dot_proto_dot_api__pb2.ChannelsRequest.SerializeToString,
             node_dot_api_dot_proto_dot_api__pb2.ChannelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/centrifugal.centrifugo.api.CentrifugoApi/Connections',
+            node_dot_api_dot_proto_dot_api__pb2.ConnectionsRequest.SerializeToString,
+            node_dot_api_dot_proto_dot_api__pb2.ConnectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from node.protocol.gen import compile_proto
+
 PROTO_DIR: Final = Path(__file__).resolve().parent
 ROOT: Final = PROTO_DIR.parents[2]  # the repository (the directory holding the ``node`` package)
 PROTO: Final = PROTO_DIR / "api.proto"
@@ -21,19 +23,8 @@ OUTPUTS: Final = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py")
 
 
 def generate(out_root: Path) -> list[Path]:
-    """Write the generated modules under ``out_root``/node/api/proto/ and return their paths.
-
-    The proto is compiled relative to the repository root so the generated imports read
-    ``from node.api.proto import api_pb2``."""
-    from grpc_tools import protoc  # noqa: PLC0415  # the test extra only: the server needs just grpcio and protobuf
-
-    include = str(Path(protoc.__file__).parent / "_proto")  # google/protobuf/*.proto shipped with grpcio-tools
-    args = ["grpc_tools.protoc", f"-I{ROOT}", f"-I{include}", f"--python_out={out_root}", f"--pyi_out={out_root}",
-            f"--grpc_python_out={out_root}", str(PROTO.relative_to(ROOT))]
-    if protoc.main(args) != 0:
-        raise RuntimeError("protoc failed: " + " ".join(args))
-    target = out_root / PROTO_DIR.relative_to(ROOT)
-    return [target / name for name in OUTPUTS]
+    """Write the generated modules under ``out_root``/node/api/proto/ and return their paths."""
+    return compile_proto(PROTO, OUTPUTS, out_root)
 
 
 def main() -> None:

@@ -1,0 +1,67 @@
+"""What a proxy backend is: one coroutine per hook, taking and returning the types of ``types.py``.
+
+Implementations: ``HttpProxy`` (JSON over HTTP POST), ``GrpcProxy`` (Centrifugo's ``CentrifugoProxy`` GRPC
+service) and ``PythonHandlers`` (async callables registered by an application that embeds Fugato). A backend
+raises ``ReplyError`` / ``DisconnectError`` for the backend's own refusals and ``ProxyCallError`` when it got
+no usable answer; ``ProxyCaller`` (caller.py) turns the latter into the client's code, a log line and a metric.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Protocol
+
+from node.errors import ConfigError
+from node.proxy.config import ProxyTlsConfig
+from node.proxy.types import (
+    ConnectRequest,
+    ConnectResult,
+    PublishRequest,
+    PublishResult,
+    RefreshRequest,
+    RefreshResult,
+    RPCRequest,
+    RPCResult,
+    SubRefreshRequest,
+    SubRefreshResult,
+    SubscribeRequest,
+    SubscribeResult,
+)
+
+
+class ProxyBackend(Protocol):
+    """One backend. ``None`` from connect/refresh means the backend answered without a result."""
+
+    @property
+    def kind(self) -> str: ...  # "http" | "grpc" | "python": the metric label
+
+    async def connect(self, req: ConnectRequest) -> ConnectResult | None: ...
+    async def refresh(self, req: RefreshRequest) -> RefreshResult | None: ...
+    async def subscribe(self, req: SubscribeRequest) -> SubscribeResult: ...
+    async def publish(self, req: PublishRequest) -> PublishResult: ...
+    async def rpc(self, req: RPCRequest) -> RPCResult: ...
+    async def sub_refresh(self, req: SubRefreshRequest) -> SubRefreshResult: ...
+    async def close(self) -> None: ...
+
+
+def pem_text(value: str) -> str:
+    """A PEM option holds the PEM text itself or a path to a file holding it (as Centrifugo accepts)."""
+    if not value or value.lstrip().startswith("-----BEGIN"):
+        return value
+    try:
+        return Path(value).read_text()
+    except OSError as e:
+        raise ConfigError(f"proxy tls: cannot read {value}: {e.strerror or e}") from e
+
+
+def client_ssl_context(tls: ProxyTlsConfig) -> ssl.SSLContext:
+    """The client-side TLS context of an HTTPS proxy."""
+    ctx = ssl.create_default_context(cadata=pem_text(tls.server_ca_pem) or None)
+    if tls.insecure_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.cert_pem and tls.key_pem:
+        # ssl loads a certificate chain from files only: PEM text is given as the path it came from.
+        ctx.load_cert_chain(tls.cert_pem, tls.key_pem)
+    return ctx

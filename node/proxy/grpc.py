@@ -1,0 +1,181 @@
+"""The GRPC proxy: Centrifugo's ``centrifugal.centrifugo.proxy.CentrifugoProxy`` service at ``grpc://host:port``.
+
+One ``grpc.aio`` channel per proxy (HTTP/2 multiplexes every call over it); each call carries the proxy's
+``timeout`` as its deadline and the forwarded headers plus ``static_metadata`` as metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from node.auth.jwt import SubscribeOverride
+from node.errors import Disconnect, DisconnectError, Error, ReplyError
+from node.proxy.base import ProxyBackend, pem_text
+from node.proxy.config import ProxyConfig
+from node.proxy.proto import proxy_pb2 as pb
+from node.proxy.proto import proxy_pb2_grpc as pb_grpc
+from node.proxy.types import (
+    ConnectRequest,
+    ConnectResult,
+    ProxyCallError,
+    ProxyRequest,
+    PublishRequest,
+    PublishResult,
+    RefreshRequest,
+    RefreshResult,
+    RPCRequest,
+    RPCResult,
+    SubRefreshRequest,
+    SubRefreshResult,
+    SubscribeOptionsResult,
+    SubscribeRequest,
+    SubscribeResult,
+)
+
+
+def _target(endpoint: str) -> str:
+    return endpoint.removeprefix("grpc://")
+
+
+class GrpcProxy(ProxyBackend):
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.CentrifugoProxyStub | None = None
+        g = config.grpc
+        self._static = [(k.lower(), v) for k, v in g.static_metadata.items()]
+        if g.credentials_key:
+            self._static.append((g.credentials_key.lower(), g.credentials_value))
+
+    @property
+    def kind(self) -> str:
+        return "grpc"
+
+    def _client(self) -> pb_grpc.CentrifugoProxyStub:
+        if self._stub is None:
+            g = self.config.grpc
+            compression = grpc.Compression.Gzip if g.compression else None
+            if g.tls.enabled:
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates=pem_text(g.tls.server_ca_pem).encode() or None,
+                    private_key=pem_text(g.tls.key_pem).encode() or None,
+                    certificate_chain=pem_text(g.tls.cert_pem).encode() or None)
+                options = [("grpc.ssl_target_name_override", g.tls.server_name)] if g.tls.server_name else []
+                self._channel = grpc.aio.secure_channel(_target(self.config.endpoint), creds, options=options,
+                                                        compression=compression)
+            else:
+                self._channel = grpc.aio.insecure_channel(_target(self.config.endpoint), compression=compression)
+            self._stub = pb_grpc.CentrifugoProxyStub(self._channel)  # type: ignore[no-untyped-call]
+        return self._stub
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def _call(self, method: Callable[..., Awaitable[Any]], req: ProxyRequest, message: Any) -> Any:
+        metadata = [*self._static, *((k.lower(), v) for k, v in req.headers.items())]
+        try:
+            response = await method(message, timeout=self.config.timeout, metadata=metadata)
+        except grpc.aio.AioRpcError as e:
+            code = e.code()
+            if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ProxyCallError("timeout", f"no answer within {self.config.timeout}s") from None
+            if code is grpc.StatusCode.UNAVAILABLE:
+                raise ProxyCallError("unavailable", e.details() or "unavailable") from None
+            raise ProxyCallError("bad_status", f"GRPC {code.name}: {e.details()}") from None
+        if response.HasField("disconnect"):
+            raise DisconnectError(Disconnect(response.disconnect.code, response.disconnect.reason))
+        if response.HasField("error"):
+            raise ReplyError(Error(response.error.code, response.error.message, response.error.temporary))
+        return response
+
+    def _base(self, req: ProxyRequest) -> dict[str, Any]:
+        base: dict[str, Any] = {"client": req.client, "transport": req.transport, "protocol": req.protocol,
+                                "encoding": req.encoding, "user": req.user}
+        if req.meta is not None:
+            base["meta"] = req.meta
+        return base
+
+    def _data(self, base: dict[str, Any], data: bytes | None) -> dict[str, Any]:
+        if data is not None:
+            if self.config.binary_encoding:
+                base["b64data"] = base64.b64encode(data).decode()
+            else:
+                base["data"] = data
+        return base
+
+    async def connect(self, req: ConnectRequest) -> ConnectResult | None:
+        base = self._data(self._base(req), req.data)
+        del base["user"]
+        msg = pb.ConnectRequest(name=req.name, version=req.version, channels=req.channels, **base)
+        resp = await self._call(self._client().Connect, req, msg)
+        if not resp.HasField("result"):
+            return None
+        r = resp.result
+        return ConnectResult(user=r.user, expire_at=r.expire_at, info=_bytes(r.info, r.b64info),
+                             data=_bytes(r.data, r.b64data), channels=tuple(r.channels), meta=r.meta or None,
+                             subs={ch: _sub_options(o) for ch, o in r.subs.items()})
+
+    async def refresh(self, req: RefreshRequest) -> RefreshResult | None:
+        resp = await self._call(self._client().Refresh, req, pb.RefreshRequest(**self._base(req)))
+        if not resp.HasField("result"):
+            return None
+        r = resp.result
+        return RefreshResult(expired=r.expired, expire_at=r.expire_at, info=_bytes(r.info, r.b64info),
+                             meta=r.meta or None)
+
+    async def subscribe(self, req: SubscribeRequest) -> SubscribeResult:
+        msg = pb.SubscribeRequest(channel=req.channel, token=req.token, **self._data(self._base(req), req.data))
+        r = (await self._call(self._client().Subscribe, req, msg)).result
+        opts = _sub_options(r)
+        return SubscribeResult(expire_at=opts.expire_at, info=opts.info, data=opts.data, override=opts.override)
+
+    async def publish(self, req: PublishRequest) -> PublishResult:
+        msg = pb.PublishRequest(channel=req.channel, **self._data(self._base(req), req.data))
+        resp = await self._call(self._client().Publish, req, msg)
+        r = resp.result
+        data = _bytes(r.data, r.b64data) if resp.HasField("result") else None
+        return PublishResult(data=data, skip_history=r.skip_history, tags=dict(r.tags) or None,
+                             idempotency_key=r.idempotency_key, delta=r.delta)
+
+    async def rpc(self, req: RPCRequest) -> RPCResult:
+        msg = pb.RPCRequest(method=req.method, **self._data(self._base(req), req.data))
+        r = (await self._call(self._client().RPC, req, msg)).result
+        return RPCResult(data=_bytes(r.data, r.b64data))
+
+    async def sub_refresh(self, req: SubRefreshRequest) -> SubRefreshResult:
+        msg = pb.SubRefreshRequest(channel=req.channel, **self._base(req))
+        resp = await self._call(self._client().SubRefresh, req, msg)
+        if not resp.HasField("result"):
+            return SubRefreshResult(expired=True)
+        r = resp.result
+        return SubRefreshResult(expired=r.expired, expire_at=r.expire_at, info=_bytes(r.info, r.b64info))
+
+
+def _bytes(raw: bytes, b64: str) -> bytes | None:
+    if b64:
+        try:
+            return base64.b64decode(b64, validate=True)
+        except ValueError:
+            raise ProxyCallError("bad_response", "b64 field is not base64") from None
+    return raw or None
+
+
+def _sub_options(o: Any) -> SubscribeOptionsResult:
+    override = None
+    if o.HasField("override"):
+        v = o.override
+
+        def flag(name: str) -> bool | None:
+            return bool(getattr(v, name).value) if v.HasField(name) else None
+
+        override = SubscribeOverride(presence=flag("presence"), join_leave=flag("join_leave"),
+                                     force_push_join_leave=flag("force_push_join_leave"),
+                                     force_positioning=flag("force_positioning"),
+                                     force_recovery=flag("force_recovery"))
+    return SubscribeOptionsResult(expire_at=o.expire_at, info=_bytes(o.info, o.b64info),
+                                  data=_bytes(o.data, o.b64data), override=override)

@@ -1,0 +1,149 @@
+"""Real application backends for the proxy tests: an aiohttp app answering Centrifugo's HTTP proxy JSON and a
+grpc.aio server implementing ``CentrifugoProxy``, both in the test's event loop on loopback.
+
+Each records the requests it got (``calls``) and answers from ``answers[hook]`` (a function of the request;
+default: an empty result). ``faults[hook]`` makes it misbehave: ``"slow"`` (answers only when the backend
+closes), ``"5xx"`` (HTTP 500 / GRPC INTERNAL), ``"garbage"`` (a body that is not JSON / an aborted call).
+A backend that is down is an endpoint nobody listens on (``dead_endpoint``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf import json_format
+from harness import free_port
+
+from node.proxy.proto import proxy_pb2 as pb
+from node.proxy.proto import proxy_pb2_grpc as pb_grpc
+
+Answer = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class Call:
+    hook: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass
+class Recorder:
+    calls: list[Call] = field(default_factory=list)
+    answers: dict[str, Answer] = field(default_factory=dict)
+    faults: dict[str, str] = field(default_factory=dict)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def of(self, hook: str) -> list[Call]:
+        return [c for c in self.calls if c.hook == hook]
+
+    def answer(self, hook: str, body: dict[str, Any]) -> dict[str, Any]:
+        fn = self.answers.get(hook)
+        return fn(body) if fn is not None else {"result": {}}
+
+
+class HttpBackend(Recorder):
+    """POST /<hook> with Centrifugo's proxy JSON."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    def endpoint(self, hook: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{hook}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        hook = request.match_info["hook"]
+        body = await request.json()
+        self.calls.append(Call(hook, body, {k.lower(): v for k, v in request.headers.items()}))
+        fault = self.faults.get(hook)
+        if fault == "slow":
+            await self.released.wait()
+        elif fault == "5xx":
+            return web.Response(status=500, text="backend exploded")
+        elif fault == "garbage":
+            return web.Response(text="<html>not json</html>")
+        elif fault is not None and fault.startswith("status:"):
+            return web.Response(status=int(fault[7:]))
+        return web.json_response(self.answer(hook, body))
+
+    async def __aenter__(self) -> HttpBackend:
+        app = web.Application()
+        app.router.add_post("/{hook}", self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.released.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class GrpcBackend(Recorder, pb_grpc.CentrifugoProxyServicer):
+    """``CentrifugoProxy`` over GRPC; answers are the same JSON shapes as for HTTP (proto JSON mapping)."""
+
+    def __init__(self) -> None:
+        Recorder.__init__(self)
+        self.port = free_port()
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    async def _serve(self, hook: str, request: Any, context: Any, response: Any) -> Any:
+        body = json_format.MessageToDict(request, preserving_proto_field_name=True)
+        headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        self.calls.append(Call(hook, body, headers))
+        fault = self.faults.get(hook)
+        if fault == "slow":
+            await self.released.wait()
+        elif fault == "5xx":
+            await context.abort(grpc.StatusCode.INTERNAL, "backend exploded")
+        elif fault == "garbage":
+            await context.abort(grpc.StatusCode.DATA_LOSS, "garbled")
+        return json_format.ParseDict(self.answer(hook, body), response)
+
+    async def Connect(self, request: Any, context: Any) -> Any:
+        return await self._serve("connect", request, context, pb.ConnectResponse())
+
+    async def Refresh(self, request: Any, context: Any) -> Any:
+        return await self._serve("refresh", request, context, pb.RefreshResponse())
+
+    async def Subscribe(self, request: Any, context: Any) -> Any:
+        return await self._serve("subscribe", request, context, pb.SubscribeResponse())
+
+    async def Publish(self, request: Any, context: Any) -> Any:
+        return await self._serve("publish", request, context, pb.PublishResponse())
+
+    async def RPC(self, request: Any, context: Any) -> Any:
+        return await self._serve("rpc", request, context, pb.RPCResponse())
+
+    async def SubRefresh(self, request: Any, context: Any) -> Any:
+        return await self._serve("sub_refresh", request, context, pb.SubRefreshResponse())
+
+    async def __aenter__(self) -> GrpcBackend:
+        self._server = grpc.aio.server()
+        pb_grpc.add_CentrifugoProxyServicer_to_server(self, self._server)
+        self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        await self._server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.released.set()
+        if self._server is not None:
+            await self._server.stop(0.5)
+
+
+def dead_endpoint(scheme: str = "http") -> str:
+    """An endpoint nobody listens on: a backend that is down."""
+    port = free_port()
+    return f"http://127.0.0.1:{port}/down" if scheme == "http" else f"grpc://127.0.0.1:{port}"
