@@ -140,7 +140,9 @@ class Spawned:
 
     def __init__(self, kind: str, write_delay_ms: float = 0.0, *, redis_url: str = "",
                  engine: dict[str, Any] | None = None, workers: int = 1,
-                 channel: dict[str, Any] | None = None) -> None:
+                 channel: dict[str, Any] | None = None, source: str = "") -> None:
+        """``source``: run the server from that checkout of Fugato instead of the installed one (to compare
+        two versions in one run)."""
         self.kind = kind
         self.port = free_port()
         self.workers = workers
@@ -160,7 +162,9 @@ class Spawned:
                    "--host", "127.0.0.1", "--workers", str(workers)]
         else:
             cmd = [sys.executable, "-m", "loadtest.socketio_peer", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {**os.environ, "PYTHONPATH": source} if source else None
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                     cwd=source or None)
 
     def server_pids(self) -> int | list[int]:
         """The processes that serve clients: the server itself, or its workers (not supervisord)."""

@@ -13,7 +13,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -30,11 +30,12 @@ from node.errors import (
     Disconnect,
     ReplyError,
 )
-from node.models import HistoryOptions, PublishOptions, PublishResult, StreamPosition, SubscribeOptions
+from node.models import HistoryOptions, HistoryResult, PublishOptions, PublishResult, StreamPosition, SubscribeOptions
 from node.node import Node
 from node.protocol import codec
 
 Params = Mapping[str, Any]
+T = TypeVar("T")
 Method = Callable[[Params], Awaitable[bytes]]
 
 
@@ -76,9 +77,13 @@ def _bool(p: Params, key: str) -> bool:
 
 
 def _raw(p: Params, key: str) -> bytes | None:
-    """A raw JSON field, or its ``b64<key>`` sibling decoded (binary payloads)."""
-    if p.get(key) is not None:
-        return codec.raw(p[key])
+    """A payload field: its bytes as the caller sent them (the JSON value's exact span over HTTP, the bytes
+    over GRPC), or its ``b64<key>`` sibling decoded (binary payloads over HTTP)."""
+    value = p.get(key)
+    if value is not None:
+        if isinstance(value, bytes):
+            return bytes(value)
+        return codec.raw(value)  # a value that did not come from a request body (e.g. from a test)
     b64 = p.get("b64" + key)
     if b64:
         if not isinstance(b64, str):
@@ -139,6 +144,15 @@ class Executor:
         handler = self.methods.get(method)
         if handler is None:
             raise ReplyError(API_ERROR_NOT_FOUND)
+        return await self._run(method, handler, params, protocol)
+
+    async def history_values(self, params: Any, *, protocol: str) -> HistoryResult:
+        """The ``history`` method with its result as values, not JSON: GRPC fills its message from them, so
+        payloads that are not JSON (published as binary) reach it as they are."""
+        return await self._run("history", self._history, params, protocol)
+
+    async def _run(self, method: str, handler: Callable[[Params], Awaitable[T]], params: Any,
+                   protocol: str | None) -> T:
         if params is None:
             params = {}
         if not isinstance(params, dict):
@@ -322,6 +336,12 @@ class Executor:
         return b'{"num_clients":%d,"num_users":%d}' % (stats.num_clients, stats.num_users)
 
     async def history(self, p: Params) -> bytes:
+        result = await self._history(p)
+        if not all(codec.is_json(pub.data) for pub in result.publications):
+            raise ReplyError(ERROR_INTERNAL)  # a binary payload cannot be written into a JSON response
+        return codec.JSON.history_result(result.publications, result.position)
+
+    async def _history(self, p: Params) -> HistoryResult:
         channel = _str(p, "channel", required=True)
         ns = self.node.policy.namespace(channel)
         if not ns.history_enabled:
@@ -336,8 +356,7 @@ class Executor:
             since=since, limit=_int(p, "limit"), reverse=_bool(p, "reverse"), history_meta_ttl=ns.history_meta_ttl))
         if since is not None and since.epoch and since.epoch != result.position.epoch:
             raise ReplyError(ERROR_UNRECOVERABLE_POSITION)
-        return b'{"publications":%s,"epoch":%s,"offset":%d}' % (
-            codec.encode_publications(result.publications), codec.raw(result.position.epoch), result.position.offset)
+        return result
 
     async def history_remove(self, p: Params) -> bytes:
         channel = _str(p, "channel", required=True)

@@ -21,7 +21,7 @@ from typing import Any, Final
 import orjson
 
 from node.api.executor import response_body
-from node.api.http import ApiHandler, header_key
+from node.api.http import ApiHandler, header_key, parse_body
 from node.errors import ReplyError
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class FastApiProtocol(asyncio.Protocol):
             self._write(401, b"", b"application/octet-stream")
             return True
         try:
-            params: Any = orjson.loads(body) if body else {}
+            params: Any = parse_body(body)
         except orjson.JSONDecodeError:
             self._write(400, b"Bad Request", b"text/plain; charset=utf-8")
             return True

@@ -85,3 +85,10 @@ async def test_locust_reports_publish_to_receive_with_no_failures(server_factory
     assert latency is not None and int(latency[2]) > 0, out
     for row in rows.values():
         assert row[row.index("|") - 1] == "0(0.00%)", out  # no failures anywhere (a 403 would fail connects)
+
+
+async def test_consumer_bench_runs_every_type() -> None:
+    code, out = await run("loadtest.consumer_bench", "--messages", "300", "--partitions", "2", timeout=180)
+    assert code == 0, out
+    rates = [line.split()[0] for line in out.splitlines() if "commands/s" in line]
+    assert rates == ["postgresql", "redis_stream", "nats_jetstream"], out
