@@ -85,3 +85,12 @@ async def test_locust_reports_publish_to_receive_with_no_failures(server_factory
     assert latency is not None and int(latency[2]) > 0, out
     for row in rows.values():
         assert row[row.index("|") - 1] == "0(0.00%)", out  # no failures anywhere (a 403 would fail connects)
+
+
+async def test_proxy_bench_prints_both_ratios() -> None:
+    code, out = await run("loadtest.proxy_bench", "--connections", "100", "--concurrency", "10",
+                          "--publications", "320", "--publishers", "8")
+    assert code == 0, out
+    ratios = [line for line in out.splitlines() if " per second: " in line]
+    assert len(ratios) == 2 and ratios[0].startswith("connect proxy / JWT"), out
+    assert all(float(line.split(": ")[1].split()[0]) > 0 for line in ratios), out
