@@ -140,7 +140,9 @@ class Spawned:
 
     def __init__(self, kind: str, write_delay_ms: float = 0.0, *, redis_url: str = "",
                  engine: dict[str, Any] | None = None, workers: int = 1,
-                 channel: dict[str, Any] | None = None) -> None:
+                 channel: dict[str, Any] | None = None, source: str = "") -> None:
+        """``source``: run the server from that checkout of Fugato instead of the installed one (to compare
+        two versions in one run)."""
         self.kind = kind
         self.port = free_port()
         self.workers = workers
@@ -160,7 +162,9 @@ class Spawned:
                    "--host", "127.0.0.1", "--workers", str(workers)]
         else:
             cmd = [sys.executable, "-m", "loadtest.socketio_peer", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {**os.environ, "PYTHONPATH": source} if source else None
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                     cwd=source or None)
 
     def server_pids(self) -> int | list[int]:
         """The processes that serve clients: the server itself, or its workers (not supervisord)."""
@@ -495,6 +499,14 @@ def start_redis_cluster(workdir: str) -> Any:
     return RedisCluster(Path(workdir), ports=ports, replicas=0).start()
 
 
+def start_redis(workdir: str) -> Any:
+    """A private standalone Redis for the Redis engine runs (the test suite's launcher, as above)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from redis_servers import RedisStandalone  # noqa: PLC0415
+
+    return RedisStandalone(Path(workdir) / "standalone").start()
+
+
 async def run_one(kind: str, workers: int, args: argparse.Namespace, engine: dict[str, Any]) -> dict[str, Any]:
     all_cpus = os.sched_getaffinity(0)
     spawned = Spawned(kind, args.write_delay_ms, engine=engine, workers=workers) \
@@ -527,16 +539,19 @@ async def main_async(args: argparse.Namespace) -> int:
     raise_fd_limit()
     worker_counts = [int(w) for w in str(args.workers).split(",")]
     if args.engine == "memory" and worker_counts != [1]:
-        raise SystemExit("--workers above 1 needs --engine redis_cluster (the memory engine serves one process)")
+        raise SystemExit("--workers above 1 needs --engine redis or redis_cluster (the memory engine serves one "
+                         "process)")
     if args.engine == "nats":
         return await compare_engines(args, worker_counts[0], run_one)
     runs = [("fugato", w) for w in worker_counts] + ([("socketio", 1)] if args.peer == "socketio" else [])
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="fugato-bench-redis-") as redis_dir:
         cluster = start_redis_cluster(redis_dir) if args.engine == "redis_cluster" and args.spawn else None
+        standalone = start_redis(redis_dir) if args.engine == "redis" and args.spawn else None
+        redis = cluster or standalone
         try:
             for kind, workers in runs:
-                engine_cfg = {"engine": {"type": "redis", "redis": {"address": [cluster.url]}}} if cluster else {}
+                engine_cfg = {"engine": {"type": "redis", "redis": {"address": [redis.url]}}} if redis else {}
                 result = await run_one(kind, workers, args, engine_cfg)
                 name = kind if len(worker_counts) == 1 or kind != "fugato" else f"fugato-{workers}w"
                 results[name] = result
@@ -545,13 +560,16 @@ async def main_async(args: argparse.Namespace) -> int:
                        f"{args.subscribers if args.scenario != 'channels' else args.channels} subscribers, "
                        f"{args.publishers} publishers, rate {args.rate or 'max'}, {args.duration}s{engine}", result)
         finally:
-            if cluster is not None:
-                cluster.stop()
+            if redis is not None:
+                redis.stop()
     if len(worker_counts) > 1 and all("deliveries_per_s" in results[f"fugato-{w}w"] for w in worker_counts):
-        one = results[f"fugato-{worker_counts[0]}w"]["deliveries_per_s"]
+        first = results[f"fugato-{worker_counts[0]}w"]
         for w in worker_counts[1:]:
-            print(f"{w} workers / {worker_counts[0]}: {results[f'fugato-{w}w']['deliveries_per_s'] / one:.2f}x "
-                  "deliveries/s")
+            result = results[f"fugato-{w}w"]
+            print(f"{w} workers / {worker_counts[0]}: {result['deliveries_per_s'] / first['deliveries_per_s']:.2f}x "
+                  f"deliveries/s, {result['deliveries_per_server_cpu_s'] / first['deliveries_per_server_cpu_s']:.2f}x "
+                  "deliveries per server CPU-second (the CPU-efficiency form of scaling: 1.0 = no cost for the "
+                  "extra workers)")
         return 0 if all(r.get("lost", 0) == 0 for r in results.values()) else 1
     if args.baseline:
         out = (await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "loadtest.baseline",
@@ -586,8 +604,9 @@ def main() -> int:
                         help="also measure this machine's limit: a bare Python loop of one send() per delivery")
     parser.add_argument("--write-delay-ms", type=float, default=0.0,
                         help="client.write_delay of the spawned server (Centrifugo PRO's batching knob)")
-    parser.add_argument("--engine", choices=("memory", "redis_cluster", "nats"), default="memory",
-                        help="with --spawn: redis_cluster starts a private 3-master Redis Cluster for the run; "
+    parser.add_argument("--engine", choices=("memory", "redis", "redis_cluster", "nats"), default="memory",
+                        help="with --spawn: redis starts a private Redis, redis_cluster a private 3-master Redis "
+                             "Cluster for the run; "
                              "nats runs the workload over a NATS broker and over the Redis engine, and compares")
     parser.add_argument("--workers", default="1",
                         help="with --spawn: worker processes; a list such as 1,2 runs each and prints the ratio")

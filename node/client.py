@@ -39,12 +39,18 @@ from node.errors import (
 from node.models import ClientInfo, ClientState, RequestInfo
 from node.node import Node
 from node.protocol import codec, proto
+from node.protocol.codec import Codec
 from node.proxy import hooks
 from node.proxy.types import RefreshResult, SubRefreshResult
 from node.subscriptions import ChannelState
 from node.transport import Transport
 
 logger = logging.getLogger(__name__)
+
+# The commands Centrifugo runs concurrently with client.concurrency (its handler's concurrent event handlers);
+# connect, unsubscribe and send stay in order with the reading.
+CONCURRENT_METHODS: Final = frozenset({"subscribe", "publish", "presence", "presence_stats", "history", "rpc",
+                                       "refresh", "sub_refresh"})
 
 _NONE: Final[frozenset[str]] = frozenset()
 
@@ -66,12 +72,14 @@ class Client:
         "_positions_checked",
         "_queue_max",
         "_refreshing",
+        "_slots",
         "_stale_deadline",
         "_stalled_since",
         "_tasks",
         "app_name",
         "app_version",
         "channels",
+        "codec",
         "conn_info",
         "connected_at",
         "expire_at",
@@ -94,6 +102,7 @@ class Client:
         self.node = node
         self.transport = transport
         self.protocol = transport.protocol  # "json" | "protobuf": how commands arrive and messages leave
+        self.codec: Codec = proto.CODECS[self.protocol]  # builds every message this client is sent
         # The request itself is not kept (nothing needs it after the upgrade; memory per connection counts).
         self.unidirectional = transport.unidirectional
         self.framing = transport.framing
@@ -123,6 +132,9 @@ class Client:
         self._queue_max = node.config.client.queue_max_size
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
+        # client.concurrency > 1: commands that may run side by side take a slot each (None: one at a time).
+        concurrency = node.config.client.concurrency
+        self._slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
         self._tasks: set[asyncio.Task[None]] | None = None
         self._connect_failed = False
         self._positions_checked = time.time()
@@ -159,9 +171,26 @@ class Client:
             await self.close(DISCONNECT_BAD_REQUEST)
             return False
         for cmd in cmds:
-            if not await self._dispatch(cmd):
+            if self._slots is not None and cmd.method in CONCURRENT_METHODS and self.state is ClientState.CONNECTED:
+                await self._dispatch_concurrently(cmd)
+            elif not await self._dispatch(cmd):
                 return False
-        return True
+        return not self._closing
+
+    async def _dispatch_concurrently(self, cmd: codec.Command) -> None:
+        """``client.concurrency``: the command runs in a task of its own, at most that many at a time (reading
+        waits for a free slot); each reply is written when its command finishes, as Centrifugo does."""
+        slots = self._slots
+        assert slots is not None
+        await slots.acquire()
+
+        async def run() -> None:
+            try:
+                await self._dispatch(cmd)
+            finally:
+                slots.release()
+
+        self.spawn(run())
 
     async def _dispatch(self, cmd: codec.Command) -> bool:
         if self.state is ClientState.CLOSED:
@@ -186,13 +215,13 @@ class Client:
         try:
             result = await handler(self, cmd)
             if result is not None and cmd.id:
-                self.enqueue(codec.reply(cmd.id, cmd.method, result))
+                self.enqueue(self.codec.reply(cmd.id, cmd.method, result))
         except ReplyError as e:
             self.node.metrics.reply_error(cmd.method, e.error.code)
             if cmd.method == "connect":
                 self._connect_failed = True
             if cmd.id:
-                self.enqueue(codec.error_reply(cmd.id, e.error))
+                self.enqueue(self.codec.error_reply(cmd.id, e.error))
         except DisconnectError as e:
             await self.close(e.disconnect)
             return False
@@ -204,7 +233,7 @@ class Client:
             if cmd.method == "connect":
                 self._connect_failed = True
             if cmd.id:
-                self.enqueue(codec.error_reply(cmd.id, ERROR_INTERNAL))
+                self.enqueue(self.codec.error_reply(cmd.id, ERROR_INTERNAL))
         finally:
             self.node.metrics.command_duration(cmd.method, time.perf_counter() - started)
         return not self._closing
@@ -344,7 +373,7 @@ class Client:
                 self._refreshing = True
                 self.spawn(self._server_refresh())
             if now >= self._next_ping:
-                self.enqueue(codec.PING_BIDI)
+                self.enqueue(self.codec.ping)
                 self._ping_sent = now
                 self._next_ping = now + cfg.ping_interval
                 if cfg.pong_timeout > 0 and not self.unidirectional and not self._pong_deadline:
@@ -423,7 +452,8 @@ class Client:
         if channel not in self.channels:
             return
         await self.node.remove_subscription(self, channel, unsub)
-        self.enqueue(codec.wrap_push(codec.push_unsubscribe(channel, unsub.code, unsub.reason), self.unidirectional))
+        codec_ = self.codec
+        self.enqueue(codec_.push(codec_.push_unsubscribe(channel, unsub.code, unsub.reason), self.unidirectional))
 
     def start_subscribing(self, channel: str) -> None:
         """Mark a subscription in flight (a second subscribe to it is refused with 105)."""

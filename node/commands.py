@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -15,6 +16,7 @@ from node.errors import (
     DISCONNECT_CHANNEL_LIMIT,
     DISCONNECT_CONNECTION_LIMIT,
     DISCONNECT_NOT_AVAILABLE,
+    DISCONNECT_SERVER_ERROR,
     ERROR_ALREADY_SUBSCRIBED,
     ERROR_BAD_REQUEST,
     ERROR_EXPIRED,
@@ -26,10 +28,12 @@ from node.errors import (
     DisconnectError,
     ReplyError,
 )
-from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosition
+from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosition, SubscribeOptions
 from node.node import Connection
 from node.protocol import codec
 from node.proxy import hooks
+
+logger = logging.getLogger(__name__)
 
 Handler = Callable[[Connection, codec.Command], Awaitable[bytes | None]]
 
@@ -83,12 +87,6 @@ def _channel(params: Mapping[str, Any]) -> str:
     return channel
 
 
-def _data(params: Mapping[str, Any]) -> bytes | None:
-    if "data" not in params or params["data"] is None:
-        return None
-    return codec.raw(params["data"])
-
-
 def _ttl(expire_at: int) -> int:
     return max(int(expire_at - time.time()), 0)
 
@@ -104,6 +102,8 @@ async def connect(client: Connection, cmd: codec.Command) -> bytes | None:
     if cfg.user_connection_limit and decision.user and \
             node.hub.num_user_connections(decision.user) >= cfg.user_connection_limit:
         raise DisconnectError(DISCONNECT_CONNECTION_LIMIT)
+    if cfg.subscribe_to_user_personal_channel.enabled and decision.user:
+        await _personal_channel(client, decision.user, decision.subs)
     if len(decision.subs) > cfg.channel_limit:
         raise DisconnectError(DISCONNECT_CHANNEL_LIMIT)
     client.user = decision.user
@@ -134,21 +134,34 @@ async def connect(client: Connection, cmd: codec.Command) -> bytes | None:
         # An emulated transport's client posts its commands with these to /emulation.
         fields["session"] = session
         fields["node"] = node.id
-    raw_fields = {"data": decision.data}
-    if started:
-        raw_fields["subs"] = b"{" + b",".join(
-            codec.raw(ch) + b":" + codec.encode_subscribe_result(opts, start, _ttl(opts.expire_at))
-            for ch, opts, start in started) + b"}"
-    result = codec.result_object(fields, raw_fields)
+    out = client.codec
+    subs = [(ch, out.subscribe_result(opts, start, _ttl(opts.expire_at))) for ch, opts, start in started]
     # A unidirectional client has no command to reply to: it gets the result as a bare ``connect`` push.
-    client.enqueue(codec.wrap_push(b'{"connect":' + result + b"}", True) if client.unidirectional
-                   else codec.reply(cmd.id, "connect", result))
+    result = out.connect_result(fields, decision.data, subs, push=client.unidirectional)
+    client.enqueue(out.push(result, True) if client.unidirectional else out.reply(cmd.id, "connect", result))
     for channel, _, start in started:
         node.start_delivery(client, channel, start)
     # Presence and join come after the reply is queued and before the next command runs.
     for channel, opts, _ in started:
         await node.after_subscribe(client, channel, opts)
     return None
+
+
+async def _personal_channel(client: Connection, user: str, subs: dict[str, SubscribeOptions]) -> None:
+    """``client.subscribe_to_user_personal_channel``, as Centrifugo: a server-side subscription to the user's
+    personal channel; with ``single_connection``, a user already present there (on any node) has those other
+    connections closed with 3504 first."""
+    node = client.node
+    channel = node.policy.personal_channel(user)
+    if node.config.client.subscribe_to_user_personal_channel.single_connection:
+        try:
+            stats = await node.presence_stats(channel)
+            if stats.num_clients:
+                await node.disconnect(user, DISCONNECT_CONNECTION_LIMIT, whitelist=(client.id,))
+        except Exception as e:
+            logger.error("single connection for %s: %s", user, e)
+            raise DisconnectError(DISCONNECT_SERVER_ERROR) from None
+    subs[channel] = node.policy.personal_options(channel)  # an unknown namespace is 102, as in Centrifugo
 
 
 def _since(params: Any) -> StreamPosition | None:
@@ -170,10 +183,6 @@ async def subscribe(client: Connection, cmd: codec.Command) -> bytes | None:
     delta = _str(params, "delta")
     if delta not in ("", "fossil"):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
-    if delta and client.protocol != "json":
-        # Delta frames carry the payload as a JSON string (see hub.py); protobuf would need raw patch bytes.
-        # Declining is allowed: the subscribe result then says delta is off and the SDK takes full payloads.
-        params = {k: v for k, v in params.items() if k != "delta"}
     if len(channel) > node.config.channel.max_length:
         raise ReplyError(ERROR_BAD_REQUEST)
     if channel in client.channels or channel in client.subscribing:
@@ -194,8 +203,8 @@ async def subscribe(client: Connection, cmd: codec.Command) -> bytes | None:
     # With a sub_refresh proxy the server prolongs the subscription itself: the client is not told it expires.
     shown = opts if node.proxies.for_channel("sub_refresh", node.policy.namespace(channel)) is None else \
         dataclasses.replace(opts, expire_at=0)
-    client.enqueue(codec.reply(cmd.id, "subscribe", codec.encode_subscribe_result(shown, start,
-                                                                                  _ttl(opts.expire_at))))
+    client.enqueue(client.codec.reply(cmd.id, "subscribe",
+                                      client.codec.subscribe_result(shown, start, _ttl(opts.expire_at))))
     node.start_delivery(client, channel, start)
     await node.after_subscribe(client, channel, opts)
     return None  # already replied
@@ -205,13 +214,13 @@ async def unsubscribe(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     if channel in client.channels:
         await client.node.remove_subscription(client, channel)
-    return b"{}"
+    return client.codec.empty
 
 
 async def publish(client: Connection, cmd: codec.Command) -> bytes:
     node = client.node
     channel = _channel(cmd.params)
-    data = _data(cmd.params)
+    data = cmd.data  # the payload as the client sent it: stored and delivered byte for byte
     if data is None or data in (b'""',):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
     ns = node.policy.namespace(channel)
@@ -230,22 +239,19 @@ async def publish(client: Connection, cmd: codec.Command) -> bytes:
             history_meta_ttl=ns.history_meta_ttl, client_info=client.channel_info(channel), tags=result.tags,
             idempotency_key=result.idempotency_key, use_delta=ns.delta_publish or result.delta)
     await node.publish(channel, data, opts)
-    return b"{}"
+    return client.codec.empty
 
 
 async def presence(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     client.node.policy.check_presence(client, channel)
-    entries = await client.node.presence(channel)
-    body = b",".join(b'%s:%s' % (codec.raw(cid), codec.encode_client_info(info)) for cid, info in entries.items())
-    return b'{"presence":{' + body + b"}}"
+    return client.codec.presence_result(await client.node.presence(channel))
 
 
 async def presence_stats(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
     client.node.policy.check_presence(client, channel)
-    stats = await client.node.presence_stats(channel)
-    return b'{"num_clients":%d,"num_users":%d}' % (stats.num_clients, stats.num_users)
+    return client.codec.presence_stats_result(await client.node.presence_stats(channel))
 
 
 async def history(client: Connection, cmd: codec.Command) -> bytes:
@@ -269,19 +275,18 @@ async def history(client: Connection, cmd: codec.Command) -> bytes:
         since=since, limit=limit, reverse=reverse, history_meta_ttl=ns.history_meta_ttl))
     if since is not None and since.epoch and since.epoch != result.position.epoch:
         raise ReplyError(ERROR_UNRECOVERABLE_POSITION)
-    return b'{"publications":%s,"epoch":%s,"offset":%d}' % (
-        codec.encode_publications(result.publications), codec.raw(result.position.epoch), result.position.offset)
+    return client.codec.history_result(result.publications, result.position)
 
 
 async def rpc(client: Connection, cmd: codec.Command) -> bytes:
     ping = client.node.config.rpc.ping
     method = _str(cmd.params, "method")
     if ping.enabled and method == ping.method:
-        return b"{}"
+        return client.codec.rpc_result(None)
     proxy = client.node.proxies.for_rpc(method)
     if proxy is not None:
-        result = await hooks.rpc(client, proxy, method, hooks.payload(cmd.params))
-        return codec.result_object({}, {"data": result.data})
+        result = await hooks.rpc(client, proxy, method, cmd.data)
+        return client.codec.rpc_result(result.data)
     if not ping.enabled:
         raise ReplyError(ERROR_NOT_AVAILABLE)
     raise ReplyError(ERROR_METHOD_NOT_FOUND)
@@ -301,11 +306,8 @@ async def refresh(client: Connection, cmd: codec.Command) -> bytes:
         raise ReplyError(ERROR_EXPIRED)
     client.conn_info = info if info is not None else client.conn_info
     client.set_expire_at(expire_at)
-    fields: dict[str, Any] = {"client": client.id}  # Centrifugo leaves RefreshResult.version empty
-    if expire_at:
-        fields["expires"] = True
-        fields["ttl"] = _ttl(expire_at)
-    return codec.result_object(fields)
+    # Centrifugo leaves RefreshResult.version empty.
+    return client.codec.refresh_result(client.id, bool(expire_at), _ttl(expire_at) if expire_at else 0)
 
 
 async def sub_refresh(client: Connection, cmd: codec.Command) -> bytes:
@@ -320,11 +322,7 @@ async def sub_refresh(client: Connection, cmd: codec.Command) -> bytes:
     if expire_at and expire_at < time.time():
         raise ReplyError(ERROR_EXPIRED)
     state.expire_at = expire_at
-    fields: dict[str, Any] = {}
-    if expire_at:
-        fields["expires"] = True
-        fields["ttl"] = _ttl(expire_at)
-    return codec.result_object(fields)
+    return client.codec.sub_refresh_result(bool(expire_at), _ttl(expire_at) if expire_at else 0)
 
 
 async def ping(client: Connection, cmd: codec.Command) -> bytes:

@@ -229,6 +229,16 @@ class ConnectCodeToUnidirectionalDisconnect:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SubscribeToUserPersonalChannel:
+    """Subscribe every authenticated connection to its user's personal channel ``<namespace>:#<user>`` (``#<user>``
+    without a namespace); with ``single_connection`` a new connection disconnects the user's others."""
+
+    enabled: bool = False
+    personal_channel_namespace: str = ""
+    single_connection: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientConfig:
     token: TokenConfig = TokenConfig()
     subscription_token: TokenConfig = TokenConfig()
@@ -261,6 +271,9 @@ class ClientConfig:
     connect_code_to_unidirectional_disconnect: ConnectCodeToUnidirectionalDisconnect = \
         ConnectCodeToUnidirectionalDisconnect()
     proxy: ClientProxyContainer = ClientProxyContainer()  # connect and refresh proxies (node/proxy/)
+    subscribe_to_user_personal_channel: SubscribeToUserPersonalChannel = SubscribeToUserPersonalChannel()
+    # Commands of one connection processed at the same time (0 or 1: one after the other).
+    concurrency: int = 0
 
     def __post_init__(self) -> None:
         if self.pong_timeout > 0 and self.ping_interval <= self.pong_timeout:
@@ -268,7 +281,7 @@ class ClientConfig:
         if self.ping_interval <= 0:
             raise ConfigError("client.ping_interval must be positive")
         for name in ("channel_limit", "queue_max_size", "user_connection_limit", "connection_limit",
-                     "history_max_publication_limit", "recovery_max_publication_limit"):
+                     "history_max_publication_limit", "recovery_max_publication_limit", "concurrency"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"client.{name} must not be negative")
         if self.write_delay < 0:
@@ -611,6 +624,25 @@ class Config:
 
     def __post_init__(self) -> None:
         check_unique_names(self.consumers)
+        check_personal_channel(self.client.subscribe_to_user_personal_channel, self.channel)
+
+
+def check_personal_channel(personal: SubscribeToUserPersonalChannel, channel: ChannelConfig) -> None:
+    """Centrifugo's rules: the personal channel's namespace must exist, and keeping a single connection per user
+    needs presence there (the new connection finds the others through it)."""
+    if not personal.enabled:
+        return
+    name = personal.personal_channel_namespace
+    if not name:
+        opts: ChannelOptions = channel.without_namespace
+    else:
+        found = [ns for ns in channel.namespaces if ns.name == name]
+        if not found:
+            raise ConfigError(f"namespace for user personal channel not found: {name}")
+        opts = found[0]
+    if personal.single_connection and not opts.presence:
+        where = f"namespace {name}" if name else "channel.without_namespace"
+        raise ConfigError(f"client.subscribe_to_user_personal_channel.single_connection needs presence in {where}")
 
 
 def broker_warnings(config: Config) -> list[str]:

@@ -2,8 +2,8 @@
 who is subscribed to what belongs to ``subscriptions.py``; the hub reads it).
 
 No I/O and no awaits here. A broadcast encodes and frames each kind of message at most once (bidirectional
-messages are wrapped in ``{"push": ...}``, unidirectional ones are not; delta subscribers get the payload as a
-JSON string or a fossil patch; each transport framing gets its own bytes) and hands the same bytes object to
+messages are wrapped in a Reply's ``push``, unidirectional ones are not; delta subscribers get the full payload
+or a fossil patch; each transport framing, and so each protocol, gets its own bytes) and hands the same bytes object to
 every matching client queue.
 """
 
@@ -12,12 +12,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Generic, TypeVar
 
-import orjson
-
 from node.delta import fossil
 from node.errors import DISCONNECT_INAPPROPRIATE_PROTOCOL
 from node.models import ClientInfo, Publication, StreamPosition
-from node.protocol import codec, proto
+from node.protocol.codec import Codec
 from node.subscriptions import Receiver, Subscriber
 
 C = TypeVar("C", bound=Receiver)  # the node's connections: the hub hands back what it was given
@@ -143,26 +141,25 @@ class Hub(Generic[C]):
         key = (kind, sub.unidirectional, client.framing)
         frame = cache.get(key)
         if frame is None:
-            transport = client.transport
-            if transport.protocol == "protobuf":  # encoded from the Publication itself (no delta)
-                frame = transport.frame_encoded(proto.publication(channel, pub, sub.unidirectional))
-            elif not _is_json(pub.data):
-                # A binary payload (published with b64data or over GRPC): a JSON client cannot receive it, and
-                # Centrifugo closes such a client with 3506 rather than break its stream.
+            out = client.codec
+            if not out.carries(pub.data):
+                # A binary payload (published by a protobuf client, with b64data or over GRPC): a JSON client
+                # cannot receive it, and centrifuge closes such a client with 3506 rather than break its stream.
+                # Checked once per frame kind of a broadcast.
                 frame = b""
             else:
-                frame = client.frame(
-                    codec.wrap_push(codec.push_publication(channel, _pub_object(pub, kind)), sub.unidirectional))
+                frame = client.frame(out.push(out.push_publication(channel, _pub_object(out, pub, kind)),
+                                              sub.unidirectional))
             cache[key] = frame
         return frame
 
     def broadcast_join(self, channel: str, info: ClientInfo) -> None:
-        self._broadcast_join_leave(channel, codec.push_join(channel, info))
+        self._broadcast_join_leave(channel, info, join=True)
 
     def broadcast_leave(self, channel: str, info: ClientInfo) -> None:
-        self._broadcast_join_leave(channel, codec.push_leave(channel, info))
+        self._broadcast_join_leave(channel, info, join=False)
 
-    def _broadcast_join_leave(self, channel: str, push: bytes) -> None:
+    def _broadcast_join_leave(self, channel: str, info: ClientInfo, *, join: bool) -> None:
         subs = self._subs.get(channel)
         if not subs:
             return
@@ -173,24 +170,19 @@ class Hub(Generic[C]):
                 key = (sub.unidirectional, client.framing)
                 frame = cache.get(key)
                 if frame is None:
-                    frame = cache[key] = client.frame(codec.wrap_push(push, sub.unidirectional))
+                    out = client.codec
+                    push = out.push_join(channel, info) if join else out.push_leave(channel, info)
+                    frame = cache[key] = client.frame(out.push(push, sub.unidirectional))
                 client.enqueue_framed(frame)
 
 
-def _is_json(data: bytes) -> bool:
-    """Checked once per JSON frame kind of a broadcast (payloads published as JSON always are)."""
-    try:
-        orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return False
-    return True
-
-
-def _pub_object(pub: Publication, kind: int) -> bytes:
+def _pub_object(out: Codec, pub: Publication, kind: int) -> bytes:
+    """The Publication a kind of subscriber gets: delta subscribers a fossil patch against the previous payload
+    when the publisher asked for delta and it is smaller, else the full payload (as a JSON string in JSON)."""
     if kind == _PLAIN:
-        return codec.encode_publication(pub)
+        return out.publication(pub)
     if kind == _DELTA_PATCH and pub.prev_data is not None:
         patch = fossil.create(pub.prev_data, pub.data)
         if len(patch) < len(pub.data):
-            return codec.encode_publication(pub, data=orjson.dumps(patch.decode()), delta=True)
-    return codec.encode_publication(pub, data=orjson.dumps(pub.data.decode()))
+            return out.publication(pub, data=out.delta_data(patch), delta=True)
+    return out.publication(pub, data=out.delta_data(pub.data))

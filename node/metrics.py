@@ -87,6 +87,8 @@ class Metrics:
                                       namespace=ns, registry=r)
         for kind in PUBSUB_ERRORS:  # exported at 0 from the start, so alerts and rate() see the series
             self._pubsub_errors.labels(kind)
+        self._api_durations: dict[tuple[str, str], Histogram] = {}
+        self._sent_by_kind: dict[str, Counter] = {}
         self._sent = Counter("node_messages_sent_count", "Messages this node sent to the broker, by type.", ["type"],
                              namespace=ns, registry=r)
         received = Counter("node_messages_received_count", "Messages this node received from the broker, by type.",
@@ -139,7 +141,10 @@ class Metrics:
         self._transport_connects.labels(transport).inc()
 
     def api_command(self, method: str, seconds: float, error_code: int = 0, *, protocol: str = "http") -> None:
-        self._api_duration.labels(protocol, method).observe(seconds)
+        duration = self._api_durations.get((protocol, method))
+        if duration is None:  # labels() costs about as much as the observation: once per series
+            duration = self._api_durations[(protocol, method)] = self._api_duration.labels(protocol, method)
+        duration.observe(seconds)
         if error_code:
             self._api_errors.labels(protocol, method, str(error_code)).inc()
 
@@ -154,7 +159,10 @@ class Metrics:
         self._recover.labels("yes" if recovered else "no").inc()
 
     def published(self, kind: str, count: int = 1) -> None:
-        self._sent.labels(kind).inc(count)
+        sent = self._sent_by_kind.get(kind)
+        if sent is None:
+            sent = self._sent_by_kind[kind] = self._sent.labels(kind)
+        sent.inc(count)
 
     def consumer_processed(self, consumer: str, n: int = 1) -> None:
         self._consumer_processed.labels(consumer).inc(n)

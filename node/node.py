@@ -51,7 +51,6 @@ from node.models import (
     SubscribeOptions,
 )
 from node.policy import Policy
-from node.protocol import codec
 from node.proxy.leave_events import UNSUBSCRIBE_CLIENT, UNSUBSCRIBE_DISCONNECT, LeaveEvents
 from node.proxy.manager import Proxies
 from node.proxy.python import Handlers
@@ -317,6 +316,11 @@ class Node(BrokerEventHandler):
         self.metrics.published("publication")
         return result
 
+    def publish_soon(self, channel: str, data: bytes, opts: PublishOptions) -> asyncio.Future[PublishResult]:
+        """``publish`` as a future, for callers that answer from a callback (the API fast path)."""
+        self.metrics.published("publication")
+        return self._engine.broker.publish_soon(channel, data, opts)
+
     async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
         """Publish several (channel, data, options) together, each channel's in order (one pipelined burst per
         Redis server); each gets its result or its own error."""
@@ -469,7 +473,8 @@ class Node(BrokerEventHandler):
             if info is not None:
                 client.conn_info = info
             client.set_expire_at(expire_at)
-            client.enqueue(codec.wrap_push(codec.push_refresh(bool(expire_at), _ttl(expire_at)), client.unidirectional))
+            out = client.codec
+            client.enqueue(out.push(out.push_refresh(bool(expire_at), _ttl(expire_at)), client.unidirectional))
 
     def _targets(self, user: str, client_id: str) -> list[Connection]:
         if client_id:
@@ -488,8 +493,9 @@ class Node(BrokerEventHandler):
                 start = await self.subscribe_client(client, channel, opts, server_side=True, since=opts.recover_since)
             finally:
                 client.done_subscribing(channel)
-            result = codec.encode_subscribe_result(opts, start, ttl=_ttl(opts.expire_at))
-            client.enqueue(codec.wrap_push(codec.push_subscribe(channel, result), client.unidirectional))
+            out = client.codec
+            client.enqueue(out.push(out.push_subscribe(channel, opts, start, _ttl(opts.expire_at)),
+                                    client.unidirectional))
             self.start_delivery(client, channel, start)
             await self.after_subscribe(client, channel, opts)
 

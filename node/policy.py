@@ -129,6 +129,23 @@ class Policy:
                                           chan_info=sub.info, data=sub.data)
         return ConnectDecision(claims.user, claims.expire_at, claims.info, None, subs, claims.meta)
 
+    def personal_channel(self, user: str) -> str:
+        """The user's personal channel (``client.subscribe_to_user_personal_channel``), as Centrifugo names it."""
+        cfg = self.config
+        ns = cfg.client.subscribe_to_user_personal_channel.personal_channel_namespace
+        return f"{ns}{cfg.channel.namespace_boundary}{cfg.channel.user_boundary}{user}" if ns else \
+            f"{cfg.channel.user_boundary}{user}"
+
+    def personal_options(self, channel: str) -> SubscribeOptions:
+        """A personal channel's server-side subscription: what its namespace forces (presence, join/leave,
+        pushed join/leave, positioning, recovery), nothing a client could ask for."""
+        ns = self.namespace(channel)
+        return SubscribeOptions(
+            emit_presence=ns.presence, emit_join_leave=ns.join_leave, push_join_leave=ns.force_push_join_leave,
+            enable_positioning=ns.history_enabled and (ns.force_positioning or ns.force_recovery),
+            enable_recovery=ns.history_enabled and ns.force_recovery,
+            recovery_mode_cache=ns.force_recovery_mode == "cache", history_meta_ttl=ns.history_meta_ttl)
+
     def proxy_decision(self, result: ConnectResult) -> ConnectDecision:
         subs: dict[str, SubscribeOptions] = {}
         for channel in result.channels:

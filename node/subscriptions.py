@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from node.models import ClientInfo, Publication, StreamPosition, SubscribeOptions
+from node.protocol.codec import Codec
 from node.transport import Transport
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ class Receiver(Protocol):
 
     @property
     def transport(self) -> Transport: ...
+
+    @property
+    def codec(self) -> Codec: ...  # builds the messages in the connection's protocol
 
     def frame(self, message: bytes) -> bytes:
         """One protocol message in this connection's transport framing."""

@@ -33,12 +33,8 @@ class Transport(Protocol):
     def session(self) -> str: ...  # the emulation session of a bidirectional HTTP-stream/SSE connection, else ""
 
     def frame(self, message: bytes) -> bytes:
-        """The wire bytes of one protocol message (JSON; a protobuf transport encodes it first)."""
-
-    def frame_encoded(self, body: bytes) -> bytes:
-        """The wire bytes of a message already encoded in this transport's ``protocol``: for protobuf a
-        length-prefixed message (the hub builds publications straight from the Publication), for JSON the same
-        as ``frame``."""
+        """The wire bytes of one protocol message, already encoded in this transport's ``protocol`` (a JSON
+        message, or a serialised protobuf ``Reply``/``Push``, which the frame prefixes with its length)."""
 
     def write(self, data: bytes) -> None:
         """Write framed bytes (one or more whole frames) in one go."""

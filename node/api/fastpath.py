@@ -21,7 +21,7 @@ from typing import Any, Final
 import orjson
 
 from node.api.executor import response_body
-from node.api.http import ApiHandler, header_key
+from node.api.http import ApiHandler, header_key, parse_body
 from node.errors import ReplyError
 
 logger = logging.getLogger(__name__)
@@ -183,18 +183,17 @@ class FastApiProtocol(asyncio.Protocol):
             self._write(401, b"", b"application/octet-stream")
             return True
         try:
-            params: Any = orjson.loads(body) if body else {}
+            params: Any = parse_body(body)
         except orjson.JSONDecodeError:
             self._write(400, b"Bad Request", b"text/plain; charset=utf-8")
             return True
         self._busy = True
         self._mode = headers.get(b"x-centrifugo-error-mode", b"").decode("latin-1")
         self._method = method
-        task = self._loop.create_task(self._fast.executor.call(method, params))
-        task.add_done_callback(self._done)
+        self._fast.executor.start(method, params).add_done_callback(self._done)
         return False
 
-    def _done(self, task: asyncio.Task[bytes]) -> None:
+    def _done(self, task: asyncio.Future[bytes]) -> None:
         self._busy = False
         if task.cancelled():
             self._fail()

@@ -1,15 +1,13 @@
 """The server API over GRPC: Centrifugo's ``centrifugal.centrifugo.api.CentrifugoApi`` service (``proto/api.proto``).
 
 Every RPC runs through the same :class:`Executor` as the HTTP API. The protobuf request becomes the params dict
-the executor takes (the dict an HTTP JSON body decodes to), and the executor's JSON result fills the protobuf
-result message. Bytes fields that hold raw JSON (``data``, ``info``, ``params``, ``conn_info``, ``chan_info``)
-are parsed on the way in and serialised on the way out; request bytes that are not JSON are passed on as the
-field's ``b64`` sibling would be over HTTP, i.e. stored and delivered as they are.
+the executor takes (the dict an HTTP JSON body decodes to), its bytes fields (payloads: ``data``, ``info``) passed
+on as they are, binary or not; the executor's JSON result fills the protobuf result message. ``History`` is
+filled from the result's values instead, so stored payloads come back byte for byte whatever they hold.
 """
 
 from __future__ import annotations
 
-import base64
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,7 +24,9 @@ from node.api.executor import Executor
 from node.api.proto import api_pb2
 from node.config import GrpcApiConfig
 from node.errors import ERROR_INTERNAL, Error, NodeError, ReplyError
+from node.models import HistoryResult
 from node.protocol.pbjson import fill, is_map, map_value
+from node.protocol.rawjson import Raw
 
 if TYPE_CHECKING:
     from google._upb._message import FieldDescriptor as UpbFieldDescriptor
@@ -82,9 +82,8 @@ _STATUS: Final = {
 def request_params(msg: Message) -> dict[str, Any]:
     """``msg`` as the executor's params. Scalars are always present (proto3 cannot tell zero from unset, and
     the executor reads zero as unset); a message field only when set, so ``BoolValue{value: false}`` still
-    overrides. Raw-JSON bytes are parsed; bytes that are not JSON go to the ``b64<name>`` key instead."""
+    overrides. Bytes fields (payloads) are passed on as they are, binary or not."""
     out: dict[str, Any] = {}
-    binary: dict[str, str] = {}
     for fd in msg.DESCRIPTOR.fields:
         value = getattr(msg, fd.name)
         if is_map(fd):
@@ -96,16 +95,25 @@ def request_params(msg: Message) -> dict[str, Any]:
                 out[fd.name] = request_params(value)
         elif fd.type == FieldDescriptor.TYPE_BYTES:
             if value:
-                try:
-                    out[fd.name] = orjson.loads(value)
-                except orjson.JSONDecodeError:
-                    binary["b64" + fd.name] = base64.b64encode(value).decode()
+                out[fd.name] = Raw(value)
         else:
             out[fd.name] = value
-    for key, b64 in binary.items():
-        if not out.get(key):  # an explicit b64 field wins, as over HTTP
-            out[key] = b64
     return out
+
+
+def _fill_history(out: Any, result: HistoryResult) -> None:
+    out.epoch, out.offset = result.position.epoch, result.position.offset
+    for pub in result.publications:
+        item = out.publications.add()
+        item.data = pub.data
+        if pub.offset:
+            item.offset = pub.offset
+        if pub.tags:
+            item.tags.update(pub.tags)
+        if pub.info is not None:
+            info = item.info
+            info.user, info.client = pub.info.user, pub.info.client
+            info.conn_info, info.chan_info = pub.info.conn_info or b"", pub.info.chan_info or b""
 
 
 def _param(fd: Field, value: Any) -> Any:
@@ -171,9 +179,12 @@ class GrpcApi:
         # BatchResponse is the result itself (``replies``); every other response wraps it in ``result``.
         wrapped = "result" in response.DESCRIPTOR.fields_by_name
         try:
-            result = await self.executor.call(rpc.method, request_params(request), protocol="grpc")
             body = _sub(response, "result") if wrapped else response
-            fill(body, orjson.loads(result))
+            if rpc.method == "history":
+                _fill_history(body, await self.executor.history_values(request_params(request), protocol="grpc"))
+            else:
+                result = await self.executor.call(rpc.method, request_params(request), protocol="grpc")
+                fill(body, orjson.loads(result))
             body.SetInParent()
         except orjson.JSONDecodeError:
             # The result held a payload that is not JSON (published as binary): protobuf cannot carry it here.

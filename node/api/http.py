@@ -11,7 +11,7 @@ from aiohttp import web
 from node.api.executor import Executor, response_body
 from node.config import HttpApiConfig
 from node.errors import Error, ReplyError
-from node.protocol import codec
+from node.protocol import codec, rawjson
 
 # Legacy numeric method ids (API protobuf enum order).
 LEGACY_METHODS: Final = ("publish", "broadcast", "unsubscribe", "disconnect", "presence", "presence_stats", "history",
@@ -28,6 +28,15 @@ def header_key(x_api_key: bytes | None, authorization: bytes) -> bytes | None:
         return x_api_key
     scheme, _, value = authorization.partition(b" ")
     return value.strip() if scheme.lower() == b"apikey" else None
+
+
+def parse_body(body: bytes) -> Any:
+    """A request body parsed, with its payloads (``data``, ``info``) kept as the exact bytes sent."""
+    if not body:
+        return {}
+    params = orjson.loads(body)
+    rawjson.keep_payloads(body, params)
+    return params
 
 
 class ApiHandler:
@@ -58,7 +67,7 @@ class ApiHandler:
     async def _body(self, request: web.Request) -> Any:
         body = await request.read()
         try:
-            return orjson.loads(body) if body else {}
+            return parse_body(body)
         except orjson.JSONDecodeError:
             raise web.HTTPBadRequest(text="Bad Request") from None
 
@@ -93,7 +102,7 @@ class ApiHandler:
         if not body:
             raise web.HTTPBadRequest(text="Bad Request")
         try:
-            commands = [orjson.loads(line) for line in body.split(b"\n") if line.strip()]
+            commands = [parse_body(line) for line in body.split(b"\n") if line.strip()]
         except orjson.JSONDecodeError:
             raise web.HTTPBadRequest(text="Bad Request") from None
         replies = [await self._legacy_one(cmd) for cmd in commands]

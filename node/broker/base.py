@@ -6,6 +6,7 @@ subscribers must be one atomic step per channel: offsets then arrive at every no
 
 from __future__ import annotations
 
+import asyncio
 import random
 import string
 from collections.abc import Sequence
@@ -70,6 +71,11 @@ class Broker(Protocol):
             except Exception as e:
                 results.append(e)
         return results
+
+    def publish_soon(self, channel: str, data: bytes, opts: PublishOptions) -> asyncio.Future[PublishResult]:
+        """``publish`` started now, without a coroutine of the caller's: the future gets its result. Brokers
+        whose publish completes in a callback override this to spare a task per call."""
+        return asyncio.ensure_future(self.publish(channel, data, opts))
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
 

@@ -5,6 +5,7 @@ publishes is a single atomic call."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_META_TTL: Final = 720 * 3600
 T = TypeVar("T")
-_Options = tuple[bytes, bytes, list[Any]]  # EVALSHA head, publish options as RESP, the options
 CHANNEL_CACHE_SIZE: Final = 65536  # channels whose encoded keys are kept (the cache starts over when full)
 
 
@@ -39,6 +39,16 @@ def _publish_result(reply: Any) -> PublishResult:
     top, epoch, suppressed = reply
     epoch_str = epoch.decode() if isinstance(epoch, bytes) else str(epoch or "")
     return PublishResult(StreamPosition(int(top), epoch_str), suppressed=bool(suppressed))
+
+
+class _Burst:
+    __slots__ = ("epoch", "options", "time_ms")
+
+    def __init__(self, epoch: str, time_ms: int) -> None:
+        self.epoch = epoch
+        self.time_ms = time_ms
+        # (history size, ttl, meta ttl, result ttl, delta, shard) → EVALSHA head, the options as RESP, the options
+        self.options: dict[tuple[Any, ...], tuple[bytes, bytes, list[Any]]] = {}
 
 
 class _ChannelKeys:
@@ -67,6 +77,7 @@ class RedisBroker(Broker):
         self._default_meta_ttl = history_meta_ttl
         self._control_rr = itertools.cycle(range(len(self.shards)))
         self._channel_cache: dict[str, _ChannelKeys] = {}
+        self._current: _Burst | None = None
 
     def shard(self, channel: str) -> RedisShard:
         return self.shards[shard_index(channel, len(self.shards))]
@@ -109,27 +120,30 @@ class RedisBroker(Broker):
                 self._names.pop(name, None)
             await self.shards[index].pubsub.unsubscribe(names)
 
-    def _on_message(self, redis_channel: bytes, data: bytes) -> None:
+    def _on_message(self, messages: list[list[bytes]]) -> None:
+        """The messages of one read from a PUB/SUB connection, in order."""
         handler = self._handler
         if handler is None:
             return
-        channel = self._names.get(redis_channel)
-        if channel is None:
-            if redis_channel == self.keys.control or redis_channel == self._node_channel:  # noqa: PLR1714
-                handler.handle_control(data)
-            return
-        try:
-            msg = wire.decode(data)
-        except wire.WireError as e:
-            logger.warning("dropping a message on %s: %s", channel, e)
-            return
-        if msg.kind == wire.PUB and msg.publication is not None:
-            handler.handle_publication(channel, msg.publication, msg.position)
-        elif msg.info is not None:
-            if msg.kind == wire.JOIN:
-                handler.handle_join(channel, msg.info)
-            else:
-                handler.handle_leave(channel, msg.info)
+        names, decode = self._names, wire.decode
+        for _, redis_channel, data in messages:
+            channel = names.get(redis_channel)
+            if channel is None:
+                if redis_channel == self.keys.control or redis_channel == self._node_channel:  # noqa: PLR1714
+                    handler.handle_control(data)
+                continue
+            try:
+                msg = decode(data)
+            except wire.WireError as e:
+                logger.warning("dropping a message on %s: %s", channel, e)
+                continue
+            if msg.kind == wire.PUB and msg.publication is not None:
+                handler.handle_publication(channel, msg.publication, msg.position)
+            elif msg.info is not None:
+                if msg.kind == wire.JOIN:
+                    handler.handle_join(channel, msg.info)
+                else:
+                    handler.handle_leave(channel, msg.info)
 
     def _on_error(self, kind: str) -> None:
         if self._handler is not None:
@@ -154,38 +168,61 @@ class RedisBroker(Broker):
             cached = self._channel_cache[channel] = _ChannelKeys(self.keys, channel, "")
         return cached
 
-    def _publish_call(self, shard: RedisShard, channel: str, data: bytes, opts: PublishOptions, epoch: str,
-                      time_ms: int, options: dict[tuple[int, int], _Options]) -> ScriptCall:
-        """The EVALSHA of publish.lua; ``options`` caches the encoded options of one burst (by object)."""
+    def _burst(self) -> _Burst:
+        """What the publications of this event-loop iteration share: their send time, an epoch candidate (only
+        a channel's first publication ever uses it), and their encoded options."""
+        burst = self._current
+        if burst is None:
+            burst = self._current = _Burst(new_epoch(), int(time.time() * 1000))
+            asyncio.get_running_loop().call_soon(self._end_burst)
+        return burst
+
+    def _end_burst(self) -> None:
+        self._current = None
+
+    def _publish_call(self, shard: RedisShard, channel: str, data: bytes, opts: PublishOptions,
+                      burst: _Burst) -> ScriptCall:
+        """The EVALSHA of publish.lua."""
         ck = _ChannelKeys(self.keys, channel, opts.idempotency_key) if opts.idempotency_key \
             else self._channel_keys(channel)
-        key = (id(opts), id(shard))
-        encoded = options.get(key)
+        history = opts.history_size > 0 and opts.history_ttl > 0
+        key = (opts.history_size if history else 0, opts.history_ttl, opts.history_meta_ttl,
+               opts.idempotent_result_ttl if opts.idempotency_key else 0, opts.use_delta and history, id(shard))
+        encoded = burst.options.get(key)
         if encoded is None:
-            history = opts.history_size > 0 and opts.history_ttl > 0
-            values = [opts.history_size if history else 0, max(int(opts.history_ttl), 1),
-                      self._meta_ttl(opts.history_meta_ttl), epoch, shard.publish_command,
-                      int(opts.idempotent_result_ttl) if opts.idempotency_key else 0,
-                      b"1" if opts.use_delta and history else b"0"]
-            encoded = options[key] = (shard.head("publish", 13) + b"$1\r\n3\r\n", _bulks(values), values)
+            values = [key[0], max(int(opts.history_ttl), 1), self._meta_ttl(opts.history_meta_ttl), burst.epoch,
+                      shard.publish_command, int(key[3]), b"1" if key[4] else b"0"]
+            encoded = burst.options[key] = (shard.head("publish", 13) + b"$1\r\n3\r\n", _bulks(values), values)
         head, bulks, values = encoded
-        body = wire.encode_body(data, opts.client_info, opts.tags, time_ms)
+        body = wire.encode_body(data, opts.client_info, opts.tags, burst.time_ms)
         command = b"%s%s%s$%d\r\n%s\r\n" % (head, ck.encoded, bulks, len(body), body)
         return ScriptCall("publish", command, ck.keys, [ck.pubsub, *values, body])
 
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
         shard = self.shard(channel)
-        call = self._publish_call(shard, channel, data, opts, new_epoch(), int(time.time() * 1000), {})
-        return _publish_result(await shard.run(call))
+        return _publish_result(await shard.run(self._publish_call(shard, channel, data, opts, self._burst())))
+
+    def publish_soon(self, channel: str, data: bytes, opts: PublishOptions) -> asyncio.Future[PublishResult]:
+        shard = self.shard(channel)
+        call = self._publish_call(shard, channel, data, opts, self._burst())
+        fut: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+
+        def done(reply: Any) -> None:
+            if fut.done():
+                return
+            if isinstance(reply, Exception):
+                fut.set_exception(reply)
+            else:
+                fut.set_result(_publish_result(reply))
+
+        shard.run_then(call, done)
+        return fut
 
     async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
-        # One epoch candidate and one timestamp for the whole group: only a channel's first publication ever
-        # uses the epoch, and the publications of one burst are published at the same moment.
-        epoch, time_ms = new_epoch(), int(time.time() * 1000)
-        options: dict[tuple[int, int], _Options] = {}
+        burst = self._burst()
         groups = self._by_shard(range(len(items)), lambda i: items[i][0])
         calls = [(idxs, self.shards[index].run_many(  # sent to every shard before waiting for any
-                     [self._publish_call(self.shards[index], *items[i], epoch, time_ms, options) for i in idxs]))
+                     [self._publish_call(self.shards[index], *items[i], burst) for i in idxs]))
                  for index, idxs in groups.items()]
         results: dict[int, PublishResult | Exception] = {}
         for idxs, call in calls:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import hiredis
@@ -59,6 +59,11 @@ class _Group:
         self.replies: list[Any] = []
 
 
+# Who waits for a reply: a future, a group of replies, or a callback (given the reply or the PipeError).
+_Waiter = asyncio.Future[Any] | _Group | Callable[[Any], None]
+_Future = asyncio.Future  # the loop's futures are of this (C) type: checked by identity on the hot path
+
+
 class RedisPipe(asyncio.Protocol):
     """See the module docstring. Open with ``connect()``; commands issued while it connects are queued."""
 
@@ -73,7 +78,7 @@ class RedisPipe(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader()
         self._transport: asyncio.Transport | None = None
-        self._pending: deque[asyncio.Future[Any] | _Group] = deque()
+        self._pending: deque[_Waiter] = deque()
         self._out: list[bytes] = []
         self._flush_at: asyncio.Handle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -111,17 +116,14 @@ class RedisPipe(asyncio.Protocol):
         if self._db:
             handshake.append(encode(("SELECT", self._db)))
         handshake.extend(encode(("SCRIPT", "LOAD", script)) for script in self._scripts)
-        for _ in handshake:
-            fut: asyncio.Future[Any] = self._loop.create_future()
-            fut.add_done_callback(self._check_handshake)
-            self._pending.appendleft(fut)
+        self._pending.extendleft([self._check_handshake] * len(handshake))
         self._out[:0] = handshake
         if self._out:
             self._flush()
 
-    def _check_handshake(self, fut: asyncio.Future[Any]) -> None:
-        if not fut.cancelled() and fut.exception() is None and isinstance(fut.result(), hiredis.ReplyError):
-            logger.warning("command connection to %s refused: %s", self.address, fut.result())
+    def _check_handshake(self, reply: Any) -> None:
+        if isinstance(reply, hiredis.ReplyError):
+            logger.warning("command connection to %s refused: %s", self.address, reply)
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -150,10 +152,13 @@ class RedisPipe(asyncio.Protocol):
                 pending.popleft()
                 if not waiter.fut.done():
                     waiter.fut.set_result(waiter.replies)
+            elif type(waiter) is _Future:
+                pending.popleft()
+                if not waiter.done():
+                    waiter.set_result(reply)
             else:
                 pending.popleft()
-                if not waiter.done():  # type: ignore[union-attr]
-                    waiter.set_result(reply)  # type: ignore[union-attr]
+                waiter(reply)  # type: ignore[operator]
 
     # --- commands --------------------------------------------------------------------------------------
 
@@ -167,6 +172,14 @@ class RedisPipe(asyncio.Protocol):
         self._queue(command, fut)
         return fut
 
+    def call_then(self, command: bytes, callback: Callable[[Any], None]) -> None:
+        """Send one encoded command; ``callback`` gets its reply (an error reply as a value) or the PipeError,
+        synchronously in the protocol callback: no future at all for callers that only react to the reply."""
+        if self.closed:
+            callback(PipeError(f"connection to {self.address} is closed"))
+            return
+        self._queue(command, callback)
+
     def call_many(self, commands: list[bytes]) -> asyncio.Future[list[Any]]:
         """Send several encoded commands; one future gets the list of their replies, in order."""
         fut: asyncio.Future[list[Any]] = self._loop.create_future()
@@ -176,7 +189,7 @@ class RedisPipe(asyncio.Protocol):
         self._queue(b"".join(commands), _Group(fut, len(commands)))
         return fut
 
-    def _queue(self, data: bytes, waiter: asyncio.Future[Any] | _Group) -> None:
+    def _queue(self, data: bytes, waiter: _Waiter) -> None:
         if not self._pending:
             self._progress = self._loop.time()
         self._pending.append(waiter)
@@ -219,8 +232,10 @@ class RedisPipe(asyncio.Protocol):
         pending, self._pending = self._pending, deque()
         for waiter in pending:
             fut = waiter.fut if type(waiter) is _Group else waiter
-            if not fut.done():  # type: ignore[union-attr]
-                fut.set_exception(error)  # type: ignore[union-attr]
+            if type(fut) is not _Future:
+                fut(error)  # type: ignore[operator]
+            elif not fut.done():
+                fut.set_exception(error)
 
     def close(self) -> None:
         self._lose(PipeError(f"connection to {self.address} closed"))

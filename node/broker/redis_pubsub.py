@@ -25,7 +25,9 @@ from redis.crc import key_slot
 
 logger = logging.getLogger(__name__)
 
-MessageHandler = Callable[[bytes, bytes], None]  # (Redis channel, payload); must not await
+# The messages that arrived in one read, each as hiredis gives it: [b"message" | b"smessage", channel, payload].
+# Called once per read (the messages of a burst are decoded together); must not await.
+MessageHandler = Callable[[list[list[bytes]]], None]
 ResyncHandler = Callable[[list[bytes]], None]  # channels re-subscribed after messages may have been lost
 ErrorHandler = Callable[[str], None]  # a PUB/SUB failure, by kind (base.PUBSUB_ERRORS), for metrics
 
@@ -126,28 +128,31 @@ class PubSubConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         reader.feed(data)
+        messages: list[list[bytes]] = []
         while True:
             try:
                 obj = reader.gets()
             except hiredis.ProtocolError:
                 logger.error("protocol error on PUB/SUB connection %s", self.address)
                 self.close()
-                return
+                break
             if obj is False:
-                return
+                break
             if type(obj) is list and len(obj) == 3:
                 kind = obj[0]
                 if kind == b"smessage" or kind == b"message":  # noqa: PLR1714 (hot path: no tuple building)
-                    try:
-                        self._on_message(obj[1], obj[2])
-                    except Exception:
-                        logger.exception("PUB/SUB message handler failed")
+                    messages.append(obj)
                     continue
                 self._confirm(kind, obj[1])
             elif isinstance(obj, hiredis.ReplyError):
                 self._fail(obj)
             else:
                 self._plain_reply()
+        if messages:
+            try:
+                self._on_message(messages)
+            except Exception:
+                logger.exception("PUB/SUB message handler failed")
 
     def _confirm(self, kind: bytes, channel: Any) -> None:
         if self._pending:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -150,6 +150,7 @@ class RedisShard:
         self._pipes: dict[str, RedisPipe] = {}  # server ("host:port" in a Cluster) → its command connection
         self._connect_opts = opts
         self._io_timeout = cfg.io_timeout
+        self._tasks: set[asyncio.Task[None]] = set()  # calls gone the slow way (run_then)
 
     async def start(self) -> None:
         if isinstance(self.client, RedisCluster):
@@ -159,6 +160,8 @@ class RedisShard:
         await self.pubsub.start()
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         for pipe in self._pipes.values():
             pipe.close()
         await self.pubsub.close()
@@ -213,6 +216,41 @@ class RedisShard:
                 if not _elsewhere(reply):
                     raise ScriptError(str(reply))
         return await self.scripts[call.name](keys=call.keys, args=call.args)
+
+    def run_then(self, call: ScriptCall, done: Callable[[Any], None]) -> None:
+        """``run`` without a coroutine: ``done`` gets the reply or the exception. The reply of the fast path
+        reaches it straight from the connection's protocol callback; only a call that needs redis-py (a moved
+        slot, a lost connection) gets a task."""
+        pipe = self._pipe(call.keys[0])
+        if pipe is None:
+            self._spawn(self._run_slow(call, done))
+            return
+
+        def reply(value: Any) -> None:
+            if type(value) is hiredis.ReplyError:
+                if _elsewhere(value):
+                    self._spawn(self._run_slow(call, done))
+                else:
+                    done(ScriptError(str(value)))
+            elif isinstance(value, PipeError):
+                self._spawn(self._run_slow(call, done))
+            else:
+                done(value)
+
+        pipe.call_then(call.command, reply)
+
+    async def _run_slow(self, call: ScriptCall, done: Callable[[Any], None]) -> None:
+        try:
+            result = await self.scripts[call.name](keys=call.keys, args=call.args)
+        except Exception as e:
+            done(e)
+            return
+        done(result)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def run_many(self, calls: Sequence[ScriptCall]) -> Awaitable[list[Any]]:
         """``run`` for many calls at once: they are sent now (one future per server for the whole group), and

@@ -12,7 +12,8 @@ object, and for delta publishing the previous entry's offset and body object.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import io
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -72,30 +73,44 @@ class Message:
     info: ClientInfo | None = None
 
 
+# A message is a sequence of msgpack objects whose count its kind fixes (a publication: 5, or 7 with the previous
+# entry for delta; join/leave: 3), so it is read as one array by prefixing an array header: one unpackb call,
+# ~1 µs, where a streaming Unpacker per message cost several.
+_ARRAY_HEADS: Final = {PUB: (b"\x95", b"\x97"), JOIN: (b"\x93",), LEAVE: (b"\x93",)}
+
+
+def _objects(message: bytes) -> list[Any]:
+    if message[:1] != b"\x01":  # VERSION as a msgpack positive fixint
+        version = msgpack.unpackb(message, raw=False) if len(message) == 1 else \
+            next(iter(msgpack.Unpacker(io.BytesIO(message), raw=False)), None)
+        raise WireError(f"wire version {version!r}, this node speaks {VERSION}")
+    heads = _ARRAY_HEADS.get(message[1] if len(message) > 1 else -1)
+    if heads is None:
+        raise WireError(f"unknown message kind {message[1:2]!r}")
+    for head in heads[:-1]:
+        with contextlib.suppress(msgpack.ExtraData):
+            objects: list[Any] = msgpack.unpackb(head + message, raw=False)
+            return objects
+    objects = msgpack.unpackb(heads[-1] + message, raw=False)
+    return objects
+
+
 def decode(message: bytes) -> Message:
     """Decode one channel message; raises WireError on anything unexpected."""
     try:
-        unpacker = msgpack.Unpacker(raw=False)
-        unpacker.feed(message)
-        items: Iterator[Any] = iter(unpacker)
-        version = next(items)
-        if version != VERSION:
-            raise WireError(f"wire version {version!r}, this node speaks {VERSION}")
-        kind = next(items)
+        items = _objects(message)
+        kind = items[1]
         if kind == PUB:
-            offset, epoch, body = next(items), next(items), next(items)
+            offset, epoch, body = items[2], items[3], items[4]
             pub = decode_body(body, offset)
-            prev_offset = next(items, None)
-            if prev_offset is not None:
-                prev_body = next(items)
+            if len(items) == 7:
+                prev_offset, prev_body = items[5], items[6]
                 prev = decode_body(prev_body).data if offset and prev_offset == offset - 1 else None
                 pub = Publication(data=pub.data, offset=pub.offset, info=pub.info, tags=pub.tags,
                                   time_ms=pub.time_ms, delta=True, prev_data=prev)
             return Message(PUB, publication=pub, position=StreamPosition(offset, epoch))
-        if kind in (JOIN, LEAVE):
-            return Message(kind, info=decode_info(next(items)))
+        return Message(kind, info=decode_info(items[2]))
     except WireError:
         raise
-    except (ValueError, TypeError, StopIteration, msgpack.UnpackException) as e:
+    except (ValueError, TypeError, IndexError, StopIteration, msgpack.UnpackException) as e:
         raise WireError(f"undecodable message: {e}") from None
-    raise WireError(f"unknown message kind {kind!r}")

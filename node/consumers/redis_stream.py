@@ -16,6 +16,7 @@ entries pending for longer than ``visibility_timeout`` are claimed by whichever 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
@@ -36,6 +37,7 @@ BATCH: Final = 100
 MAX_BLOCK: Final = 2.0  # a blocking read's longest wait; the lease is renewed at least this often
 _RENEW: Final = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end "
                   "return 0")
+_RELEASE: Final = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 def _client(config: RedisStreamConsumerConfig, block: float) -> Redis:
@@ -81,31 +83,37 @@ class RedisStreamConsumer(Consumer):
         holding = False
         next_reclaim = 0.0
         retries = 0
-        while True:
-            try:
-                if self.ordered:
-                    was_holding = holding
-                    holding = await self._lease(lease, me, ttl_ms, holding)
-                    if not holding:
-                        await asyncio.sleep(self.block)
-                        continue
-                    if not was_holding:  # taken over: the previous holder's unacknowledged entries come first
-                        await self._claim(stream, me, 0)
-                elif time.monotonic() >= next_reclaim:
-                    await self._claim(stream, me, ttl_ms)
-                    next_reclaim = time.monotonic() + self.config.visibility_timeout / 2
-                await self._batch(stream, me)
-                retries = 0
-                self._errors.pop(stream + me, None)
-            except RetryLaterError as e:
-                retries += 1
-                self._failed(stream + me, f"stream {stream}: command to retry", e)
-                await asyncio.sleep(next_backoff(retries))
-            except (RedisError, OSError) as e:
-                retries += 1
-                holding = False  # re-check the lease (and claim again) after an outage
-                self._failed(stream + me, f"stream {stream}", e)
-                await asyncio.sleep(next_backoff(retries))
+        try:
+            while True:
+                try:
+                    if self.ordered:
+                        was_holding = holding
+                        holding = await self._lease(lease, me, ttl_ms, holding)
+                        self._errors.pop(stream + me, None)
+                        if not holding:
+                            await asyncio.sleep(self.block)
+                            continue
+                        if not was_holding:  # taken over: the previous holder's unacknowledged entries first
+                            await self._claim(stream, me, 0)
+                    elif time.monotonic() >= next_reclaim:
+                        await self._claim(stream, me, ttl_ms)
+                        next_reclaim = time.monotonic() + self.config.visibility_timeout / 2
+                    await self._batch(stream, me)
+                    retries = 0
+                    self._errors.pop(stream + me, None)
+                except RetryLaterError as e:
+                    retries += 1
+                    self._failed(stream + me, f"stream {stream}: command to retry", e)
+                    await asyncio.sleep(next_backoff(retries))
+                except (RedisError, OSError) as e:
+                    retries += 1
+                    holding = False  # re-check the lease (and claim again) after an outage
+                    self._failed(stream + me, f"stream {stream}", e)
+                    await asyncio.sleep(next_backoff(retries))
+        finally:
+            if holding:  # stopping: hand the stream over at once instead of after the lease's expiry
+                with contextlib.suppress(RedisError, OSError):
+                    await self.redis.eval(_RELEASE, 1, lease, me)
 
     def _failed(self, key: str, what: str, e: BaseException) -> None:
         self._errors[key] = f"{what}: {e}"

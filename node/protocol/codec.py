@@ -1,21 +1,27 @@
 """Protocol v2 JSON codec: inbound command frames to ``Command`` values, outbound replies and pushes to bytes.
 
-Raw JSON payloads (publication ``data``, ``conn_info``, ``chan_info``) are spliced into output bytes as they
-are; they are compact orjson output by construction (the node re-serialises every inbound payload once), so
-they never contain a newline that would break the newline-delimited framing. Zero values are omitted as
+Payloads (publication ``data``, ``conn_info``, ``chan_info``) are opaque bytes, spliced into output as they
+were published. A command's ``data`` is the exact span of the JSON value the client sent (``rawjson``), never
+a re-serialisation. As in centrifuge, raw newlines are dropped from a payload when it is written (they can only
+be whitespace between JSON tokens, and a newline separates messages in a frame). Zero values are omitted as
 Centrifugo's easyjson encoder does, except the fields the spec lists as always present.
+
+``JsonCodec`` bundles the outbound builders behind the ``Codec`` protocol, which the protobuf codec
+(``proto.ProtobufCodec``) implements too: a connection picks one by its protocol and builds every message it
+sends with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 
-from node.errors import Error
-from node.models import ClientInfo, Publication, StreamStart, SubscribeOptions
+from node.errors import DISCONNECT_INAPPROPRIATE_PROTOCOL, Disconnect, DisconnectError, Error
+from node.models import ClientInfo, PresenceStats, Publication, StreamPosition, StreamStart, SubscribeOptions
+from node.protocol import rawjson
 
 # Command fields in protobuf field order: the first one present wins, as in centrifuge's dispatcher.
 METHODS: Final = (
@@ -32,11 +38,13 @@ class DecodeError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """One client command. ``method`` is "" for an empty command, which is the client's pong."""
+    """One client command. ``method`` is "" for an empty command, which is the client's pong. ``data`` is the
+    request's payload as the client sent it (the exact JSON span, or protobuf bytes), None if it has none."""
 
     id: int
     method: str
     params: Mapping[str, Any]
+    data: bytes | None = None
 
 
 _EMPTY: Final[Mapping[str, Any]] = {}
@@ -69,7 +77,11 @@ def _decode_command(line: bytes) -> Command:
         if key in _METHOD_SET and value is not None:
             if not isinstance(value, dict):
                 raise DecodeError(f"{key}: request is not an object")
-            return Command(cmd_id, key, value)
+            data = None
+            if value.get("data") is not None:
+                # The payload as sent, also in the params (a proxy hook forwards it): never re-serialised.
+                value["data"] = data = rawjson.span(line, (key, "data"))
+            return Command(cmd_id, key, value, data)
     if len(obj) > (1 if "id" in obj else 0):
         # Fields we do not know: an unknown method. An id-less one is still a pong (see client.py).
         return Command(cmd_id, "?", _EMPTY)
@@ -90,18 +102,24 @@ def encode_error(error: Error) -> bytes:
     return b'{"code":%d,"message":%s}' % (error.code, orjson.dumps(error.message))
 
 
+def payload(data: bytes) -> bytes:
+    """A raw JSON payload as it goes into a message: newlines dropped (centrifuge does the same), since they
+    separate messages; in valid JSON they are only whitespace between tokens."""
+    return data.replace(b"\n", b"") if b"\n" in data else data
+
+
 def encode_client_info(info: ClientInfo) -> bytes:
     out = b'{"user":%s,"client":%s' % (orjson.dumps(info.user), orjson.dumps(info.client))
     if info.conn_info:
-        out += b',"conn_info":' + info.conn_info
+        out += b',"conn_info":' + payload(info.conn_info)
     if info.chan_info:
-        out += b',"chan_info":' + info.chan_info
+        out += b',"chan_info":' + payload(info.chan_info)
     return out + b"}"
 
 
 def encode_publication(pub: Publication, data: bytes | None = None, *, delta: bool = False) -> bytes:
     """A Publication object; ``data`` replaces the payload (delta subscribers get a JSON string)."""
-    out = b'{"data":' + (pub.data if data is None else data)
+    out = b'{"data":' + (payload(pub.data) if data is None else data)
     if pub.info is not None:
         out += b',"info":' + encode_client_info(pub.info)
     if pub.offset:
@@ -177,7 +195,7 @@ def encode_subscribe_result(opts: SubscribeOptions, start: StreamStart | None, t
     if opts.expire_at:
         fields["expires"] = True
         fields["ttl"] = ttl
-    raw_fields: dict[str, bytes | None] = {"data": opts.data}
+    raw_fields: dict[str, bytes | None] = {"data": payload(opts.data) if opts.data else None}
     if start is not None:
         fields["recoverable"] = opts.enable_recovery
         fields["epoch"] = start.top.epoch
@@ -187,9 +205,134 @@ def encode_subscribe_result(opts: SubscribeOptions, start: StreamStart | None, t
         fields["was_recovering"] = start.was_recovering
         fields["delta"] = opts.delta
         if start.publications:
+            _check_json(start.publications)
             if opts.delta:
                 raw_fields["publications"] = b"[" + b",".join(
-                    encode_publication(p, data=orjson.dumps(p.data.decode())) for p in start.publications) + b"]"
+                    encode_publication(p, data=json_string(p.data)) for p in start.publications) + b"]"
             else:
                 raw_fields["publications"] = encode_publications(start.publications)
     return result_object(fields, raw_fields)
+
+
+def is_json(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def json_string(data: bytes) -> bytes:
+    """Bytes as a JSON string: how a delta subscriber gets a payload or a fossil patch."""
+    return orjson.dumps(data.decode("utf-8", "replace"))
+
+
+def _check_json(pubs: Iterable[Publication]) -> None:
+    """A reply holding a binary payload cannot be written as JSON: centrifuge closes such a client with 3506."""
+    if not all(is_json(p.data) for p in pubs):
+        raise DisconnectError(DISCONNECT_INAPPROPRIATE_PROTOCOL)
+
+
+# --- the codec interface ----------------------------------------------------------------------------------
+
+
+class Codec(Protocol):
+    """Builds every message a connection sends, in its protocol. Results and pushes are built first and then
+    wrapped (``reply``, ``push``), so their bytes can be shared, as a broadcast does per protocol."""
+
+    @property
+    def ping(self) -> bytes: ...  # the server's ping message
+
+    @property
+    def empty(self) -> bytes: ...  # an empty result object
+
+    def reply(self, cmd_id: int, method: str, result: bytes) -> bytes: ...
+    def error_reply(self, cmd_id: int, error: Error) -> bytes: ...
+    def push(self, push: bytes, unidirectional: bool) -> bytes: ...
+    def carries(self, data: bytes) -> bool: ...  # whether a payload can be written in this protocol
+    def delta_data(self, data: bytes) -> bytes: ...  # a delta subscriber's payload or patch
+    def publication(self, pub: Publication, data: bytes | None = None, *, delta: bool = False) -> bytes: ...
+    def push_publication(self, channel: str, pub: bytes) -> bytes: ...
+    def push_join(self, channel: str, info: ClientInfo) -> bytes: ...
+    def push_leave(self, channel: str, info: ClientInfo) -> bytes: ...
+    def push_unsubscribe(self, channel: str, code: int, reason: str) -> bytes: ...
+    def push_subscribe(self, channel: str, opts: SubscribeOptions, start: StreamStart | None, ttl: int) -> bytes: ...
+    def push_refresh(self, expires: bool, ttl: int) -> bytes: ...
+    def push_disconnect(self, disconnect: Disconnect) -> bytes: ...
+    def connect_result(self, fields: Mapping[str, Any], data: bytes | None,
+                       subs: Sequence[tuple[str, bytes]], *, push: bool) -> bytes: ...
+    def subscribe_result(self, opts: SubscribeOptions, start: StreamStart | None, ttl: int) -> bytes: ...
+    def refresh_result(self, client: str, expires: bool, ttl: int) -> bytes: ...
+    def sub_refresh_result(self, expires: bool, ttl: int) -> bytes: ...
+    def presence_result(self, entries: Mapping[str, ClientInfo]) -> bytes: ...
+    def presence_stats_result(self, stats: PresenceStats) -> bytes: ...
+    def history_result(self, pubs: Sequence[Publication], position: StreamPosition) -> bytes: ...
+    def rpc_result(self, data: bytes | None) -> bytes: ...
+
+
+class JsonCodec:
+    """The JSON protocol: results are JSON objects, replies ``{"id":N,"<method>":result}``."""
+
+    __slots__ = ()
+    ping: Final = PING_BIDI
+    empty: Final = b"{}"
+
+    reply = staticmethod(reply)
+    error_reply = staticmethod(error_reply)
+    push = staticmethod(wrap_push)
+    carries = staticmethod(is_json)
+    delta_data = staticmethod(json_string)
+    publication = staticmethod(encode_publication)
+    push_publication = staticmethod(push_publication)
+    push_join = staticmethod(push_join)
+    push_leave = staticmethod(push_leave)
+    push_unsubscribe = staticmethod(push_unsubscribe)
+    subscribe_result = staticmethod(encode_subscribe_result)
+    push_refresh = staticmethod(push_refresh)
+
+    @staticmethod
+    def push_subscribe(channel: str, opts: SubscribeOptions, start: StreamStart | None, ttl: int) -> bytes:
+        return push_subscribe(channel, encode_subscribe_result(opts, start, ttl))
+
+    @staticmethod
+    def push_disconnect(disconnect: Disconnect) -> bytes:
+        return b'{"disconnect":{"code":%d,"reason":%s}}' % (disconnect.code, orjson.dumps(disconnect.reason))
+
+    @staticmethod
+    def connect_result(fields: Mapping[str, Any], data: bytes | None, subs: Sequence[tuple[str, bytes]], *,
+                       push: bool) -> bytes:
+        raw_fields = {"data": payload(data) if data else None}
+        if subs:
+            raw_fields["subs"] = b"{" + b",".join(orjson.dumps(ch) + b":" + sub for ch, sub in subs) + b"}"
+        result = result_object(fields, raw_fields)
+        return b'{"connect":' + result + b"}" if push else result
+
+    @staticmethod
+    def refresh_result(client: str, expires: bool, ttl: int) -> bytes:
+        return result_object({"client": client, "expires": expires, "ttl": ttl})
+
+    @staticmethod
+    def sub_refresh_result(expires: bool, ttl: int) -> bytes:
+        return result_object({"expires": expires, "ttl": ttl})
+
+    @staticmethod
+    def presence_result(entries: Mapping[str, ClientInfo]) -> bytes:
+        body = b",".join(orjson.dumps(cid) + b":" + encode_client_info(info) for cid, info in entries.items())
+        return b'{"presence":{' + body + b"}}"
+
+    @staticmethod
+    def presence_stats_result(stats: PresenceStats) -> bytes:
+        return b'{"num_clients":%d,"num_users":%d}' % (stats.num_clients, stats.num_users)
+
+    @staticmethod
+    def history_result(pubs: Sequence[Publication], position: StreamPosition) -> bytes:
+        _check_json(pubs)
+        return b'{"publications":%s,"epoch":%s,"offset":%d}' % (
+            encode_publications(pubs), orjson.dumps(position.epoch), position.offset)
+
+    @staticmethod
+    def rpc_result(data: bytes | None) -> bytes:
+        return b'{"data":' + payload(data) + b"}" if data else b"{}"
+
+
+JSON: Final = JsonCodec()

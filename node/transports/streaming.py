@@ -32,10 +32,10 @@ from node.config import ConnectCodeToHttpResponse
 from node.errors import DISCONNECT_BAD_REQUEST, DISCONNECT_CONNECTION_CLOSED, Disconnect
 from node.models import RequestInfo
 from node.node import Node
-from node.protocol import codec, proto
+from node.protocol import proto
 from node.transports.emulation import Emulation
 from node.transports.http import NO_CACHE_HEADERS, cors_headers, preflight, protobuf_body, read_body, refuse
-from node.transports.uni import connect_unidirectional_code, disconnect_push, parse_connect_request
+from node.transports.uni import connect_unidirectional_code, disconnect_message, parse_connect_request
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +88,6 @@ class _ResponseStream(abc.ABC):
     def frame(message: bytes) -> bytes:
         """One message in this stream's framing (each subclass has its own)."""
 
-    def frame_encoded(self, body: bytes) -> bytes:
-        return self.frame(body)
-
     def write(self, data: bytes) -> None:
         if self._held is not None:
             self._held.append(data)
@@ -129,7 +126,7 @@ class _ResponseStream(abc.ABC):
             self._end()
             return
         if disconnect.code != DISCONNECT_CONNECTION_CLOSED.code:
-            self.write(self.frame(codec.wrap_push(disconnect_push(disconnect), self.unidirectional)))
+            self.write(self.frame(disconnect_message(self.protocol, disconnect, self.unidirectional)))
         if self._held is not None:
             self._close_pending = True  # the response is not prepared yet: release() ends it
             return
@@ -166,11 +163,7 @@ class ProtobufHttpStreamTransport(_ResponseStream):
 
     @staticmethod
     def frame(message: bytes) -> bytes:
-        return proto.delimited(message)
-
-    def frame_encoded(self, body: bytes) -> bytes:
-        """Bytes already encoded as length-prefixed protobuf (the hub's publications) need no more framing."""
-        return body
+        return proto.delimit(message)
 
 
 class SseTransport(_ResponseStream):

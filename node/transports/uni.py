@@ -23,13 +23,15 @@ from node.errors import (
     DisconnectError,
     ReplyError,
 )
-from node.protocol import codec
+from node.protocol import codec, proto
 
 logger = logging.getLogger(__name__)
 
 
-def disconnect_push(disconnect: Disconnect) -> bytes:
-    return b'{"disconnect":{"code":%d,"reason":%s}}' % (disconnect.code, codec.raw(disconnect.reason))
+def disconnect_message(protocol: str, disconnect: Disconnect, unidirectional: bool) -> bytes:
+    """The ``disconnect`` push a streaming transport sends before it ends, in its protocol."""
+    out = proto.CODECS[protocol]
+    return out.push(out.push_disconnect(disconnect), unidirectional)
 
 
 # Centrifugo's default mapping of connect error codes to the disconnect a unidirectional client gets (it has no

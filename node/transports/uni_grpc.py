@@ -21,7 +21,6 @@ from node.api.grpc_server import listen
 from node.client import Client
 from node.config import UniGrpcConfig
 from node.errors import (
-    DISCONNECT_BAD_REQUEST,
     DISCONNECT_CONNECTION_CLOSED,
     DISCONNECT_SHUTDOWN,
     Disconnect,
@@ -30,8 +29,7 @@ from node.models import RequestInfo
 from node.node import Node
 from node.protocol import client_pb2 as pb
 from node.protocol import proto
-from node.protocol.codec import DecodeError
-from node.transports.uni import connect_unidirectional, disconnect_push
+from node.transports.uni import connect_unidirectional, disconnect_message
 
 SERVICE: Final = "centrifugal.centrifugo.unistream.CentrifugoUniStream"
 
@@ -55,10 +53,7 @@ class UniGrpcTransport:
 
     @staticmethod
     def frame(message: bytes) -> bytes:
-        return proto.delimited(message, push=True)
-
-    def frame_encoded(self, body: bytes) -> bytes:
-        return body  # already a length-prefixed Push (the hub's publications)
+        return proto.delimit(message)
 
     def write(self, data: bytes) -> None:
         if self.ended:
@@ -88,7 +83,7 @@ class UniGrpcTransport:
         if self.ended:
             return
         if disconnect.code != DISCONNECT_CONNECTION_CLOSED.code:
-            self.write(self.frame(disconnect_push(disconnect)))
+            self.write(self.frame(disconnect_message(self.protocol, disconnect, True)))
         self.ended = True
         self._wakeup.set()
 
@@ -108,16 +103,10 @@ class UniGrpcService:
         client = Client(self.node, transport, RequestInfo(transport="uni_grpc", remote=context.peer() or "",
                                                        headers=_metadata(context)))
         try:
-            try:
-                params: dict[str, Any] | None = proto.to_dict(request)
-            except DecodeError:  # a payload that is not JSON (see proto.py)
-                params = None
             if self.node.shutting_down:
                 await client.close(DISCONNECT_SHUTDOWN)
-            elif params is None:
-                await client.close(DISCONNECT_BAD_REQUEST)
             else:
-                await connect_unidirectional(client, params)
+                await connect_unidirectional(client, proto.to_dict(request))
             while True:
                 while transport.queue:
                     yield transport.take()

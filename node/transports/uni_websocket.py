@@ -18,7 +18,7 @@ from node.errors import DISCONNECT_BAD_REQUEST, DISCONNECT_CONNECTION_CLOSED, Di
 from node.models import RequestInfo
 from node.node import Node
 from node.transports.http import refuse
-from node.transports.uni import connect_unidirectional, disconnect_push, parse_connect_request
+from node.transports.uni import connect_unidirectional, disconnect_message, parse_connect_request
 from node.transports.websocket import CLOSE_TIMEOUT, WebSocketTransport, frame_header
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class UniWebSocketTransport(WebSocketTransport):
     def before_close(self, disconnect: Disconnect) -> None:
         """A disconnect push first: a unidirectional client may not see close frames (e.g. behind a proxy)."""
         if not self._raw.is_closing():
-            self.write(self.frame(disconnect_push(disconnect)))
+            self.write(self.frame(disconnect_message(self.protocol, disconnect, True)))
 
 
 class JoinedUniWebSocketTransport(UniWebSocketTransport):

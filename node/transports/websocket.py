@@ -58,9 +58,6 @@ class WebSocketTransport:
     def frame(message: bytes) -> bytes:
         return frame_header(len(message)) + message
 
-    def frame_encoded(self, body: bytes) -> bytes:
-        return self.frame(body)
-
     def write(self, data: bytes) -> None:
         self._raw.write(data)
 
@@ -98,11 +95,7 @@ class ProtobufWebSocketTransport(WebSocketTransport):
 
     @staticmethod
     def frame(message: bytes) -> bytes:
-        body = proto.delimited(message)
-        return frame_header(len(body), BINARY) + body
-
-    def frame_encoded(self, body: bytes) -> bytes:
-        """Frame bytes already encoded as length-prefixed protobuf (the hub's publications)."""
+        body = proto.delimit(message)
         return frame_header(len(body), BINARY) + body
 
 

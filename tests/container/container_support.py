@@ -54,9 +54,6 @@ ENTRYPOINT ["nats-server"]
 """,
 }
 
-# What the Dockerfile copies: a change to any of these makes a new image tag.
-IMAGE_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "node",
-                "supervisor/supervisord.conf", "supervisor/watch.py")
 
 
 def podman() -> list[str]:
@@ -184,16 +181,38 @@ def _tree_hash(paths: Sequence[str]) -> str:
     return digest.hexdigest()[:12]
 
 
+def image_inputs() -> list[str]:
+    """The Dockerfile, .dockerignore and what the Dockerfile copies from the context: a change to any of them
+    makes a new image tag."""
+    copied = []
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            copied += line.split()[1:-1]
+    return ["Dockerfile", ".dockerignore", *copied]
+
+
 def fugato_image(base: str) -> str:
     """The project's Dockerfile built on ``base``; nothing is built when that exact source is already an image."""
-    tag = f"localhost/fugato-test:{short_hash(base, _tree_hash(IMAGE_INPUTS))}"
+    tag = f"localhost/fugato-test:{short_hash(base, _tree_hash(image_inputs()))}"
     if image_exists(tag):
         return tag
     with cache_lock("fugato-image"):
         if not image_exists(tag):
             sh([*podman(), "build", *build_flags(), "--build-arg", f"PYTHON_IMAGE={base}", "-t", tag, str(REPO)],
                timeout=BUILD_TIMEOUT)
+            prune_old_images(keep=tag)
     return tag
+
+
+def prune_old_images(keep: str) -> None:
+    """Every source change makes a new image: drop the test images (and dangling build layers) built more than
+    a day ago, so the disk does not fill up. podman refuses to remove one a container still uses."""
+    old = sh([*podman(), "images", "--filter", "reference=localhost/fugato-test", "--filter", "until=24h",
+              "--format", "{{.Repository}}:{{.Tag}}"], check=False).stdout.split()
+    old = [tag for tag in old if tag != keep]
+    if old:
+        sh([*podman(), "rmi", *old], check=False)
+    sh([*podman(), "image", "prune", "--force", "--filter", "until=24h"], check=False)
 
 
 def service_image(name: str, base: str) -> str:

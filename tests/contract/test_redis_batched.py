@@ -81,6 +81,11 @@ async def test_a_failing_script_fails_only_its_own_callers(broker: RedisBroker) 
     assert isinstance(outcomes[0], PublishResult) and outcomes[0].position.offset == 9
     assert isinstance(outcomes[1], ScriptError)
     assert isinstance(outcomes[2], PublishResult) and outcomes[2].position.offset == 9
+    # The same through publish_soon (the API fast path's call: no task, the reply settles the future).
+    soon = [broker.publish_soon(good[0], b"d", HISTORY), broker.publish_soon(broken, b"e", HISTORY),
+            broker.publish_soon(good[0], b"f", HISTORY)]
+    settled = await asyncio.gather(*soon, return_exceptions=True)
+    assert [r.position.offset if isinstance(r, PublishResult) else type(r) for r in settled] == [10, ScriptError, 11]
 
 
 async def _publish_through_a_restart(broker: RedisBroker, restart: asyncio.Future[None], channels: list[str],
@@ -95,7 +100,8 @@ async def _publish_through_a_restart(broker: RedisBroker, restart: asyncio.Futur
         singles = [(channels[i % len(channels)], b'"s%d-%d"' % (n, i)) for i in range(8)]
         n += len(items)
         outcomes = await asyncio.gather(broker.publish_many(items),
-                                        *(broker.publish(ch, data, HISTORY) for ch, data in singles),
+                                        *(broker.publish_soon(ch, data, HISTORY) if i % 2 else
+                                          broker.publish(ch, data, HISTORY) for i, (ch, data) in enumerate(singles)),
                                         return_exceptions=True)
         group = outcomes[0]
         results = list(group) if isinstance(group, list) else [group] * len(items)

@@ -13,6 +13,8 @@ import aiohttp
 from admin_support import ADMIN_PASSWORD, admin_call, admin_config, admin_login
 from aiohttp import web
 from harness import REPO, PyFactory, ServerFactory, ServerProcess, free_port, unique_channel, wait_until
+from redis_servers import RedisCluster
+from test_redis_nodes import redis_engine
 
 
 async def test_disabled_admin_serves_nothing(server: ServerProcess) -> None:
@@ -253,3 +255,26 @@ async def test_shutdown_ends_open_tails(server_factory: ServerFactory) -> None:
         server.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(resp.content.read(), 10) == b""  # the stream ends, not hangs
     assert await server.wait_exit() == 0
+
+
+async def test_tail_on_one_node_sees_publications_from_another(server_factory: ServerFactory,
+                                                               redis_cluster: RedisCluster, redis_prefix: str) -> None:
+    config = redis_engine(redis_cluster.url, redis_prefix) | admin_config()
+    a = await server_factory(config, name="node-a")
+    b = await server_factory(config, name="node-b")
+    token = await admin_login(a)
+    channel = unique_channel("chat:")
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{a.http_url}/admin/tail", params={"channel": channel},
+            headers={"Authorization": f"token {token}"}) as resp:
+        assert (await read_events(resp, 1))[0][0] == "ready"
+        await b.api_result("publish", {"channel": channel, "data": {"from": "b"}})
+        ((_, data),) = await read_events(resp, 1)
+        assert json.loads(data)["publication"] == {"data": {"from": "b"}, "offset": 1}
+    # The session token of one node opens the others (same admin.secret): any node behind a balancer serves it.
+    async def b_sees_both() -> bool:
+        status, reply = await admin_call(b, token, "info")
+        assert status == 200
+        return len(reply["result"]["nodes"]) == 2
+
+    await wait_until(b_sees_both, timeout=15)

@@ -212,11 +212,13 @@ async def check_keyboard_and_phone(page: Page) -> None:
     # A 390-px-wide phone: every view fits the width (tables scroll inside their own region) and the
     # navigation stays on screen.
     await page.set_viewport_size(PHONE)
-    for name in NAV:
+    links = [t.strip() for t in await page.get_by_role("navigation", name="Main").get_by_role("link").all_inner_texts()]
+    assert set(NAV) <= set(links)  # and Connections, when the server has that method
+    for name in links:
         await open_view(page, name)
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{name} is {width}px wide on a phone"
-        for link in NAV:
+        for link in links:
             box = await page.get_by_role("link", name=link, exact=True).bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], link
 
@@ -235,7 +237,9 @@ async def test_connections_view_follows_the_server_api(server_factory: ServerFac
     server = await server_factory(admin_config())
     _, _, body = await server.http("GET", "/admin/init")
     has_connections = "connections" in json.loads(body)["methods"]
-    await py_factory(server, "gina")
+    channel = unique_channel("chat:")
+    await (await py_factory(server, "gina")).subscribe(channel)
+    await py_factory(server, "hank")
     async with chromium_page(tmp_path / "profile") as browser:
         page = browser.page
         await log_in(page, server)
@@ -247,7 +251,17 @@ async def test_connections_view_follows_the_server_api(server_factory: ServerFac
             await expect(page.get_by_role("heading", level=2, name="Nodes", exact=True)).to_be_visible()
         else:
             await open_view(page, "Connections")
-            await expect(page.get_by_role("cell", name="gina", exact=True)).to_be_visible()
+            await expect(page.get_by_role("status")).to_have_text("2 connections")
+            await page.get_by_label("Channel").fill(channel)
+            await page.get_by_role("button", name="Show connections").click()
+            await expect(page.get_by_role("status")).to_have_text("1 connection")
+            row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="gina", exact=True))
+            await expect(row).to_contain_text(channel)
+            await expect(row).to_contain_text("websocket")
+            await page.get_by_label("Channel").fill("")
+            await page.get_by_label("User").fill("nobody")
+            await page.get_by_role("button", name="Show connections").click()
+            await expect(page.get_by_role("status")).to_have_text("0 connections")
         assert browser.unexpected_errors() == []
 
 
@@ -330,3 +344,15 @@ def _cluster_clients(page: Page, names: list[str]) -> object:
         counts = [int((await node_row_cells(page, name))[3]) for name in names]
         return sum(counts) == 3
     return check()
+
+
+async def test_insecure_mode_opens_without_login_and_says_so(server_factory: ServerFactory, tmp_path: Path) -> None:
+    server = await server_factory({"admin": {"enabled": True, "insecure": True}})
+    async with chromium_page(tmp_path / "profile") as browser:
+        page = browser.page
+        await page.goto(server.http_url + "/")
+        await expect(page.get_by_role("heading", level=2, name="Nodes", exact=True)).to_be_visible()
+        await expect(page.get_by_role("note")).to_contain_text("Insecure mode")
+        await expect(page.get_by_label("Password")).to_have_count(0)
+        await expect(page.get_by_role("button", name="Log out")).to_be_hidden()
+        assert browser.unexpected_errors() == []

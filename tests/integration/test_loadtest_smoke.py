@@ -94,3 +94,10 @@ async def test_proxy_bench_prints_both_ratios() -> None:
     ratios = [line for line in out.splitlines() if " per second: " in line]
     assert len(ratios) == 2 and ratios[0].startswith("connect proxy / JWT"), out
     assert all(float(line.split(": ")[1].split()[0]) > 0 for line in ratios), out
+
+
+async def test_consumer_bench_runs_every_type() -> None:
+    code, out = await run("loadtest.consumer_bench", "--messages", "300", "--partitions", "2", timeout=180)
+    assert code == 0, out
+    rates = [line.split()[0] for line in out.splitlines() if "commands/s" in line]
+    assert rates == ["postgresql", "redis_stream", "nats_jetstream"], out

@@ -25,12 +25,12 @@ def test_committed_code_matches_the_schema(tmp_path: Path) -> None:
             f"{committed.name} is stale: run python -m node.api.proto.generate"
 
 
-def test_request_params_parse_raw_json_and_keep_presence() -> None:
+def test_request_params_keep_payload_bytes_and_presence() -> None:
     params = request_params(pb.SubscribeRequest(
         channel="c", user="u", info=b'{"a": [1, 2]}', data=b"\xffbinary",
         override=pb.SubscribeOptionOverride(presence=pb.BoolValue(value=False))))
-    assert params["info"] == {"a": [1, 2]}
-    assert "data" not in params and params["b64data"] == "/2JpbmFyeQ=="  # not JSON: passed on as binary
+    assert params["info"] == b'{"a": [1, 2]}'  # payloads are passed on byte for byte, JSON or not
+    assert params["data"] == b"\xffbinary"
     assert params["override"] == {"presence": {"value": False}}  # a set BoolValue(false) still overrides
     assert "recover_since" not in params  # unset message: absent
     assert params["expire_at"] == 0 and params["client"] == ""
@@ -42,7 +42,7 @@ def test_request_params_of_a_batch() -> None:
         pb.Command(history=pb.HistoryRequest(channel="c", limit=-1))]))
     assert params["parallel"] is True
     assert params["commands"][0] == {"publish": {
-        "channel": "c", "data": 1, "b64data": "", "skip_history": False, "tags": {"k": "v"}, "idempotency_key": "",
+        "channel": "c", "data": b"1", "b64data": "", "skip_history": False, "tags": {"k": "v"}, "idempotency_key": "",
         "delta": False, "version": 0, "version_epoch": ""}}
     assert params["commands"][1]["history"]["limit"] == -1
 

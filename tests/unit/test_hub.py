@@ -298,10 +298,7 @@ class ProtobufFake(FakeTransport):
 
     @staticmethod
     def frame(message: bytes) -> bytes:
-        return proto.delimited(message)
-
-    def frame_encoded(self, body: bytes) -> bytes:
-        return body
+        return proto.delimit(message)
 
 
 async def test_broadcast_builds_one_frame_per_framing_for_json_and_protobuf_subscribers() -> None:

@@ -371,22 +371,25 @@ function actionsView() {
   ] };
 }
 
-function connectionsView() {
-  const user = h("input", { name: "user", autocomplete: "off" });
+function connectionsView(channel) {
+  const user = input("user");
+  const ch = h("input", { name: "channel", autocomplete: "off", value: channel || "" });
   const out = status();
   const holder = h("div");
-  const form = h("form", { class: "card" }, field("User", user, "Empty: every connection."),
+  const form = h("form", { class: "card" }, field("User", user, "Optional: only this user's connections."),
+    field("Channel", ch, "Optional: only connections subscribed to this channel."),
     h("button", { type: "submit", text: "Show connections" }), out);
   async function load() {
-    const reply = await call("connections", user.value.trim() ? { user: user.value.trim() } : {});
+    const params = Object.fromEntries([["user", user.value.trim()], ["channel", ch.value.trim()]].filter(([, v]) => v));
+    const reply = await call("connections", params);
     if (reply.error) return show(out, errorText(reply.error), false);
-    const conns = Object.entries(reply.result.connections || {});
+    const conns = Object.entries(reply.result.connections || {}).sort(([, a], [, b]) => (a.user || "").localeCompare(b.user || ""));
     show(out, `${conns.length} connection${conns.length === 1 ? "" : "s"}`, true);
-    // Centrifugo's ConnectionInfo: user, transport, protocol, app_name/app_version, state.channels.
-    holder.replaceChildren(table("Connections", ["Client", "User", "Transport", "App", "Channels"],
+    // Centrifugo's ConnectionInfo (user, transport, protocol, app_name/app_version, state.channels), plus the node.
+    holder.replaceChildren(table("Connections", ["Client", "User", "Transport", "App", "Channels", "Node"],
       conns.map(([id, c]) => [id, c.user || "", [c.transport, c.protocol].filter(Boolean).join(", "),
         [c.app_name, c.app_version].filter(Boolean).join(" "),
-        Object.keys((c.state && c.state.channels) || {}).sort().join(", ")])));
+        Object.keys((c.state && c.state.channels) || {}).sort().join(", "), c.node || ""])));
   }
   form.addEventListener("submit", (e) => { e.preventDefault(); load(); });
   load();
