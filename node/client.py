@@ -513,14 +513,16 @@ class Client:
         connected = self.state is ClientState.CONNECTED
         self.state = ClientState.CLOSED
         current = asyncio.current_task()
-        for task in list(self._tasks or ()):
-            if task is not current:
-                task.cancel()
+        tasks = [task for task in self._tasks or () if task is not current]
+        for task in tasks:
+            task.cancel()
         if connected:
             await self.node.remove_client(self, disconnect)
         if disconnect is not DISCONNECT_CONNECTION_CLOSED:
             self.node.metrics.disconnect(disconnect.code)
         await self.transport.close(disconnect)
+        if tasks:  # the client's own tasks end before it does
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _flush_now(self) -> None:
         self._out_size = 0

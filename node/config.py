@@ -204,27 +204,41 @@ class TokenConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CodeTransform:
+    """A connect error (or disconnect) code and what a unidirectional client gets for it instead (each subclass
+    adds its ``to``): Centrifugo's ``transforms`` items."""
+
+    code: int = 0
+
+    def _check(self, section: str, target: str, valid: bool, what: str) -> None:
+        if not valid:
+            raise ConfigError(f"{section}: code {self.code} maps to {target}, which is not {what}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CodeTransforms:
+    """A switch and its list of transforms (each subclass adds ``transforms`` of its own item type)."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DisconnectTo:
     code: int = 0
     reason: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectCodeTransform:
-    """A connect error code and the disconnect a unidirectional client gets for it instead of the default."""
-
-    code: int = 0
+class ConnectCodeTransform(CodeTransform):
     to: DisconnectTo = DisconnectTo()
 
     def __post_init__(self) -> None:
-        if not 3000 <= self.to.code <= 4999:
-            raise ConfigError(f"client.connect_code_to_unidirectional_disconnect: code {self.code} maps to "
-                              f"{self.to.code}, which is not a disconnect code (3000-4999)")
+        self._check("client.connect_code_to_unidirectional_disconnect", str(self.to.code),
+                    3000 <= self.to.code <= 4999, "a disconnect code (3000-4999)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectCodeToUnidirectionalDisconnect:
-    enabled: bool = False
+class ConnectCodeToUnidirectionalDisconnect(CodeTransforms):
     transforms: tuple[ConnectCodeTransform, ...] = ()
 
 
@@ -498,21 +512,18 @@ class HttpResponseTo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HttpResponseTransform:
-    """A connect error or disconnect code and the plain HTTP response a unidirectional HTTP request gets for it."""
+class HttpResponseTransform(CodeTransform):
+    """The plain HTTP response a unidirectional HTTP request gets for a connect error or disconnect code."""
 
-    code: int = 0
     to: HttpResponseTo = HttpResponseTo()
 
     def __post_init__(self) -> None:
-        if not 100 <= self.to.status_code <= 599:
-            raise ConfigError(f"connect_code_to_http_response: code {self.code} maps to HTTP status "
-                              f"{self.to.status_code}, which is not an HTTP status")
+        self._check("connect_code_to_http_response", f"HTTP status {self.to.status_code}",
+                    100 <= self.to.status_code <= 599, "an HTTP status")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectCodeToHttpResponse:
-    enabled: bool = False
+class ConnectCodeToHttpResponse(CodeTransforms):
     transforms: tuple[HttpResponseTransform, ...] = ()
 
 

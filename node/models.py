@@ -9,6 +9,17 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class Identity(Protocol):
+    """Who a connection is: the base of the protocols through which lower layers name a client."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def user(self) -> str: ...
 
 
 class ClientState(enum.Enum):

@@ -35,7 +35,12 @@ def parse_body(body: bytes) -> Any:
     if not body:
         return {}
     params = orjson.loads(body)
-    rawjson.keep_payloads(body, params)
+    # Most callers send compact JSON as orjson writes it (Go's encoding/json, JSON.stringify, cent). Then the
+    # document re-serialised is the body itself, so is every payload in it, and the executor's serialisation
+    # of a parsed payload gives back the exact bytes sent: one C-level dump and compare (~0.3 µs per batch
+    # item) instead of scanning for the spans (~30 µs per batch item in Python).
+    if orjson.dumps(params) != body.strip(b" \t\r\n"):
+        rawjson.keep_payloads(body, params)
     return params
 
 

@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import ssl
 import time
 from typing import Final
 
@@ -27,6 +26,7 @@ from nats.aio.subscription import Subscription
 from node.broker import wire
 from node.broker.base import Broker, BrokerEventHandler
 from node.broker.nats_jetstream import JetStreamHistory
+from node.broker.tls import client_context
 from node.config import NatsBrokerConfig
 from node.errors import ERROR_BAD_REQUEST, ERROR_NOT_AVAILABLE, ReplyError
 from node.models import (
@@ -50,16 +50,6 @@ def _has_wildcard(channel: str) -> bool:
     return "*" in channel or ">" in channel
 
 
-def tls_context(cfg: NatsBrokerConfig) -> ssl.SSLContext | None:
-    if not cfg.tls.enabled:
-        return None
-    ctx = ssl.create_default_context(cadata=cfg.tls.server_ca_pem or None)
-    if cfg.tls.insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 class NatsBroker(Broker):
     def __init__(self, cfg: NatsBrokerConfig, *, node_id: str, history_limits: tuple[int, float] = (0, 0.0),
                  history_meta_ttl: float = 0.0) -> None:
@@ -71,6 +61,7 @@ class NatsBroker(Broker):
         self.nc = NatsClient()
         self._handler: BrokerEventHandler | None = None
         self._subs: dict[str, Subscription] = {}  # channel → its subscription
+        self._tasks: set[asyncio.Task[None]] = set()
         self.history_store: JetStreamHistory | None = None
         if cfg.jetstream.enabled:
             self.history_store = JetStreamHistory(self, cfg, history_limits, history_meta_ttl)
@@ -113,7 +104,7 @@ class NatsBroker(Broker):
             # No buffering while disconnected (Centrifugo: ReconnectBufSize(-1)): a publish fails at once
             # instead of being reported as a success and lost.
             pending_size=0,
-            tls=tls_context(self._cfg),
+            tls=client_context(self._cfg.tls),
             name=f"fugato {self._node_id}",
             disconnected_cb=self._disconnected,
             reconnected_cb=self._reconnected,
@@ -121,6 +112,8 @@ class NatsBroker(Broker):
         )
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if not self.nc.is_closed:
             await self.nc.close()
 
@@ -133,11 +126,20 @@ class NatsBroker(Broker):
             self._handler.handle_pubsub_error("connection_lost")
 
     async def _reconnected(self) -> None:
+        logger.info("NATS broker: reconnected")
+        # Not awaited here: nats-py finishes its reconnect only after this callback returns.
+        task = asyncio.get_running_loop().create_task(self._resync())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resync(self) -> None:
         # nats-py has re-sent every SUB; publications sent meanwhile never reached us, so positioned
         # subscribers are checked against the stream (JetStream mode) and sent through recovery if behind.
-        logger.info("NATS broker: reconnected")
         if self.history_store is not None:
-            await self.history_store.wait_ready()  # a restarted nats-server serves JetStream a little later
+            try:
+                await self.history_store.restore()
+            except Exception as e:  # publishes and reads answer errors until a later reconnect restores it
+                logger.warning("NATS broker: JetStream not restored after reconnecting: %s", e)
         if self._handler is not None:
             self._handler.handle_resubscribed(list(self._subs))
 
