@@ -1,4 +1,5 @@
-"""The ``fugato`` command line: ``serve``, ``genconfig``, ``checkconfig``, ``gentoken``, ``gensubtoken``, ``version``.
+"""The ``fugato`` command line: ``serve``, ``genconfig``, ``checkconfig``, ``gentoken``, ``gensubtoken``, ``version``,
+and Centrifugo's ``checktoken``, ``checksubtoken``, ``defaultconfig``, ``defaultenv``, ``configdoc`` (``clitools``).
 
 Flags follow Centrifugo's where they exist (``-c/--config``, ``-p/--port``, ``-a/--address``, ``-u/--user``), and
 ``fugato`` without a sub-command runs the server, as ``centrifugo`` does. ``serve`` also takes any config key as a
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import node
+from node import clitools
 from node.config import Config, spans_processes
 from node.config_load import LoadResult, format_duration, known_keys, load
 from node.errors import ConfigError
@@ -38,7 +40,8 @@ _LOG_LEVELS: Final[dict[str, int]] = {
     "error": logging.ERROR,
     "fatal": logging.CRITICAL,
 }
-_SUBCOMMANDS: Final = ("serve", "genconfig", "checkconfig", "gentoken", "gensubtoken", "version")
+_SUBCOMMANDS: Final = ("serve", "genconfig", "checkconfig", "gentoken", "gensubtoken", "checktoken", "checksubtoken",
+                       "defaultconfig", "defaultenv", "configdoc", "version")
 
 
 def version_text() -> str:
@@ -293,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("-s", "--channel", default="", help="channel (channel claim)")
 
+    clitools.add_parsers(sub, DEFAULT_CONFIG)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -316,6 +320,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_gentoken(args)
         if args.command == "gensubtoken":
             return cmd_gensubtoken(args)
+        if args.command in ("checktoken", "checksubtoken"):
+            return clitools.cmd_checktoken(args, _load(_config_path(args.config, required=False)).config)
+        if args.command == "defaultconfig":
+            return clitools.cmd_defaultconfig(args)
+        if args.command == "defaultenv":
+            return clitools.cmd_defaultenv(args)
+        if args.command == "configdoc":
+            return clitools.cmd_configdoc(args)
         if args.command == "version":
             print(version_text())
             return 0

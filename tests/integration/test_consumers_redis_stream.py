@@ -119,6 +119,7 @@ async def test_poison_entries_are_acknowledged_and_counted_shared_workers_delive
         await barrier(server, py, [ch])
         assert sorted(seqs(py, ch)[:-1]) == list(range(31))
     finally:
+        await server.stop()  # before its source, so that it does not spend its stop grace retrying
         await r.aclose()
         source.stop()
 
