@@ -122,6 +122,10 @@ class Dispatcher:
         if not isinstance(params, dict):
             self.skip("malformed", f"{method} payload is not a JSON object")
             return
+        await self.run(method, params)
+
+    async def run(self, method: str, params: dict[str, Any]) -> None:
+        """Run a decoded command through the executor; internal errors raise ``RetryLaterError``."""
         try:
             result = await self.executor.call(method, params, protocol="consumer")
         except ReplyError as e:

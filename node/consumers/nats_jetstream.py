@@ -27,6 +27,7 @@ from nats.js.errors import BadRequestError
 
 from node.consumers.base import BaseConsumer, RetryLaterError, next_backoff
 from node.consumers.config import NatsJetStreamConsumerConfig
+from node.consumers.publication_mode import AttributeNames, dispatch_publication
 
 if TYPE_CHECKING:
     from node.api.executor import Executor
@@ -43,6 +44,9 @@ class NatsJetStreamConsumer(BaseConsumer):
     def __init__(self, name: str, config: NatsJetStreamConsumerConfig, executor: Executor) -> None:
         super().__init__(name, executor)
         self.config = config
+        mode = config.publication_data_mode
+        self._publication = AttributeNames(mode.channels_header, mode.idempotency_key_header, mode.delta_header,
+                                           mode.tags_header_prefix) if mode.enabled else None
 
     async def run(self) -> None:
         retries = 0
@@ -118,9 +122,13 @@ class NatsJetStreamConsumer(BaseConsumer):
                 await self._handle(msg)
 
     async def _handle(self, msg: Msg) -> None:
-        method = (msg.headers or {}).get(self.config.method_header, "") if self.config.method_header else ""
+        headers = msg.headers or {}
+        method = headers.get(self.config.method_header, "") if self.config.method_header else ""
         try:
-            await self.dispatcher.dispatch(method, msg.data)
+            if self._publication is not None:
+                await dispatch_publication(self.dispatcher, self._publication, headers, msg.data)
+            else:
+                await self.dispatcher.dispatch(method, msg.data)
         except RetryLaterError as e:
             self.failed("nats", "command to retry", e)
             await msg.nak(delay=next_backoff(msg.metadata.num_delivered or 1))

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from node.consumers.base import BaseConsumer, RetryLaterError, next_backoff
 from node.consumers.config import RedisStreamConsumerConfig
+from node.consumers.publication_mode import AttributeNames, dispatch_publication
 
 if TYPE_CHECKING:
     from node.api.executor import Executor
@@ -60,6 +61,9 @@ class RedisStreamConsumer(BaseConsumer):
         self.redis = _client(config, self.block)
         self._method = config.method_value.encode()
         self._payload = config.payload_value.encode()
+        mode = config.publication_data_mode
+        self._publication = AttributeNames(mode.channels_value, mode.idempotency_key_value, mode.delta_value,
+                                           mode.tags_value_prefix) if mode.enabled else None
 
     async def run(self) -> None:
         try:
@@ -166,5 +170,9 @@ class RedisStreamConsumer(BaseConsumer):
         payload = fields.get(self._payload)
         if payload is None:
             self.dispatcher.skip("malformed", f"no {self.config.payload_value!r} field in the stream entry")
+            return
+        if self._publication is not None:
+            attributes = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+            await dispatch_publication(self.dispatcher, self._publication, attributes, payload)
             return
         await self.dispatcher.dispatch(fields.get(self._method, b"").decode(errors="replace"), payload)
