@@ -71,6 +71,7 @@ class NatsBroker(Broker):
         self.nc = NatsClient()
         self._handler: BrokerEventHandler | None = None
         self._subs: dict[str, Subscription] = {}  # channel → its subscription
+        self._tasks: set[asyncio.Task[None]] = set()
         self.history_store: JetStreamHistory | None = None
         if cfg.jetstream.enabled:
             self.history_store = JetStreamHistory(self, cfg, history_limits, history_meta_ttl)
@@ -121,6 +122,8 @@ class NatsBroker(Broker):
         )
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if not self.nc.is_closed:
             await self.nc.close()
 
@@ -133,11 +136,20 @@ class NatsBroker(Broker):
             self._handler.handle_pubsub_error("connection_lost")
 
     async def _reconnected(self) -> None:
+        logger.info("NATS broker: reconnected")
+        # Not awaited here: nats-py finishes its reconnect only after this callback returns.
+        task = asyncio.get_running_loop().create_task(self._resync())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resync(self) -> None:
         # nats-py has re-sent every SUB; publications sent meanwhile never reached us, so positioned
         # subscribers are checked against the stream (JetStream mode) and sent through recovery if behind.
-        logger.info("NATS broker: reconnected")
         if self.history_store is not None:
-            await self.history_store.wait_ready()  # a restarted nats-server serves JetStream a little later
+            try:
+                await self.history_store.restore()
+            except Exception as e:  # publishes and reads answer errors until a later reconnect restores it
+                logger.warning("NATS broker: JetStream not restored after reconnecting: %s", e)
         if self._handler is not None:
             self._handler.handle_resubscribed(list(self._subs))
 

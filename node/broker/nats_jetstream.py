@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from nats.js import JetStreamContext
-from nats.js.api import RePublish, StorageType, StreamConfig
+from nats.js.api import DeliverPolicy, RePublish, StorageType, StreamConfig
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -41,7 +41,10 @@ WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's error code for a failed expect
 MAX_ATTEMPTS: Final = 16
 SIZE_HEADER: Final = "Fugato-History-Size"
 TTL_HEADER: Final = "Fugato-History-Ttl"
+IDEMPOTENCY_WINDOW: Final = 300.0
+READ_TIMEOUT: Final = 5.0  # a history read that stalls this long between messages fails
 USED: Final = "!"  # suffix of an epoch in the bucket once publications were made in it
+REMOVED: Final = "="  # separates an epoch from the offset its history was removed at
 
 
 def _name(prefix: str, suffix: str) -> str:
@@ -86,6 +89,8 @@ class JetStreamHistory:
         config = StreamConfig(
             name=self.stream, subjects=[self._prefix + ">"], max_msgs_per_subject=max(size, 1),
             max_age=ttl if ttl > 0 else None, allow_direct=True,
+            # Centrifugo's default idempotent_result_ttl (5 min), within the stream's max_age.
+            duplicate_window=min(IDEMPOTENCY_WINDOW, ttl) if ttl > 0 else IDEMPOTENCY_WINDOW,
             storage=StorageType.MEMORY if self._cfg.jetstream.storage == "memory" else StorageType.FILE,
             num_replicas=self._cfg.jetstream.replicas,
             republish=RePublish(src=self._prefix + ">", dest=f"{self._cfg.prefix}.client.>"),
@@ -100,15 +105,18 @@ class JetStreamHistory:
             self._kv = await self.js.create_key_value(bucket=self._bucket, ttl=self._meta_ttl or None,
                                                       storage=config.storage, replicas=config.num_replicas)
 
-    async def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait (bounded) until JetStream answers, e.g. after nats-server restarted and recovers its store."""
+    async def restore(self, timeout: float = 10.0) -> None:
+        """After a reconnect: wait (bounded) until JetStream answers (a restarted nats-server recovers its store
+        first), then create the stream and bucket again if they are gone (a server with memory storage)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                await self.js.stream_info(self.stream)
-                return
+                await self.js.account_info()
+                break
             except Exception:  # not ready yet (no responders, 503, timeout): ask again shortly
                 await asyncio.sleep(0.1)
+        self._tops.clear()
+        await self.start()
 
     # --- positions ---------------------------------------------------------------------------------------
 
@@ -124,14 +132,19 @@ class JetStreamHistory:
         last = await self._last(channel)
         if last is not None:
             return last
-        return _Top(0, 0, await self._empty_epoch(channel, for_publish=for_publish))
+        return await self._empty_top(channel, for_publish=for_publish)
 
-    async def _empty_epoch(self, channel: str, *, for_publish: bool) -> str:
-        """The epoch of a channel without stored messages. An epoch whose publications have all expired is
-        replaced, so positions in it become unrecoverable; a publish marks its epoch as used."""
+    def _key(self, channel: str) -> str:
+        return base64.urlsafe_b64encode(channel.encode()).decode().rstrip("=") or "_"
+
+    async def _empty_top(self, channel: str, *, for_publish: bool) -> _Top:
+        """The position of a channel without stored messages, from the bucket, whose value is ``<epoch>`` (no
+        publication yet), ``<epoch>!`` (publications were made: if none is left they all expired, so the
+        epoch is replaced and positions in it become unrecoverable) or ``<epoch>=<offset>`` (history removed
+        at that offset: the stream continues from it). A publish marks its epoch as used."""
         kv = self._kv
         assert kv is not None
-        key = base64.urlsafe_b64encode(channel.encode()).decode().rstrip("=") or "_"
+        key = self._key(channel)
         mark = USED if for_publish else ""
         for _ in range(MAX_ATTEMPTS):
             try:
@@ -142,18 +155,19 @@ class JetStreamHistory:
                     await kv.create(key, (epoch + mark).encode())
                 except KeyWrongLastSequenceError:
                     continue
-                return epoch
+                return _Top(0, 0, epoch)
             value = (entry.value or b"").decode()
-            epoch = value.removesuffix(USED)
-            if value.endswith(USED):
-                epoch = new_epoch()
+            epoch, removed, offset = value.partition(REMOVED)
+            top = _Top(0, int(offset) if removed else 0, epoch.removesuffix(USED))
+            if epoch.endswith(USED):
+                top = _Top(0, 0, new_epoch())
             elif not for_publish:
-                return epoch
+                return top
             try:
-                await kv.update(key, (epoch + mark).encode(), last=entry.revision)
+                await kv.update(key, (top.epoch + mark).encode(), last=entry.revision)
             except KeyWrongLastSequenceError:
                 continue
-            return epoch
+            return top
         raise RuntimeError(f"JetStream history: no stable epoch for {channel!r}")
 
     # --- publishing --------------------------------------------------------------------------------------
@@ -169,6 +183,8 @@ class JetStreamHistory:
         async with self._lock(channel):
             top = self._tops.get(channel) or await self._top(channel, for_publish=True)
             headers = {SIZE_HEADER: str(opts.history_size), TTL_HEADER: str(int(opts.history_ttl))}
+            if opts.idempotency_key:  # JetStream drops a repeated Nats-Msg-Id within the stream's duplicate window
+                headers["Nats-Msg-Id"] = f"{self._key(channel)}.{opts.idempotency_key}"
             for _ in range(MAX_ATTEMPTS):
                 offset = top.offset + 1
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(top.seq)
@@ -182,6 +198,9 @@ class JetStreamHistory:
                     self._tops.pop(channel, None)
                     top = await self._top(channel, for_publish=True)
                     continue
+                if ack.duplicate:  # the earlier publication with this idempotency key stands
+                    earlier = await self.js.get_msg(self.stream, seq=ack.seq, direct=True)
+                    return PublishResult(wire.decode(earlier.data or b"").position, suppressed=True)
                 self._tops[channel] = _Top(ack.seq, offset, top.epoch)
                 if len(self._locks) > 10_000 and not self._lock(channel).locked():
                     self._locks.clear()
@@ -192,21 +211,24 @@ class JetStreamHistory:
 
     async def _stored(self, channel: str) -> tuple[list[Publication], int, float]:
         """Every publication the stream keeps for the channel (oldest first), with the channel's own history
-        size and TTL taken from the newest message."""
-        subject = self.subject(channel)
+        size and TTL taken from the newest message. One ephemeral ordered consumer streams them (a read of
+        N messages costs a few round trips, not N)."""
         pubs: list[Publication] = []
-        size, ttl, seq = 0, 0.0, 1
-        while True:
-            try:
-                msg = await self.js.get_msg(self.stream, seq=seq, subject=subject, next=True, direct=True)
-            except NotFoundError:
-                break
-            decoded = wire.decode(msg.data or b"")
-            if decoded.publication is not None:
-                pubs.append(decoded.publication)
-            headers = msg.headers or {}
-            size, ttl = int(headers.get(SIZE_HEADER, 0)), float(headers.get(TTL_HEADER, 0))
-            seq = (msg.seq or seq) + 1
+        size, ttl = 0, 0.0
+        sub = await self.js.subscribe(self.subject(channel), stream=self.stream, ordered_consumer=True,
+                                      deliver_policy=DeliverPolicy.ALL, inactive_threshold=READ_TIMEOUT * 2)
+        try:
+            while True:
+                msg = await sub.next_msg(READ_TIMEOUT)
+                decoded = wire.decode(msg.data)
+                if decoded.publication is not None:
+                    pubs.append(decoded.publication)
+                headers = msg.headers or {}
+                size, ttl = int(headers.get(SIZE_HEADER, 0)), float(headers.get(TTL_HEADER, 0))
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
         return pubs, size, ttl
 
     async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
@@ -231,6 +253,12 @@ class JetStreamHistory:
         return HistoryResult(tuple(pubs), position)
 
     async def remove(self, channel: str) -> None:
-        """Drop the channel's stored publications; its epoch and top offset stay, as with Redis."""
-        # Purging the subject would lose the top offset: keep the newest message, drop the rest.
-        await self.js.purge_stream(self.stream, subject=self.subject(channel), keep=1)
+        """Drop the channel's stored publications; its epoch and top offset stay (in the bucket), as with Redis."""
+        async with self._lock(channel):
+            last = await self._last(channel)
+            if last is None:
+                return
+            assert self._kv is not None
+            await self._kv.put(self._key(channel), f"{last.epoch}{REMOVED}{last.offset}".encode())
+            await self.js.purge_stream(self.stream, subject=self.subject(channel))
+            self._tops.pop(channel, None)

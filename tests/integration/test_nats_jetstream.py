@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import PyFactory, ServerFactory, ServerProcess, unique_channel, wait_until
+from harness import API_KEY, SECRET, PyFactory, ServerFactory, ServerProcess, unique_channel, wait_until
 from jsclient import JsDriverError
 from nats_servers import NatsServer
 from redis_servers import RedisStandalone
@@ -64,6 +64,11 @@ async def test_history_offsets_shared_by_two_nodes(two_nodes: tuple[ServerProces
     assert [p["offset"] for p in since["publications"]] == [16, 17, 18]
     reverse = await b.api_result("history", {"channel": ch, "limit": 2, "reverse": True})
     assert [p["offset"] for p in reverse["publications"]] == [20, 19]
+    # Idempotent publishing: the same key on either node gives the first publication's position, once.
+    once = await a.api_result("publish", {"channel": ch, "data": "once", "idempotency_key": "k1"})
+    again = await b.api_result("publish", {"channel": ch, "data": "once", "idempotency_key": "k1"})
+    assert once == again and once["offset"] == 21
+    assert (await a.api_result("history", {"channel": ch, "limit": 0}))["offset"] == 21
 
 
 async def test_history_keeps_the_namespace_size(server_factory: ServerFactory, nats_server: NatsServer,
@@ -78,8 +83,11 @@ async def test_history_keeps_the_namespace_size(server_factory: ServerFactory, n
     assert [(p["offset"], p["data"]) for p in history["publications"]] == [(4, 3), (5, 4), (6, 5)]
     removed = await small.api_result("history_remove", {"channel": ch})
     assert removed == {}
-    after = await small.api_result("history", {"channel": ch, "limit": 0})
-    assert after["offset"] == 6, "removing history keeps the stream position"
+    after = await small.api_result("history", {"channel": ch, "limit": -1})
+    assert after["publications"] == []
+    assert (after["offset"], after["epoch"]) == (6, history["epoch"]), "removing history keeps the position"
+    published = await small.api_result("publish", {"channel": ch, "data": 6})
+    assert (published["offset"], published["epoch"]) == (7, history["epoch"])
 
 
 async def test_recovery_across_nodes(two_nodes: tuple[ServerProcess, ServerProcess], py_factory: PyFactory) -> None:
@@ -161,3 +169,51 @@ async def _health_all_red(*servers: ServerProcess) -> bool:
 
 async def _health_all_green(*servers: ServerProcess) -> bool:
     return all([await _health(s) == 200 for s in servers])
+
+
+async def test_expired_history_starts_a_new_epoch(server_factory: ServerFactory, nats_server: NatsServer,
+                                                  redis_standalone: RedisStandalone, redis_prefix: str) -> None:
+    # Only a 1 s history: the stream itself drops the messages after a second.
+    config = {**jetstream_config(nats_server.url, redis_prefix, redis_standalone.url),
+              "client": {"token": {"hmac_secret_key": SECRET}}, "http_api": {"key": API_KEY},
+              "channel": {"namespaces": [{"name": "short", "history_size": 10, "history_ttl": "1s"}]}}
+    server = await server_factory(config, base=False, name="short")
+    ch = unique_channel("short:")
+    first = [await server.api_result("publish", {"channel": ch, "data": i}) for i in range(2)]
+    assert [p["offset"] for p in first] == [1, 2]
+
+    async def new_epoch() -> dict[str, Any] | None:
+        top = await server.api_result("history", {"channel": ch, "limit": -1})
+        return top if top["epoch"] != first[0]["epoch"] else None
+
+    top = await wait_until(new_epoch, timeout=10, interval=0.2, what="history expired")
+    assert top["publications"] == [] and top.get("offset", 0) == 0
+    again = await server.api_result("publish", {"channel": ch, "data": "new"})
+    assert (again["offset"], again["epoch"]) == (1, top["epoch"]), "the epoch read before the publication stays"
+
+
+async def test_memory_storage_is_recreated_after_a_nats_restart(
+        server_factory: ServerFactory, tmp_path_factory: pytest.TempPathFactory,
+        redis_standalone: RedisStandalone, redis_prefix: str) -> None:
+    nats = NatsServer(tmp_path_factory.mktemp("nats-memory"))
+    nats.start()
+    try:
+        config = nats_config(nats.url, redis_prefix, redis_standalone.url, jetstream={"enabled": True,
+                                                                                     "storage": "memory"})
+        server = await server_factory(config, name="memory-js")
+        ch = unique_channel("feed:")
+        before = await server.api_result("publish", {"channel": ch, "data": 1})
+        nats.stop()
+        nats.start()
+
+        async def published() -> dict[str, Any] | None:
+            reply = await server.api("publish", {"channel": ch, "data": 2})
+            return reply.get("result")
+
+        after = await wait_until(published, timeout=15, interval=0.2, what="publishing again")
+        # The stream was lost with the server's memory: a new epoch starts, never a reused offset.
+        assert after["epoch"] != before["epoch"] and after["offset"] == 1
+        history = await server.api_result("history", {"channel": ch, "limit": -1})
+        assert [p["data"] for p in history["publications"]] == [2]
+    finally:
+        nats.stop()
