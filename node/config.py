@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from node.consumers.config import ConsumerConfig, check_unique_names
 from node.errors import ConfigError
+from node.maps.options import MapBrokerConfig, MapOptions, check_map_engine
 from node.proxy.config import (
     ChannelProxyContainer,
     ClientProxyContainer,
@@ -204,27 +205,41 @@ class TokenConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CodeTransform:
+    """A connect error (or disconnect) code and what a unidirectional client gets for it instead (each subclass
+    adds its ``to``): Centrifugo's ``transforms`` items."""
+
+    code: int = 0
+
+    def _check(self, section: str, target: str, valid: bool, what: str) -> None:
+        if not valid:
+            raise ConfigError(f"{section}: code {self.code} maps to {target}, which is not {what}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CodeTransforms:
+    """A switch and its list of transforms (each subclass adds ``transforms`` of its own item type)."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DisconnectTo:
     code: int = 0
     reason: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectCodeTransform:
-    """A connect error code and the disconnect a unidirectional client gets for it instead of the default."""
-
-    code: int = 0
+class ConnectCodeTransform(CodeTransform):
     to: DisconnectTo = DisconnectTo()
 
     def __post_init__(self) -> None:
-        if not 3000 <= self.to.code <= 4999:
-            raise ConfigError(f"client.connect_code_to_unidirectional_disconnect: code {self.code} maps to "
-                              f"{self.to.code}, which is not a disconnect code (3000-4999)")
+        self._check("client.connect_code_to_unidirectional_disconnect", str(self.to.code),
+                    3000 <= self.to.code <= 4999, "a disconnect code (3000-4999)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectCodeToUnidirectionalDisconnect:
-    enabled: bool = False
+class ConnectCodeToUnidirectionalDisconnect(CodeTransforms):
     transforms: tuple[ConnectCodeTransform, ...] = ()
 
 
@@ -332,6 +347,8 @@ class ChannelOptions:
     subscribe_stream_proxy_enabled: bool = False
     subscribe_stream_proxy_name: str = "default"
     subscribe_stream_proxy_bidirectional: bool = False
+    subscription_type: str = "stream"  # "map": a keyed state channel (node/maps/)
+    map: MapOptions = MapOptions()
 
     @property
     def history_enabled(self) -> bool:
@@ -360,6 +377,7 @@ class ChannelOptions:
                 re.compile(self.channel_regex)
             except re.error as e:
                 raise ConfigError(f"{where}: invalid channel_regex: {e}") from e
+        self.map.validate(where, self.subscription_type)
 
 
 NAMESPACE_NAME_RE: Final = re.compile(r"^[-a-zA-Z0-9_.]{2,}$")
@@ -498,21 +516,18 @@ class HttpResponseTo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HttpResponseTransform:
-    """A connect error or disconnect code and the plain HTTP response a unidirectional HTTP request gets for it."""
+class HttpResponseTransform(CodeTransform):
+    """The plain HTTP response a unidirectional HTTP request gets for a connect error or disconnect code."""
 
-    code: int = 0
     to: HttpResponseTo = HttpResponseTo()
 
     def __post_init__(self) -> None:
-        if not 100 <= self.to.status_code <= 599:
-            raise ConfigError(f"connect_code_to_http_response: code {self.code} maps to HTTP status "
-                              f"{self.to.status_code}, which is not an HTTP status")
+        self._check("connect_code_to_http_response", f"HTTP status {self.to.status_code}",
+                    100 <= self.to.status_code <= 599, "an HTTP status")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectCodeToHttpResponse:
-    enabled: bool = False
+class ConnectCodeToHttpResponse(CodeTransforms):
     transforms: tuple[HttpResponseTransform, ...] = ()
 
 
@@ -600,6 +615,7 @@ class Config:
     engine: EngineConfig = EngineConfig()
     broker: BrokerConfig = BrokerConfig()
     presence_manager: PresenceManagerConfig = PresenceManagerConfig()
+    map_broker: MapBrokerConfig = MapBrokerConfig()
     client: ClientConfig = ClientConfig()
     channel: ChannelConfig = ChannelConfig()
     rpc: RpcConfig = RpcConfig()
@@ -625,6 +641,8 @@ class Config:
     def __post_init__(self) -> None:
         check_unique_names(self.consumers)
         check_personal_channel(self.client.subscribe_to_user_personal_channel, self.channel)
+        check_map_engine(self.broker.type if self.broker.enabled else self.engine.type,
+                         (self.channel.without_namespace, *self.channel.namespaces))
 
 
 def check_personal_channel(personal: SubscribeToUserPersonalChannel, channel: ChannelConfig) -> None:

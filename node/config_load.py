@@ -201,6 +201,20 @@ _TRUE: Final = frozenset({"1", "t", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "f", "false", "no", "off"})
 
 
+def _number(tp: type[int] | type[float], value: object) -> int | float | None:
+    """``value`` as an int (a whole float too) or a float, from a number or a numeric string; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, float) and (tp is float or value.is_integer())):
+        return tp(value)
+    if isinstance(value, str):
+        try:
+            return tp(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
 def _convert(tp: Any, value: object, where: str, duration: bool, warnings: list[str]) -> object:
     """``value`` (from JSON/TOML, or a string from the environment) as a value of type ``tp``."""
     if duration:
@@ -216,26 +230,11 @@ def _convert(tp: Any, value: object, where: str, duration: bool, warnings: list[
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise ConfigError(f"{where}: expected boolean, got {_describe(value)}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected integer, got {_describe(value)}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected number, got {_describe(value)}")
+    if tp is int or tp is float:
+        number = _number(tp, value)
+        if number is None:
+            raise ConfigError(f"{where}: expected {'integer' if tp is int else 'number'}, got {_describe(value)}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -9,6 +9,17 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class Identity(Protocol):
+    """Who a connection is: the base of the protocols through which lower layers name a client."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def user(self) -> str: ...
 
 
 class ClientState(enum.Enum):
@@ -49,6 +60,9 @@ class Publication:
     prev_data: bytes | None = None
     # The concrete channel of a publication delivered to a wildcard subscription (NATS broker), else "".
     channel: str = ""
+    # Map channels (node/maps/): the entry's key, and whether this change removed it.
+    key: str = ""
+    removed: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +77,8 @@ class PublishOptions:
     idempotency_key: str = ""
     idempotent_result_ttl: float = 300.0
     use_delta: bool = False
+    key: str = ""  # map channels: the entry this publication sets or (``removed``) removes
+    removed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

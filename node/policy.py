@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from node.auth.jwt import JWTVerifier, SubscribeOverride, SubscribeToken
+from node.auth.jwt import ConnectToken, JWTVerifier, SubscribeOverride, SubscribeToken
 from node.config import ChannelOptions, Config
 from node.errors import (
     DISCONNECT_BAD_REQUEST,
@@ -29,19 +29,13 @@ from node.errors import (
     TokenError,
     TokenExpiredError,
 )
-from node.models import SubscribeOptions
+from node.models import Identity, SubscribeOptions
 from node.protocol import codec
 from node.proxy.types import ConnectResult, SubscribeResult
 
 
-class Peer(Protocol):
+class Peer(Identity, Protocol):
     """Who asks: a connection as the policy sees it."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def user(self) -> str: ...
 
     @property
     def channels(self) -> Collection[str]: ...
@@ -125,12 +119,7 @@ class Policy:
             if cfg.allow_anonymous_connect_without_token or cfg.insecure:
                 return ConnectDecision("", 0, None, None, {})
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
-        try:
-            claims = await self.verifier.verify_connect_token(token)
-        except TokenExpiredError:
-            raise ReplyError(ERROR_TOKEN_EXPIRED) from None
-        except TokenError:
-            raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
+        claims = await self._connect_claims(token, ReplyError(ERROR_TOKEN_EXPIRED))
         if not claims.user and cfg.disallow_anonymous_connection_tokens:
             raise DisconnectError(DISCONNECT_PERMISSION_DENIED)
         subs: dict[str, SubscribeOptions] = {}
@@ -168,15 +157,20 @@ class Policy:
         return ConnectDecision(result.user, result.expire_at, result.info, result.data, subs, result.meta)
 
     async def refresh(self, client: Peer, token: str) -> tuple[int, bytes | None]:
-        try:
-            claims = await self.verifier.verify_connect_token(token)
-        except TokenExpiredError:
-            raise DisconnectError(DISCONNECT_EXPIRED) from None
-        except TokenError:
-            raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
+        claims = await self._connect_claims(token, DisconnectError(DISCONNECT_EXPIRED))
         if claims.user != client.user:
             raise DisconnectError(DISCONNECT_INVALID_TOKEN)
         return claims.expire_at, claims.info
+
+    async def _connect_claims(self, token: str, expired: ReplyError | DisconnectError) -> ConnectToken:
+        """The verified claims of a connection token; ``expired`` is raised for an expired one (a connect is
+        told to refresh, a refresh is disconnected), 3500 for any other invalid token."""
+        try:
+            return await self.verifier.verify_connect_token(token)
+        except TokenExpiredError:
+            raise expired from None
+        except TokenError:
+            raise DisconnectError(DISCONNECT_INVALID_TOKEN) from None
 
     # --- subscriptions ---------------------------------------------------------------------------------
 
@@ -282,21 +276,35 @@ class Policy:
         check_data_format(ns, data)
         return ns
 
+    def check_map_write(self, client: Peer, channel: str, *, remove: bool) -> ChannelOptions:
+        """Permission for a client's map publish (or remove) by the namespace's ``map`` options."""
+        ns, m = self.namespace(channel), self.namespace(channel).map
+        if remove:
+            self._require(client, channel, m.allow_remove_for_client, m.allow_remove_for_subscriber,
+                          m.allow_remove_for_anonymous)
+        else:
+            self._require(client, channel, m.allow_publish_for_client, m.allow_publish_for_subscriber,
+                          m.allow_publish_for_anonymous)
+        return ns
+
     def check_history(self, client: Peer, channel: str) -> ChannelOptions:
         ns = self.namespace(channel)
-        if not ns.history_enabled:
-            raise ReplyError(ERROR_NOT_AVAILABLE)
-        self._require(client, channel, ns.allow_history_for_client, ns.allow_history_for_subscriber,
-                      ns.allow_history_for_anonymous)
+        self._check_read(client, channel, ns.history_enabled, ns.allow_history_for_client,
+                         ns.allow_history_for_subscriber, ns.allow_history_for_anonymous)
         return ns
 
     def check_presence(self, client: Peer, channel: str) -> ChannelOptions:
         ns = self.namespace(channel)
-        if not ns.presence:
-            raise ReplyError(ERROR_NOT_AVAILABLE)
-        self._require(client, channel, ns.allow_presence_for_client, ns.allow_presence_for_subscriber,
-                      ns.allow_presence_for_anonymous)
+        self._check_read(client, channel, ns.presence, ns.allow_presence_for_client,
+                         ns.allow_presence_for_subscriber, ns.allow_presence_for_anonymous)
         return ns
+
+    def _check_read(self, client: Peer, channel: str, enabled: bool, for_client: bool, for_subscriber: bool,
+                    for_anonymous: bool) -> None:
+        """History or presence: 108 where the namespace keeps none, 103 where the client may not read it."""
+        if not enabled:
+            raise ReplyError(ERROR_NOT_AVAILABLE)
+        self._require(client, channel, for_client, for_subscriber, for_anonymous)
 
     def server_subscribe_options(self, channel: str, override: SubscribeOverride | None, *, expire_at: int = 0,
                                  chan_info: bytes | None = None, data: bytes | None = None) -> SubscribeOptions:

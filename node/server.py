@@ -144,8 +144,14 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
     apps = build_apps(config)
     timeout = config.shutdown.timeout
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
     if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(apps.node, reload)))
+        def on_sighup() -> None:
+            task = loop.create_task(_reload(apps.node, reload))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     runners: list[web.AppRunner] = []
     listeners: list[_Listener] = []
     grpc_servers: list[grpc.aio.Server] = []
@@ -187,6 +193,7 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
             await runner.cleanup()
         for listener in listeners:
             listener.close_idle()
+        await asyncio.gather(*reloads, return_exceptions=True)  # a reload under way finishes first
         if heartbeat is not None:  # last: a long graceful shutdown is not a stuck loop
             heartbeat.close()
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from node.models import ClientInfo, Publication, StreamPosition, SubscribeOptions
+from node.models import ClientInfo, Identity, Publication, StreamPosition, SubscribeOptions
 from node.protocol.codec import Codec
 from node.transport import Transport
 
@@ -27,14 +27,8 @@ Observer = Callable[[str, Publication, StreamPosition], None]
 COMMON_FRAMING: Final = "ws-text"
 
 
-class Receiver(Protocol):
+class Receiver(Identity, Protocol):
     """A connection as the fan-out sees it (the client session implements it)."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def user(self) -> str: ...
 
     @property
     def unidirectional(self) -> bool: ...

@@ -24,6 +24,8 @@ on free loopback ports and stopped at the end of the session:
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -31,9 +33,39 @@ from typing import Any
 
 import cent
 import pytest
-from harness import JsFactory, PyClient, PyFactory, ServerFactory, ServerProcess
+from harness import LEAK_MARKERS, JsFactory, PyClient, PyFactory, ServerFactory, ServerProcess
 from jsclient import JsClient
 from redis_servers import RedisCluster, RedisClusterFactory, RedisStandalone
+
+
+class _LeakReports(logging.Handler):
+    """asyncio's reports of tasks destroyed while pending and of unclosed transports and sessions."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.found: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if any(m in message for m in LEAK_MARKERS):
+            self.found.append(message.splitlines()[0])
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_tasks() -> Iterator[None]:
+    """Fails a test that leaves a task pending or a resource open. Autouse, so it is torn down after the test's
+    event loop; the garbage collection here finalises what the test dropped, while its reports still count.
+    (Unclosed sockets and files raise ResourceWarning, which filterwarnings = error already fails.)"""
+    reports = _LeakReports()
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_logger.addHandler(reports)
+    try:
+        yield
+        gc.collect()
+    finally:
+        asyncio_logger.removeHandler(reports)
+    if reports.found:
+        pytest.fail("left behind: " + "; ".join(reports.found[:5]), pytrace=False)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 import aiohttp
 import cent
@@ -96,6 +96,12 @@ T = TypeVar("T")
 # The call signatures of the js_factory / py_factory fixtures (see conftest.py).
 JsFactory = Callable[..., Awaitable[JsClient]]
 PyFactory = Callable[..., Awaitable["PyClient"]]
+
+# What asyncio, aiohttp and Python print about a task, socket or session that was left behind (see
+# ServerProcess.check_clean_shutdown and the conftest fixture that checks the test process itself). Files that
+# libraries keep open for the life of the process (prometheus_client's multiprocess files) are not ours to close.
+LEAK_MARKERS: Final = ("Task was destroyed but it is pending", "unclosed transport", "unclosed <socket",
+                       "Unclosed client session", "Unclosed connector", "unclosed event loop")
 
 
 # -- config ----------------------------------------------------------------------------------------------
@@ -245,7 +251,9 @@ class ServerProcess:
     def _launch(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config, indent=2))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        # Unclosed sockets and files are reported in the log (Python hides ResourceWarning by default); see
+        # stop_sync, which fails the test when a server that stopped gracefully left any behind.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "always::ResourceWarning", **self.env}
         self._log_file = self.log_path.open("ab")
         self._log_file.write(f"=== start: port {self.port} ===\n".encode())
         self._log_file.flush()
@@ -339,14 +347,25 @@ class ServerProcess:
         if proc is None:
             raise AssertionError(f"{self.name} was never started")
         self.stopped_by_test = True
+        graceful = False
         if proc.poll() is None:
             proc.send_signal(sig)
             try:
                 proc.wait(timeout)
+                graceful = sig in (signal.SIGTERM, signal.SIGINT)
             except subprocess.TimeoutExpired:
                 self._kill_sync()
         self._close_log()
+        if graceful:
+            self.check_clean_shutdown()
         return int(proc.returncode)
+
+    def check_clean_shutdown(self) -> None:
+        """An orderly shutdown awaits every task and closes every resource: asyncio's "Task was destroyed but it
+        is pending!" or an unclosed socket, file or session in the log is a failure."""
+        leaks = [line for line in self.log_text().splitlines() if any(m in line for m in LEAK_MARKERS)]
+        if leaks:
+            raise AssertionError(f"{self.name} did not shut down cleanly:\n" + "\n".join(leaks[:20]))
 
     async def wait_exit(self, timeout: float = 15.0) -> int:
         """Wait for the process to exit on its own (after a signal the test sent); return the exit code."""
@@ -543,7 +562,10 @@ class ServerFactory:
             if not server.running and not server.stopped_by_test and server.returncode != 0:
                 crashed.append(f"{server.name} exited by itself with code {server.returncode}\n"
                                f"{server.log_report()}")
-            server.stop_sync()
+            try:
+                server.stop_sync()
+            except AssertionError as e:  # an unclean shutdown: stop the others all the same, then report it
+                crashed.append(str(e))
         self.servers.clear()
         if crashed:
             raise AssertionError("\n\n".join(crashed))

@@ -19,8 +19,7 @@ class StandaloneRedisPresenceManager(RedisPresenceManager):
         super().__init__(self._own, ttl=cfg.presence_ttl)
 
     async def close(self) -> None:
-        for shard in self._own.shards:
-            await shard.client.aclose()
+        await self._own.close()  # every connection of its shards (command clients and pipelines; PUB/SUB unused)
 
 
 def _history_limits(config: Config) -> tuple[int, float]:

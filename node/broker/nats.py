@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import ssl
 import time
 from typing import Final
 
@@ -27,6 +26,7 @@ from nats.aio.subscription import Subscription
 from node.broker import wire
 from node.broker.base import Broker, BrokerEventHandler
 from node.broker.nats_jetstream import JetStreamHistory
+from node.broker.tls import client_context
 from node.config import NatsBrokerConfig
 from node.errors import ERROR_BAD_REQUEST, ERROR_NOT_AVAILABLE, ReplyError
 from node.models import (
@@ -48,16 +48,6 @@ RECONNECT_WAIT: Final = 0.5
 
 def _has_wildcard(channel: str) -> bool:
     return "*" in channel or ">" in channel
-
-
-def tls_context(cfg: NatsBrokerConfig) -> ssl.SSLContext | None:
-    if not cfg.tls.enabled:
-        return None
-    ctx = ssl.create_default_context(cadata=cfg.tls.server_ca_pem or None)
-    if cfg.tls.insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class NatsBroker(Broker):
@@ -114,7 +104,7 @@ class NatsBroker(Broker):
             # No buffering while disconnected (Centrifugo: ReconnectBufSize(-1)): a publish fails at once
             # instead of being reported as a success and lost.
             pending_size=0,
-            tls=tls_context(self._cfg),
+            tls=client_context(self._cfg.tls),
             name=f"fugato {self._node_id}",
             disconnected_cb=self._disconnected,
             reconnected_cb=self._reconnected,

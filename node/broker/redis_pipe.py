@@ -104,6 +104,9 @@ class RedisPipe(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        if self.closed:  # closed while connecting: this connection is not wanted any more
+            transport.abort()
+            return
         self._transport = transport
         # The handshake goes first, ahead of anything queued meanwhile; its replies only need to be OK. It loads
         # the scripts, so the EVALSHAs behind it find them even on a server that restarted or took over from a

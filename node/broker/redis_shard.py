@@ -30,6 +30,7 @@ from node.broker.redis_pubsub import (
     StandalonePubSub,
 )
 from node.broker.sharding import fnv1a64
+from node.broker.tls import client_context
 from node.config import RedisEngineConfig
 from node.errors import ConfigError
 
@@ -91,16 +92,6 @@ class Keys:
         return f"{self.prefix}.presence.expire.{tag}", f"{self.prefix}.presence.data.{tag}"
 
 
-def _ssl_context(cfg: RedisEngineConfig, tls: bool) -> ssl.SSLContext | None:
-    if not (tls or cfg.tls.enabled):
-        return None
-    ctx = ssl.create_default_context(cadata=cfg.tls.server_ca_pem or None)
-    if cfg.tls.insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 class RedisShard:
     def __init__(self, url: str, cfg: RedisEngineConfig, on_message: MessageHandler, on_resync: ResyncHandler,
                  on_error: ErrorHandler) -> None:
@@ -114,7 +105,7 @@ class RedisShard:
         tls = scheme.startswith("rediss")
         user = unquote(parts.username or "") or cfg.user
         password = unquote(parts.password or "") or cfg.password
-        ssl_ctx = _ssl_context(cfg, tls)
+        ssl_ctx = client_context(cfg.tls, required=tls)
         common: dict[str, Any] = {
             "username": user or None, "password": password or None,
             "socket_connect_timeout": cfg.connect_timeout, "socket_timeout": cfg.io_timeout,
@@ -164,6 +155,9 @@ class RedisShard:
             task.cancel()
         for pipe in self._pipes.values():
             pipe.close()
+        # A connect under way is cancelled; wait for it, so that no half-made connection outlives the engine.
+        await asyncio.gather(*(p.connecting for p in self._pipes.values() if p.connecting is not None),
+                             return_exceptions=True)
         await self.pubsub.close()
         await self.client.aclose()
 

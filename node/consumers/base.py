@@ -36,17 +36,48 @@ class RetryLaterError(NodeError):
 
 
 class Consumer(Protocol):
-    """One configured consumer. ``run`` consumes until cancelled and never returns otherwise: a failing
-    dependency is logged, counted and retried with backoff, so the consumer recovers by itself."""
+    """One configured consumer. ``run`` consumes until ``stop()`` or cancellation: a failing dependency is
+    logged, counted and retried with backoff, so the consumer recovers by itself. After ``stop()`` it finishes
+    the messages in hand (acknowledging them), then returns; cancelling instead may leave some to be
+    delivered again."""
 
     name: str
+    stopping: bool
 
     async def run(self) -> None: ...
 
+    def stop(self) -> None: ...
+
     @property
     def error(self) -> str:
-        """"" while consuming works; else the last failure, for /health's detail."""
+        """"" while consuming works; else the last failures, for /health's detail."""
         ...
+
+
+class BaseConsumer(Consumer):
+    """What the consumer types share: the dispatcher, the stop flag and the failures /health shows."""
+
+    def __init__(self, name: str, executor: Executor) -> None:
+        self.name = name
+        self.dispatcher = Dispatcher(executor, name)
+        self.node_id = executor.node.id
+        self.stopping = False
+        self._errors: dict[str, str] = {}  # what failed (a partition, a stream, a connection) -> how
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    @property
+    def error(self) -> str:
+        return "; ".join(self._errors.values())
+
+    def failed(self, key: str, what: str, e: BaseException | str) -> None:
+        self._errors[key] = f"{what}: {str(e) or type(e).__name__}"
+        self.dispatcher.metrics.consumer_error(self.name)
+        logger.error("consumer %s: %s: %s", self.name, what, self._errors[key])
+
+    def recovered(self, key: str) -> None:
+        self._errors.pop(key, None)
 
 
 def next_backoff(retries: int) -> float:
@@ -91,6 +122,10 @@ class Dispatcher:
         if not isinstance(params, dict):
             self.skip("malformed", f"{method} payload is not a JSON object")
             return
+        await self.run(method, params)
+
+    async def run(self, method: str, params: dict[str, Any]) -> None:
+        """Run a decoded command through the executor; internal errors raise ``RetryLaterError``."""
         try:
             result = await self.executor.call(method, params, protocol="consumer")
         except ReplyError as e:

@@ -37,6 +37,28 @@ class PostgresConsumerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RedisStreamPublicationDataModeConfig:
+    enabled: bool = False
+    channels_value: str = "centrifugo-channels"
+    idempotency_key_value: str = "centrifugo-idempotency-key"
+    delta_value: str = "centrifugo-delta"
+    version_value: str = "centrifugo-version"
+    version_epoch_value: str = "centrifugo-version-epoch"
+    tags_value_prefix: str = "centrifugo-tag-"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsJetStreamPublicationDataModeConfig:
+    enabled: bool = False
+    channels_header: str = "centrifugo-channels"
+    idempotency_key_header: str = "centrifugo-idempotency-key"
+    delta_header: str = "centrifugo-delta"
+    version_header: str = "centrifugo-version"
+    version_epoch_header: str = "centrifugo-version-epoch"
+    tags_header_prefix: str = "centrifugo-tag-"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RedisStreamConsumerConfig:
     address: tuple[str, ...] = ("redis://127.0.0.1:6379",)
     connect_timeout: float = _dur(1.0)
@@ -52,6 +74,7 @@ class RedisStreamConsumerConfig:
     num_workers: int = 1
     payload_value: str = "payload"
     method_value: str = "method"
+    publication_data_mode: RedisStreamPublicationDataModeConfig = RedisStreamPublicationDataModeConfig()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +91,7 @@ class NatsJetStreamConsumerConfig:
     max_ack_pending: int = 100
     method_header: str = "centrifugo-method"
     use_existing_consumer: bool = False
+    publication_data_mode: NatsJetStreamPublicationDataModeConfig = NatsJetStreamPublicationDataModeConfig()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

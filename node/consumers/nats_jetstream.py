@@ -25,8 +25,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
-from node.consumers.base import Consumer, Dispatcher, RetryLaterError, next_backoff
+from node.consumers.base import BaseConsumer, RetryLaterError, next_backoff
 from node.consumers.config import NatsJetStreamConsumerConfig
+from node.consumers.publication_mode import AttributeNames, dispatch_publication
 
 if TYPE_CHECKING:
     from node.api.executor import Executor
@@ -39,26 +40,17 @@ FETCH_WAIT: Final = 2.0  # a pull request's longest wait for messages
 MAX_BATCH: Final = 100
 
 
-class NatsJetStreamConsumer(Consumer):
+class NatsJetStreamConsumer(BaseConsumer):
     def __init__(self, name: str, config: NatsJetStreamConsumerConfig, executor: Executor) -> None:
-        self.name = name
+        super().__init__(name, executor)
         self.config = config
-        self.dispatcher = Dispatcher(executor, name)
-        self.node_id = executor.node.id
-        self._error = ""
-
-    @property
-    def error(self) -> str:
-        return self._error
-
-    def _failed(self, what: str, e: BaseException | str) -> None:
-        self._error = f"{what}: {e}"
-        self.dispatcher.metrics.consumer_error(self.name)
-        logger.error("consumer %s: %s: %s", self.name, what, e)
+        mode = config.publication_data_mode
+        self._publication = AttributeNames(mode.channels_header, mode.idempotency_key_header, mode.delta_header,
+                                           mode.tags_header_prefix) if mode.enabled else None
 
     async def run(self) -> None:
         retries = 0
-        while True:
+        while not self.stopping:
             nc = NatsClient()
             try:
                 await self._connect(nc)
@@ -67,7 +59,7 @@ class NatsJetStreamConsumer(Consumer):
                 await self._consume(nc, sub, batch)
             except (NatsError, OSError, TimeoutError) as e:
                 retries += 1
-                self._failed("NATS", str(e) or type(e).__name__)
+                self.failed("nats", "NATS", e)
                 await asyncio.sleep(next_backoff(retries))
             finally:
                 await nc.close()
@@ -76,10 +68,10 @@ class NatsJetStreamConsumer(Consumer):
         cfg = self.config
 
         async def disconnected() -> None:
-            self._failed("NATS", "disconnected")
+            self.failed("nats", "NATS", "disconnected")
 
         async def reconnected() -> None:
-            self._error = ""
+            self.recovered("nats")
 
         async def error(e: Exception) -> None:
             logger.debug("consumer %s: NATS: %s", self.name, e)
@@ -118,23 +110,27 @@ class NatsJetStreamConsumer(Consumer):
         return await js.pull_subscribe_bind(durable=cfg.durable_consumer_name, stream=cfg.stream_name), batch
 
     async def _consume(self, nc: NatsClient, sub: Any, batch: int) -> None:
-        while True:
+        while not self.stopping:
             try:
                 msgs: list[Msg] = await sub.fetch(batch, timeout=FETCH_WAIT)
             except NatsTimeoutError:
                 if nc.is_connected:
-                    self._error = ""
+                    self.recovered("nats")
                 continue  # nothing new (or reconnecting: the callbacks report that)
-            self._error = ""
+            self.recovered("nats")
             for msg in msgs:
                 await self._handle(msg)
 
     async def _handle(self, msg: Msg) -> None:
-        method = (msg.headers or {}).get(self.config.method_header, "") if self.config.method_header else ""
+        headers = msg.headers or {}
+        method = headers.get(self.config.method_header, "") if self.config.method_header else ""
         try:
-            await self.dispatcher.dispatch(method, msg.data)
+            if self._publication is not None:
+                await dispatch_publication(self.dispatcher, self._publication, headers, msg.data)
+            else:
+                await self.dispatcher.dispatch(method, msg.data)
         except RetryLaterError as e:
-            self._failed("command to retry", e)
+            self.failed("nats", "command to retry", e)
             await msg.nak(delay=next_backoff(msg.metadata.num_delivered or 1))
             return
         await msg.ack()

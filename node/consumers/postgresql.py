@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 import psycopg
 from psycopg import sql
 
-from node.consumers.base import Consumer, Dispatcher, RetryLaterError, next_backoff
+from node.consumers.base import BaseConsumer, RetryLaterError, next_backoff
 from node.consumers.config import PostgresConsumerConfig
 
 if TYPE_CHECKING:
@@ -47,25 +47,19 @@ def _table(name: str) -> sql.Composable:
     return sql.Identifier(*name.split("."))
 
 
-class PostgresConsumer(Consumer):
+class PostgresConsumer(BaseConsumer):
     def __init__(self, name: str, config: PostgresConsumerConfig, executor: Executor) -> None:
-        self.name = name
+        super().__init__(name, executor)
         self.config = config
-        self.dispatcher = Dispatcher(executor, name)
         table = _table(config.outbox_table_name)
         self._select = sql.SQL(_SELECT).format(table=table)
         self._delete = sql.SQL(_DELETE).format(table=table)
         self._wake = [asyncio.Event() for _ in range(config.num_partitions)]
-        self._errors: dict[int, str] = {}  # partition (-1: the LISTEN connection) -> last failure
 
-    @property
-    def error(self) -> str:
-        return "; ".join(self._errors.values())
-
-    def _failed(self, key: int, what: str, e: BaseException) -> None:
-        self._errors[key] = f"{what}: {e}"
-        self.dispatcher.metrics.consumer_error(self.name)
-        logger.error("consumer %s: %s: %s", self.name, what, e)
+    def stop(self) -> None:
+        super().stop()
+        for event in self._wake:  # partitions waiting for work stop waiting
+            event.set()
 
     async def _connect(self, dsn: str, autocommit: bool) -> psycopg.AsyncConnection[Any]:
         async with asyncio.timeout(CONNECT_TIMEOUT):
@@ -73,18 +67,23 @@ class PostgresConsumer(Consumer):
                                                          connect_timeout=int(CONNECT_TIMEOUT))
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            if self.config.partition_notification_channel:
-                tg.create_task(self._listen())
-            for partition in range(self.config.num_partitions):
-                tg.create_task(self._partition(partition))
+        listen = asyncio.create_task(self._listen()) if self.config.partition_notification_channel else None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for partition in range(self.config.num_partitions):
+                    tg.create_task(self._partition(partition))
+        finally:
+            if listen is not None:  # nothing to finish there
+                listen.cancel()
+                await asyncio.gather(listen, return_exceptions=True)
 
     async def _partition(self, partition: int) -> None:
         conn: psycopg.AsyncConnection[Any] | None = None
         retries = 0
         wake = self._wake[partition]
+        key = f"partition {partition}"
         try:
-            while True:
+            while not self.stopping:
                 wake.clear()
                 try:
                     if conn is None or conn.closed:
@@ -93,19 +92,19 @@ class PostgresConsumer(Consumer):
                         more = await self._round(conn, partition)
                 except RetryLaterError as e:
                     retries += 1
-                    self._failed(partition, f"partition {partition}: command to retry", e)
+                    self.failed(key, f"{key}: command to retry", e)
                     await asyncio.sleep(next_backoff(retries))
                     continue
                 except (psycopg.Error, OSError, TimeoutError) as e:
                     retries += 1
-                    self._failed(partition, f"partition {partition}", e)
+                    self.failed(key, key, e)
                     if conn is not None:
                         await conn.close()
                     conn = None
                     await asyncio.sleep(next_backoff(retries))
                     continue
                 retries = 0
-                self._errors.pop(partition, None)
+                self.recovered(key)
                 if not more:
                     # Nothing left (or another worker holds the partition): until a notification or a poll.
                     try:
@@ -151,20 +150,20 @@ class PostgresConsumer(Consumer):
                 conn = await self._connect(dsn, autocommit=True)
             except (psycopg.Error, OSError, TimeoutError) as e:
                 retries += 1
-                self._failed(-1, "LISTEN connection", e)
+                self.failed("listen", "LISTEN connection", e)
                 await asyncio.sleep(next_backoff(retries))
                 continue
             try:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                 retries = 0
-                self._errors.pop(-1, None)
+                self.recovered("listen")
                 for event in self._wake:  # notifications may have been missed while disconnected
                     event.set()
                 async for notify in conn.notifies():
                     self._notified(notify.payload)
             except (psycopg.Error, OSError) as e:
                 retries += 1
-                self._failed(-1, "LISTEN connection", e)
+                self.failed("listen", "LISTEN connection", e)
                 await asyncio.sleep(next_backoff(retries))
             finally:
                 await conn.close()

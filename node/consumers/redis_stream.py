@@ -25,8 +25,9 @@ from urllib.parse import unquote, urlsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from node.consumers.base import Consumer, Dispatcher, RetryLaterError, next_backoff
+from node.consumers.base import BaseConsumer, RetryLaterError, next_backoff
 from node.consumers.config import RedisStreamConsumerConfig
+from node.consumers.publication_mode import AttributeNames, dispatch_publication
 
 if TYPE_CHECKING:
     from node.api.executor import Executor
@@ -51,22 +52,18 @@ def _client(config: RedisStreamConsumerConfig, block: float) -> Redis:
                  client_name=config.client_name or None, protocol=2)
 
 
-class RedisStreamConsumer(Consumer):
+class RedisStreamConsumer(BaseConsumer):
     def __init__(self, name: str, config: RedisStreamConsumerConfig, executor: Executor) -> None:
-        self.name = name
+        super().__init__(name, executor)
         self.config = config
-        self.dispatcher = Dispatcher(executor, name)
-        self.node_id = executor.node.id
         self.ordered = config.num_workers == 1
         self.block = min(MAX_BLOCK, config.visibility_timeout / 3)
         self.redis = _client(config, self.block)
-        self._errors: dict[str, str] = {}
         self._method = config.method_value.encode()
         self._payload = config.payload_value.encode()
-
-    @property
-    def error(self) -> str:
-        return "; ".join(self._errors.values())
+        mode = config.publication_data_mode
+        self._publication = AttributeNames(mode.channels_value, mode.idempotency_key_value, mode.delta_value,
+                                           mode.tags_value_prefix) if mode.enabled else None
 
     async def run(self) -> None:
         try:
@@ -83,13 +80,14 @@ class RedisStreamConsumer(Consumer):
         holding = False
         next_reclaim = 0.0
         retries = 0
+        key = f"stream {stream} ({me})"
         try:
-            while True:
+            while not self.stopping:
                 try:
                     if self.ordered:
                         was_holding = holding
                         holding = await self._lease(lease, me, ttl_ms, holding)
-                        self._errors.pop(stream + me, None)
+                        self.recovered(key)
                         if not holding:
                             await asyncio.sleep(self.block)
                             continue
@@ -100,25 +98,20 @@ class RedisStreamConsumer(Consumer):
                         next_reclaim = time.monotonic() + self.config.visibility_timeout / 2
                     await self._batch(stream, me)
                     retries = 0
-                    self._errors.pop(stream + me, None)
+                    self.recovered(key)
                 except RetryLaterError as e:
                     retries += 1
-                    self._failed(stream + me, f"stream {stream}: command to retry", e)
+                    self.failed(key, f"{key}: command to retry", e)
                     await asyncio.sleep(next_backoff(retries))
                 except (RedisError, OSError) as e:
                     retries += 1
                     holding = False  # re-check the lease (and claim again) after an outage
-                    self._failed(stream + me, f"stream {stream}", e)
+                    self.failed(key, key, e)
                     await asyncio.sleep(next_backoff(retries))
         finally:
             if holding:  # stopping: hand the stream over at once instead of after the lease's expiry
                 with contextlib.suppress(RedisError, OSError):
                     await self.redis.eval(_RELEASE, 1, lease, me)
-
-    def _failed(self, key: str, what: str, e: BaseException) -> None:
-        self._errors[key] = f"{what}: {e}"
-        self.dispatcher.metrics.consumer_error(self.name)
-        logger.error("consumer %s: %s: %s", self.name, what, e)
 
     async def _lease(self, key: str, me: str, ttl_ms: int, holding: bool) -> bool:
         if holding and await self.redis.eval(_RENEW, 1, key, me, ttl_ms):
@@ -177,5 +170,9 @@ class RedisStreamConsumer(Consumer):
         payload = fields.get(self._payload)
         if payload is None:
             self.dispatcher.skip("malformed", f"no {self.config.payload_value!r} field in the stream entry")
+            return
+        if self._publication is not None:
+            attributes = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+            await dispatch_publication(self.dispatcher, self._publication, attributes, payload)
             return
         await self.dispatcher.dispatch(fields.get(self._method, b"").decode(errors="replace"), payload)

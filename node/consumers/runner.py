@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RESTART_DELAY: Final = 1.0
+STOP_GRACE: Final = 5.0
 
 
 def build_consumer(config: ConsumerConfig, executor: Executor) -> Consumer:
@@ -50,17 +51,24 @@ class Consumers:
 
     @staticmethod
     async def _run(consumer: Consumer) -> None:
-        while True:
+        while not consumer.stopping:
             try:
                 await consumer.run()
             except Exception:  # a bug or an unforeseen reply: say so loudly, and keep consuming
                 logger.exception("consumer %s failed; restarting it in %.0f s", consumer.name, RESTART_DELAY)
-            await asyncio.sleep(RESTART_DELAY)
+            if not consumer.stopping:
+                await asyncio.sleep(RESTART_DELAY)
 
     async def close(self) -> None:
-        """Stop consuming; a command being run is abandoned unacknowledged and will be delivered again."""
+        """Stop consuming: the messages in hand are finished and acknowledged for up to STOP_GRACE seconds;
+        after that the rest is abandoned unacknowledged (and will be delivered again)."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
+        if not tasks:
+            return
+        for consumer in self.consumers:
+            consumer.stop()
+        _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE)
+        for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 

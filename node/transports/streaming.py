@@ -223,11 +223,22 @@ async def _serve(request: web.Request, node: Node, cls: type[_ResponseStream], n
     return resp
 
 
-async def _body_or_error(request: web.Request, limit: int) -> bytes | web.Response:
-    body = await read_body(request, limit)
-    if body is None:
-        return web.Response(status=413, headers=cors_headers(request))
-    return body
+async def _accept(request: web.Request, node: Node, limit: int, *, query: bool = False) -> bytes | web.Response:
+    """What every streaming endpoint starts with: a CORS preflight is answered, a refused connection gets its
+    response, else the connect payload: the body, or with ``query`` on a GET (SSE) ``?cf_connect=<url-encoded
+    JSON>``; 413 when it is longer than ``limit``."""
+    if request.method == "OPTIONS":
+        return preflight(request, node.config.client.allowed_origins)
+    refused = refuse(request, node)
+    if refused is not None:
+        return refused
+    if query and request.method != "POST":
+        data: bytes | None = request.query.get("cf_connect", "").encode()
+        if len(data or b"") > limit:
+            data = None
+    else:
+        data = await read_body(request, limit)
+    return web.Response(status=413, headers=cors_headers(request)) if data is None else data
 
 
 def _bidirectional(body: bytes) -> Opener:
@@ -250,12 +261,7 @@ def _unidirectional(body: bytes) -> Opener:
 async def http_stream_handler(request: web.Request, node: Node, emulation: Emulation) -> web.StreamResponse:
     """``POST /connection/http_stream``: the body is the first command frame (the connect command), JSON, or
     varint-delimited protobuf ``Command``s when it is ``application/octet-stream`` (the response is then too)."""
-    if request.method == "OPTIONS":
-        return preflight(request, node.config.client.allowed_origins)
-    refused = refuse(request, node)
-    if refused is not None:
-        return refused
-    body = await _body_or_error(request, node.config.http_stream.max_request_body_size)
+    body = await _accept(request, node, node.config.http_stream.max_request_body_size)
     if isinstance(body, web.Response):
         return body
     if not body:
@@ -267,24 +273,9 @@ async def http_stream_handler(request: web.Request, node: Node, emulation: Emula
                         _bidirectional(body), emulation)
 
 
-async def _sse_connect_data(request: web.Request, limit: int) -> bytes | web.Response:
-    """The connect payload of an SSE request: ``?cf_connect=<url-encoded JSON>`` on GET, the body on POST."""
-    if request.method == "POST":
-        return await _body_or_error(request, limit)
-    data = request.query.get("cf_connect", "").encode()
-    if len(data) > limit:
-        return web.Response(status=413, headers=cors_headers(request))
-    return data
-
-
 async def sse_handler(request: web.Request, node: Node, emulation: Emulation) -> web.StreamResponse:
     """``GET /connection/sse?cf_connect=<command frame>`` (or POST with the frame as body)."""
-    if request.method == "OPTIONS":
-        return preflight(request, node.config.client.allowed_origins)
-    refused = refuse(request, node)
-    if refused is not None:
-        return refused
-    data = await _sse_connect_data(request, node.config.sse.max_request_body_size)
+    data = await _accept(request, node, node.config.sse.max_request_body_size, query=True)
     if isinstance(data, web.Response):
         return data
     if not data:
@@ -295,27 +286,19 @@ async def sse_handler(request: web.Request, node: Node, emulation: Emulation) ->
 
 async def uni_http_stream_handler(request: web.Request, node: Node) -> web.StreamResponse:
     """``POST /connection/uni_http_stream``: the body is a ConnectRequest."""
-    if request.method == "OPTIONS":
-        return preflight(request, node.config.client.allowed_origins)
-    refused = refuse(request, node)
-    if refused is not None:
-        return refused
-    body = await _body_or_error(request, node.config.uni_http_stream.max_request_body_size)
+    cfg = node.config.uni_http_stream
+    body = await _accept(request, node, cfg.max_request_body_size)
     if isinstance(body, web.Response):
         return body
     return await _serve(request, node, HttpStreamTransport, "uni_http_stream", True, "application/json",
-                        _unidirectional(body), to_http=node.config.uni_http_stream.connect_code_to_http_response)
+                        _unidirectional(body), to_http=cfg.connect_code_to_http_response)
 
 
 async def uni_sse_handler(request: web.Request, node: Node) -> web.StreamResponse:
     """``GET /connection/uni_sse?cf_connect=<ConnectRequest>`` (or POST with the request as body)."""
-    if request.method == "OPTIONS":
-        return preflight(request, node.config.client.allowed_origins)
-    refused = refuse(request, node)
-    if refused is not None:
-        return refused
-    data = await _sse_connect_data(request, node.config.uni_sse.max_request_body_size)
+    cfg = node.config.uni_sse
+    data = await _accept(request, node, cfg.max_request_body_size, query=True)
     if isinstance(data, web.Response):
         return data
     return await _serve(request, node, SseTransport, "uni_sse", True, "text/event-stream; charset=utf-8",
-                        _unidirectional(data), to_http=node.config.uni_sse.connect_code_to_http_response)
+                        _unidirectional(data), to_http=cfg.connect_code_to_http_response)

@@ -136,3 +136,25 @@ async def test_poison_messages_are_acknowledged_and_counted_and_an_outage_heals(
 async def _all_acked(js: Any, stream: str) -> bool:
     info = await js.consumer_info(stream, "fugato")
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+async def test_publication_data_mode(server_factory: ServerFactory, py_factory: PyFactory,
+                                     nats_server: NatsServer, nc: NatsClient) -> None:
+    stream = await make_stream(nc, ["pubdata.>"])
+    server = await server_factory({"consumers": [consumer(
+        "jetstream", nats_server.url, stream, "fugato", deliver_policy="all",
+        publication_data_mode={"enabled": True, "channels_header": "to"})]})
+    a, b = unique_channel("plain"), unique_channel("plain")
+    py = await subscribed_client(py_factory, server, [a, b])
+    js = nc.jetstream()
+    for seq, headers in [(0, {"to": a, "centrifugo-tag-kind": "first"}),
+                         (1, {"to": f"{a},{b}", "centrifugo-idempotency-key": "k1"}),
+                         (1, {"to": f"{a},{b}", "centrifugo-idempotency-key": "k1"}),
+                         (9, {}),  # no channels: skipped
+                         (2, {"to": a})]:
+        await js.publish("pubdata.x", json.dumps({"seq": seq}).encode(), headers=headers or None)
+    await wait_until(lambda: seqs(py, a) == [0, 1, 2] and seqs(py, b) == [1], timeout=20,
+                     what="publications routed by the message's headers")
+    assert py.events("publication", a)[0].ctx.pub.tags == {"kind": "first"}
+    await barrier(server, py, [a, b])
+    assert (seqs(py, a), seqs(py, b)) == ([0, 1, 2, "end"], [1, "end"]), "the repeated key published once"

@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -116,3 +117,26 @@ async def test_poison_rows_are_skipped_and_counted_and_an_outage_heals(
     await barrier(server, py, [ch])
     assert seqs(py, ch) == [0, 1, 2, 3, "end"]
     assert await metric(server, "centrifugo_consumers_errors_total") >= 1
+
+
+async def test_an_internal_error_is_retried_in_order_never_skipped(
+        postgres: PostgresServer, outbox: str, server_factory: ServerFactory, tmp_path: Path) -> None:
+    engine = RedisStandalone(tmp_path / "engine").start()  # private: the test stops it
+    server = await server_factory({**redis_engine(engine.url, "fgt"), **consumer(postgres, outbox)})
+    ch = unique_channel("chat:")  # with history, so the result can be read back
+    try:
+        engine.stop()  # every publish now fails with error 100: retried, not skipped, rows kept
+        await insert(postgres.dsn, outbox, [("publish", json.dumps(publish_command(ch, seq)), 0)
+                                            for seq in range(5)])
+        await wait_until(lambda: metric(server, "centrifugo_consumers_errors_total"), timeout=20,
+                         what="the failing publish counted as an error")
+        assert postgres.execute(f"SELECT count(*) FROM {outbox}")[0][0] == 5, "nothing deleted while failing"
+        assert await metric(server, "centrifugo_consumers_messages_skipped_total") == 0
+        engine.start()
+        await wait_until(lambda: postgres.execute(f"SELECT count(*) FROM {outbox}")[0][0] == 0, timeout=30,
+                         what="the rows run once Redis is back")
+        history = await server.api_result("history", {"channel": ch, "limit": -1})
+        assert [p["data"]["seq"] for p in history["publications"]] == list(range(5))
+    finally:
+        await server.stop()
+        engine.stop()

@@ -119,9 +119,41 @@ async def test_poison_entries_are_acknowledged_and_counted_shared_workers_delive
         await barrier(server, py, [ch])
         assert sorted(seqs(py, ch)[:-1]) == list(range(31))
     finally:
+        await server.stop()  # before its source, so that it does not spend its stop grace retrying
         await r.aclose()
         source.stop()
 
 
 async def _is_zero(value: Awaitable[int]) -> bool:
     return await value == 0
+
+
+async def test_publication_data_mode(server_factory: ServerFactory, py_factory: PyFactory,
+                                     redis_standalone: RedisStandalone, redis_prefix: str) -> None:
+    stream = f"{redis_prefix}.pubdata"
+    r = aioredis.Redis(host="127.0.0.1", port=redis_standalone.port)
+    await create_groups(r, [stream])
+    server = await server_factory({**consumer(redis_standalone.url, [stream],
+                                              publication_data_mode={"enabled": True}),
+                                   "prometheus": {"enabled": True}})
+    a, b = unique_channel("plain"), unique_channel("plain")
+    py = await subscribed_client(py_factory, server, [a, b])
+    try:
+        for fields in [
+            {"payload": json.dumps({"seq": 0}), "centrifugo-channels": a, "centrifugo-tag-kind": "first"},
+            {"payload": json.dumps({"seq": 1}), "centrifugo-channels": f"{a},{b}", "centrifugo-idempotency-key": "k1"},
+            {"payload": json.dumps({"seq": 1}), "centrifugo-channels": f"{a},{b}", "centrifugo-idempotency-key": "k1"},
+            {"payload": json.dumps({"seq": 9})},  # no channels: skipped
+            {"payload": "{not json", "centrifugo-channels": a},  # skipped
+            {"payload": json.dumps({"seq": 2}), "centrifugo-channels": a, "centrifugo-delta": "false"},
+        ]:
+            await r.xadd(stream, fields)
+        await wait_until(lambda: seqs(py, a) == [0, 1, 2] and seqs(py, b) == [1], timeout=20,
+                         what="publications routed by the entry's fields")
+        assert py.events("publication", a)[0].ctx.pub.tags == {"kind": "first"}
+        assert await metric(server, "centrifugo_consumers_messages_skipped_total", 'reason="malformed"') == 2
+        await barrier(server, py, [a, b])
+        assert (seqs(py, a), seqs(py, b)) == ([0, 1, 2, "end"], [1, "end"]), "the repeated key published once"
+    finally:
+        await r.delete(stream)
+        await r.aclose()

@@ -79,16 +79,19 @@ def test_duplicate_names_are_refused(tmp_path: Path) -> None:
 def test_redis_stream_and_nats_jetstream_load_with_their_keys(tmp_path: Path) -> None:
     redis_stream = {"enabled": True, "name": "rs", "type": "redis_stream", "redis_stream": {
         "address": ["redis://127.0.0.1:6379"], "streams": ["s1", "s2"], "consumer_group": "centrifugo",
-        "visibility_timeout": "10s", "num_workers": 2, "payload_value": "payload", "method_value": "method"}}
+        "visibility_timeout": "10s", "num_workers": 2, "payload_value": "payload", "method_value": "method",
+        "publication_data_mode": {"enabled": True, "channels_value": "to", "tags_value_prefix": "tag-"}}}
     jetstream = {"enabled": True, "name": "js", "type": "nats_jetstream", "nats_jetstream": {
         "url": "nats://127.0.0.1:4222", "stream_name": "S", "subjects": ["a.>"], "durable_consumer_name": "d",
         "deliver_policy": "all", "max_ack_pending": 1, "method_header": "centrifugo-method",
-        "use_existing_consumer": True}}
+        "use_existing_consumer": True, "publication_data_mode": {"enabled": True, "channels_header": "to"}}}
     result = load_consumers(tmp_path, [redis_stream, jetstream])
     assert result.warnings == ()
     rs, js = result.config.consumers
     assert (rs.redis_stream.streams, rs.redis_stream.visibility_timeout, rs.redis_stream.num_workers) == (
         ("s1", "s2"), 10.0, 2)
+    assert rs.redis_stream.publication_data_mode.channels_value == "to"
+    assert js.nats_jetstream.publication_data_mode.delta_header == "centrifugo-delta"
     assert (js.nats_jetstream.subjects, js.nats_jetstream.max_ack_pending, js.nats_jetstream.use_existing_consumer) == (
         ("a.>",), 1, True)
     with pytest.raises(ConfigError, match="consumer_group is required"):

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from centrifuge.fossil import apply_delta
 from fakes import FakeTransport
+from harness import wait_until
 
 from node import writer as writer_module
 from node.client import Client
@@ -250,7 +251,7 @@ async def test_write_delay_collects_messages_of_several_ticks_into_one_write() -
     client.enqueue(b'{"n":1}')
     await tick()
     assert transport.writes == [], "write_delay holds the first message back"
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: transport.writes, timeout=5, what="the delayed write")
     assert len(transport.writes) == 1
     assert [orjson.loads(m)["n"] for m in transport.messages] == [0, 1]
 
@@ -286,7 +287,8 @@ async def test_write_delay_also_holds_the_round_after_a_sliced_one(monkeypatch: 
     await iterate_until(lambda: all(t.writes for t in transports))
     await tick()
     assert len(first.transport.writes) == 1, "the next round waits for write_delay"  # type: ignore[attr-defined]
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: len(first.transport.writes) == 2, timeout=5,  # type: ignore[attr-defined]
+                     what="the next round, after write_delay")
     assert [orjson.loads(m)["n"] for m in first.transport.messages] == [0, 1]  # type: ignore[attr-defined]
 
 

@@ -58,6 +58,7 @@ FLOORS: dict[str, int] = {
     "node.server": 6,
     # 7: command line and process management
     "node.workers": 7,  # process management on the supervisor side
+    "node.healthcheck": 7,  # the container's HEALTHCHECK command
     "node.cli": 7,
     "node.__main__": 7,
 }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from harness import wait_until
+
 from node.timers import RESOLUTION, TimerWheel
 
 
@@ -28,7 +30,7 @@ async def test_wake_ups_come_in_order_no_earlier_than_their_deadline() -> None:
     deadlines = {"c": now + 0.30, "a": now + 0.05, "b": now + 0.12}
     for name, when in deadlines.items():
         wheel.schedule(Sleeper(wheel, name, woken), when)
-    await asyncio.sleep(0.45)
+    await wait_until(lambda: len(woken) == 3, timeout=5, what="three wake-ups")
     assert [name for name, _ in woken] == ["a", "b", "c"]
     for name, at in woken:
         assert deadlines[name] - 1e-6 <= at, (name, at)
@@ -43,8 +45,10 @@ async def test_an_earlier_deadline_wins_and_cancel_skips_the_entry() -> None:
     wheel.schedule(moved, loop.time() + 0.2)  # later than the one set: ignored
     wheel.schedule(cancelled, loop.time() + 0.05)
     wheel.cancel(cancelled)
-    await asyncio.sleep(0.4)
-    assert [name for name, _ in woken] == ["moved"], "one wake-up, the earliest; none for the cancelled"
+    # A sentinel due after every other deadline: once it wakes, whatever else was due has had its turn.
+    wheel.schedule(Sleeper(wheel, "sentinel", woken), loop.time() + 0.35)
+    await wait_until(lambda: woken and woken[-1][0] == "sentinel", timeout=5, what="the sentinel's wake-up")
+    assert [name for name, _ in woken] == ["moved", "sentinel"], "one wake-up, the earliest; none for the cancelled"
 
 
 async def test_a_sleeper_that_reschedules_into_the_past_does_not_spin() -> None:
@@ -53,6 +57,7 @@ async def test_a_sleeper_that_reschedules_into_the_past_does_not_spin() -> None:
     sleeper = Sleeper(wheel, "s", woken)
     sleeper.again = loop.time() - 1.0  # already due: served on a later loop iteration, not in a busy loop
     wheel.schedule(sleeper, loop.time() + RESOLUTION)
-    await asyncio.sleep(0.2)
-    assert [name for name, _ in woken] == ["s", "s"]
+    wheel.schedule(Sleeper(wheel, "sentinel", woken), loop.time() + 0.2)
+    await wait_until(lambda: woken and woken[-1][0] == "sentinel", timeout=5, what="the sentinel's wake-up")
+    assert [name for name, _ in woken] == ["s", "s", "sentinel"]
     assert sleeper.timer_slot == 0

@@ -17,29 +17,22 @@ if ARGV[1] ~= '1' then
   return {top, epoch, {}}
 end
 local limit = tonumber(ARGV[3])
-local entries
+-- Oldest first: XRANGE from the start (or just after "since") to the end; newest first: XREVRANGE from the end
+-- down to just before "since", where nothing lies before offset 1.
+local cmd, from, to = 'xrange', '-', '+'
 if ARGV[4] == '1' then
-  local from = '+'
-  if ARGV[2] ~= '' then
-    if tonumber(ARGV[2]) <= 1 then
-      return {top, epoch, {}}
-    end
-    from = '(' .. ARGV[2] .. '-0'
+  cmd, from, to = 'xrevrange', '+', '-'
+end
+if ARGV[2] ~= '' then
+  if ARGV[4] == '1' and tonumber(ARGV[2]) <= 1 then
+    return {top, epoch, {}}
   end
-  if limit >= 0 then
-    entries = redis.call('xrevrange', KEYS[1], from, '-', 'COUNT', limit)
-  else
-    entries = redis.call('xrevrange', KEYS[1], from, '-')
-  end
+  from = '(' .. ARGV[2] .. '-0'
+end
+local entries
+if limit >= 0 then
+  entries = redis.call(cmd, KEYS[1], from, to, 'COUNT', limit)
 else
-  local from = '-'
-  if ARGV[2] ~= '' then
-    from = '(' .. ARGV[2] .. '-0'
-  end
-  if limit >= 0 then
-    entries = redis.call('xrange', KEYS[1], from, '+', 'COUNT', limit)
-  else
-    entries = redis.call('xrange', KEYS[1], from, '+')
-  end
+  entries = redis.call(cmd, KEYS[1], from, to)
 end
 return {top, epoch, entries}
