@@ -4,12 +4,14 @@ reconnect, key TTL expiry delivered as removals, and the errors of bad map reque
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import sys
 from typing import Any
 
 import pytest
-from harness import JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
+from harness import REPO, JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
 from jsclient import JsCallError, JsClient
 
 MAP_NAMESPACES: dict[str, Any] = {
@@ -180,3 +182,12 @@ async def test_bad_map_requests_get_centrifugo_errors(server: ServerProcess, js_
     other = unique_channel("board:")
     await js.call("map_subscribe", channel=other, wait=True)
     await js.wait("map_sync", channel=other)
+
+
+async def test_map_benchmark_runs_and_loses_nothing() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest.map_bench", "--subscribers", "30", "--publishers", "2", "--duration", "0.5",
+        "--rounds", "1", cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await asyncio.wait_for(proc.communicate(), 90))[0].decode()
+    assert proc.returncode == 0, out  # exit 1 when a delivery was lost
+    assert out.count("deliveries_per_server_cpu_s") == 2 and "map / stream deliveries per server CPU-second" in out
