@@ -28,7 +28,7 @@ import aiohttp
 import jwt
 from aiohttp import web
 
-from loadtest.bench import SECRET, Spawned, cpu_seconds, free_port, raise_fd_limit, report
+from loadtest.bench import API_KEY, SECRET, Spawned, cpu_seconds, free_port, raise_fd_limit, report
 from loadtest.swarm import _frame
 
 
@@ -115,6 +115,19 @@ async def _publisher(port: int, channel: str, n: int, window: int) -> None:
         raise RuntimeError(f"{errors} publishes to {channel} failed")
 
 
+async def drained(port: int) -> None:
+    """Wait until the server has no connections left: the closes of one run must not be billed to the next."""
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession(headers={"X-API-Key": API_KEY}) as s:
+        while time.monotonic() < deadline:
+            async with s.post(f"http://127.0.0.1:{port}/api/info", json={}) as resp:
+                nodes = (await resp.json())["result"]["nodes"]
+            if sum(n["num_clients"] for n in nodes) == 0:
+                return
+            await asyncio.sleep(0.1)  # the server offers no event for "all closed"
+    raise RuntimeError("connections did not close within 60 s")
+
+
 async def publish_run(port: int, channel: str, n: int, publishers: int, window: int, server_pid: int,
                       ) -> dict[str, float]:
     """``n`` publications from ``publishers`` connections (a connection's commands run one after another, as
@@ -140,8 +153,10 @@ async def main_async(args: argparse.Namespace) -> int:
         pid = server.proc.pid
         jwts = [jwt.encode({"sub": f"u{i}"}, SECRET, algorithm="HS256") for i in range(args.connections)]
         jwt_result = await connect_storm(server.port, args.connections, args.concurrency, jwts, pid)
+        await drained(server.port)
         proxy_result = await connect_storm(server.port, args.connections, args.concurrency,
                                            [""] * args.connections, pid)
+        await drained(server.port)
         report(f"connect with JWT: {args.connections} connections, {args.concurrency} at a time", jwt_result)
         report("connect through the connect proxy (local aiohttp backend)", proxy_result)
         connect_ratio = proxy_result["connections_per_s"] / jwt_result["connections_per_s"]
