@@ -113,6 +113,12 @@ class MapService:
         return await self.store.remove(channel, self._stream_options(m, client_info=info, key=key, removed=True),
                                        expired_only=expired_only)
 
+    async def unsubscribed(self, client_id: str, channel: str) -> None:
+        """A subscriber left: with ``map.remove_client_on_unsubscribe`` its own entry (key = client id) goes."""
+        ns = self._node.policy.namespace(channel)
+        if ns.subscription_type == "map" and ns.map.remove_client_on_unsubscribe:
+            await self.remove(channel, client_id)
+
     async def _expire_loop(self, interval: float) -> None:
         batch = self._node.config.map_broker.cleanup_batch_size
         while True:

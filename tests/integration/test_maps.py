@@ -23,6 +23,9 @@ MAP_NAMESPACES: dict[str, Any] = {
             {"name": "cursors", "subscription_type": "map", "allow_subscribe_for_client": True,
              "map": {"mode": "ephemeral", "key_ttl": "2s", "client_key": "client_id",
                      "allow_publish_for_client": True, "allow_remove_for_client": True}},
+            {"name": "lobby", "subscription_type": "map", "allow_subscribe_for_client": True,
+             "map": {"mode": "persistent", "client_key": "client_id", "allow_publish_for_subscriber": True,
+                     "remove_client_on_unsubscribe": True}},
             {"name": "polls", "subscription_type": "map", "allow_subscribe_for_client": True,
              "map": {"mode": "durable", "key_ttl": "60s"}},
         ],
@@ -157,6 +160,20 @@ async def test_client_key_and_key_ttl_expiry_arrive_as_removals(server: ServerPr
     assert expired["removed"] is True
     state = await server.api_result("map_publish", {"channel": ch, "key": "k", "data": {}})
     assert state["offset"] > 0
+
+
+async def test_a_leaving_client_takes_its_entry_along(server: ServerProcess, js_factory: JsFactory) -> None:
+    ch = unique_channel("lobby:")
+    watcher = await _connected(server, js_factory, "watcher")
+    guest = await _connected(server, js_factory, "guest")
+    await watcher.call("map_subscribe", channel=ch, wait=True)
+    await guest.call("map_subscribe", channel=ch, wait=True)
+    await guest.call("map_publish", channel=ch, key="ignored", data={"status": "here"})
+    guest_id = guest.events("connected")[0]["client"]
+    assert (await watcher.wait("map_update", channel=ch, key=guest_id))["data"] == {"status": "here"}
+    # remove_client_on_unsubscribe: unsubscribing removes the guest's entry (persistent mode: no TTL would).
+    await guest.call("map_unsubscribe", channel=ch)
+    assert (await watcher.wait("map_update", channel=ch, key=guest_id, removed=True))["removed"] is True
 
 
 async def test_durable_map_recovers_missed_changes_after_resubscribe(server: ServerProcess,
