@@ -34,7 +34,7 @@ from node.broker.tls import client_context
 from node.config import RedisEngineConfig
 from node.errors import ConfigError
 
-SCRIPTS: Final = ("publish", "history", "presence_add", "presence_remove", "presence_get")
+SCRIPTS: Final = ("publish", "history", "presence_add", "presence_remove", "presence_get", "map_publish")
 _RETRIED_ERRORS: Final = ("NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "READONLY",
                           "MASTERDOWN")
 
@@ -54,6 +54,11 @@ class ScriptError(Exception):
 
 
 def _lua(name: str) -> str:
+    if name == "map_publish":
+        # publish.lua between a prologue and an epilogue: a map key's state changes in the same atomic step as
+        # its stream entry (see map_prologue.lua).
+        publish = _lua("publish")
+        return _lua("map_prologue") + publish[:publish.rindex("return")] + _lua("map_epilogue")
     return resources.files("node.broker").joinpath("lua", f"{name}.lua").read_text()
 
 

@@ -32,10 +32,12 @@ FLOORS: dict[str, int] = {
     "node.auth": 0,
     "node.consumers.config": 0,  # a feature's configuration dataclasses sit with the Config that holds them
     "node.proxy.config": 0,
+    "node.maps": 0,  # map subscriptions: their options, state values and page encoding
     # 1: the engine: brokers (memory, Redis, NATS ...), presence, history
     "node.broker": 1,
     "node.recovery": 1,
     "node.metrics": 1,  # Prometheus collectors; names the engine's PUB/SUB error kinds
+    "node.maps.store": 1,  # where map state lives (memory; Redis is node.broker.redis_map)
     # 2: the node's parts: subscriptions, writer, hub (fan-out), control channel
     "node.subscriptions": 2,
     "node.writer": 2,
@@ -46,6 +48,7 @@ FLOORS: dict[str, int] = {
     "node.proxy": 3,
     "node.connections": 3,  # the connections API's survey (describes what the node holds)
     "node.node": 3,
+    "node.maps.service": 3,  # map publish/remove and the map subscribe phases, for Node, the commands and the API
     # 4: the client session: one connection and its commands
     "node.commands": 4,
     "node.client": 4,
