@@ -199,6 +199,23 @@ async def test_durable_map_recovers_missed_changes_after_resubscribe(server: Ser
     assert len([e for e in js.events("map_sync") if e["channel"] == ch]) == 1
 
 
+async def test_ephemeral_map_reloads_the_state_after_resubscribe(server: ServerProcess,
+                                                                 js_factory: JsFactory) -> None:
+    ch = unique_channel("cursors:")
+    await server.api_result("map_publish", {"channel": ch, "key": "a", "data": {"x": 1}})
+    js = await _connected(server, js_factory)
+    await js.call("map_subscribe", channel=ch, wait=True)
+    assert (await js.wait("map_sync", channel=ch))["entries"][0]["key"] == "a"
+    assert next(e for e in js.events("map_subscribed") if e["channel"] == ch)["recoverable"] is not True
+    await js.call("map_unsubscribe", channel=ch)
+    await js.wait("map_unsubscribed", channel=ch)
+    await server.api_result("map_publish", {"channel": ch, "key": "b", "data": {"x": 2}})
+    await js.call("map_subscribe", channel=ch, wait=True)
+    # Not recoverable: the client loads the whole state again instead of catching up.
+    assert _entries(await js.wait("map_sync", channel=ch)) == {"a": {"x": 1}, "b": {"x": 2}}
+    assert [e for e in js.events("map_subscribed") if e["channel"] == ch][-1]["recovered"] is not True
+
+
 async def test_server_api_reads_counts_and_clears_a_map(server: ServerProcess) -> None:
     ch = unique_channel("board:")
     for key in ("a", "b", "c"):
