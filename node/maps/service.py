@@ -138,7 +138,10 @@ class MapService:
 
     async def unsubscribed(self, client_id: str, channel: str) -> None:
         """A subscriber left: with ``map.remove_client_on_unsubscribe`` its own entry (key = client id) goes."""
-        ns = self._node.policy.namespace(channel)
+        try:
+            ns = self._node.policy.namespace(channel)
+        except ReplyError:
+            return  # its namespace went away in a config reload: no map options to follow
         if ns.subscription_type == "map" and ns.map.remove_client_on_unsubscribe:
             await self.remove(channel, client_id)
 
