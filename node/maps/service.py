@@ -203,8 +203,8 @@ class MapService:
             # The first page freezes the position; the following ones carry it back.
             position = StreamPosition(offset, epoch) if epoch else top
             entries, cursor = await self.store.page(channel, _param(params, "cursor", str, ""), limit)
-            return wire.state_page(client.protocol, top.epoch if epoch != top.epoch else epoch, position.offset,
-                                   entries, cursor)
+            # A changed epoch tells the SDK to start over from the first page.
+            return wire.state_page(client.protocol, top.epoch, position.offset, entries, cursor)
         since = StreamPosition(offset, epoch)
         if epoch != top.epoch or offset > top.offset:
             raise ReplyError(ERROR_UNRECOVERABLE_POSITION)
