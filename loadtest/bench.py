@@ -206,12 +206,13 @@ class Spawned:
 class Swarm:
     """Subscribers in their own process (``loadtest.swarm``), driven over a pipe."""
 
-    def __init__(self, target: Target, n: int, channels: list[str], lazy_ms: float) -> None:
+    def __init__(self, target: Target, n: int, channels: list[str], lazy_ms: float, *, map_sub: bool = False) -> None:
+        """``map_sub``: subscribe as map subscribers (type 1, through the STATE and STREAM phases)."""
         ctx = multiprocessing.get_context("spawn")
         self.pipe, child = ctx.Pipe()
         tokens = [jwt.encode({"sub": f"u{i}"}, target.secret, algorithm="HS256") for i in range(n)]
         params = {"kind": target.kind, "host": target.host, "port": target.port, "n": n, "channels": channels,
-                  "tokens": tokens, "lazy_ms": lazy_ms}
+                  "tokens": tokens, "lazy_ms": lazy_ms, "map": map_sub}
         self.proc = ctx.Process(target=swarm_main, args=(child, params), daemon=True)
         self.n = n
 

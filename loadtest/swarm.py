@@ -55,6 +55,9 @@ def _handshake(host: str, port: int, path: str) -> tuple[socket.socket, bytes]:
 def swarm_main(pipe: Connection, params: dict[str, Any]) -> None:
     kind, n, channels = params["kind"], params["n"], params["channels"]
     tokens: list[str] = params["tokens"]
+    # Map subscribers walk the map phases: one STATE page (id 2), then STREAM from its position (id 3) to LIVE.
+    map_sub = bool(params.get("map"))
+    ready_id = b'"id":3' if map_sub else b'"id":2'
     lazy = params["lazy_ms"] / 1000
     marker = b'"pub":' if kind == "fugato" else b'42["msg"'
     path = "/connection/websocket" if kind == "fugato" else "/socket.io/?EIO=4&transport=websocket"
@@ -73,8 +76,9 @@ def swarm_main(pipe: Connection, params: dict[str, Any]) -> None:
             ep.register(sock.fileno(), select.EPOLLIN)
             if kind == "fugato":
                 channel = channels[i % len(channels)]
+                sub: dict[str, Any] = {"channel": channel, "type": 1, "phase": 2} if map_sub else {"channel": channel}
                 sock.send(_frame(json.dumps({"id": 1, "connect": {"token": tokens[i]}}).encode() + b"\n"
-                                 + json.dumps({"id": 2, "subscribe": {"channel": channel}}).encode()))
+                                 + json.dumps({"id": 2, "subscribe": sub}).encode()))
     except OSError as e:
         pipe.send({"error": f"connect failed after {len(conns)} connections: {e}"})
         return
@@ -86,7 +90,14 @@ def swarm_main(pipe: Connection, params: dict[str, Any]) -> None:
         if kind == "fugato":
             if payload.startswith(b"{}") or b"\n{}" in payload:
                 sock.send(_frame(b"{}"))  # pong
-            if b'"id":2' in payload:
+            if map_sub and b'"id":2' in payload:
+                for line in payload.split(b"\n"):
+                    if line.startswith(b'{"id":2,'):
+                        page = json.loads(line)["subscribe"]
+                        sub = {"channel": channels[conn.index % len(channels)], "type": 1, "phase": 1,
+                               "offset": page.get("offset", 0), "epoch": page["epoch"]}
+                        sock.send(_frame(json.dumps({"id": 3, "subscribe": sub}).encode()))
+            if ready_id in payload:
                 ready += 1
         elif payload.startswith(b"0{"):
             sock.send(_frame(b"40"))

@@ -41,6 +41,7 @@ from node.node import Node
 from node.protocol import codec, proto
 from node.protocol.codec import Codec
 from node.proxy import hooks
+from node.proxy.types import RefreshResult, SubRefreshResult
 from node.subscriptions import ChannelState
 from node.transport import Transport
 
@@ -392,7 +393,7 @@ class Client:
             await self.close(e.disconnect)
             return
         except ReplyError:
-            result = hooks.RefreshResult(expired=True)
+            result = RefreshResult(expired=True)
         finally:
             self._refreshing = False
         if result.expired or (result.expire_at and result.expire_at <= time.time()):
@@ -435,7 +436,7 @@ class Client:
         try:
             result = await hooks.sub_refresh(self, proxy, channel)
         except (ReplyError, DisconnectError):
-            result = hooks.SubRefreshResult(expired=True)
+            result = SubRefreshResult(expired=True)
         if result.expired or (result.expire_at and result.expire_at <= time.time()):
             state.expire_at = 1  # long past: unsubscribed below without further grace
             return False

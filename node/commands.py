@@ -178,6 +178,8 @@ async def subscribe(client: Connection, cmd: codec.Command) -> bytes | None:
     node = client.node
     params = cmd.params
     channel = _channel(params)
+    if params.get("type") or node.policy.namespace(channel).subscription_type != "stream":
+        return await node.maps.subscribe(client, cmd)  # map subscriptions walk their own phases
     since = _since(params)  # validated before any permission check, as centrifuge's decoder does
     reject_unrecovered = bool(_int(params, "flag") & FLAG_REJECT_UNRECOVERED)
     delta = _str(params, "delta")
@@ -220,6 +222,8 @@ async def unsubscribe(client: Connection, cmd: codec.Command) -> bytes:
 async def publish(client: Connection, cmd: codec.Command) -> bytes:
     node = client.node
     channel = _channel(cmd.params)
+    if cmd.params.get("type"):
+        return await node.maps.client_publish(client, cmd)
     data = cmd.data  # the payload as the client sent it: stored and delivered byte for byte
     if data is None or data in (b'""',):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from node.consumers.config import ConsumerConfig, check_unique_names
 from node.errors import ConfigError
+from node.maps.options import MapBrokerConfig, MapOptions, check_map_engine
 from node.proxy.config import (
     ChannelProxyContainer,
     ClientProxyContainer,
@@ -346,6 +347,8 @@ class ChannelOptions:
     subscribe_stream_proxy_enabled: bool = False
     subscribe_stream_proxy_name: str = "default"
     subscribe_stream_proxy_bidirectional: bool = False
+    subscription_type: str = "stream"  # "map": a keyed state channel (node/maps/)
+    map: MapOptions = MapOptions()
 
     @property
     def history_enabled(self) -> bool:
@@ -374,6 +377,7 @@ class ChannelOptions:
                 re.compile(self.channel_regex)
             except re.error as e:
                 raise ConfigError(f"{where}: invalid channel_regex: {e}") from e
+        self.map.validate(where, self.subscription_type)
 
 
 NAMESPACE_NAME_RE: Final = re.compile(r"^[-a-zA-Z0-9_.]{2,}$")
@@ -611,6 +615,7 @@ class Config:
     engine: EngineConfig = EngineConfig()
     broker: BrokerConfig = BrokerConfig()
     presence_manager: PresenceManagerConfig = PresenceManagerConfig()
+    map_broker: MapBrokerConfig = MapBrokerConfig()
     client: ClientConfig = ClientConfig()
     channel: ChannelConfig = ChannelConfig()
     rpc: RpcConfig = RpcConfig()
@@ -636,6 +641,8 @@ class Config:
     def __post_init__(self) -> None:
         check_unique_names(self.consumers)
         check_personal_channel(self.client.subscribe_to_user_personal_channel, self.channel)
+        check_map_engine(self.broker.type if self.broker.enabled else self.engine.type,
+                         (self.channel.without_namespace, *self.channel.namespaces))
 
 
 def check_personal_channel(personal: SubscribeToUserPersonalChannel, channel: ChannelConfig) -> None:

@@ -60,6 +60,9 @@ class Publication:
     prev_data: bytes | None = None
     # The concrete channel of a publication delivered to a wildcard subscription (NATS broker), else "".
     channel: str = ""
+    # Map channels (node/maps/): the entry's key, and whether this change removed it.
+    key: str = ""
+    removed: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +77,8 @@ class PublishOptions:
     idempotency_key: str = ""
     idempotent_result_ttl: float = 300.0
     use_delta: bool = False
+    key: str = ""  # map channels: the entry this publication sets or (``removed``) removes
+    removed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

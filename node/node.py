@@ -34,6 +34,7 @@ from node.errors import (
     Unsubscribe,
 )
 from node.hub import Hub
+from node.maps.service import MapService
 from node.metrics import Metrics
 from node.models import (
     ChannelStat,
@@ -141,6 +142,7 @@ class Node(BrokerEventHandler):
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
+        self.maps = MapService(self)
 
     async def start(self) -> None:
         await self._engine.broker.start(self)
@@ -148,6 +150,7 @@ class Node(BrokerEventHandler):
         await self.controller.start()
         if self.leave_events is not None:
             await self.leave_events.start()
+        await self.maps.start()
 
     async def shutdown(self, timeout: float) -> None:
         """Disconnect every client with 3001 "shutdown" (they reconnect elsewhere), then close the engine."""
@@ -157,6 +160,7 @@ class Node(BrokerEventHandler):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.subscriptions.close()
+        await self.maps.close()
         if self.leave_events is not None:
             # Before the control channel says goodbye: peers send what is still undelivered only after that.
             await self.leave_events.close(self.config.shutdown.timeout)

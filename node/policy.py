@@ -265,6 +265,17 @@ class Policy:
             raise ReplyError(ERROR_BAD_REQUEST)
         return ns
 
+    def check_map_write(self, client: Peer, channel: str, *, remove: bool) -> ChannelOptions:
+        """Permission for a client's map publish (or remove) by the namespace's ``map`` options."""
+        ns, m = self.namespace(channel), self.namespace(channel).map
+        if remove:
+            self._require(client, channel, m.allow_remove_for_client, m.allow_remove_for_subscriber,
+                          m.allow_remove_for_anonymous)
+        else:
+            self._require(client, channel, m.allow_publish_for_client, m.allow_publish_for_subscriber,
+                          m.allow_publish_for_anonymous)
+        return ns
+
     def check_history(self, client: Peer, channel: str) -> ChannelOptions:
         ns = self.namespace(channel)
         self._check_read(client, channel, ns.history_enabled, ns.allow_history_for_client,

@@ -136,6 +136,7 @@ class Executor:
             "presence": self.presence, "presence_stats": self.presence_stats, "history": self.history,
             "history_remove": self.history_remove, "channels": self.channels, "info": self.info, "rpc": self.rpc,
             "batch": self.batch, "connections": self.connections,
+            "map_publish": self.map_publish, "map_remove": self.map_remove,
         }
         self._options: dict[tuple[int, bool, bool], tuple[ChannelOptions, PublishOptions]] = {}
 
@@ -251,6 +252,16 @@ class Executor:
         if shared:
             self._options[key] = (ns, opts)
         return opts
+
+    async def map_publish(self, p: Params) -> bytes:
+        channel, key, data = _str(p, "channel", required=True), _str(p, "key", required=True), _raw(p, "data")
+        if data is None:
+            raise _bad()
+        return publish_reply(await self.node.maps.publish(channel, key, data, tags=_tags(p)))
+
+    async def map_remove(self, p: Params) -> bytes:
+        channel, key = _str(p, "channel", required=True), _str(p, "key", required=True)
+        return publish_reply(await self.node.maps.remove(channel, key))
 
     async def broadcast(self, p: Params) -> bytes:
         channels = p.get("channels")

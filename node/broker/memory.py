@@ -109,7 +109,7 @@ class MemoryBroker(Broker):
             prev = stream.pubs[-1] if stream.pubs else None
             stream.top += 1
             pub = Publication(data=data, offset=stream.top, info=opts.client_info, tags=opts.tags,
-                              delta=opts.use_delta,
+                              delta=opts.use_delta, key=opts.key, removed=opts.removed,
                               prev_data=prev.data if prev is not None and prev.offset == stream.top - 1 else None)
             stream.pubs.append(pub)
             while len(stream.pubs) > opts.history_size:
@@ -118,7 +118,7 @@ class MemoryBroker(Broker):
             stream.meta_expire_at = now + self._meta_ttl(opts.history_meta_ttl)
             position = StreamPosition(stream.top, stream.epoch)
         else:
-            pub = Publication(data=data, info=opts.client_info, tags=opts.tags)
+            pub = Publication(data=data, info=opts.client_info, tags=opts.tags, key=opts.key, removed=opts.removed)
             position = StreamPosition()
         result = PublishResult(position)
         if opts.idempotency_key:

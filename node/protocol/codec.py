@@ -130,6 +130,8 @@ def encode_publication(pub: Publication, data: bytes | None = None, *, delta: bo
         out += b',"delta":true'
     if pub.channel:
         out += b',"channel":' + orjson.dumps(pub.channel)
+    if pub.key:
+        out += b',"key":' + orjson.dumps(pub.key) + (b',"removed":true' if pub.removed else b"")
     return out + b"}"
 
 
@@ -205,7 +207,7 @@ def encode_subscribe_result(opts: SubscribeOptions, start: StreamStart | None, t
         fields["was_recovering"] = start.was_recovering
         fields["delta"] = opts.delta
         if start.publications:
-            _check_json(start.publications)
+            check_json(start.publications)
             if opts.delta:
                 raw_fields["publications"] = b"[" + b",".join(
                     encode_publication(p, data=json_string(p.data)) for p in start.publications) + b"]"
@@ -227,7 +229,7 @@ def json_string(data: bytes) -> bytes:
     return orjson.dumps(data.decode("utf-8", "replace"))
 
 
-def _check_json(pubs: Iterable[Publication]) -> None:
+def check_json(pubs: Iterable[Publication]) -> None:
     """A reply holding a binary payload cannot be written as JSON: centrifuge closes such a client with 3506."""
     if not all(is_json(p.data) for p in pubs):
         raise DisconnectError(DISCONNECT_INAPPROPRIATE_PROTOCOL)
@@ -326,7 +328,7 @@ class JsonCodec:
 
     @staticmethod
     def history_result(pubs: Sequence[Publication], position: StreamPosition) -> bytes:
-        _check_json(pubs)
+        check_json(pubs)
         return b'{"publications":%s,"epoch":%s,"offset":%d}' % (
             encode_publications(pubs), orjson.dumps(position.epoch), position.offset)
 

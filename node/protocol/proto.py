@@ -147,9 +147,11 @@ def _fill_publication(out: pb.Publication, pub: Publication, data: bytes | None 
         _client_info(out.info, pub.info)
     if delta:
         out.delta = True
+    if pub.key:
+        out.key, out.removed = pub.key, pub.removed
 
 
-def _fill_publications(out: Any, pubs: Iterable[Publication]) -> None:
+def fill_publications(out: Any, pubs: Iterable[Publication]) -> None:
     # A delta subscriber's recovered publications are full payloads too (the SDK's base for later patches).
     for p in pubs:
         _fill_publication(out.add(), p)
@@ -166,7 +168,7 @@ def _subscribe_result(opts: SubscribeOptions, start: StreamStart | None, ttl: in
         res.epoch, res.offset = start.top.epoch, start.reply_offset
         res.positioned, res.recovered, res.was_recovering = True, start.recovered, start.was_recovering
         res.delta = opts.delta
-        _fill_publications(res.publications, start.publications)
+        fill_publications(res.publications, start.publications)
     return res
 
 
@@ -286,7 +288,7 @@ class ProtobufCodec:
     @staticmethod
     def history_result(pubs: Sequence[Publication], position: StreamPosition) -> bytes:
         res = pb.HistoryResult(epoch=position.epoch, offset=position.offset)
-        _fill_publications(res.publications, pubs)
+        fill_publications(res.publications, pubs)
         return res.SerializeToString()
 
     @staticmethod

@@ -8,26 +8,15 @@ no usable answer; ``ProxyCaller`` (caller.py) turns the latter into the client's
 
 from __future__ import annotations
 
+import base64
 import ssl
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from node.errors import ConfigError
+from node.proxy import types as pt
 from node.proxy.config import ProxyTlsConfig
-from node.proxy.types import (
-    ConnectRequest,
-    ConnectResult,
-    PublishRequest,
-    PublishResult,
-    RefreshRequest,
-    RefreshResult,
-    RPCRequest,
-    RPCResult,
-    SubRefreshRequest,
-    SubRefreshResult,
-    SubscribeRequest,
-    SubscribeResult,
-)
 
 
 class ProxyBackend(Protocol):
@@ -36,12 +25,12 @@ class ProxyBackend(Protocol):
     @property
     def kind(self) -> str: ...  # "http" | "grpc" | "python": the metric label
 
-    async def connect(self, req: ConnectRequest) -> ConnectResult | None: ...
-    async def refresh(self, req: RefreshRequest) -> RefreshResult | None: ...
-    async def subscribe(self, req: SubscribeRequest) -> SubscribeResult: ...
-    async def publish(self, req: PublishRequest) -> PublishResult: ...
-    async def rpc(self, req: RPCRequest) -> RPCResult: ...
-    async def sub_refresh(self, req: SubRefreshRequest) -> SubRefreshResult: ...
+    async def connect(self, req: pt.ConnectRequest) -> pt.ConnectResult | None: ...
+    async def refresh(self, req: pt.RefreshRequest) -> pt.RefreshResult | None: ...
+    async def subscribe(self, req: pt.SubscribeRequest) -> pt.SubscribeResult: ...
+    async def publish(self, req: pt.PublishRequest) -> pt.PublishResult: ...
+    async def rpc(self, req: pt.RPCRequest) -> pt.RPCResult: ...
+    async def sub_refresh(self, req: pt.SubRefreshRequest) -> pt.SubRefreshResult: ...
     async def close(self) -> None: ...
 
 
@@ -65,3 +54,21 @@ def client_ssl_context(tls: ProxyTlsConfig) -> ssl.SSLContext:
         # ssl loads a certificate chain from files only: PEM text is given as the path it came from.
         ctx.load_cert_chain(tls.cert_pem, tls.key_pem)
     return ctx
+
+
+def request_body(req: pt.ProxyRequest, data: bytes | None, *, binary: bool, raw: Callable[[bytes], Any],
+                 ) -> dict[str, Any]:
+    """The fields every request carries plus its payload (``data``, or ``b64data`` with binary_encoding);
+    ``raw`` puts JSON bytes on the wire (``orjson.Fragment`` for HTTP, the bytes themselves for GRPC)."""
+    body: dict[str, Any] = {"client": req.client, "transport": req.transport, "protocol": req.protocol,
+                            "encoding": req.encoding}
+    if req.user:
+        body["user"] = req.user
+    if req.meta is not None:
+        body["meta"] = raw(req.meta)
+    if data is not None:
+        if binary:
+            body["b64data"] = base64.b64encode(data).decode()
+        else:
+            body["data"] = raw(data)
+    return body

@@ -14,27 +14,11 @@ import grpc
 
 from node.auth.jwt import SubscribeOverride
 from node.errors import Disconnect, DisconnectError, Error, ReplyError
-from node.proxy.base import ProxyBackend, pem_text
+from node.proxy import types as pt
+from node.proxy.base import ProxyBackend, pem_text, request_body
 from node.proxy.config import ProxyConfig
 from node.proxy.proto import proxy_pb2 as pb
 from node.proxy.proto import proxy_pb2_grpc as pb_grpc
-from node.proxy.types import (
-    ConnectRequest,
-    ConnectResult,
-    ProxyCallError,
-    ProxyRequest,
-    PublishRequest,
-    PublishResult,
-    RefreshRequest,
-    RefreshResult,
-    RPCRequest,
-    RPCResult,
-    SubRefreshRequest,
-    SubRefreshResult,
-    SubscribeOptionsResult,
-    SubscribeRequest,
-    SubscribeResult,
-)
 
 
 def _target(endpoint: str) -> str:
@@ -76,84 +60,72 @@ class GrpcProxy(ProxyBackend):
         if self._channel is not None:
             await self._channel.close()
 
-    async def _call(self, method: Callable[..., Awaitable[Any]], req: ProxyRequest, message: Any) -> Any:
+    async def _call(self, method: Callable[..., Awaitable[Any]], req: pt.ProxyRequest, message: Any) -> Any:
         metadata = [*self._static, *((k.lower(), v) for k, v in req.headers.items())]
         try:
             response = await method(message, timeout=self.config.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as e:
             code = e.code()
             if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise ProxyCallError("timeout", f"no answer within {self.config.timeout}s") from None
+                raise pt.ProxyCallError("timeout", f"no answer within {self.config.timeout}s") from None
             if code is grpc.StatusCode.UNAVAILABLE:
-                raise ProxyCallError("unavailable", e.details() or "unavailable") from None
-            raise ProxyCallError("bad_status", f"GRPC {code.name}: {e.details()}") from None
+                raise pt.ProxyCallError("unavailable", e.details() or "unavailable") from None
+            raise pt.ProxyCallError("bad_status", f"GRPC {code.name}: {e.details()}") from None
         if response.HasField("disconnect"):
             raise DisconnectError(Disconnect(response.disconnect.code, response.disconnect.reason))
         if response.HasField("error"):
             raise ReplyError(Error(response.error.code, response.error.message, response.error.temporary))
         return response
 
-    def _base(self, req: ProxyRequest) -> dict[str, Any]:
-        base: dict[str, Any] = {"client": req.client, "transport": req.transport, "protocol": req.protocol,
-                                "encoding": req.encoding, "user": req.user}
-        if req.meta is not None:
-            base["meta"] = req.meta
-        return base
+    def _body(self, req: pt.ProxyRequest, data: bytes | None = None) -> dict[str, Any]:
+        return request_body(req, data, binary=self.config.binary_encoding, raw=bytes)
 
-    def _data(self, base: dict[str, Any], data: bytes | None) -> dict[str, Any]:
-        if data is not None:
-            if self.config.binary_encoding:
-                base["b64data"] = base64.b64encode(data).decode()
-            else:
-                base["data"] = data
-        return base
-
-    async def connect(self, req: ConnectRequest) -> ConnectResult | None:
-        base = self._data(self._base(req), req.data)
-        del base["user"]
+    async def connect(self, req: pt.ConnectRequest) -> pt.ConnectResult | None:
+        base = self._body(req, req.data)
+        base.pop("user", None)
         msg = pb.ConnectRequest(name=req.name, version=req.version, channels=req.channels, **base)
         resp = await self._call(self._client().Connect, req, msg)
         if not resp.HasField("result"):
             return None
         r = resp.result
-        return ConnectResult(user=r.user, expire_at=r.expire_at, info=_bytes(r.info, r.b64info),
+        return pt.ConnectResult(user=r.user, expire_at=r.expire_at, info=_bytes(r.info, r.b64info),
                              data=_bytes(r.data, r.b64data), channels=tuple(r.channels), meta=r.meta or None,
                              subs={ch: _sub_options(o) for ch, o in r.subs.items()})
 
-    async def refresh(self, req: RefreshRequest) -> RefreshResult | None:
-        resp = await self._call(self._client().Refresh, req, pb.RefreshRequest(**self._base(req)))
+    async def refresh(self, req: pt.RefreshRequest) -> pt.RefreshResult | None:
+        resp = await self._call(self._client().Refresh, req, pb.RefreshRequest(**self._body(req)))
         if not resp.HasField("result"):
             return None
         r = resp.result
-        return RefreshResult(expired=r.expired, expire_at=r.expire_at, info=_bytes(r.info, r.b64info),
+        return pt.RefreshResult(expired=r.expired, expire_at=r.expire_at, info=_bytes(r.info, r.b64info),
                              meta=r.meta or None)
 
-    async def subscribe(self, req: SubscribeRequest) -> SubscribeResult:
-        msg = pb.SubscribeRequest(channel=req.channel, token=req.token, **self._data(self._base(req), req.data))
+    async def subscribe(self, req: pt.SubscribeRequest) -> pt.SubscribeResult:
+        msg = pb.SubscribeRequest(channel=req.channel, token=req.token, **self._body(req, req.data))
         r = (await self._call(self._client().Subscribe, req, msg)).result
         opts = _sub_options(r)
-        return SubscribeResult(expire_at=opts.expire_at, info=opts.info, data=opts.data, override=opts.override)
+        return pt.SubscribeResult(expire_at=opts.expire_at, info=opts.info, data=opts.data, override=opts.override)
 
-    async def publish(self, req: PublishRequest) -> PublishResult:
-        msg = pb.PublishRequest(channel=req.channel, **self._data(self._base(req), req.data))
+    async def publish(self, req: pt.PublishRequest) -> pt.PublishResult:
+        msg = pb.PublishRequest(channel=req.channel, **self._body(req, req.data))
         resp = await self._call(self._client().Publish, req, msg)
         r = resp.result
         data = _bytes(r.data, r.b64data) if resp.HasField("result") else None
-        return PublishResult(data=data, skip_history=r.skip_history, tags=dict(r.tags) or None,
+        return pt.PublishResult(data=data, skip_history=r.skip_history, tags=dict(r.tags) or None,
                              idempotency_key=r.idempotency_key, delta=r.delta)
 
-    async def rpc(self, req: RPCRequest) -> RPCResult:
-        msg = pb.RPCRequest(method=req.method, **self._data(self._base(req), req.data))
+    async def rpc(self, req: pt.RPCRequest) -> pt.RPCResult:
+        msg = pb.RPCRequest(method=req.method, **self._body(req, req.data))
         r = (await self._call(self._client().RPC, req, msg)).result
-        return RPCResult(data=_bytes(r.data, r.b64data))
+        return pt.RPCResult(data=_bytes(r.data, r.b64data))
 
-    async def sub_refresh(self, req: SubRefreshRequest) -> SubRefreshResult:
-        msg = pb.SubRefreshRequest(channel=req.channel, **self._base(req))
+    async def sub_refresh(self, req: pt.SubRefreshRequest) -> pt.SubRefreshResult:
+        msg = pb.SubRefreshRequest(channel=req.channel, **self._body(req))
         resp = await self._call(self._client().SubRefresh, req, msg)
         if not resp.HasField("result"):
-            return SubRefreshResult(expired=True)
+            return pt.SubRefreshResult(expired=True)
         r = resp.result
-        return SubRefreshResult(expired=r.expired, expire_at=r.expire_at, info=_bytes(r.info, r.b64info))
+        return pt.SubRefreshResult(expired=r.expired, expire_at=r.expire_at, info=_bytes(r.info, r.b64info))
 
 
 def _bytes(raw: bytes, b64: str) -> bytes | None:
@@ -161,11 +133,11 @@ def _bytes(raw: bytes, b64: str) -> bytes | None:
         try:
             return base64.b64decode(b64, validate=True)
         except ValueError:
-            raise ProxyCallError("bad_response", "b64 field is not base64") from None
+            raise pt.ProxyCallError("bad_response", "b64 field is not base64") from None
     return raw or None
 
 
-def _sub_options(o: Any) -> SubscribeOptionsResult:
+def _sub_options(o: Any) -> pt.SubscribeOptionsResult:
     override = None
     if o.HasField("override"):
         v = o.override
@@ -177,5 +149,5 @@ def _sub_options(o: Any) -> SubscribeOptionsResult:
                                      force_push_join_leave=flag("force_push_join_leave"),
                                      force_positioning=flag("force_positioning"),
                                      force_recovery=flag("force_recovery"))
-    return SubscribeOptionsResult(expire_at=o.expire_at, info=_bytes(o.info, o.b64info),
+    return pt.SubscribeOptionsResult(expire_at=o.expire_at, info=_bytes(o.info, o.b64info),
                                   data=_bytes(o.data, o.b64data), override=override)

@@ -9,20 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from node.errors import DISCONNECT_BAD_REQUEST, DisconnectError
 from node.protocol import codec
-from node.proxy.types import (
-    ConnectRequest,
-    ConnectResult,
-    PublishRequest,
-    PublishResult,
-    RefreshRequest,
-    RefreshResult,
-    RPCRequest,
-    RPCResult,
-    SubRefreshRequest,
-    SubRefreshResult,
-    SubscribeRequest,
-    SubscribeResult,
-)
+from node.proxy import types as pt
 
 if TYPE_CHECKING:
     from node.proxy.manager import Proxy, ProxyClient
@@ -30,8 +17,7 @@ if TYPE_CHECKING:
 # A refresh that fails (backend down) gives the connection or subscription this much more time, as Centrifugo.
 RETRY_REFRESH_AFTER: Final = 60
 
-__all__ = ("ConnectResult", "RefreshResult", "SubRefreshResult", "connect", "publish", "refresh", "rpc", "sub_refresh",
-           "subscribe")
+__all__ = ("connect", "publish", "refresh", "rpc", "sub_refresh", "subscribe")
 
 
 def payload(params: Mapping[str, Any], key: str = "data") -> bytes | None:
@@ -49,43 +35,43 @@ def _str(params: Mapping[str, Any], key: str) -> str:
     return value
 
 
-async def connect(client: ProxyClient, proxy: Proxy, params: Mapping[str, Any]) -> ConnectResult | None:
+async def connect(client: ProxyClient, proxy: Proxy, params: Mapping[str, Any]) -> pt.ConnectResult | None:
     channels = params.get("channels") or ()
     if not isinstance(channels, list | tuple) or not all(isinstance(c, str) for c in channels):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
-    req = ConnectRequest(**proxy.request_fields(client), data=payload(params), name=_str(params, "name"),
+    req = pt.ConnectRequest(**proxy.request_fields(client), data=payload(params), name=_str(params, "name"),
                          version=_str(params, "version"), channels=tuple(channels))
     return await proxy.call("connect", proxy.backend.connect, req)
 
 
-async def refresh(client: ProxyClient, proxy: Proxy) -> RefreshResult:
+async def refresh(client: ProxyClient, proxy: Proxy) -> pt.RefreshResult:
     """The server-side refresh of an expiring connection; no result from the backend means expired."""
-    req = RefreshRequest(**proxy.request_fields(client))
+    req = pt.RefreshRequest(**proxy.request_fields(client))
     result = await proxy.call("refresh", proxy.backend.refresh, req, _refresh_later)
-    return result if result is not None else RefreshResult(expired=True)
+    return result if result is not None else pt.RefreshResult(expired=True)
 
 
-def _refresh_later() -> RefreshResult:
-    return RefreshResult(expire_at=int(time.time()) + RETRY_REFRESH_AFTER)
+def _refresh_later() -> pt.RefreshResult:
+    return pt.RefreshResult(expire_at=int(time.time()) + RETRY_REFRESH_AFTER)
 
 
-async def subscribe(client: ProxyClient, proxy: Proxy, channel: str, params: Mapping[str, Any]) -> SubscribeResult:
-    req = SubscribeRequest(**proxy.request_fields(client), channel=channel, token=_str(params, "token"),
+async def subscribe(client: ProxyClient, proxy: Proxy, channel: str, params: Mapping[str, Any]) -> pt.SubscribeResult:
+    req = pt.SubscribeRequest(**proxy.request_fields(client), channel=channel, token=_str(params, "token"),
                            data=payload(params))
     return await proxy.call("subscribe", proxy.backend.subscribe, req)
 
 
-async def publish(client: ProxyClient, proxy: Proxy, channel: str, data: bytes) -> PublishResult:
-    req = PublishRequest(**proxy.request_fields(client), channel=channel, data=data)
+async def publish(client: ProxyClient, proxy: Proxy, channel: str, data: bytes) -> pt.PublishResult:
+    req = pt.PublishRequest(**proxy.request_fields(client), channel=channel, data=data)
     return await proxy.call("publish", proxy.backend.publish, req)
 
 
-async def rpc(client: ProxyClient, proxy: Proxy, method: str, data: bytes | None) -> RPCResult:
-    req = RPCRequest(**proxy.request_fields(client), method=method, data=data)
+async def rpc(client: ProxyClient, proxy: Proxy, method: str, data: bytes | None) -> pt.RPCResult:
+    req = pt.RPCRequest(**proxy.request_fields(client), method=method, data=data)
     return await proxy.call("rpc", proxy.backend.rpc, req)
 
 
-async def sub_refresh(client: ProxyClient, proxy: Proxy, channel: str) -> SubRefreshResult:
-    req = SubRefreshRequest(**proxy.request_fields(client), channel=channel)
+async def sub_refresh(client: ProxyClient, proxy: Proxy, channel: str) -> pt.SubRefreshResult:
+    req = pt.SubRefreshRequest(**proxy.request_fields(client), channel=channel)
     return await proxy.call("sub_refresh", proxy.backend.sub_refresh, req,
-                                          lambda: SubRefreshResult(expire_at=int(time.time()) + RETRY_REFRESH_AFTER))
+                                          lambda: pt.SubRefreshResult(expire_at=int(time.time()) + RETRY_REFRESH_AFTER))

@@ -18,25 +18,9 @@ import orjson
 
 from node.auth.jwt import SubscribeOverride
 from node.errors import Disconnect, DisconnectError, Error, ReplyError
-from node.proxy.base import ProxyBackend, client_ssl_context
+from node.proxy import types as pt
+from node.proxy.base import ProxyBackend, client_ssl_context, request_body
 from node.proxy.config import ProxyConfig
-from node.proxy.types import (
-    ConnectRequest,
-    ConnectResult,
-    ProxyCallError,
-    ProxyRequest,
-    PublishRequest,
-    PublishResult,
-    RefreshRequest,
-    RefreshResult,
-    RPCRequest,
-    RPCResult,
-    SubRefreshRequest,
-    SubRefreshResult,
-    SubscribeOptionsResult,
-    SubscribeRequest,
-    SubscribeResult,
-)
 
 # Connections kept per backend: enough for a connect storm without a socket per call.
 POOL_SIZE = 256
@@ -67,7 +51,7 @@ class HttpProxy(ProxyBackend):
         if self._session is not None:
             await self._session.close()
 
-    async def post(self, req: ProxyRequest, body: dict[str, Any]) -> dict[str, Any] | None:
+    async def post(self, req: pt.ProxyRequest, body: dict[str, Any]) -> dict[str, Any] | None:
         """POST one request; the response's ``result`` (None if absent), or the backend's refusal raised."""
         headers = dict(self.config.http.static_headers)
         headers.update(req.headers)
@@ -80,90 +64,76 @@ class HttpProxy(ProxyBackend):
                     raise self._status_error(resp.status)
                 raw = await resp.read()
         except TimeoutError:
-            raise ProxyCallError("timeout", f"no answer within {self.config.timeout}s") from None
+            raise pt.ProxyCallError("timeout", f"no answer within {self.config.timeout}s") from None
         except aiohttp.ClientError as e:
-            raise ProxyCallError("unavailable", str(e) or type(e).__name__) from None
+            raise pt.ProxyCallError("unavailable", str(e) or type(e).__name__) from None
         return answer(raw)
 
-    def _status_error(self, status: int) -> ProxyCallError:
+    def _status_error(self, status: int) -> pt.ProxyCallError:
         t = self._transforms.get(status)
         reply: Exception | None = None
         if t is not None and t.to_error.code:
             reply = ReplyError(Error(t.to_error.code, t.to_error.message, t.to_error.temporary))
         elif t is not None and t.to_disconnect.code:
             reply = DisconnectError(Disconnect(t.to_disconnect.code, t.to_disconnect.reason))
-        return ProxyCallError("bad_status", f"HTTP {status}", reply)
+        return pt.ProxyCallError("bad_status", f"HTTP {status}", reply)
 
     # --- hooks --------------------------------------------------------------------------------------------
 
-    def _base(self, req: ProxyRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {"client": req.client, "transport": req.transport, "protocol": req.protocol,
-                                "encoding": req.encoding}
-        if req.user:
-            body["user"] = req.user
-        if req.meta is not None:
-            body["meta"] = orjson.Fragment(req.meta)
-        return body
+    def _body(self, req: pt.ProxyRequest, data: bytes | None = None) -> dict[str, Any]:
+        return request_body(req, data, binary=self.config.binary_encoding, raw=orjson.Fragment)
 
-    def _payload(self, body: dict[str, Any], data: bytes | None) -> dict[str, Any]:
-        if data is not None:
-            if self.config.binary_encoding:
-                body["b64data"] = base64.b64encode(data).decode()
-            else:
-                body["data"] = orjson.Fragment(data)
-        return body
-
-    async def connect(self, req: ConnectRequest) -> ConnectResult | None:
-        body = self._payload(self._base(req), req.data)
+    async def connect(self, req: pt.ConnectRequest) -> pt.ConnectResult | None:
+        body = self._body(req, req.data)
         body.update((k, v) for k, v in (("name", req.name), ("version", req.version),
                                         ("channels", list(req.channels))) if v)
         r = await self.post(req, body)
         if r is None:
             return None
         subs = _field(r, "subs", dict, {})
-        return ConnectResult(
+        return pt.ConnectResult(
             user=_field(r, "user", str, ""), expire_at=_field(r, "expire_at", int, 0), info=payload(r, "info"),
             data=payload(r, "data"), channels=tuple(_field(r, "channels", list, [])), meta=raw_json(r, "meta"),
             subs={ch: _sub_options(opts) for ch, opts in subs.items()})
 
-    async def refresh(self, req: RefreshRequest) -> RefreshResult | None:
-        r = await self.post(req, self._base(req))
+    async def refresh(self, req: pt.RefreshRequest) -> pt.RefreshResult | None:
+        r = await self.post(req, self._body(req))
         if r is None:
             return None
-        return RefreshResult(expired=_field(r, "expired", bool, False), expire_at=_field(r, "expire_at", int, 0),
+        return pt.RefreshResult(expired=_field(r, "expired", bool, False), expire_at=_field(r, "expire_at", int, 0),
                              info=payload(r, "info"), meta=raw_json(r, "meta"))
 
-    async def subscribe(self, req: SubscribeRequest) -> SubscribeResult:
-        body = self._payload(self._base(req), req.data)
+    async def subscribe(self, req: pt.SubscribeRequest) -> pt.SubscribeResult:
+        body = self._body(req, req.data)
         body["channel"] = req.channel
         if req.token:
             body["token"] = req.token
         r = await self.post(req, body) or {}
         opts = _sub_options(r)
-        return SubscribeResult(expire_at=opts.expire_at, info=opts.info, data=opts.data, override=opts.override)
+        return pt.SubscribeResult(expire_at=opts.expire_at, info=opts.info, data=opts.data, override=opts.override)
 
-    async def publish(self, req: PublishRequest) -> PublishResult:
-        body = self._payload(self._base(req), req.data)
+    async def publish(self, req: pt.PublishRequest) -> pt.PublishResult:
+        body = self._body(req, req.data)
         body["channel"] = req.channel
         r = await self.post(req, body) or {}
         tags = _field(r, "tags", dict, None)
-        return PublishResult(data=payload(r, "data"), skip_history=_field(r, "skip_history", bool, False),
+        return pt.PublishResult(data=payload(r, "data"), skip_history=_field(r, "skip_history", bool, False),
                              tags=tags, idempotency_key=_field(r, "idempotency_key", str, ""),
                              delta=_field(r, "delta", bool, False))
 
-    async def rpc(self, req: RPCRequest) -> RPCResult:
-        body = self._payload(self._base(req), req.data)
+    async def rpc(self, req: pt.RPCRequest) -> pt.RPCResult:
+        body = self._body(req, req.data)
         body["method"] = req.method
         r = await self.post(req, body) or {}
-        return RPCResult(data=payload(r, "data"))
+        return pt.RPCResult(data=payload(r, "data"))
 
-    async def sub_refresh(self, req: SubRefreshRequest) -> SubRefreshResult:
-        body = self._base(req)
+    async def sub_refresh(self, req: pt.SubRefreshRequest) -> pt.SubRefreshResult:
+        body = self._body(req)
         body["channel"] = req.channel
         r = await self.post(req, body)
         if r is None:
-            return SubRefreshResult(expired=True)
-        return SubRefreshResult(expired=_field(r, "expired", bool, False), expire_at=_field(r, "expire_at", int, 0),
+            return pt.SubRefreshResult(expired=True)
+        return pt.SubRefreshResult(expired=_field(r, "expired", bool, False), expire_at=_field(r, "expire_at", int, 0),
                                 info=payload(r, "info"))
 
 
@@ -174,25 +144,25 @@ def answer(raw: bytes) -> dict[str, Any] | None:
     try:
         resp = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise ProxyCallError("bad_response", "not JSON") from None
+        raise pt.ProxyCallError("bad_response", "not JSON") from None
     if not isinstance(resp, dict):
-        raise ProxyCallError("bad_response", "not a JSON object")
+        raise pt.ProxyCallError("bad_response", "not a JSON object")
     disconnect = resp.get("disconnect")
     if disconnect:
         if not isinstance(disconnect, dict):
-            raise ProxyCallError("bad_response", "disconnect is not an object")
+            raise pt.ProxyCallError("bad_response", "disconnect is not an object")
         raise DisconnectError(Disconnect(_field(disconnect, "code", int, 0), _field(disconnect, "reason", str, "")))
     error = resp.get("error")
     if error:
         if not isinstance(error, dict):
-            raise ProxyCallError("bad_response", "error is not an object")
+            raise pt.ProxyCallError("bad_response", "error is not an object")
         raise ReplyError(Error(_field(error, "code", int, 0), _field(error, "message", str, ""),
                                _field(error, "temporary", bool, False)))
     result = resp.get("result")
     if result is None:
         return None
     if not isinstance(result, dict):
-        raise ProxyCallError("bad_response", "result is not an object")
+        raise pt.ProxyCallError("bad_response", "result is not an object")
     return result
 
 
@@ -201,7 +171,7 @@ def _field(obj: Mapping[str, Any], key: str, tp: type, default: Any) -> Any:
     if value is None:
         return default
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ProxyCallError("bad_response", f"{key} is not a {tp.__name__}")
+        raise pt.ProxyCallError("bad_response", f"{key} is not a {tp.__name__}")
     return value
 
 
@@ -212,7 +182,7 @@ def payload(obj: Mapping[str, Any], key: str) -> bytes | None:
         try:
             return base64.b64decode(b64, validate=True)
         except binascii.Error:
-            raise ProxyCallError("bad_response", f"b64{key} is not base64") from None
+            raise pt.ProxyCallError("bad_response", f"b64{key} is not base64") from None
     return raw_json(obj, key)
 
 
@@ -235,9 +205,9 @@ def _override(obj: Mapping[str, Any]) -> SubscribeOverride | None:
                              force_positioning=flag("force_positioning"), force_recovery=flag("force_recovery"))
 
 
-def _sub_options(obj: object) -> SubscribeOptionsResult:
+def _sub_options(obj: object) -> pt.SubscribeOptionsResult:
     if not isinstance(obj, dict):
-        raise ProxyCallError("bad_response", "subscription options are not an object")
-    return SubscribeOptionsResult(expire_at=_field(obj, "expire_at", int, 0), info=payload(obj, "info"),
+        raise pt.ProxyCallError("bad_response", "subscription options are not an object")
+    return pt.SubscribeOptionsResult(expire_at=_field(obj, "expire_at", int, 0), info=payload(obj, "info"),
                                   data=payload(obj, "data"), override=_override(obj))
 

@@ -251,14 +251,17 @@ class LeaveEvents:
         return False
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        """Engine writes run on their own: a record write that fails is retried by the next refresh."""
+        task = asyncio.get_running_loop().create_task(_logged(coro))
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(self._tasks.discard)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning("leave events: engine unavailable (%s)", task.exception())
+
+async def _logged(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        await coro
+    except Exception as e:
+        logger.warning("leave events: engine unavailable (%s)", e)
 
 
 def _event(kind: str, node_id: str, key: str, client_id: str, user: str, code: int, reason: str,

@@ -21,23 +21,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
+from node.proxy import types as pt
 from node.proxy.base import ProxyBackend
 from node.proxy.config import DEFAULT_PROXY_NAME
-from node.proxy.types import (
-    ConnectRequest,
-    ConnectResult,
-    ProxyCallError,
-    PublishRequest,
-    PublishResult,
-    RefreshRequest,
-    RefreshResult,
-    RPCRequest,
-    RPCResult,
-    SubRefreshRequest,
-    SubRefreshResult,
-    SubscribeRequest,
-    SubscribeResult,
-)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 HOOKS: Final = ("connect", "refresh", "subscribe", "publish", "rpc", "sub_refresh")
@@ -66,24 +52,24 @@ class Handlers:
     def names(self) -> set[str]:
         return {name for _, name in self._fns}
 
-    def on_connect(self, fn: Callable[[ConnectRequest], Awaitable[ConnectResult | None]]) -> Any:
+    def on_connect(self, fn: Callable[[pt.ConnectRequest], Awaitable[pt.ConnectResult | None]]) -> Any:
         return self.register("connect", fn)
 
-    def on_refresh(self, fn: Callable[[RefreshRequest], Awaitable[RefreshResult | None]]) -> Any:
+    def on_refresh(self, fn: Callable[[pt.RefreshRequest], Awaitable[pt.RefreshResult | None]]) -> Any:
         return self.register("refresh", fn)
 
-    def on_subscribe(self, fn: Callable[[SubscribeRequest], Awaitable[SubscribeResult]], name: str = DEFAULT_PROXY_NAME
-                     ) -> Any:
+    def on_subscribe(self, fn: Callable[[pt.SubscribeRequest], Awaitable[pt.SubscribeResult]],
+                     name: str = DEFAULT_PROXY_NAME) -> Any:
         return self.register("subscribe", fn, name)
 
-    def on_publish(self, fn: Callable[[PublishRequest], Awaitable[PublishResult]], name: str = DEFAULT_PROXY_NAME
+    def on_publish(self, fn: Callable[[pt.PublishRequest], Awaitable[pt.PublishResult]], name: str = DEFAULT_PROXY_NAME
                    ) -> Any:
         return self.register("publish", fn, name)
 
-    def on_rpc(self, fn: Callable[[RPCRequest], Awaitable[RPCResult]], name: str = DEFAULT_PROXY_NAME) -> Any:
+    def on_rpc(self, fn: Callable[[pt.RPCRequest], Awaitable[pt.RPCResult]], name: str = DEFAULT_PROXY_NAME) -> Any:
         return self.register("rpc", fn, name)
 
-    def on_sub_refresh(self, fn: Callable[[SubRefreshRequest], Awaitable[SubRefreshResult]],
+    def on_sub_refresh(self, fn: Callable[[pt.SubRefreshRequest], Awaitable[pt.SubRefreshResult]],
                        name: str = DEFAULT_PROXY_NAME) -> Any:
         return self.register("sub_refresh", fn, name)
 
@@ -102,28 +88,28 @@ class PythonProxy(ProxyBackend):
     async def _run(self, hook: str, req: Any) -> Any:
         fn = self._handlers.get(hook, self._name)
         if fn is None:
-            raise ProxyCallError("unavailable", f"no in-process {hook} handler named {self._name!r}")
+            raise pt.ProxyCallError("unavailable", f"no in-process {hook} handler named {self._name!r}")
         return await fn(req)
 
-    async def connect(self, req: ConnectRequest) -> ConnectResult | None:
-        result: ConnectResult | None = await self._run("connect", req)
+    async def connect(self, req: pt.ConnectRequest) -> pt.ConnectResult | None:
+        result: pt.ConnectResult | None = await self._run("connect", req)
         return result
 
-    async def refresh(self, req: RefreshRequest) -> RefreshResult | None:
-        result: RefreshResult | None = await self._run("refresh", req)
+    async def refresh(self, req: pt.RefreshRequest) -> pt.RefreshResult | None:
+        result: pt.RefreshResult | None = await self._run("refresh", req)
         return result
 
-    async def subscribe(self, req: SubscribeRequest) -> SubscribeResult:
-        return await self._run("subscribe", req) or SubscribeResult()
+    async def subscribe(self, req: pt.SubscribeRequest) -> pt.SubscribeResult:
+        return await self._run("subscribe", req) or pt.SubscribeResult()
 
-    async def publish(self, req: PublishRequest) -> PublishResult:
-        return await self._run("publish", req) or PublishResult()
+    async def publish(self, req: pt.PublishRequest) -> pt.PublishResult:
+        return await self._run("publish", req) or pt.PublishResult()
 
-    async def rpc(self, req: RPCRequest) -> RPCResult:
-        return await self._run("rpc", req) or RPCResult()
+    async def rpc(self, req: pt.RPCRequest) -> pt.RPCResult:
+        return await self._run("rpc", req) or pt.RPCResult()
 
-    async def sub_refresh(self, req: SubRefreshRequest) -> SubRefreshResult:
-        return await self._run("sub_refresh", req) or SubRefreshResult(expired=True)
+    async def sub_refresh(self, req: pt.SubRefreshRequest) -> pt.SubRefreshResult:
+        return await self._run("sub_refresh", req) or pt.SubRefreshResult(expired=True)
 
     async def close(self) -> None:
         return None

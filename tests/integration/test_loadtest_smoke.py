@@ -87,6 +87,15 @@ async def test_locust_reports_publish_to_receive_with_no_failures(server_factory
         assert row[row.index("|") - 1] == "0(0.00%)", out  # no failures anywhere (a 403 would fail connects)
 
 
+async def test_proxy_bench_prints_both_ratios() -> None:
+    code, out = await run("loadtest.proxy_bench", "--connections", "100", "--concurrency", "10",
+                          "--publications", "320", "--publishers", "8")
+    assert code == 0, out
+    ratios = [line for line in out.splitlines() if " per second: " in line]
+    assert len(ratios) == 2 and ratios[0].startswith("connect proxy / JWT"), out
+    assert all(float(line.split(": ")[1].split()[0]) > 0 for line in ratios), out
+
+
 async def test_consumer_bench_runs_every_type() -> None:
     code, out = await run("loadtest.consumer_bench", "--messages", "300", "--partitions", "2", timeout=180)
     assert code == 0, out

@@ -311,3 +311,22 @@ async def test_grpc_faults_give_error_100(server_factory: ServerFactory, py_fact
             await py.client.publish(unique_channel("gr:"), {"x": 1})
         assert refused.value.code == 100 and time.monotonic() - started < 5
         assert await metric(srv, "centrifugo_proxy_call_outcomes_total", name="grpc_backend", type="publish") >= 1
+
+
+async def test_every_channel_hook_through_centrifuge_js(server_factory: ServerFactory, js_factory: JsFactory) -> None:
+    async with HttpBackend() as backend:
+        backend.answers["connect"] = connect_ok("jess", data={"hi": "js"})
+        backend.answers["subscribe"] = lambda body: {"result": {"data": {"sub": body["channel"]}}}
+        backend.answers["publish"] = lambda body: {"result": {"data": {"js": body["data"]}}}
+        backend.answers["rpc"] = lambda body: {"result": {"data": {"sum": body["data"]["a"] + body["data"]["b"]}}}
+        srv = await server_factory(proxy_config(backend))
+        js = await js_factory(srv)
+        await js.call("connect", token="", wait=True)
+        assert js.events("connected")[0]["data"] == {"hi": "js"}
+        ch = unique_channel("px:")
+        await js.call("subscribe", channel=ch, wait=True)
+        assert (await js.wait("subscribed", channel=ch))["data"] == {"sub": ch}
+        await js.call("publish", channel=ch, data={"n": 1})
+        assert (await js.wait("publication", channel=ch))["data"] == {"js": {"n": 1}}
+        assert (await js.call("rpc", method="sum", data={"a": 2, "b": 3}))["data"] == {"sum": 5}
+        assert backend.of("rpc")[0].body["user"] == "jess"

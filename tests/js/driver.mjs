@@ -51,6 +51,11 @@
 //   ready     [channel] [waitTimeout]     client.ready() or sub.ready() (waitTimeout in ms, default 5000)
 //   set_token token | set_data data | add_tokens tokens [channel]  (append to a getToken list)
 //   batch_start | batch_stop | state | disconnect | exit
+//   map_subscribe channel [pageSize] [unrecoverableStrategy] [data] [wait]   a map subscription; its events:
+//             map_subscribed {channel,recovered,recoverable,state} | map_sync {channel,entries} |
+//             map_update {channel,key,data,removed,offset} | map_unsubscribed {channel,code,reason} |
+//             map_error {channel,type,error}   (subscribing events are the stream ones: subscribing)
+//   map_unsubscribe channel | map_publish channel key data [via: "sub"|"client"] | map_remove channel key [via]
 
 import { createInterface } from 'node:readline';
 import WebSocket from 'ws';
@@ -365,6 +370,47 @@ const ops = {
   async disconnect() {
     getClient().disconnect();
     return null;
+  },
+  async map_subscribe(cmd) {
+    const channel = need(cmd, 'channel');
+    let sub = getClient().getMapSubscription(channel);
+    if (sub === null) {
+      const options = {};
+      for (const key of ['pageSize', 'unrecoverableStrategy', 'data', 'token']) {
+        if (cmd[key] !== undefined) options[key] = cmd[key];
+      }
+      sub = getClient().newMapSubscription(channel, options);
+      sub.on('subscribing', (ctx) => emit('subscribing', { channel, ...ctx }));
+      sub.on('subscribed', (ctx) => emit('map_subscribed', {
+        channel, recovered: ctx.recovered, recoverable: ctx.recoverable, state: ctx.state }));
+      sub.on('sync', (ctx) => emit('map_sync', { channel, entries: ctx.entries }));
+      sub.on('update', (ctx) => emit('map_update', { channel, ...ctx }));
+      sub.on('unsubscribed', (ctx) => emit('map_unsubscribed', { channel, ...ctx }));
+      sub.on('error', (ctx) => emit('map_error', { channel, type: ctx.type, error: errorObject(ctx.error) }));
+    }
+    sub.subscribe();
+    if (cmd.wait) await sub.ready(cmd.waitTimeout ?? 5000);
+    return { state: sub.state };
+  },
+  async map_unsubscribe(cmd) {
+    const sub = getClient().getMapSubscription(need(cmd, 'channel'));
+    if (sub === null) throw new DriverError(`no map subscription to ${cmd.channel}`);
+    sub.unsubscribe();
+    return { state: sub.state };
+  },
+  async map_publish(cmd) {
+    const channel = need(cmd, 'channel');
+    const sub = getClient().getMapSubscription(channel);
+    const key = need(cmd, 'key');
+    if (sub !== null && cmd.via !== 'client') return sub.publish(key, toData(cmd));
+    return getClient().mapPublish(channel, key, toData(cmd));
+  },
+  async map_remove(cmd) {
+    const channel = need(cmd, 'channel');
+    const sub = getClient().getMapSubscription(channel);
+    const key = need(cmd, 'key');
+    if (sub !== null && cmd.via !== 'client') return sub.remove(key);
+    return getClient().mapRemove(channel, key);
   },
 };
 

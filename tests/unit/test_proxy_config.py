@@ -111,3 +111,14 @@ def test_generated_grpc_code_matches_proxy_proto(tmp_path: Path) -> None:
     for fresh in generate.generate(tmp_path):
         committed = generate.PROTO_DIR / fresh.name
         assert fresh.read_text() == committed.read_text(), f"{committed.name} is stale: run the generator"
+
+
+def test_the_example_proxy_config_loads_and_resolves() -> None:
+    path = Path(__file__).resolve().parents[2] / "conf" / "config.proxies.json"
+    result = load(str(path), {}, {})
+    assert result.warnings == ()
+    proxies = Proxies(result.config, Metrics("test").registry)
+    billing = result.config.channel.namespaces[1]
+    proxy = proxies.for_channel("subscribe", billing)
+    assert proxy is not None and proxy.backend.kind == "grpc" and proxies.for_rpc("billing:pay") is proxy
+    assert result.config.fugato.leave_events.enabled

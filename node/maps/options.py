@@ -1,0 +1,104 @@
+"""The ``map`` options of a namespace and the top-level ``map_broker`` section, with Centrifugo v6.8's names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from node.errors import ConfigError
+
+_DURATION: Final = {"duration": True}
+
+SUBSCRIPTION_TYPES: Final = ("stream", "map", "map_clients", "map_users", "shared_poll")
+MODES: Final = ("ephemeral", "durable", "persistent")
+# Centrifugo derives these for durable/persistent maps when they are not set; ephemeral maps keep no stream
+# for clients, but Fugato still keeps a short one internally to hand a subscriber over from state to live.
+DEFAULT_STREAM_SIZE: Final = 100
+DEFAULT_STREAM_TTL: Final = 60.0
+DEFAULT_META_TTL: Final = 720 * 3600.0
+
+
+def _dur(default: float) -> Any:
+    return field(default=default, metadata=_DURATION)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapOptions:
+    mode: str = ""
+    key_ttl: float = _dur(0.0)
+    ordered: bool = False
+    external_state: bool = False
+    stream_size: int = 0
+    stream_ttl: float = _dur(0.0)
+    meta_ttl: float = _dur(0.0)
+    client_key: str = ""  # "", "client_id" or "user_id": the server picks the key of a client's publish/remove
+    allow_publish_for_client: bool = False
+    allow_publish_for_subscriber: bool = False
+    allow_publish_for_anonymous: bool = False
+    publish_proxy_enabled: bool = False
+    publish_proxy_name: str = "default"
+    allow_remove_for_client: bool = False
+    allow_remove_for_subscriber: bool = False
+    allow_remove_for_anonymous: bool = False
+    remove_proxy_enabled: bool = False
+    remove_proxy_name: str = "default"
+    remove_client_on_unsubscribe: bool = False
+
+    @property
+    def recoverable(self) -> bool:
+        """Whether clients catch up from the stream after a reconnect (else they reload the state)."""
+        return self.mode in ("durable", "persistent")
+
+    @property
+    def effective_stream_size(self) -> int:
+        return self.stream_size or DEFAULT_STREAM_SIZE
+
+    @property
+    def effective_stream_ttl(self) -> float:
+        return self.stream_ttl or DEFAULT_STREAM_TTL
+
+    @property
+    def effective_meta_ttl(self) -> float:
+        return self.meta_ttl or DEFAULT_META_TTL
+
+    def validate(self, where: str, subscription_type: str) -> None:
+        if subscription_type not in SUBSCRIPTION_TYPES:
+            raise ConfigError(f"{where}: unknown subscription_type {subscription_type!r}")
+        if subscription_type in ("stream", "shared_poll"):
+            return
+        if self.mode not in MODES:
+            raise ConfigError(f"{where}: map.mode must be one of {', '.join(MODES)} for subscription_type "
+                              f"{subscription_type!r}")
+        if self.mode in ("ephemeral", "durable") and self.key_ttl <= 0:
+            raise ConfigError(f"{where}: map.key_ttl is required for {self.mode} mode")
+        if self.client_key not in ("", "client_id", "user_id"):
+            raise ConfigError(f"{where}: map.client_key must be \"client_id\" or \"user_id\"")
+        if self.stream_size < 0 or self.stream_ttl < 0 or self.key_ttl < 0 or self.meta_ttl < 0:
+            raise ConfigError(f"{where}: map sizes and durations must not be negative")
+        if self.external_state and self.mode != "persistent":
+            raise ConfigError(f"{where}: map.external_state requires persistent mode")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapBrokerConfig:
+    type: str = "memory"
+    cleanup_interval: float = _dur(1.0)
+    cleanup_batch_size: int = 100
+
+    def __post_init__(self) -> None:
+        if self.type not in ("memory",):
+            raise ConfigError(f"map_broker.type {self.type!r} is not supported by Fugato (only \"memory\")")
+
+
+class _Scope(Protocol):
+    @property
+    def subscription_type(self) -> str: ...
+
+
+def check_map_engine(broker_type: str, scopes: Iterable[_Scope]) -> None:
+    """The memory map broker is single-node, like Centrifugo's: its state cannot follow a shared engine's
+    stream, so map namespaces need the memory engine until the Redis map broker exists."""
+    if broker_type != "memory" and any(s.subscription_type != "stream" for s in scopes):
+        raise ConfigError("map subscriptions (subscription_type \"map\") need the memory engine in Fugato: the "
+                          "Redis map broker is not implemented yet")

@@ -1,0 +1,206 @@
+"""Map channels on a node: map publish/remove (server API and clients), key expiry, and the subscribe phases
+centrifuge-js walks through (STATE pages, STREAM catch-up, then LIVE).
+
+The change stream is the channel's ordinary history stream (publications carry ``key``/``removed``), so live
+delivery, offsets and recovery are the node's own; only the state of each key lives here. A state page's
+position is read before the state, so whatever changes during paging is in the stream after that position and
+the client's catch-up replays it (the SDK applies changes by key: last value wins)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from node.errors import (
+    DISCONNECT_BAD_REQUEST,
+    ERROR_ALREADY_SUBSCRIBED,
+    ERROR_BAD_REQUEST,
+    ERROR_LIMIT_EXCEEDED,
+    ERROR_UNRECOVERABLE_POSITION,
+    DisconnectError,
+    ReplyError,
+)
+from node.maps import wire
+from node.maps.options import MapOptions
+from node.maps.state import Entry, MemoryMapState
+from node.models import ClientInfo, ClientState, HistoryOptions, PublishOptions, PublishResult, StreamPosition
+
+if TYPE_CHECKING:
+    from node.node import Connection, Node
+    from node.protocol.codec import Command
+
+logger = logging.getLogger(__name__)
+
+# SubscribeRequest.type / phase values of the protocol.
+TYPE_STREAM: Final = 0
+TYPE_MAP: Final = 1
+PHASE_LIVE: Final = 0
+PHASE_STREAM: Final = 1
+PHASE_STATE: Final = 2
+DEFAULT_PAGE: Final = 100
+MAX_PAGE: Final = 1000
+MAX_KEY_LENGTH: Final = 1024
+
+
+def _param(params: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = params.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    return value
+
+
+class MapService:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self.state = MemoryMapState()
+        self._expiry: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        interval = self._node.config.map_broker.cleanup_interval
+        if interval > 0:
+            self._expiry = asyncio.create_task(self._expire_loop(interval))
+
+    async def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+            self._expiry = None
+        self.state.clear()
+
+    def options(self, channel: str) -> MapOptions:
+        """The channel's map options; a channel of a namespace that is not a map is a bad request."""
+        ns = self._node.policy.namespace(channel)
+        if ns.subscription_type != "map":
+            raise ReplyError(ERROR_BAD_REQUEST)
+        return ns.map
+
+    @staticmethod
+    def _stream_options(m: MapOptions, **kw: Any) -> PublishOptions:
+        return PublishOptions(history_size=m.effective_stream_size, history_ttl=m.effective_stream_ttl,
+                              history_meta_ttl=m.effective_meta_ttl, **kw)
+
+    # --- writes ------------------------------------------------------------------------------------------
+
+    async def publish(self, channel: str, key: str, data: bytes, *, info: ClientInfo | None = None,
+                      tags: Mapping[str, str] | None = None) -> PublishResult:
+        m = self.options(channel)
+        if not key or len(key) > MAX_KEY_LENGTH:
+            raise ReplyError(ERROR_BAD_REQUEST)
+        result = await self._node.publish(channel, data, self._stream_options(m, client_info=info, tags=tags,
+                                                                              key=key))
+        expire_at = time.monotonic() + m.key_ttl if m.key_ttl > 0 else 0.0
+        self.state.set(channel, key, Entry(data, result.position.offset, info, tags, expire_at))
+        return result
+
+    async def remove(self, channel: str, key: str, *, info: ClientInfo | None = None) -> PublishResult:
+        """Remove ``key``; removing a key that is not there changes nothing and announces nothing."""
+        m = self.options(channel)
+        if not key or len(key) > MAX_KEY_LENGTH:
+            raise ReplyError(ERROR_BAD_REQUEST)
+        if not self.state.remove(channel, key):
+            return PublishResult(suppressed=True)
+        return await self._node.publish(channel, b"null", self._stream_options(m, client_info=info, key=key,
+                                                                              removed=True))
+
+    async def _expire_loop(self, interval: float) -> None:
+        batch = self._node.config.map_broker.cleanup_batch_size
+        while True:
+            await asyncio.sleep(interval)
+            for channel, key in self.state.expired(time.monotonic(), batch):
+                try:
+                    # An expired key reaches subscribers as a removal, like one removed by the application.
+                    await self.remove(channel, key)
+                except Exception as e:  # e.g. the namespace is no longer a map after a reload
+                    self.state.remove(channel, key)
+                    logger.warning("expiring map key %s in %s: %s", key, channel, e)
+
+    # --- client commands ---------------------------------------------------------------------------------
+
+    async def client_publish(self, client: Connection, cmd: Command) -> bytes:
+        params = cmd.params
+        channel = _param(params, "channel", str, "")
+        if not channel:
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)
+        removed = _param(params, "removed", bool, False)
+        m = self.options(channel)
+        self._node.policy.check_map_write(client, channel, remove=removed)
+        key = {"client_id": client.id, "user_id": client.user}.get(m.client_key) or _param(params, "key", str, "")
+        info = client.channel_info(channel)
+        if removed:
+            await self.remove(channel, key, info=info)
+        else:
+            if cmd.data is None:
+                raise DisconnectError(DISCONNECT_BAD_REQUEST)
+            await self.publish(channel, key, cmd.data, info=info)
+        return client.codec.empty
+
+    async def subscribe(self, client: Connection, cmd: Command) -> bytes | None:
+        node, params = self._node, cmd.params
+        channel = _param(params, "channel", str, "")
+        if not channel:
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)
+        kind = _param(params, "type", int, TYPE_STREAM)
+        phase = _param(params, "phase", int, PHASE_LIVE)
+        m = self.options(channel)
+        if kind != TYPE_MAP or phase not in (PHASE_STATE, PHASE_STREAM):
+            raise ReplyError(ERROR_BAD_REQUEST)
+        if channel in client.channels or channel in client.subscribing:
+            raise ReplyError(ERROR_ALREADY_SUBSCRIBED)
+        if len(client.channels) + len(client.subscribing) >= node.config.client.channel_limit:
+            raise ReplyError(ERROR_LIMIT_EXCEEDED)
+        limit = min(_param(params, "limit", int, 0) or DEFAULT_PAGE, MAX_PAGE,
+                    node.config.client.recovery_max_publication_limit or MAX_PAGE)
+        opts = await node.policy.subscribe(client, channel, params)
+        meta_ttl = m.effective_meta_ttl
+        top = (await node.history(channel, HistoryOptions(limit=0, history_meta_ttl=meta_ttl))).position
+        offset = _param(params, "offset", int, 0)
+        epoch = _param(params, "epoch", str, "")
+        if phase == PHASE_STATE:
+            # The first page freezes the position; the following ones carry it back.
+            position = StreamPosition(offset, epoch) if epoch else top
+            entries, cursor = self.state.page(channel, _param(params, "cursor", str, ""), limit)
+            return wire.state_page(client.protocol, top.epoch if epoch != top.epoch else epoch, position.offset,
+                                   entries, cursor)
+        since = StreamPosition(offset, epoch)
+        if epoch != top.epoch or offset > top.offset:
+            raise ReplyError(ERROR_UNRECOVERABLE_POSITION)
+        page = await node.history(channel, HistoryOptions(since=since, limit=limit + 1,
+                                                                        history_meta_ttl=meta_ttl))
+        if len(page.publications) > limit:
+            pubs = page.publications[:limit]
+            return wire.stream_page(client.protocol, top.epoch, pubs[-1].offset, pubs)
+        await self._go_live(client, cmd, channel, m, opts, since)
+        return None  # already replied
+
+    async def _go_live(self, client: Connection, cmd: Command, channel: str, m: MapOptions, opts: Any,
+                       since: StreamPosition) -> None:
+        node = self._node
+        recovering = cmd.params.get("recover") is True
+        # Always positioned and recovering from the client's position internally: that is the hand-over from
+        # the pages to live delivery without a gap. What the client is told follows the map's mode.
+        live = dataclasses.replace(opts, enable_positioning=True, enable_recovery=True, recovery_mode_cache=False,
+                                   delta=False, history_meta_ttl=m.effective_meta_ttl)
+        client.start_subscribing(channel)
+        try:
+            start = await node.subscribe_client(client, channel, live, server_side=False, since=since,
+                                                reject_unrecovered=True)
+        finally:
+            client.done_subscribing(channel)
+        if start is None or client.state is ClientState.CLOSED:
+            return None
+        shown = dataclasses.replace(live, enable_recovery=m.recoverable)
+        told = dataclasses.replace(start, reply_offset=start.top.offset, recovered=recovering and start.recovered,
+                                   was_recovering=recovering)
+        ttl = max(int(opts.expire_at - time.time()), 0) if opts.expire_at else 0
+        client.enqueue(client.codec.reply(cmd.id, "subscribe", client.codec.subscribe_result(shown, told, ttl)))
+        node.start_delivery(client, channel, start)
+        await node.after_subscribe(client, channel, live)
+        return None

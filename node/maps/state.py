@@ -1,0 +1,79 @@
+"""The memory map broker's state: per channel, the current entry of each key. The change stream itself is the
+channel's ordinary history stream in the engine's broker (publications carrying ``key``/``removed``)."""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from node.models import ClientInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    data: bytes
+    offset: int  # the stream offset of the change that set this value
+    info: ClientInfo | None = None
+    tags: Mapping[str, str] | None = None
+    expire_at: float = 0.0  # monotonic seconds; 0 = kept until removed
+
+
+class MemoryMapState:
+    def __init__(self) -> None:
+        self._channels: dict[str, dict[str, Entry]] = {}
+
+    def set(self, channel: str, key: str, entry: Entry) -> None:
+        self._channels.setdefault(channel, {})[key] = entry
+
+    def remove(self, channel: str, key: str) -> bool:
+        entries = self._channels.get(channel)
+        if entries is None or entries.pop(key, None) is None:
+            return False
+        if not entries:
+            del self._channels[channel]
+        return True
+
+    def get(self, channel: str, key: str) -> Entry | None:
+        return self._channels.get(channel, {}).get(key)
+
+    def size(self, channel: str) -> int:
+        return len(self._channels.get(channel, ()))
+
+    def page(self, channel: str, cursor: str, limit: int) -> tuple[list[tuple[str, Entry]], str]:
+        """Up to ``limit`` live entries after key ``cursor`` in key order, and the cursor of the next page ("" at
+        the end). Keys are the cursor, so a page is stable while others publish (a key set meanwhile is caught
+        up from the stream)."""
+        entries = self._channels.get(channel)
+        if not entries:
+            return [], ""
+        keys = sorted(entries)
+        start = bisect.bisect_right(keys, cursor) if cursor else 0
+        now = time.monotonic()
+        out: list[tuple[str, Entry]] = []
+        pos = start
+        while pos < len(keys) and len(out) < limit:
+            entry = entries[keys[pos]]
+            if not entry.expire_at or entry.expire_at > now:
+                out.append((keys[pos], entry))
+            pos += 1
+        if pos >= len(keys):
+            return out, ""
+        return out, keys[pos - 1] if pos > start else cursor
+
+    def expired(self, now: float, batch: int) -> list[tuple[str, str]]:
+        """Up to ``batch`` expired (channel, key) pairs per channel; the caller removes and announces them."""
+        found: list[tuple[str, str]] = []
+        for channel, entries in self._channels.items():
+            n = 0
+            for key, entry in entries.items():
+                if entry.expire_at and entry.expire_at <= now:
+                    found.append((channel, key))
+                    n += 1
+                    if n >= batch:
+                        break
+        return found
+
+    def clear(self) -> None:
+        self._channels.clear()

@@ -1,0 +1,38 @@
+"""SubscribeResult pages of a map subscribe (STATE and STREAM phases) in the connection's protocol. The LIVE
+reply is an ordinary subscribe result (node/protocol/)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from node.maps.state import Entry
+from node.models import Publication
+from node.protocol import client_pb2 as pb
+from node.protocol import codec, proto
+
+PHASE_STREAM = 1
+PHASE_STATE = 2
+
+
+def _entry_publication(key: str, entry: Entry) -> Publication:
+    return Publication(data=entry.data, offset=entry.offset, info=entry.info, tags=entry.tags, key=key)
+
+
+def _page(protocol: str, fields: dict[str, object], name: str, pubs: Sequence[Publication]) -> bytes:
+    if protocol == "protobuf":
+        res = pb.SubscribeResult(**fields)  # type: ignore[arg-type]
+        proto.fill_publications(getattr(res, name), pubs)
+        return res.SerializeToString()
+    codec.check_json(pubs)
+    return codec.result_object(fields, {name: codec.encode_publications(pubs) if pubs else None})
+
+
+def state_page(protocol: str, epoch: str, offset: int, entries: Sequence[tuple[str, Entry]], cursor: str) -> bytes:
+    pubs = [_entry_publication(k, e) for k, e in entries]
+    fields: dict[str, object] = {"epoch": epoch, "offset": offset, "phase": PHASE_STATE, "cursor": cursor}
+    return _page(protocol, fields, "state", pubs)
+
+
+def stream_page(protocol: str, epoch: str, offset: int, pubs: Sequence[Publication]) -> bytes:
+    fields: dict[str, object] = {"epoch": epoch, "offset": offset, "phase": PHASE_STREAM}
+    return _page(protocol, fields, "publications", pubs)

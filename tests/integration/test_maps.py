@@ -1,0 +1,193 @@
+"""Map subscriptions (Centrifugo 6.8's keyed state channels) through the real centrifuge-js SDK: paginated
+state load, live updates, map publish/remove from the server API and from clients, recovery after a
+reconnect, key TTL expiry delivered as removals, and the errors of bad map requests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+from typing import Any
+
+import pytest
+from harness import REPO, JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
+from jsclient import JsCallError, JsClient
+
+MAP_NAMESPACES: dict[str, Any] = {
+    "channel": {
+        "namespaces": [
+            {"name": "board", "subscription_type": "map", "allow_subscribe_for_client": True,
+             "map": {"mode": "persistent", "allow_publish_for_subscriber": True,
+                     "allow_remove_for_subscriber": True}},
+            {"name": "cursors", "subscription_type": "map", "allow_subscribe_for_client": True,
+             "map": {"mode": "ephemeral", "key_ttl": "2s", "client_key": "client_id",
+                     "allow_publish_for_client": True, "allow_remove_for_client": True}},
+            {"name": "polls", "subscription_type": "map", "allow_subscribe_for_client": True,
+             "map": {"mode": "durable", "key_ttl": "60s"}},
+        ],
+    },
+    "map_broker": {"type": "memory", "cleanup_interval": "200ms"},
+}
+
+
+@pytest.fixture
+async def server(server_factory: ServerFactory) -> ServerProcess:
+    return await server_factory(MAP_NAMESPACES)
+
+
+@pytest.fixture(params=["json", "protobuf"])
+def protocol(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _connected(server: ServerProcess, js_factory: JsFactory, user: str = "alice",
+                     protocol: str = "json") -> JsClient:
+    js = await js_factory(server, {"protocol": protocol})
+    await js.call("connect", token=server.token(user), wait=True)
+    return js
+
+
+def _data(value: Any) -> Any:
+    """A payload as the test published it: the protobuf build hands JSON bytes to the application as bytes."""
+    if isinstance(value, dict) and "__bytes__" in value:
+        return json.loads(base64.b64decode(value["__bytes__"]))
+    return value
+
+
+def _entries(event: dict[str, Any]) -> dict[str, Any]:
+    return {e["key"]: _data(e["data"]) for e in event["entries"]}
+
+
+async def test_state_loads_in_pages_then_updates_arrive_live(server: ServerProcess, js_factory: JsFactory,
+                                                            protocol: str) -> None:
+    ch = unique_channel("board:")
+    for i in range(25):
+        await server.api_result("map_publish", {"channel": ch, "key": f"k{i:02d}", "data": {"n": i}})
+    await server.api_result("map_remove", {"channel": ch, "key": "k03"})
+    js = await _connected(server, js_factory, protocol=protocol)
+    # Pages of 10: the SDK asks three times for state, then catches up from the stream and goes live.
+    await js.call("map_subscribe", channel=ch, pageSize=10, wait=True)
+    sync = await js.wait("map_sync", channel=ch)
+    state = _entries(sync)
+    assert len(state) == 24 and "k03" not in state and state["k24"] == {"n": 24}
+    await server.api_result("map_publish", {"channel": ch, "key": "k05", "data": {"n": 500}})
+    update = await js.wait("map_update", channel=ch, key="k05")
+    assert _data(update["data"]) == {"n": 500} and not update.get("removed")
+    await server.api_result("map_remove", {"channel": ch, "key": "k06"})
+    removal = await js.wait("map_update", channel=ch, key="k06")
+    assert removal["removed"] is True
+
+
+async def test_changes_during_state_paging_are_caught_up(server: ServerProcess, js_factory: JsFactory) -> None:
+    ch = unique_channel("board:")
+    for i in range(300):
+        await server.api_result("map_publish", {"channel": ch, "key": f"k{i:03d}", "data": {"v": 0}})
+    js = await _connected(server, js_factory)
+    await js.call("map_subscribe", channel=ch, pageSize=5)
+    # Keep changing keys on both sides of the page cursor while the client pages through the state.
+    for i in range(0, 300, 7):
+        await server.api_result("map_publish", {"channel": ch, "key": f"k{i:03d}", "data": {"v": 1}})
+    await server.api_result("map_remove", {"channel": ch, "key": "k299"})
+    synced = _entries(await js.wait("map_sync", channel=ch, timeout=30))
+
+    def mirror() -> dict[str, Any] | None:
+        """The application's copy once it no longer has k299, else None."""
+        state = dict(synced)
+        for e in js.events("map_update"):  # what went live after the sync, applied as an application would
+            if e["channel"] != ch:
+                continue
+            if e.get("removed"):
+                state.pop(e["key"], None)
+            else:
+                state[e["key"]] = e["data"]
+        return None if "k299" in state else state
+
+    state = await wait_until(mirror, what="k299 removed")
+    assert len(state) == 299
+    assert all(state[f"k{i:03d}"] == {"v": 1} for i in range(0, 299, 7))
+    assert state["k001"] == {"v": 0}
+
+
+async def test_clients_publish_and_remove_by_map_permissions(server: ServerProcess, js_factory: JsFactory,
+                                                             protocol: str) -> None:
+    ch = unique_channel("board:")
+    alice = await _connected(server, js_factory, "alice", protocol)
+    bob = await _connected(server, js_factory, "bob", protocol)
+    # Publishing into "board" is for its subscribers only.
+    with pytest.raises(JsCallError) as denied:
+        await bob.call("map_publish", channel=ch, key="x", data={"by": "bob"}, via="client")
+    assert denied.value.code == 103
+    await alice.call("map_subscribe", channel=ch, wait=True)
+    await bob.call("map_subscribe", channel=ch, wait=True)
+    await alice.call("map_publish", channel=ch, key="card1", data=json.dumps({"title": "hello"}) if protocol ==
+                     "protobuf" else {"title": "hello"})
+    update = await bob.wait("map_update", channel=ch, key="card1")
+    assert _data(update["data"]) == {"title": "hello"} and update["info"]["user"] == "alice"
+    await bob.call("map_remove", channel=ch, key="card1")
+    assert (await alice.wait("map_update", channel=ch, key="card1", removed=True))["removed"] is True
+
+
+async def test_client_key_and_key_ttl_expiry_arrive_as_removals(server: ServerProcess, js_factory: JsFactory) -> None:
+    ch = unique_channel("cursors:")
+    watcher = await _connected(server, js_factory, "watcher")
+    mover = await _connected(server, js_factory, "mover")
+    await watcher.call("map_subscribe", channel=ch, wait=True)
+    # client_key "client_id": whatever key the client names, the entry is its connection's.
+    await mover.call("map_publish", channel=ch, key="anything", data={"x": 1, "y": 2}, via="client")
+    client_id = mover.events("connected")[0]["client"]
+    update = await watcher.wait("map_update", channel=ch, key=client_id)
+    assert update["data"] == {"x": 1, "y": 2}
+    # key_ttl 2s: the entry expires and the subscriber sees it removed.
+    expired = await watcher.wait("map_update", channel=ch, key=client_id, removed=True, timeout=10)
+    assert expired["removed"] is True
+    state = await server.api_result("map_publish", {"channel": ch, "key": "k", "data": {}})
+    assert state["offset"] > 0
+
+
+async def test_durable_map_recovers_missed_changes_after_resubscribe(server: ServerProcess,
+                                                                     js_factory: JsFactory, protocol: str) -> None:
+    ch = unique_channel("polls:")
+    await server.api_result("map_publish", {"channel": ch, "key": "yes", "data": {"votes": 1}})
+    js = await _connected(server, js_factory, protocol=protocol)
+    await js.call("map_subscribe", channel=ch, wait=True)
+    assert _entries(await js.wait("map_sync", channel=ch)) == {"yes": {"votes": 1}}
+    await js.call("map_unsubscribe", channel=ch)
+    await js.wait("map_unsubscribed", channel=ch)
+    await server.api_result("map_publish", {"channel": ch, "key": "no", "data": {"votes": 5}})
+    await server.api_result("map_publish", {"channel": ch, "key": "yes", "data": {"votes": 2}})
+    await js.call("map_subscribe", channel=ch, wait=True)
+    subscribed = [e for e in js.events("map_subscribed") if e["channel"] == ch][-1]
+    assert subscribed["recovered"] is True and subscribed["recoverable"] is True
+    # Recovery: the two missed changes arrive as updates, no second full sync.
+    assert _data((await js.wait("map_update", channel=ch, key="no"))["data"]) == {"votes": 5}
+    assert _data((await js.wait("map_update", channel=ch, key="yes"))["data"]) == {"votes": 2}
+    assert len([e for e in js.events("map_sync") if e["channel"] == ch]) == 1
+
+
+async def test_bad_map_requests_get_centrifugo_errors(server: ServerProcess, js_factory: JsFactory) -> None:
+    # Map methods on a stream namespace, a missing key, and a missing channel map.
+    for payload in ({"channel": unique_channel("chat:"), "key": "k", "data": {}},
+                    {"channel": unique_channel("board:"), "data": {}},
+                    {"channel": unique_channel("board:"), "key": "k" * 2000, "data": {}}):
+        reply = await server.api("map_publish", payload)
+        assert reply["error"]["code"] == 107, payload
+    reply = await server.api("map_remove", {"channel": unique_channel("board:")})
+    assert reply["error"]["code"] == 107
+    # A stream subscription to a map channel is refused, and the connection stays usable.
+    js = await _connected(server, js_factory)
+    ch = unique_channel("board:")
+    await js.call("subscribe", channel=ch)
+    assert (await js.wait("unsubscribed", channel=ch))["code"] == 107
+    other = unique_channel("board:")
+    await js.call("map_subscribe", channel=other, wait=True)
+    await js.wait("map_sync", channel=other)
+
+
+async def test_map_benchmark_runs_and_loses_nothing() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest.map_bench", "--subscribers", "30", "--publishers", "2", "--duration", "0.5",
+        "--rounds", "1", cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await asyncio.wait_for(proc.communicate(), 90))[0].decode()
+    assert proc.returncode == 0, out  # exit 1 when a delivery was lost
+    assert out.count("deliveries_per_server_cpu_s") == 2 and "map / stream deliveries per server CPU-second" in out
