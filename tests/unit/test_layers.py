@@ -33,6 +33,7 @@ FLOORS: dict[str, int] = {
     "node.auth": 0,
     "node.consumers.config": 0,  # a feature's configuration dataclasses sit with the Config that holds them
     "node.proxy.config": 0,
+    "node.maps.options": 0,
     # 1: the engine: brokers (memory, Redis, NATS ...), presence, history
     "node.broker": 1,
     "node.recovery": 1,
@@ -45,6 +46,7 @@ FLOORS: dict[str, int] = {
     # 3: the application layer and the front door: policy, proxies, Node (the only one holding the engine)
     "node.policy": 3,
     "node.proxy": 3,
+    "node.maps": 2,  # map subscriptions: the node's MapService; names Node and Connection only in annotations
     "node.connections": 2,  # the connections API's survey: names a Connection (floor 3) only in annotations
     "node.node": 3,
     # 4: the client session: one connection and its commands
