@@ -115,6 +115,19 @@ async def _publisher(port: int, channel: str, n: int, window: int) -> None:
         raise RuntimeError(f"{errors} publishes to {channel} failed")
 
 
+async def backend_ready(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)  # the backend process offers nothing to wait on but its port
+            continue
+        writer.close()
+        return
+    raise RuntimeError("the backend did not start")
+
+
 async def drained(port: int) -> None:
     """Wait until the server has no connections left: the closes of one run must not be billed to the next."""
     deadline = time.monotonic() + 60
@@ -150,6 +163,7 @@ async def main_async(args: argparse.Namespace) -> int:
     server = Spawned("fugato", engine=server_config(f"http://127.0.0.1:{backend_port}"))
     try:
         await server.wait_ready()
+        await backend_ready(backend_port)
         pid = server.proc.pid
         jwts = [jwt.encode({"sub": f"u{i}"}, SECRET, algorithm="HS256") for i in range(args.connections)]
         jwt_result = await connect_storm(server.port, args.connections, args.concurrency, jwts, pid)

@@ -499,6 +499,12 @@ class Client:
             return
         self._close_task = self._loop.create_task(self.close(disconnect))
 
+    async def wait_closed(self) -> None:
+        """Wait for a close scheduled from synchronous code (``schedule_close``) to finish."""
+        task = self._close_task
+        if task is not None and task is not asyncio.current_task():
+            await asyncio.shield(task)
+
     async def close(self, disconnect: Disconnect) -> None:
         """Idempotent. Flushes what is queued, leaves every channel, then closes the transport."""
         if self._closing:

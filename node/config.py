@@ -641,7 +641,7 @@ class Config:
     def __post_init__(self) -> None:
         check_unique_names(self.consumers)
         check_personal_channel(self.client.subscribe_to_user_personal_channel, self.channel)
-        check_map_engine(self.broker.type if self.broker.enabled else self.engine.type,
+        check_map_engine(self.map_broker, self.broker.type if self.broker.enabled else self.engine.type,
                          (self.channel.without_namespace, *self.channel.namespaces))
 
 

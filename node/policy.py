@@ -30,6 +30,7 @@ from node.errors import (
     TokenExpiredError,
 )
 from node.models import Identity, SubscribeOptions
+from node.protocol import codec
 from node.proxy.types import ConnectResult, SubscribeResult
 
 
@@ -48,6 +49,17 @@ class ConnectDecision:
     data: bytes | None
     subs: dict[str, SubscribeOptions]
     meta: bytes | None = None  # the connection's meta (a token's ``meta`` claim, a connect proxy's ``meta``)
+
+
+def check_data_format(ns: ChannelOptions, data: bytes) -> None:
+    """The namespace's ``publication_data_format``, as Centrifugo checks it: "json" and "json_object" want valid
+    JSON (an object), "binary" takes anything, even nothing; by default data must not be empty. 107 otherwise."""
+    fmt = ns.publication_data_format
+    if fmt == "binary":
+        return
+    if not data or (fmt in ("json", "json_object") and not codec.is_json(data)) or \
+            (fmt == "json_object" and not data.lstrip().startswith(b"{")):
+        raise ReplyError(ERROR_BAD_REQUEST)
 
 
 class Policy:
@@ -261,8 +273,7 @@ class Policy:
         ns = self.namespace(channel)
         self._require(client, channel, ns.allow_publish_for_client, ns.allow_publish_for_subscriber,
                       ns.allow_publish_for_anonymous)
-        if ns.publication_data_format == "json_object" and not data.startswith(b"{"):
-            raise ReplyError(ERROR_BAD_REQUEST)
+        check_data_format(ns, data)
         return ns
 
     def check_map_write(self, client: Peer, channel: str, *, remove: bool) -> ChannelOptions:

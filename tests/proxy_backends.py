@@ -10,12 +10,20 @@ A backend that is down is an endpoint nobody listens on (``dead_endpoint``).
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
+import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from google.protobuf import json_format
 from harness import free_port
 
@@ -47,16 +55,33 @@ class Recorder:
         return fn(body) if fn is not None else {"result": {}}
 
 
-class HttpBackend(Recorder):
-    """POST /<hook> with Centrifugo's proxy JSON."""
+def self_signed() -> tuple[str, str]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, both PEM text."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
 
-    def __init__(self) -> None:
+
+class HttpBackend(Recorder):
+    """POST /<hook> with Centrifugo's proxy JSON; over HTTPS with ``tls`` (a (cert, key) PEM pair)."""
+
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
         super().__init__()
         self.port = free_port()
+        self.tls = tls
         self._runner: web.AppRunner | None = None
 
     def endpoint(self, hook: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{hook}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/{hook}"
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         hook = request.match_info["hook"]
@@ -78,7 +103,17 @@ class HttpBackend(Recorder):
         app.router.add_post("/{hook}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_verify_locations(cadata=self.tls[0])
+            cert_file, key_file = _pem_files(self.tls)
+            try:
+                context.load_cert_chain(cert_file, key_file)
+            finally:
+                os.unlink(cert_file)
+                os.unlink(key_file)
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=context).start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -90,9 +125,10 @@ class HttpBackend(Recorder):
 class GrpcBackend(Recorder, pb_grpc.CentrifugoProxyServicer):
     """``CentrifugoProxy`` over GRPC; answers are the same JSON shapes as for HTTP (proto JSON mapping)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
         Recorder.__init__(self)
         self.port = free_port()
+        self.tls = tls
         self._server: grpc.aio.Server | None = None
 
     @property
@@ -133,7 +169,11 @@ class GrpcBackend(Recorder, pb_grpc.CentrifugoProxyServicer):
     async def __aenter__(self) -> GrpcBackend:
         self._server = grpc.aio.server()
         pb_grpc.add_CentrifugoProxyServicer_to_server(self, self._server)
-        self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if self.tls is not None:
+            creds = grpc.ssl_server_credentials([(self.tls[1].encode(), self.tls[0].encode())])
+            self._server.add_secure_port(f"127.0.0.1:{self.port}", creds)
+        else:
+            self._server.add_insecure_port(f"127.0.0.1:{self.port}")
         await self._server.start()
         return self
 
@@ -147,3 +187,15 @@ def dead_endpoint(scheme: str = "http") -> str:
     """An endpoint nobody listens on: a backend that is down."""
     port = free_port()
     return f"http://127.0.0.1:{port}/down" if scheme == "http" else f"grpc://127.0.0.1:{port}"
+
+
+def _pem_files(tls: tuple[str, str]) -> tuple[str, str]:
+    """ssl loads a certificate chain from files only."""
+    import tempfile  # noqa: PLC0415
+
+    paths = []
+    for pem in tls:
+        with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as fh:
+            fh.write(pem)
+            paths.append(fh.name)
+    return paths[0], paths[1]

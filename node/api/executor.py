@@ -32,6 +32,7 @@ from node.errors import (
 )
 from node.models import HistoryOptions, HistoryResult, PublishOptions, PublishResult, StreamPosition, SubscribeOptions
 from node.node import Node
+from node.policy import check_data_format
 from node.protocol import codec
 
 Params = Mapping[str, Any]
@@ -222,7 +223,9 @@ class Executor:
         data = _raw(p, "data")
         if data is None:
             raise _bad()
-        return channel, data, self._publish_options(channel, p)
+        opts = self._publish_options(channel, p)
+        check_data_format(self.node.policy.namespace(channel), data)  # after the namespace's 102
+        return channel, data, opts
 
     def _publish_options(self, channel: str, p: Params) -> PublishOptions:
         ns = self.node.policy.namespace(channel)
@@ -270,7 +273,12 @@ class Executor:
         data = _raw(p, "data")
         if data is None:
             raise _bad()
-        results = await self.node.broadcast(channels, data, lambda channel: self._publish_options(channel, p))
+        def options(channel: str) -> PublishOptions:
+            opts = self._publish_options(channel, p)
+            check_data_format(self.node.policy.namespace(channel), data)  # per channel, as in Centrifugo
+            return opts
+
+        results = await self.node.broadcast(channels, data, options)
         responses = []
         for result in results:
             if isinstance(result, Exception):

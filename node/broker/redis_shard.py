@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -34,7 +34,7 @@ from node.broker.tls import client_context
 from node.config import RedisEngineConfig
 from node.errors import ConfigError
 
-SCRIPTS: Final = ("publish", "history", "presence_add", "presence_remove", "presence_get")
+SCRIPTS: Final = ("publish", "history", "presence_add", "presence_remove", "presence_get", "map_publish")
 _RETRIED_ERRORS: Final = ("NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "READONLY",
                           "MASTERDOWN")
 
@@ -54,6 +54,11 @@ class ScriptError(Exception):
 
 
 def _lua(name: str) -> str:
+    if name == "map_publish":
+        # publish.lua between a prologue and an epilogue: a map key's state changes in the same atomic step as
+        # its stream entry (see map_prologue.lua).
+        publish = _lua("publish")
+        return _lua("map_prologue") + publish[:publish.rindex("return")] + _lua("map_epilogue")
     return resources.files("node.broker").joinpath("lua", f"{name}.lua").read_text()
 
 
@@ -151,10 +156,10 @@ class RedisShard:
         await self.pubsub.start()
 
     async def close(self) -> None:
+        for pipe in self._pipes.values():
+            pipe.close()  # calls still waiting fail over to redis-py tasks, cancelled right below
         for task in list(self._tasks):
             task.cancel()
-        for pipe in self._pipes.values():
-            pipe.close()
         # A connect under way is cancelled; wait for it, so that no half-made connection outlives the engine.
         await asyncio.gather(*(p.connecting for p in self._pipes.values() if p.connecting is not None),
                              return_exceptions=True)
@@ -212,22 +217,22 @@ class RedisShard:
         return await self.scripts[call.name](keys=call.keys, args=call.args)
 
     def run_then(self, call: ScriptCall, done: Callable[[Any], None]) -> None:
-        """``run`` without a coroutine: ``done`` gets the reply or the exception. The reply of the fast path
-        reaches it straight from the connection's protocol callback; only a call that needs redis-py (a moved
-        slot, a lost connection) gets a task."""
+        """``run`` without a coroutine: ``done`` gets the reply or the exception (and must ignore a second
+        call, see ``_slow``). The reply of the fast path reaches it straight from the connection's protocol
+        callback; only a call that needs redis-py (a moved slot, a lost connection) gets a task."""
         pipe = self._pipe(call.keys[0])
         if pipe is None:
-            self._spawn(self._run_slow(call, done))
+            self._slow(call, done)
             return
 
         def reply(value: Any) -> None:
             if type(value) is hiredis.ReplyError:
                 if _elsewhere(value):
-                    self._spawn(self._run_slow(call, done))
+                    self._slow(call, done)
                 else:
                     done(ScriptError(str(value)))
             elif isinstance(value, PipeError):
-                self._spawn(self._run_slow(call, done))
+                self._slow(call, done)
             else:
                 done(value)
 
@@ -241,10 +246,18 @@ class RedisShard:
             return
         done(result)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _slow(self, call: ScriptCall, done: Callable[[Any], None]) -> None:
+        """Run ``call`` through redis-py in a task of the shard's; ``done`` may be called twice (it ignores the
+        second call): once more with a PipeError if the task is cancelled, so its caller never waits for ever."""
+        task = asyncio.get_running_loop().create_task(self._run_slow(call, done))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            if task.cancelled():
+                done(PipeError("the engine is closing"))
+
+        task.add_done_callback(finished)
 
     def run_many(self, calls: Sequence[ScriptCall]) -> Awaitable[list[Any]]:
         """``run`` for many calls at once: they are sent now (one future per server for the whole group), and

@@ -44,15 +44,21 @@ def decode_info(raw: Any) -> ClientInfo | None:
     return ClientInfo(client=client, user=user, conn_info=conn_info, chan_info=chan_info)
 
 
-def encode_body(data: bytes, info: ClientInfo | None, tags: Any, time_ms: int) -> bytes:
-    body: bytes = msgpack.packb([data, encode_info(info), dict(tags) if tags else None, time_ms], use_bin_type=True)
+def encode_body(data: bytes, info: ClientInfo | None, tags: Any, time_ms: int, key: str = "",
+                removed: bool = False) -> bytes:
+    """A map channel's change (node/maps/) also carries its key and whether it removed it."""
+    fields = [data, encode_info(info), dict(tags) if tags else None, time_ms]
+    body: bytes = msgpack.packb([*fields, key, removed] if key else fields, use_bin_type=True)
     return body
 
 
 def decode_body(body: bytes | list[Any], offset: int = 0) -> Publication:
     """A publication from its body, given as bytes (a history entry) or already unpacked (inside a message)."""
-    data, info, tags, time_ms = msgpack.unpackb(body, raw=False) if isinstance(body, bytes) else body
-    return Publication(data=data, offset=offset, info=decode_info(info), tags=tags, time_ms=time_ms)
+    fields = msgpack.unpackb(body, raw=False) if isinstance(body, bytes) else body
+    data, info, tags, time_ms = fields[:4]
+    key, removed = (fields[4], fields[5]) if len(fields) > 4 else ("", False)
+    return Publication(data=data, offset=offset, info=decode_info(info), tags=tags, time_ms=time_ms, key=key,
+                       removed=removed)
 
 
 def encode_publication_message(body: bytes, offset: int = 0, epoch: str = "") -> bytes:

@@ -87,8 +87,8 @@ class MapBrokerConfig:
     cleanup_batch_size: int = 100
 
     def __post_init__(self) -> None:
-        if self.type not in ("memory",):
-            raise ConfigError(f"map_broker.type {self.type!r} is not supported by Fugato (only \"memory\")")
+        if self.type not in ("memory", "redis"):
+            raise ConfigError(f"map_broker.type {self.type!r} is not supported by Fugato (\"memory\" or \"redis\")")
 
 
 class _Scope(Protocol):
@@ -96,9 +96,13 @@ class _Scope(Protocol):
     def subscription_type(self) -> str: ...
 
 
-def check_map_engine(broker_type: str, scopes: Iterable[_Scope]) -> None:
-    """The memory map broker is single-node, like Centrifugo's: its state cannot follow a shared engine's
-    stream, so map namespaces need the memory engine until the Redis map broker exists."""
-    if broker_type != "memory" and any(s.subscription_type != "stream" for s in scopes):
-        raise ConfigError("map subscriptions (subscription_type \"map\") need the memory engine in Fugato: the "
-                          "Redis map broker is not implemented yet")
+def check_map_engine(map_broker: MapBrokerConfig, broker_type: str, scopes: Iterable[_Scope]) -> None:
+    """Map state lives next to the channel's stream: in this process (memory engine) or in Redis (Redis engine
+    or broker), whatever ``map_broker`` says, except that a Redis map broker needs Redis there. The NATS
+    broker has no place for it in Fugato."""
+    if map_broker.type == "redis" and broker_type != "redis":
+        raise ConfigError("map_broker.type \"redis\": Fugato keeps map state next to the channel streams, so it "
+                          "needs the Redis engine (engine.type or broker.type \"redis\")")
+    if broker_type not in ("memory", "redis") and any(s.subscription_type != "stream" for s in scopes):
+        raise ConfigError("map subscriptions (subscription_type \"map\") need the memory or the Redis engine in "
+                          "Fugato")

@@ -16,6 +16,9 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from node.broker.base import Broker
+from node.broker.redis import RedisBroker
+from node.broker.redis_map import RedisMapStore
 from node.errors import (
     DISCONNECT_BAD_REQUEST,
     ERROR_ALREADY_SUBSCRIBED,
@@ -27,7 +30,7 @@ from node.errors import (
 )
 from node.maps import wire
 from node.maps.options import MapOptions
-from node.maps.state import Entry, MemoryMapState
+from node.maps.store import MapStore, MemoryMapStore
 from node.models import ClientInfo, ClientState, HistoryOptions, PublishOptions, PublishResult, StreamPosition
 
 if TYPE_CHECKING:
@@ -57,9 +60,11 @@ def _param(params: Mapping[str, Any], key: str, kind: type, default: Any) -> Any
 
 
 class MapService:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, broker: Broker) -> None:
         self._node = node
-        self.state = MemoryMapState()
+        # The state lives next to the channel's stream: in Redis with the Redis engine, else in this process.
+        self.store: MapStore = RedisMapStore(broker) if isinstance(broker, RedisBroker) else \
+            MemoryMapStore(node.publish)
         self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -73,7 +78,7 @@ class MapService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry
             self._expiry = None
-        self.state.clear()
+        await self.store.close()
 
     def options(self, channel: str) -> MapOptions:
         """The channel's map options; a channel of a namespace that is not a map is a bad request."""
@@ -94,33 +99,31 @@ class MapService:
         m = self.options(channel)
         if not key or len(key) > MAX_KEY_LENGTH:
             raise ReplyError(ERROR_BAD_REQUEST)
-        result = await self._node.publish(channel, data, self._stream_options(m, client_info=info, tags=tags,
-                                                                              key=key))
-        expire_at = time.monotonic() + m.key_ttl if m.key_ttl > 0 else 0.0
-        self.state.set(channel, key, Entry(data, result.position.offset, info, tags, expire_at))
+        result = await self.store.set(channel, data, self._stream_options(m, client_info=info, tags=tags, key=key),
+                                      m.key_ttl)
+        self._node.metrics.published("publication")
         return result
 
-    async def remove(self, channel: str, key: str, *, info: ClientInfo | None = None) -> PublishResult:
+    async def remove(self, channel: str, key: str, *, info: ClientInfo | None = None,
+                     expired_only: bool = False) -> PublishResult:
         """Remove ``key``; removing a key that is not there changes nothing and announces nothing."""
         m = self.options(channel)
         if not key or len(key) > MAX_KEY_LENGTH:
             raise ReplyError(ERROR_BAD_REQUEST)
-        if not self.state.remove(channel, key):
-            return PublishResult(suppressed=True)
-        return await self._node.publish(channel, b"null", self._stream_options(m, client_info=info, key=key,
-                                                                              removed=True))
+        return await self.store.remove(channel, self._stream_options(m, client_info=info, key=key, removed=True),
+                                       expired_only=expired_only)
 
     async def _expire_loop(self, interval: float) -> None:
         batch = self._node.config.map_broker.cleanup_batch_size
         while True:
             await asyncio.sleep(interval)
-            for channel, key in self.state.expired(time.monotonic(), batch):
-                try:
+            try:
+                expired = await self.store.expired(batch)
+                for channel, key in expired:
                     # An expired key reaches subscribers as a removal, like one removed by the application.
-                    await self.remove(channel, key)
-                except Exception as e:  # e.g. the namespace is no longer a map after a reload
-                    self.state.remove(channel, key)
-                    logger.warning("expiring map key %s in %s: %s", key, channel, e)
+                    await self.remove(channel, key, expired_only=True)
+            except Exception as e:  # the engine is unavailable, or the namespace is no longer a map (reload)
+                logger.warning("expiring map keys: %s", e)
 
     # --- client commands ---------------------------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class MapService:
         if phase == PHASE_STATE:
             # The first page freezes the position; the following ones carry it back.
             position = StreamPosition(offset, epoch) if epoch else top
-            entries, cursor = self.state.page(channel, _param(params, "cursor", str, ""), limit)
+            entries, cursor = await self.store.page(channel, _param(params, "cursor", str, ""), limit)
             return wire.state_page(client.protocol, top.epoch if epoch != top.epoch else epoch, position.offset,
                                    entries, cursor)
         since = StreamPosition(offset, epoch)

@@ -279,18 +279,13 @@ class JsonCodec:
     ping: Final = PING_BIDI
     empty: Final = b"{}"
 
-    reply = staticmethod(reply)
-    error_reply = staticmethod(error_reply)
-    push = staticmethod(wrap_push)
-    carries = staticmethod(is_json)
-    delta_data = staticmethod(json_string)
-    publication = staticmethod(encode_publication)
-    push_publication = staticmethod(push_publication)
-    push_join = staticmethod(push_join)
-    push_leave = staticmethod(push_leave)
-    push_unsubscribe = staticmethod(push_unsubscribe)
+    # The module's builders, as the interface names them.
+    reply, error_reply, push = staticmethod(reply), staticmethod(error_reply), staticmethod(wrap_push)
+    carries, delta_data = staticmethod(is_json), staticmethod(json_string)
+    publication, push_publication = staticmethod(encode_publication), staticmethod(push_publication)
+    push_join, push_leave = staticmethod(push_join), staticmethod(push_leave)
+    push_unsubscribe, push_refresh = staticmethod(push_unsubscribe), staticmethod(push_refresh)
     subscribe_result = staticmethod(encode_subscribe_result)
-    push_refresh = staticmethod(push_refresh)
 
     @staticmethod
     def push_subscribe(channel: str, opts: SubscribeOptions, start: StreamStart | None, ttl: int) -> bytes:

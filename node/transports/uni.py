@@ -23,7 +23,7 @@ from node.errors import (
     DisconnectError,
     ReplyError,
 )
-from node.protocol import codec, proto
+from node.protocol import codec, proto, rawjson
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +61,16 @@ def parse_connect_request(data: bytes | str) -> dict[str, Any] | None:
     An empty body is an empty request (e.g. anonymous access)."""
     if not data:
         return {}
+    raw = data.encode() if isinstance(data, str) else data
     try:
-        req = orjson.loads(data)
+        req = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    return req if isinstance(req, dict) else None
+    if not isinstance(req, dict):
+        return None
+    if req.get("data") is not None:
+        req["data"] = rawjson.span(raw, ("data",))  # the payload as sent (a connect proxy forwards it)
+    return req
 
 
 async def connect_unidirectional(client: Client, request: dict[str, Any] | None) -> bool:

@@ -135,4 +135,7 @@ async def websocket_handler(request: web.Request, node: Node) -> web.StreamRespo
                 break
     finally:
         await client.close(DISCONNECT_CONNECTION_CLOSED)
+        # A close started elsewhere (the fan-out's 3506, a slow client's 3008) may still be leaving channels
+        # before it sends its close frame: returning now would let aiohttp close with 1000 instead.
+        await client.wait_closed()
     return ws

@@ -174,3 +174,12 @@ async def test_cluster_master_restart_mid_burst_loses_no_acknowledged_publicatio
     finally:
         await broker.close()
         await asyncio.to_thread(cluster.stop)
+
+
+async def test_closing_the_broker_settles_the_publishes_in_flight(broker: RedisBroker) -> None:
+    await broker.start(Recorder())
+    await broker.publish("closing", b"0", HISTORY)  # the command connections are up
+    in_flight = [broker.publish_soon("closing", b"%d" % i, HISTORY) for i in range(1, 6)]
+    await broker.close()  # before the burst is even written
+    outcomes = await asyncio.wait_for(asyncio.gather(*in_flight, return_exceptions=True), 30)
+    assert all(isinstance(o, Exception) for o in outcomes), "no caller is left waiting, none is told it worked"

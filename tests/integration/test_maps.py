@@ -31,9 +31,23 @@ MAP_NAMESPACES: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-async def server(server_factory: ServerFactory) -> ServerProcess:
-    return await server_factory(MAP_NAMESPACES)
+def _engine(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "memory":
+        return {}
+    cluster = request.getfixturevalue("redis_cluster")
+    return {"engine": {"type": "redis", "redis": {"address": [cluster.url],
+                                                  "prefix": request.getfixturevalue("redis_prefix")}}}
+
+
+@pytest.fixture(params=["memory", "redis_cluster"])
+async def server(request: pytest.FixtureRequest, server_factory: ServerFactory) -> ServerProcess:
+    return await server_factory({**MAP_NAMESPACES, **_engine(request)})
+
+
+@pytest.fixture(params=["redis_cluster"])
+async def two_nodes(request: pytest.FixtureRequest, server_factory: ServerFactory) -> tuple[ServerProcess, ...]:
+    config = {**MAP_NAMESPACES, **_engine(request)}
+    return await server_factory(config, name="node-a"), await server_factory(config, name="node-b")
 
 
 @pytest.fixture(params=["json", "protobuf"])
@@ -182,6 +196,24 @@ async def test_bad_map_requests_get_centrifugo_errors(server: ServerProcess, js_
     other = unique_channel("board:")
     await js.call("map_subscribe", channel=other, wait=True)
     await js.wait("map_sync", channel=other)
+
+
+async def test_nodes_share_map_state_and_expire_a_key_once(two_nodes: tuple[ServerProcess, ...],
+                                                           js_factory: JsFactory) -> None:
+    a, b = two_nodes
+    ch = unique_channel("cursors:")
+    for i in range(7):
+        await a.api_result("map_publish", {"channel": ch, "key": f"k{i}", "data": {"i": i}})
+    js = await _connected(b, js_factory)
+    await js.call("map_subscribe", channel=ch, pageSize=3, wait=True)
+    assert _entries(await js.wait("map_sync", channel=ch)) == {f"k{i}": {"i": i} for i in range(7)}
+    await a.api_result("map_publish", {"channel": ch, "key": "k0", "data": {"i": 100}})
+    assert (await js.wait("map_update", channel=ch, key="k0"))["data"] == {"i": 100}
+    # key_ttl 2s: both nodes run the cleanup; each expired key is announced once.
+    await wait_until(lambda: len([e for e in js.events("map_update") if e.get("removed")]) >= 7, timeout=15,
+                     what="all keys expired")
+    removed = sorted(e["key"] for e in js.events("map_update") if e.get("removed"))
+    assert removed == [f"k{i}" for i in range(7)]
 
 
 async def test_map_benchmark_runs_and_loses_nothing() -> None:

@@ -11,7 +11,7 @@ import aiohttp
 import centrifuge
 import pytest
 from harness import JsFactory, PyFactory, ServerFactory, ServerProcess, unique_channel, wait_until
-from proxy_backends import GrpcBackend, HttpBackend, dead_endpoint
+from proxy_backends import GrpcBackend, HttpBackend, dead_endpoint, self_signed
 
 
 def proxy_config(http: HttpBackend | None = None, grpc: GrpcBackend | None = None, *, timeout: str = "1s",
@@ -330,3 +330,27 @@ async def test_every_channel_hook_through_centrifuge_js(server_factory: ServerFa
         assert (await js.wait("publication", channel=ch))["data"] == {"js": {"n": 1}}
         assert (await js.call("rpc", method="sum", data={"a": 2, "b": 3}))["data"] == {"sum": 5}
         assert backend.of("rpc")[0].body["user"] == "jess"
+
+
+async def test_tls_to_https_and_grpc_backends(server_factory: ServerFactory, py_factory: PyFactory) -> None:
+    cert, key = self_signed()
+    async with HttpBackend(tls=(cert, key)) as https, GrpcBackend(tls=(cert, key)) as grpcs:
+        https.answers["connect"] = connect_ok("tls-user")
+        grpcs.answers["publish"] = lambda body: {"result": {"b64data": "eyJ0bHMiOnRydWV9"}}
+        cfg = proxy_config(grpc=grpcs)
+        cfg["client"]["proxy"] = {"connect": {"enabled": True, "endpoint": https.endpoint("connect"),
+                                              "http": {"tls": {"enabled": True, "server_ca_pem": cert}}}}
+        cfg["proxies"][0]["grpc"] = {"tls": {"enabled": True, "server_ca_pem": cert}}
+        srv = await server_factory(cfg)
+        py = await py_factory(srv, token="")
+        ch = unique_channel("gr:")
+        await py.subscribe(ch)
+        await py.client.get_subscription(ch).publish({"plain": True})
+        assert (await py.wait("publication", ch)).ctx.pub.data == {"tls": True}
+        assert https.of("connect") and grpcs.of("publish")
+        # Without the CA the backend's certificate is refused: the call fails (error 100), it is not sent in clear.
+        cfg["client"]["proxy"]["connect"]["http"]["tls"] = {"enabled": True}
+        untrusting = await server_factory(cfg)
+        js_like = await py_factory(untrusting, token="", connect=False)
+        await js_like.connect(wait=False)
+        assert (await js_like.wait("error")).ctx.error.code == 100

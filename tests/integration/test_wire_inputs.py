@@ -3,10 +3,11 @@ centrifuge's decoder fails on them), and the subscribe flag that turns a failed 
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
-from harness import JsFactory, ServerProcess, unique_channel
+from harness import JsFactory, ServerFactory, ServerProcess, unique_channel
 from test_protocol_raw import raw
 
 
@@ -91,3 +92,26 @@ async def test_js_get_state_flow_recovers_after_112(srv: ServerProcess, js_facto
     assert subscribed["recovered"] is True
     assert [e["n"] for e in js.events("get_state")] == [0, 1]
     assert (await js.wait("publication", channel=ch))["data"] == {"n": 2}
+
+
+async def test_publication_data_format(server_factory: ServerFactory) -> None:
+    """``publication_data_format`` as Centrifugo checks it, for the API and client publishes: "json" and
+    "json_object" want valid JSON (an object), "binary" takes any bytes."""
+    common = {"allow_subscribe_for_client": True, "allow_publish_for_client": True}
+    srv = await server_factory({"channel": {"namespaces": [
+        {"name": "js", "publication_data_format": "json", **common},
+        {"name": "ob", "publication_data_format": "json_object", **common},
+        {"name": "bi", "publication_data_format": "binary", **common},
+    ]}})
+    binary = base64.b64encode(b"\x00\xff").decode()
+    cases = [("js:x", {"b64data": binary}, 107), ("js:x", {"data": [1]}, 0), ("ob:x", {"data": [1]}, 107),
+             ("ob:x", {"data": {"k": 1}}, 0), ("bi:x", {"b64data": binary}, 0)]
+    for channel, payload, code in cases:
+        reply = await srv.api("publish", {"channel": channel, **payload})
+        assert reply.get("error", {}).get("code", 0) == code, (channel, payload, reply)
+    broadcast = await srv.api_result("broadcast", {"channels": ["ob:y", "js:y"], "data": [2]})
+    assert [r.get("error", {}).get("code", 0) for r in broadcast["responses"]] == [107, 0]
+    async with raw(srv) as c:
+        await c.connect(srv.token("alice"))
+        await c.send({"id": 2, "publish": {"channel": "ob:z", "data": "not an object"}})
+        assert (await c.reply(2))["error"]["code"] == 107

@@ -33,11 +33,12 @@ FLOORS: dict[str, int] = {
     "node.auth": 0,
     "node.consumers.config": 0,  # a feature's configuration dataclasses sit with the Config that holds them
     "node.proxy.config": 0,
-    "node.maps.options": 0,
+    "node.maps": 0,  # map subscriptions: their options, state values and page encoding
     # 1: the engine: brokers (memory, Redis, NATS ...), presence, history
     "node.broker": 1,
     "node.recovery": 1,
     "node.metrics": 1,  # Prometheus collectors; names the engine's PUB/SUB error kinds
+    "node.maps.store": 1,  # where map state lives (memory; Redis is node.broker.redis_map)
     # 2: the node's parts: subscriptions, writer, hub (fan-out), control channel
     "node.subscriptions": 2,
     "node.writer": 2,
@@ -46,7 +47,8 @@ FLOORS: dict[str, int] = {
     # 3: the application layer and the front door: policy, proxies, Node (the only one holding the engine)
     "node.policy": 3,
     "node.proxy": 3,
-    "node.maps": 2,  # map subscriptions: the node's MapService; names Node and Connection only in annotations
+    # map publish/remove and the map subscribe phases, owned by Node (which it names only in annotations)
+    "node.maps.service": 2,
     "node.connections": 2,  # the connections API's survey: names a Connection (floor 3) only in annotations
     "node.node": 3,
     # 4: the client session: one connection and its commands

@@ -66,3 +66,13 @@ def test_centrifugo_map_example_config_loads() -> None:
     })
     ns = config.channel.namespaces[0]
     assert ns.subscription_type == "map" and ns.map.key_ttl == 60.0 and ns.map.client_key == "client_id"
+
+
+def test_map_state_follows_the_engine() -> None:
+    ns = {"name": "m1", "subscription_type": "map", "map": {"mode": "persistent"}}
+    with pytest.raises(ConfigError, match="needs the Redis engine"):
+        _load({"map_broker": {"type": "redis"}})
+    with pytest.raises(ConfigError, match="memory or the Redis engine"):
+        _load({"broker": {"enabled": True, "type": "nats"}, "channel": {"namespaces": [ns]}})
+    redis = {"engine": {"type": "redis"}, "map_broker": {"type": "redis"}, "channel": {"namespaces": [ns]}}
+    assert _load(redis).map_broker.type == "redis"

@@ -1,0 +1,14 @@
+if ARGV[10] == 'set' then
+  redis.call('hset', KEYS[4], ARGV[11], cmsgpack.pack(top) .. ARGV[9])
+  redis.call('zadd', KEYS[5], 0, ARGV[11])
+  if tonumber(ARGV[12]) > 0 then
+    redis.call('zadd', KEYS[6], ARGV[12], ARGV[11])
+  else
+    redis.call('zrem', KEYS[6], ARGV[11])
+  end
+else
+  redis.call('hdel', KEYS[4], ARGV[11])
+  redis.call('zrem', KEYS[5], ARGV[11])
+  redis.call('zrem', KEYS[6], ARGV[11])
+end
+return {top, epoch, 0}

@@ -1,0 +1,90 @@
+"""Map state in Redis (node/maps/): per channel a hash of key -> msgpack(offset) .. publication body, a sorted
+set of the keys in lexical order (state pages), and a sorted set of expiry times. All share the channel's hash
+tag with its stream, so map_publish.lua (publish.lua between map_prologue.lua and map_epilogue.lua) changes a
+key and appends its stream entry in one atomic call, on one Redis Cluster slot. Channels with expiring keys are
+listed in one set that every node's cleanup round reads."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgpack
+
+from node.broker import wire
+from node.broker.base import new_epoch
+from node.broker.redis import RedisBroker, _publish_result
+from node.broker.redis_shard import hash_tagged
+from node.maps.state import Entry
+from node.models import PublishOptions, PublishResult
+
+
+class RedisMapStore:
+    def __init__(self, broker: RedisBroker) -> None:
+        self._broker = broker
+        prefix = broker.keys.prefix
+        self._prefix = prefix
+        self._expiring = f"{prefix}.map.expiring"
+
+    def _keys(self, channel: str) -> list[str]:
+        keys, tag = self._broker.keys, hash_tagged(channel)
+        return [keys.stream(channel), keys.meta(channel), keys.result(channel, ""),
+                f"{self._prefix}.map.values.{tag}", f"{self._prefix}.map.keys.{tag}",
+                f"{self._prefix}.map.expiry.{tag}"]
+
+    async def _write(self, channel: str, data: bytes, opts: PublishOptions, op: str, expire_at_ms: int) -> Any:
+        shard = self._broker.shard(channel)
+        now_ms = int(time.time() * 1000)
+        body = wire.encode_body(data, opts.client_info, opts.tags, now_ms, opts.key, opts.removed)
+        args = [self._broker.keys.client_channel(channel), opts.history_size, max(int(opts.history_ttl), 1),
+                int(opts.history_meta_ttl), new_epoch(), shard.publish_command, 0, b"0", body,
+                op, opts.key, expire_at_ms, now_ms]
+        return await shard.script("map_publish", self._keys(channel), args)
+
+    async def set(self, channel: str, data: bytes, opts: PublishOptions, key_ttl: float) -> PublishResult:
+        expire_at_ms = int((time.time() + key_ttl) * 1000) if key_ttl > 0 else 0
+        result = _publish_result(await self._write(channel, data, opts, "set", expire_at_ms))
+        if expire_at_ms:
+            await self._broker.shards[0].client.sadd(self._expiring, channel)
+        return result
+
+    async def remove(self, channel: str, opts: PublishOptions, *, expired_only: bool = False) -> PublishResult:
+        return _publish_result(await self._write(channel, b"null", opts, "expire" if expired_only else "remove", 0))
+
+    async def page(self, channel: str, cursor: str, limit: int) -> tuple[list[tuple[str, Entry]], str]:
+        keys = self._keys(channel)
+        client = self._broker.shard(channel).client
+        names = await client.zrangebylex(keys[4], f"({cursor}" if cursor else "-", "+", start=0, num=limit + 1)
+        more = len(names) > limit
+        names = names[:limit]
+        if not names:
+            return [], ""
+        values = await client.hmget(keys[3], names)
+        out: list[tuple[str, Entry]] = []
+        for raw_key, value in zip(names, values, strict=True):
+            if value is None:
+                continue  # removed between the two reads: the stream after the page's position has it
+            unpacker = msgpack.Unpacker(raw=False)
+            unpacker.feed(value)
+            offset = unpacker.unpack()
+            pub = wire.decode_body(unpacker.unpack(), offset)
+            out.append((raw_key.decode() if isinstance(raw_key, bytes) else raw_key,
+                        Entry(pub.data, offset, pub.info, pub.tags)))
+        last = names[-1]
+        return out, (last.decode() if isinstance(last, bytes) else last) if more else ""
+
+    async def expired(self, batch: int) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        now_ms = int(time.time() * 1000)
+        for raw in await self._broker.shards[0].client.smembers(self._expiring):
+            channel = raw.decode() if isinstance(raw, bytes) else raw
+            client = self._broker.shard(channel).client
+            expiry = self._keys(channel)[5]
+            keys: list[Any] = await client.zrangebyscore(expiry, "-inf", now_ms, start=0, num=batch)
+            found.extend((channel, k.decode() if isinstance(k, bytes) else str(k)) for k in keys)
+            if not keys and not await client.zcard(expiry):
+                await self._broker.shards[0].client.srem(self._expiring, channel)
+        return found
+
+    async def close(self) -> None:
+        return None
