@@ -310,6 +310,7 @@ class Node(BrokerEventHandler):
             if state.opts.emit_join_leave:
                 await self._engine.broker.publish_leave(channel, state.info)
                 self.metrics.published("leave")
+            await self.maps.unsubscribed(client.id, channel)
         except Exception as e:
             logger.warning("leaving %s: engine unavailable (%s)", channel, e)
 

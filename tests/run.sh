@@ -59,4 +59,7 @@ done
 
 .venv/bin/ruff check node tests loadtest
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# Most tests wait on servers, clients and subprocesses rather than the CPU, so four pytest workers run them
+# side by side (a test file stays on one worker, so its module fixtures and servers are shared as before).
+# PYTEST_WORKERS=0 runs them one after another.
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-4}" --dist loadfile "$@"

@@ -137,7 +137,8 @@ class Executor:
             "presence": self.presence, "presence_stats": self.presence_stats, "history": self.history,
             "history_remove": self.history_remove, "channels": self.channels, "info": self.info, "rpc": self.rpc,
             "batch": self.batch, "connections": self.connections,
-            "map_publish": self.map_publish, "map_remove": self.map_remove,
+            "map_publish": self.map_publish, "map_remove": self.map_remove, "map_read_state": self.map_read_state,
+            "map_read_stream": self.map_read_stream, "map_stats": self.map_stats, "map_clear": self.map_clear,
         }
         self._options: dict[tuple[int, bool, bool], tuple[ChannelOptions, PublishOptions]] = {}
 
@@ -265,6 +266,22 @@ class Executor:
     async def map_remove(self, p: Params) -> bytes:
         channel, key = _str(p, "channel", required=True), _str(p, "key", required=True)
         return publish_reply(await self.node.maps.remove(channel, key))
+
+    async def map_read_state(self, p: Params) -> bytes:
+        return await self.node.maps.read_state(_str(p, "channel", required=True), _str(p, "cursor"), _int(p, "limit"))
+
+    async def map_read_stream(self, p: Params) -> bytes:
+        since_epoch = _str(p, "since_epoch")
+        since = StreamPosition(_int(p, "since_offset"), since_epoch) if since_epoch or p.get("since_offset") else None
+        return await self.node.maps.read_stream(_str(p, "channel", required=True), since, _int(p, "limit"),
+                                                _bool(p, "reverse"))
+
+    async def map_stats(self, p: Params) -> bytes:
+        return b'{"num_keys":%d}' % await self.node.maps.stats(_str(p, "channel", required=True))
+
+    async def map_clear(self, p: Params) -> bytes:
+        await self.node.maps.clear(_str(p, "channel", required=True))
+        return b"{}"
 
     async def broadcast(self, p: Params) -> bytes:
         channels = p.get("channels")

@@ -86,5 +86,11 @@ class RedisMapStore:
                 await self._broker.shards[0].client.srem(self._expiring, channel)
         return found
 
+    async def count(self, channel: str) -> int:
+        return int(await self._broker.shard(channel).client.zcard(self._keys(channel)[4]))
+
+    async def clear(self, channel: str) -> None:
+        await self._broker.shard(channel).client.delete(*self._keys(channel)[3:])
+
     async def close(self) -> None:
         return None

@@ -44,6 +44,13 @@ class MapOptions:
     remove_proxy_enabled: bool = False
     remove_proxy_name: str = "default"
     remove_client_on_unsubscribe: bool = False
+    # Pages of the subscribe phases: the client's limit, else the default, clamped to [min, max].
+    default_page_size: int = 100
+    min_page_size: int = 100
+    max_page_size: int = 1000
+
+    def page_size(self, asked: int) -> int:
+        return max(self.min_page_size, min(asked or self.default_page_size, self.max_page_size))
 
     @property
     def recoverable(self) -> bool:
@@ -76,6 +83,8 @@ class MapOptions:
             raise ConfigError(f"{where}: map.client_key must be \"client_id\" or \"user_id\"")
         if self.stream_size < 0 or self.stream_ttl < 0 or self.key_ttl < 0 or self.meta_ttl < 0:
             raise ConfigError(f"{where}: map sizes and durations must not be negative")
+        if not 0 < self.min_page_size <= self.max_page_size or self.default_page_size <= 0:
+            raise ConfigError(f"{where}: map page sizes must be positive, min_page_size <= max_page_size")
         if self.external_state and self.mode != "persistent":
             raise ConfigError(f"{where}: map.external_state requires persistent mode")
 

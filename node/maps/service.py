@@ -45,8 +45,6 @@ TYPE_MAP: Final = 1
 PHASE_LIVE: Final = 0
 PHASE_STREAM: Final = 1
 PHASE_STATE: Final = 2
-DEFAULT_PAGE: Final = 100
-MAX_PAGE: Final = 1000
 MAX_KEY_LENGTH: Final = 1024
 
 
@@ -113,6 +111,40 @@ class MapService:
         return await self.store.remove(channel, self._stream_options(m, client_info=info, key=key, removed=True),
                                        expired_only=expired_only)
 
+    # --- reads and administration (server API) ------------------------------------------------------------
+
+    async def read_state(self, channel: str, cursor: str, limit: int) -> bytes:
+        """A page of the state with the stream position read before it (JSON, for the HTTP API)."""
+        m = self.options(channel)
+        top = (await self._node.history(channel, HistoryOptions(limit=0,
+                                                                history_meta_ttl=m.effective_meta_ttl))).position
+        entries, next_cursor = await self.store.page(channel, cursor, m.page_size(limit))
+        return wire.api_state(top.epoch, top.offset, entries, next_cursor)
+
+    async def read_stream(self, channel: str, since: StreamPosition | None, limit: int, reverse: bool) -> bytes:
+        m = self.options(channel)
+        result = await self._node.history(channel, HistoryOptions(since=since, limit=limit, reverse=reverse,
+                                                                  history_meta_ttl=m.effective_meta_ttl))
+        return wire.api_result(result.position.epoch, result.position.offset, result.publications)
+
+    async def stats(self, channel: str) -> int:
+        self.options(channel)
+        return await self.store.count(channel)
+
+    async def clear(self, channel: str) -> None:
+        self.options(channel)
+        await self.store.clear(channel)
+        await self._node.remove_history(channel)
+
+    async def unsubscribed(self, client_id: str, channel: str) -> None:
+        """A subscriber left: with ``map.remove_client_on_unsubscribe`` its own entry (key = client id) goes."""
+        try:
+            ns = self._node.policy.namespace(channel)
+        except ReplyError:
+            return  # its namespace went away in a config reload: no map options to follow
+        if ns.subscription_type == "map" and ns.map.remove_client_on_unsubscribe:
+            await self.remove(channel, client_id)
+
     async def _expire_loop(self, interval: float) -> None:
         batch = self._node.config.map_broker.cleanup_batch_size
         while True:
@@ -159,8 +191,9 @@ class MapService:
             raise ReplyError(ERROR_ALREADY_SUBSCRIBED)
         if len(client.channels) + len(client.subscribing) >= node.config.client.channel_limit:
             raise ReplyError(ERROR_LIMIT_EXCEEDED)
-        limit = min(_param(params, "limit", int, 0) or DEFAULT_PAGE, MAX_PAGE,
-                    node.config.client.recovery_max_publication_limit or MAX_PAGE)
+        # The live reply recovers at most a page: within what a recovery may return.
+        limit = min(m.page_size(_param(params, "limit", int, 0)),
+                    node.config.client.recovery_max_publication_limit or m.max_page_size)
         opts = await node.policy.subscribe(client, channel, params)
         meta_ttl = m.effective_meta_ttl
         top = (await node.history(channel, HistoryOptions(limit=0, history_meta_ttl=meta_ttl))).position

@@ -75,5 +75,8 @@ class MemoryMapState:
                         break
         return found
 
+    def drop(self, channel: str) -> None:
+        self._channels.pop(channel, None)
+
     def clear(self) -> None:
         self._channels.clear()

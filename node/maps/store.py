@@ -24,6 +24,10 @@ class MapStore(Protocol):
 
     async def expired(self, batch: int) -> list[tuple[str, str]]: ...
 
+    async def count(self, channel: str) -> int: ...
+
+    async def clear(self, channel: str) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -51,6 +55,12 @@ class MemoryMapStore:
 
     async def expired(self, batch: int) -> list[tuple[str, str]]:
         return self.state.expired(time.monotonic(), batch)
+
+    async def count(self, channel: str) -> int:
+        return self.state.size(channel)
+
+    async def clear(self, channel: str) -> None:
+        self.state.drop(channel)
 
     async def close(self) -> None:
         self.state.clear()

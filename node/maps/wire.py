@@ -1,5 +1,5 @@
-"""SubscribeResult pages of a map subscribe (STATE and STREAM phases) in the connection's protocol. The LIVE
-reply is an ordinary subscribe result (node/protocol/)."""
+"""SubscribeResult pages of a map subscribe (STATE and STREAM phases) in the connection's protocol, and the
+server API's map reads. The LIVE reply is an ordinary subscribe result (node/protocol/)."""
 
 from __future__ import annotations
 
@@ -36,3 +36,14 @@ def state_page(protocol: str, epoch: str, offset: int, entries: Sequence[tuple[s
 def stream_page(protocol: str, epoch: str, offset: int, pubs: Sequence[Publication]) -> bytes:
     fields: dict[str, object] = {"epoch": epoch, "offset": offset, "phase": PHASE_STREAM}
     return _page(protocol, fields, "publications", pubs)
+
+
+def api_result(epoch: str, offset: int, pubs: Sequence[Publication], cursor: str = "") -> bytes:
+    """``map_read_state`` / ``map_read_stream`` results: entries (or changes) under ``publications``, with the
+    stream position (the state's is read before the state) and, for state, the next page's cursor."""
+    return codec.result_object({"epoch": epoch, "cursor": cursor}, {
+        "publications": codec.encode_publications(pubs), "offset": b"%d" % offset})
+
+
+def api_state(epoch: str, offset: int, entries: Sequence[tuple[str, Entry]], cursor: str) -> bytes:
+    return api_result(epoch, offset, [_entry_publication(k, e) for k, e in entries], cursor)

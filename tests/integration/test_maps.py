@@ -19,10 +19,13 @@ MAP_NAMESPACES: dict[str, Any] = {
         "namespaces": [
             {"name": "board", "subscription_type": "map", "allow_subscribe_for_client": True,
              "map": {"mode": "persistent", "allow_publish_for_subscriber": True,
-                     "allow_remove_for_subscriber": True}},
+                     "allow_remove_for_subscriber": True, "min_page_size": 1}},
             {"name": "cursors", "subscription_type": "map", "allow_subscribe_for_client": True,
              "map": {"mode": "ephemeral", "key_ttl": "2s", "client_key": "client_id",
-                     "allow_publish_for_client": True, "allow_remove_for_client": True}},
+                     "allow_publish_for_client": True, "allow_remove_for_client": True, "min_page_size": 1}},
+            {"name": "lobby", "subscription_type": "map", "allow_subscribe_for_client": True,
+             "map": {"mode": "persistent", "client_key": "client_id", "allow_publish_for_subscriber": True,
+                     "remove_client_on_unsubscribe": True}},
             {"name": "polls", "subscription_type": "map", "allow_subscribe_for_client": True,
              "map": {"mode": "durable", "key_ttl": "60s"}},
         ],
@@ -57,7 +60,7 @@ def protocol(request: pytest.FixtureRequest) -> str:
 
 async def _connected(server: ServerProcess, js_factory: JsFactory, user: str = "alice",
                      protocol: str = "json") -> JsClient:
-    js = await js_factory(server, {"protocol": protocol})
+    js = await js_factory(server, {"protocol": protocol, "trace": protocol == "json"})
     await js.call("connect", token=server.token(user), wait=True)
     return js
 
@@ -85,6 +88,9 @@ async def test_state_loads_in_pages_then_updates_arrive_live(server: ServerProce
     sync = await js.wait("map_sync", channel=ch)
     state = _entries(sync)
     assert len(state) == 24 and "k03" not in state and state["k24"] == {"n": 24}
+    if protocol == "json":
+        pages = [e for e in js.events("frame_out") if '"phase":2' in str(e.get("data"))]
+        assert len(pages) == 3, pages
     await server.api_result("map_publish", {"channel": ch, "key": "k05", "data": {"n": 500}})
     update = await js.wait("map_update", channel=ch, key="k05")
     assert _data(update["data"]) == {"n": 500} and not update.get("removed")
@@ -159,6 +165,20 @@ async def test_client_key_and_key_ttl_expiry_arrive_as_removals(server: ServerPr
     assert state["offset"] > 0
 
 
+async def test_a_leaving_client_takes_its_entry_along(server: ServerProcess, js_factory: JsFactory) -> None:
+    ch = unique_channel("lobby:")
+    watcher = await _connected(server, js_factory, "watcher")
+    guest = await _connected(server, js_factory, "guest")
+    await watcher.call("map_subscribe", channel=ch, wait=True)
+    await guest.call("map_subscribe", channel=ch, wait=True)
+    await guest.call("map_publish", channel=ch, key="ignored", data={"status": "here"})
+    guest_id = guest.events("connected")[0]["client"]
+    assert (await watcher.wait("map_update", channel=ch, key=guest_id))["data"] == {"status": "here"}
+    # remove_client_on_unsubscribe: unsubscribing removes the guest's entry (persistent mode: no TTL would).
+    await guest.call("map_unsubscribe", channel=ch)
+    assert (await watcher.wait("map_update", channel=ch, key=guest_id, removed=True))["removed"] is True
+
+
 async def test_durable_map_recovers_missed_changes_after_resubscribe(server: ServerProcess,
                                                                      js_factory: JsFactory, protocol: str) -> None:
     ch = unique_channel("polls:")
@@ -177,6 +197,44 @@ async def test_durable_map_recovers_missed_changes_after_resubscribe(server: Ser
     assert _data((await js.wait("map_update", channel=ch, key="no"))["data"]) == {"votes": 5}
     assert _data((await js.wait("map_update", channel=ch, key="yes"))["data"]) == {"votes": 2}
     assert len([e for e in js.events("map_sync") if e["channel"] == ch]) == 1
+
+
+async def test_ephemeral_map_reloads_the_state_after_resubscribe(server: ServerProcess,
+                                                                 js_factory: JsFactory) -> None:
+    ch = unique_channel("cursors:")
+    await server.api_result("map_publish", {"channel": ch, "key": "a", "data": {"x": 1}})
+    js = await _connected(server, js_factory)
+    await js.call("map_subscribe", channel=ch, wait=True)
+    assert (await js.wait("map_sync", channel=ch))["entries"][0]["key"] == "a"
+    assert next(e for e in js.events("map_subscribed") if e["channel"] == ch)["recoverable"] is not True
+    await js.call("map_unsubscribe", channel=ch)
+    await js.wait("map_unsubscribed", channel=ch)
+    await server.api_result("map_publish", {"channel": ch, "key": "b", "data": {"x": 2}})
+    await js.call("map_subscribe", channel=ch, wait=True)
+    # Not recoverable: the client loads the whole state again instead of catching up.
+    assert _entries(await js.wait("map_sync", channel=ch)) == {"a": {"x": 1}, "b": {"x": 2}}
+    assert [e for e in js.events("map_subscribed") if e["channel"] == ch][-1]["recovered"] is not True
+
+
+async def test_server_api_reads_counts_and_clears_a_map(server: ServerProcess) -> None:
+    ch = unique_channel("board:")
+    for key in ("a", "b", "c"):
+        await server.api_result("map_publish", {"channel": ch, "key": key, "data": {"k": key}})
+    await server.api_result("map_remove", {"channel": ch, "key": "b"})
+    assert (await server.api_result("map_stats", {"channel": ch}))["num_keys"] == 2
+    first = await server.api_result("map_read_state", {"channel": ch, "limit": 1})
+    assert [(p["key"], p["data"]) for p in first["publications"]] == [("a", {"k": "a"})]
+    assert first["offset"] == 4 and first["cursor"]
+    rest = await server.api_result("map_read_state", {"channel": ch, "limit": 1, "cursor": first["cursor"]})
+    assert [p["key"] for p in rest["publications"]] == ["c"] and not rest.get("cursor")
+    stream = await server.api_result("map_read_stream", {"channel": ch, "since_offset": 2,
+                                                         "since_epoch": first["epoch"], "limit": 10})
+    assert [(p["key"], p.get("removed", False)) for p in stream["publications"]] == [("c", False), ("b", True)]
+    position = await server.api_result("map_read_stream", {"channel": ch, "limit": 0})
+    assert position["publications"] == [] and position["offset"] == 4
+    await server.api_result("map_clear", {"channel": ch})
+    assert (await server.api_result("map_stats", {"channel": ch}))["num_keys"] == 0
+    assert (await server.api_result("map_read_state", {"channel": ch}))["publications"] == []
 
 
 async def test_bad_map_requests_get_centrifugo_errors(server: ServerProcess, js_factory: JsFactory) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,3 +77,11 @@ def test_map_state_follows_the_engine() -> None:
         _load({"broker": {"enabled": True, "type": "nats"}, "channel": {"namespaces": [ns]}})
     redis = {"engine": {"type": "redis"}, "map_broker": {"type": "redis"}, "channel": {"namespaces": [ns]}}
     assert _load(redis).map_broker.type == "redis"
+
+
+def test_shipped_maps_config_loads_cleanly() -> None:
+    result = load(str(Path(__file__).resolve().parents[2] / "conf" / "config.maps.json"), {}, {})
+    assert result.warnings == ()
+    cursors, board = result.config.channel.namespaces
+    assert cursors.map.mode == "ephemeral" and cursors.map.remove_client_on_unsubscribe
+    assert board.map.recoverable and board.map.effective_stream_size == 1000
