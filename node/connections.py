@@ -3,16 +3,47 @@ answer to a control-channel survey, and the node asked merges the answers into o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Collection, Iterable
+from typing import Any, Final, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from node.node import Connection
+from node.models import Identity
+from node.transport import Transport
 
 SURVEY: Final = "connections"
 
 
-def describe(client: Connection, node_id: str) -> dict[str, Any]:
+class Described(Identity, Protocol):
+    """A connection as the connections API describes it (the node's ``Connection`` is one)."""
+
+    @property
+    def channels(self) -> Collection[str]: ...
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def protocol(self) -> str: ...
+
+    @property
+    def app_name(self) -> str: ...
+
+    @property
+    def app_version(self) -> str: ...
+
+    @property
+    def meta(self) -> bytes | None: ...
+
+    @property
+    def conn_info(self) -> bytes | None: ...
+
+    @property
+    def connected_at(self) -> float: ...
+
+
+D = TypeVar("D", bound=Described)
+
+
+def describe(client: Described, node_id: str) -> dict[str, Any]:
     """One connection as a ``ConnectionInfo`` JSON object; ``info`` and ``meta`` stay raw JSON bytes."""
     state: dict[str, Any] = {"channels": {ch: {} for ch in client.channels}}
     if client.meta is not None:
@@ -22,7 +53,7 @@ def describe(client: Connection, node_id: str) -> dict[str, Any]:
             "connected_at_ms": int(client.connected_at * 1000), "info": client.conn_info, "node": node_id}
 
 
-def matching(clients: Iterable[Connection], user: str, channel: str) -> Iterable[Connection]:
+def matching(clients: Iterable[D], user: str, channel: str) -> Iterable[D]:
     for client in clients:
         if (not user or client.user == user) and (not channel or channel in client.channels):
             yield client

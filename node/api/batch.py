@@ -11,15 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
 
 from node.errors import API_ERROR_NOT_FOUND, ERROR_BAD_REQUEST, ERROR_INTERNAL, Error, ReplyError
 from node.models import PublishOptions, PublishResult
-from node.node import MAX_BROADCAST_CONCURRENCY
+from node.node import MAX_BROADCAST_CONCURRENCY, Node
 from node.protocol import codec
 
-if TYPE_CHECKING:
-    from node.api.executor import Executor
+
+class Executor(Protocol):
+    """What a batch needs from the API executor (``executor.Executor`` implements it; it imports this module)."""
+
+    @property
+    def methods(self) -> Mapping[str, object]: ...
+
+    @property
+    def node(self) -> Node: ...
+
+    async def call(self, method: str, params: Any, *, protocol: str | None = None) -> bytes: ...
+
+    def publish_args(self, channel: str, p: Mapping[str, Any]) -> tuple[str, bytes, PublishOptions]: ...
+
+    def publishes_done(self, count: int, seconds: float, error_codes: list[int]) -> None: ...
 
 EPOCH_CACHE_SIZE: Final = 10000
 _BAD: Final = b'{"error":' + codec.encode_error(ERROR_BAD_REQUEST) + b"}"

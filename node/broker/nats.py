@@ -64,7 +64,7 @@ class NatsBroker(Broker):
         self._tasks: set[asyncio.Task[None]] = set()
         self.history_store: JetStreamHistory | None = None
         if cfg.jetstream.enabled:
-            self.history_store = JetStreamHistory(self, cfg, history_limits, history_meta_ttl)
+            self.history_store = JetStreamHistory(self.nc, cfg, history_limits, history_meta_ttl)
 
     # --- subjects ----------------------------------------------------------------------------------------
 

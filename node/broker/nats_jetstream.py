@@ -22,8 +22,9 @@ import base64
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, RePublish, StorageType, StreamConfig
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
@@ -33,9 +34,6 @@ from node.broker import wire
 from node.broker.base import new_epoch
 from node.config import NatsBrokerConfig
 from node.models import HistoryOptions, HistoryResult, Publication, PublishOptions, PublishResult, StreamPosition
-
-if TYPE_CHECKING:
-    from node.broker.nats import NatsBroker
 
 WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's error code for a failed expected-last-subject-sequence check
 MAX_ATTEMPTS: Final = 16
@@ -61,8 +59,8 @@ class _Top:
 
 
 class JetStreamHistory:
-    def __init__(self, broker: NatsBroker, cfg: NatsBrokerConfig, limits: tuple[int, float], meta_ttl: float) -> None:
-        self._broker = broker
+    def __init__(self, nc: NatsClient, cfg: NatsBrokerConfig, limits: tuple[int, float], meta_ttl: float) -> None:
+        self._nc = nc  # the broker's connection (one for its whole life)
         self._cfg = cfg
         self._prefix = f"{cfg.prefix}.history."
         self.stream = _name(cfg.prefix, "history")
@@ -83,7 +81,7 @@ class JetStreamHistory:
         return self._js
 
     async def start(self) -> None:
-        nc = self._broker.nc
+        nc = self._nc
         self._js = nc.jetstream(timeout=max(self._cfg.write_timeout, 1.0))
         size, ttl = self._limits
         config = StreamConfig(

@@ -1,6 +1,7 @@
 """The layers of node/ (docs/ARCHITECTURE.md): every module sits on a floor, imports only from its own floor or
-below, and no modules import each other in a circle. Read from the source with ``ast``; imports under
-``if TYPE_CHECKING:`` are left out, since they are how a lower layer may name a higher one in an annotation.
+below, and no modules import each other in a circle. Read from the source with ``ast``. An import under
+``if TYPE_CHECKING:`` of a higher floor is left out: that is how a lower layer may name a higher one in an
+annotation. One of the same floor or below counts like any other, so it cannot hide a circle.
 
 A new module must be given a floor here: a new room is a decision, not an accident."""
 
@@ -46,9 +47,10 @@ FLOORS: dict[str, int] = {
     # 3: the application layer and the front door: policy, proxies, Node (the only one holding the engine)
     "node.policy": 3,
     "node.proxy": 3,
-    "node.connections": 3,  # the connections API's survey (describes what the node holds)
+    # map publish/remove and the map subscribe phases, owned by Node (which it names only in annotations)
+    "node.maps.service": 2,
+    "node.connections": 2,  # the connections API's survey: names a Connection (floor 3) only in annotations
     "node.node": 3,
-    "node.maps.service": 3,  # map publish/remove and the map subscribe phases, for Node, the commands and the API
     # 4: the client session: one connection and its commands
     "node.commands": 4,
     "node.client": 4,
@@ -61,6 +63,7 @@ FLOORS: dict[str, int] = {
     "node.server": 6,
     # 7: command line and process management
     "node.workers": 7,  # process management on the supervisor side
+    "node.clitools": 7,  # the CLI's config and token commands
     "node.healthcheck": 7,  # the container's HEALTHCHECK command
     "node.cli": 7,
     "node.__main__": 7,
@@ -78,13 +81,14 @@ def module_name(path: Path) -> str:
 
 
 def floor_of(module: str) -> int | None:
+    if module == "node":
+        return FLOORS["node"]
     name = module
-    while True:
+    while name != "node":
         if name in FLOORS:
             return FLOORS[name]
-        if "." not in name:
-            return None
         name = name.rsplit(".", 1)[0]
+    return None
 
 
 def _type_checking_block(node: ast.AST) -> bool:
@@ -96,18 +100,18 @@ def _type_checking_block(node: ast.AST) -> bool:
 
 
 def runtime_imports(path: Path, modules: set[str]) -> set[str]:
-    """The node modules ``path`` imports when it runs (at any depth, TYPE_CHECKING blocks excluded)."""
+    """The node modules ``path`` imports (at any depth), but for those that only a TYPE_CHECKING block imports
+    from a higher floor."""
     tree = ast.parse(path.read_text(), str(path))
     own = module_name(path)
     package = own if path.name == "__init__.py" else own.rsplit(".", 1)[0]
     found: set[str] = set()
-    skipped: set[int] = set()
+    annotations_only: set[str] = set()
+    typing_only: set[int] = set()
     for node in ast.walk(tree):
         if _type_checking_block(node):
-            skipped.update(id(n) for n in ast.walk(node))
+            typing_only.update(id(n) for n in ast.walk(node))
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -124,8 +128,11 @@ def runtime_imports(path: Path, modules: set[str]) -> set[str]:
             while target and target not in modules:
                 target = target.rsplit(".", 1)[0] if "." in target else ""
             if target and target != own:
-                found.add(target)
-    return found
+                (annotations_only if id(node) in typing_only else found).add(target)
+    own_floor = floor_of(own)
+    upward = {t for t in annotations_only - found
+              if own_floor is not None and (floor_of(t) or 0) > own_floor}
+    return found | (annotations_only - upward)
 
 
 def import_graph() -> dict[str, set[str]]:
