@@ -15,29 +15,16 @@ SURVEY: Final = "connections"
 class Described(Identity, Protocol):
     """A connection as the connections API describes it (the node's ``Connection`` is one)."""
 
-    @property
-    def channels(self) -> Collection[str]: ...
+    transport: Transport
+    protocol: str
+    app_name: str
+    app_version: str
+    meta: bytes | None
+    conn_info: bytes | None
+    connected_at: float
 
     @property
-    def transport(self) -> Transport: ...
-
-    @property
-    def protocol(self) -> str: ...
-
-    @property
-    def app_name(self) -> str: ...
-
-    @property
-    def app_version(self) -> str: ...
-
-    @property
-    def meta(self) -> bytes | None: ...
-
-    @property
-    def conn_info(self) -> bytes | None: ...
-
-    @property
-    def connected_at(self) -> float: ...
+    def channels(self) -> Collection[str]: ...  # read-only, so the client's dict of channel states fits
 
 
 D = TypeVar("D", bound=Described)

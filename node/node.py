@@ -75,6 +75,7 @@ class Connection(Receiver, Writable, Protocol):
 
     node: Node
     user: str
+    protocol: str
     conn_info: bytes | None
     meta: bytes | None  # connection meta: proxies (include_connection_meta) and the API see it, never the client
     app_name: str  # the connect command's name and version (the connections API shows them)
@@ -87,9 +88,6 @@ class Connection(Receiver, Writable, Protocol):
 
     @property
     def info(self) -> ClientInfo: ...
-
-    @property
-    def protocol(self) -> str: ...
 
     def channel_info(self, channel: str) -> ClientInfo: ...
 

@@ -30,17 +30,10 @@ COMMON_FRAMING: Final = "ws-text"
 class Receiver(Identity, Protocol):
     """A connection as the fan-out sees it (the client session implements it)."""
 
-    @property
-    def unidirectional(self) -> bool: ...
-
-    @property
-    def framing(self) -> str: ...
-
-    @property
-    def transport(self) -> Transport: ...
-
-    @property
-    def codec(self) -> Codec: ...  # builds the messages in the connection's protocol
+    unidirectional: bool
+    framing: str
+    transport: Transport
+    codec: Codec  # builds the messages in the connection's protocol
 
     def frame(self, message: bytes) -> bytes:
         """One protocol message in this connection's transport framing."""

@@ -13,16 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from node.models import (
-    ClientInfo,
-    HistoryOptions,
-    HistoryResult,
-    PresenceStats,
-    Publication,
-    PublishOptions,
-    PublishResult,
-    StreamPosition,
-)
+from node import models
 
 # Kinds of PUB/SUB failure a broker reports (handle_pubsub_error); the metric has one series per kind.
 PUBSUB_ERRORS: Final = ("connection_lost", "reconnect_failed", "subscribe_failed")
@@ -31,11 +22,11 @@ PUBSUB_ERRORS: Final = ("connection_lost", "reconnect_failed", "subscribe_failed
 class BrokerEventHandler(Protocol):
     """Implemented by the Node. Called on the broker's reader; must not await (it only enqueues)."""
 
-    def handle_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None: ...
+    def handle_publication(self, channel: str, pub: models.Publication, sp: models.StreamPosition) -> None: ...
 
-    def handle_join(self, channel: str, info: ClientInfo) -> None: ...
+    def handle_join(self, channel: str, info: models.ClientInfo) -> None: ...
 
-    def handle_leave(self, channel: str, info: ClientInfo) -> None: ...
+    def handle_leave(self, channel: str, info: models.ClientInfo) -> None: ...
 
     def handle_control(self, data: bytes) -> None: ...
 
@@ -58,13 +49,15 @@ class Broker(Protocol):
 
     async def unsubscribe(self, *channels: str) -> None: ...
 
-    async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+    async def publish(self, channel: str, data: bytes, opts: models.PublishOptions) -> models.PublishResult:
         """Append to history (when ``opts.history_size``) and publish, atomically per channel."""
 
-    async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
+    async def publish_many(
+        self, items: Sequence[tuple[str, bytes, models.PublishOptions]]
+    ) -> list[models.PublishResult | Exception]:
         """``publish`` for each (channel, data, options), in order: each item gets its result or its own error.
         Publications of one channel keep their order. Brokers override this to send them together."""
-        results: list[PublishResult | Exception] = []
+        results: list[models.PublishResult | Exception] = []
         for channel, data, opts in items:
             try:
                 results.append(await self.publish(channel, data, opts))
@@ -72,19 +65,21 @@ class Broker(Protocol):
                 results.append(e)
         return results
 
-    def publish_soon(self, channel: str, data: bytes, opts: PublishOptions) -> asyncio.Future[PublishResult]:
+    def publish_soon(
+        self, channel: str, data: bytes, opts: models.PublishOptions
+    ) -> asyncio.Future[models.PublishResult]:
         """``publish`` started now, without a coroutine of the caller's: the future gets its result. Brokers
         whose publish completes in a callback override this to spare a task per call."""
         return asyncio.ensure_future(self.publish(channel, data, opts))
 
-    async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
+    async def publish_join(self, channel: str, info: models.ClientInfo) -> None: ...
 
-    async def publish_leave(self, channel: str, info: ClientInfo) -> None: ...
+    async def publish_leave(self, channel: str, info: models.ClientInfo) -> None: ...
 
     async def publish_control(self, data: bytes, node_id: str = "") -> None:
         """Send a control message to one node, or to every node when ``node_id`` is empty."""
 
-    async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult: ...
+    async def history(self, channel: str, opts: models.HistoryOptions) -> models.HistoryResult: ...
 
     async def remove_history(self, channel: str) -> None: ...
 
@@ -95,11 +90,11 @@ class Broker(Protocol):
 class PresenceManager(Protocol):
     """Presence entries expire unless re-added within the presence TTL; a live connection re-adds its own."""
 
-    async def presence(self, channel: str) -> dict[str, ClientInfo]: ...
+    async def presence(self, channel: str) -> dict[str, models.ClientInfo]: ...
 
-    async def presence_stats(self, channel: str) -> PresenceStats: ...
+    async def presence_stats(self, channel: str) -> models.PresenceStats: ...
 
-    async def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> None: ...
+    async def add_presence(self, channel: str, client_id: str, info: models.ClientInfo) -> None: ...
 
     async def remove_presence(self, channel: str, client_id: str, user_id: str) -> None: ...
 

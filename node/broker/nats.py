@@ -23,21 +23,13 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from node import models
 from node.broker import wire
 from node.broker.base import Broker, BrokerEventHandler
 from node.broker.nats_jetstream import JetStreamHistory
 from node.broker.tls import client_context
 from node.config import NatsBrokerConfig
 from node.errors import ERROR_BAD_REQUEST, ERROR_NOT_AVAILABLE, ReplyError
-from node.models import (
-    ClientInfo,
-    HistoryOptions,
-    HistoryResult,
-    Publication,
-    PublishOptions,
-    PublishResult,
-    StreamPosition,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +169,8 @@ class NatsBroker(Broker):
 
     async def _on_raw(self, channel: str, msg: Msg) -> None:
         if self._handler is not None:
-            pub = Publication(data=msg.data, channel=self._specific(channel, msg))
-            self._handler.handle_publication(channel, pub, StreamPosition())
+            pub = models.Publication(data=msg.data, channel=self._specific(channel, msg))
+            self._handler.handle_publication(channel, pub, models.StreamPosition())
 
     async def _on_message(self, channel: str, msg: Msg) -> None:
         handler = self._handler
@@ -203,26 +195,26 @@ class NatsBroker(Broker):
 
     # --- publishing --------------------------------------------------------------------------------------
 
-    async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+    async def publish(self, channel: str, data: bytes, opts: models.PublishOptions) -> models.PublishResult:
         if _has_wildcard(channel):
             raise ReplyError(ERROR_BAD_REQUEST)  # a publication goes to one channel, never to a pattern
         if self._raw.enabled:
             await self.nc.publish(self.subject(channel), data)
-            return PublishResult(StreamPosition())
+            return models.PublishResult(models.StreamPosition())
         body = wire.encode_body(data, opts.client_info, opts.tags, int(time.time() * 1000))
         if self.history_store is not None and opts.history_size > 0 and opts.history_ttl > 0:
             return await self.history_store.publish(channel, body, opts)
         await self.nc.publish(self.subject(channel), wire.encode_publication_message(body))
-        return PublishResult(StreamPosition())
+        return models.PublishResult(models.StreamPosition())
 
-    async def _publish_join_leave(self, kind: int, channel: str, info: ClientInfo) -> None:
+    async def _publish_join_leave(self, kind: int, channel: str, info: models.ClientInfo) -> None:
         if not self._raw.enabled:  # raw subjects carry only payloads
             await self.nc.publish(self.subject(channel), wire.encode_join_leave(kind, info))
 
-    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+    async def publish_join(self, channel: str, info: models.ClientInfo) -> None:
         await self._publish_join_leave(wire.JOIN, channel, info)
 
-    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+    async def publish_leave(self, channel: str, info: models.ClientInfo) -> None:
         await self._publish_join_leave(wire.LEAVE, channel, info)
 
     async def publish_control(self, data: bytes, node_id: str = "") -> None:
@@ -230,7 +222,7 @@ class NatsBroker(Broker):
 
     # --- history -----------------------------------------------------------------------------------------
 
-    async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
+    async def history(self, channel: str, opts: models.HistoryOptions) -> models.HistoryResult:
         if self.history_store is None:
             raise ReplyError(ERROR_NOT_AVAILABLE)
         return await self.history_store.history(channel, opts)

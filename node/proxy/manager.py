@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from node.config import ChannelOptions, Config
 from node.errors import ERROR_INTERNAL, ERROR_METHOD_NOT_FOUND, ConfigError, DisconnectError, ReplyError
+from node.models import Identity
 from node.proxy.base import ProxyBackend
 from node.proxy.config import DEFAULT_PROXY_NAME, ProxyConfig, RpcOptions
 from node.proxy.grpc import GrpcProxy
@@ -49,21 +50,13 @@ class ProxyMetrics:
                                   namespace="centrifugo", registry=registry, buckets=BUCKETS)
 
 
-class ProxyClient(Protocol):
+class ProxyClient(Identity, Protocol):
     """What a request is built from: a connection (``client.Client``)."""
 
-    @property
-    def id(self) -> str: ...
-    @property
-    def user(self) -> str: ...
-    @property
-    def protocol(self) -> str: ...
-    @property
-    def transport(self) -> Transport: ...
-    @property
-    def meta(self) -> bytes | None: ...
-    @property
-    def proxy_headers(self) -> Mapping[str, str] | None: ...
+    protocol: str
+    transport: Transport
+    meta: bytes | None
+    proxy_headers: Mapping[str, str] | None
 
 
 class Proxy:
