@@ -40,7 +40,10 @@ class Unsubscribe:
     reason: str
 
 
+# Temporary errors: the SDK retries the command (or the subscription) instead of giving up.
 ERROR_INTERNAL: Final = Error(100, "internal server error", temporary=True)
+ERROR_TOO_MANY_REQUESTS: Final = Error(111, "too many requests", temporary=True)
+# Final errors, in code order.
 ERROR_UNAUTHORIZED: Final = Error(101, "unauthorized")
 ERROR_UNKNOWN_CHANNEL: Final = Error(102, "unknown channel")
 ERROR_PERMISSION_DENIED: Final = Error(103, "permission denied")
@@ -51,7 +54,6 @@ ERROR_BAD_REQUEST: Final = Error(107, "bad request")
 ERROR_NOT_AVAILABLE: Final = Error(108, "not available")
 ERROR_TOKEN_EXPIRED: Final = Error(109, "token expired")
 ERROR_EXPIRED: Final = Error(110, "expired")
-ERROR_TOO_MANY_REQUESTS: Final = Error(111, "too many requests", temporary=True)
 ERROR_UNRECOVERABLE_POSITION: Final = Error(112, "unrecoverable position")
 # The server API spells 104 differently from the client protocol.
 API_ERROR_NOT_FOUND: Final = Error(104, "not found")

@@ -129,25 +129,21 @@ class PubSubConnection(asyncio.Protocol):
         reader = self._reader
         reader.feed(data)
         messages: list[list[bytes]] = []
-        while True:
-            try:
-                obj = reader.gets()
-            except hiredis.ProtocolError:
-                logger.error("protocol error on PUB/SUB connection %s", self.address)
-                self.close()
-                break
-            if obj is False:
-                break
-            if type(obj) is list and len(obj) == 3:
-                kind = obj[0]
-                if kind == b"smessage" or kind == b"message":  # noqa: PLR1714 (hot path: no tuple building)
-                    messages.append(obj)
-                    continue
-                self._confirm(kind, obj[1])
-            elif isinstance(obj, hiredis.ReplyError):
-                self._fail(obj)
-            else:
-                self._plain_reply()
+        try:
+            while (obj := reader.gets()) is not False:
+                if type(obj) is list and len(obj) == 3:
+                    kind = obj[0]
+                    if kind == b"smessage" or kind == b"message":  # noqa: PLR1714 (hot path: no tuple building)
+                        messages.append(obj)
+                    else:
+                        self._confirm(kind, obj[1])
+                elif isinstance(obj, hiredis.ReplyError):
+                    self._fail(obj)
+                else:
+                    self._plain_reply()
+        except hiredis.ProtocolError:  # the messages read before it are still delivered
+            logger.error("protocol error on PUB/SUB connection %s", self.address)
+            self.close()
         if messages:
             try:
                 self._on_message(messages)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -28,6 +28,15 @@ class Raw(bytes):
     a subclass) instead of serialising a parsed value again."""
 
     __slots__ = ()
+
+
+def load_object(buf: bytes) -> dict[str, Any] | None:
+    """The JSON object ``buf`` holds; None when it is not JSON or not an object (a request body the caller refuses)."""
+    try:
+        obj = orjson.loads(buf)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def skip_ws(buf: bytes, pos: int) -> int:

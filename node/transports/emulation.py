@@ -21,13 +21,13 @@ import logging
 import secrets
 from typing import Any, Final
 
-import orjson
 from aiohttp import web
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from node.client import Client
 from node.node import Node
 from node.protocol import client_pb2 as pb
+from node.protocol import rawjson
 from node.transports.http import cors_headers, origin_ok, preflight, protobuf_body, read_body
 
 logger = logging.getLogger(__name__)
@@ -37,11 +37,8 @@ ACTION: Final = "emulation"  # control message kind of a forwarded request
 
 def parse_json_request(body: bytes) -> tuple[str, str, bytes] | None:
     """``(session, node, data)`` of a JSON request (``data`` is the command frame as a string); None if malformed."""
-    try:
-        req = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(req, dict):
+    req = rawjson.load_object(body)
+    if req is None:
         return None
     session, node_id, data = req.get("session"), req.get("node"), req.get("data")
     if not isinstance(session, str) or not isinstance(node_id, str) or not isinstance(data, str) or not data:

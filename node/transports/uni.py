@@ -8,8 +8,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
-import orjson
-
 from node import commands
 from node.client import Client
 from node.config import ClientConfig
@@ -62,11 +60,8 @@ def parse_connect_request(data: bytes | str) -> dict[str, Any] | None:
     if not data:
         return {}
     raw = data.encode() if isinstance(data, str) else data
-    try:
-        req = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(req, dict):
+    req = rawjson.load_object(raw)
+    if req is None:
         return None
     if req.get("data") is not None:
         req["data"] = rawjson.span(raw, ("data",))  # the payload as sent (a connect proxy forwards it)
