@@ -23,6 +23,7 @@ from node.proxy.config import (
     NamedProxyConfig,
     RpcNamespaceConfig,
     RpcOptions,
+    TransformDisconnect,
 )
 
 DURATION: Final = {"duration": True}
@@ -224,14 +225,8 @@ class CodeTransforms:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DisconnectTo:
-    code: int = 0
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectCodeTransform(CodeTransform):
-    to: DisconnectTo = DisconnectTo()
+    to: TransformDisconnect = TransformDisconnect()  # the same {code, reason} as a proxy's to_disconnect
 
     def __post_init__(self) -> None:
         self._check("client.connect_code_to_unidirectional_disconnect", str(self.to.code),
