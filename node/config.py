@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
+from node.config_fields import duration
 from node.consumers.config import ConsumerConfig, check_unique_names
 from node.errors import ConfigError
 from node.maps.options import MapBrokerConfig, MapOptions, check_map_engine
@@ -25,12 +26,6 @@ from node.proxy.config import (
     RpcOptions,
     TransformDisconnect,
 )
-
-DURATION: Final = {"duration": True}
-
-
-def _dur(default: float) -> Any:
-    return field(default=default, metadata=DURATION)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,9 +66,9 @@ class RedisEngineConfig:
     user: str = ""
     password: str = ""
     db: int = 0
-    connect_timeout: float = _dur(1.0)
-    io_timeout: float = _dur(4.0)
-    presence_ttl: float = _dur(60.0)
+    connect_timeout: float = duration(1.0)
+    io_timeout: float = duration(4.0)
+    presence_ttl: float = duration(60.0)
     tls: RedisTlsConfig = RedisTlsConfig()
 
     def __post_init__(self) -> None:
@@ -135,8 +130,8 @@ class NatsJetStreamConfig:
 class NatsBrokerConfig:
     url: str = ""  # "" = nats://127.0.0.1:4222
     prefix: str = "centrifugo"
-    dial_timeout: float = _dur(1.0)
-    write_timeout: float = _dur(1.0)
+    dial_timeout: float = duration(1.0)
+    write_timeout: float = duration(1.0)
     tls: RedisTlsConfig = RedisTlsConfig()
     allow_wildcards: bool = False
     raw_mode: NatsRawModeConfig = NatsRawModeConfig()
@@ -257,15 +252,15 @@ class ClientConfig:
     disallow_anonymous_connection_tokens: bool = False
     insecure: bool = False
     insecure_skip_token_signature_verify: bool = False
-    ping_interval: float = _dur(25.0)
-    pong_timeout: float = _dur(8.0)
-    expired_close_delay: float = _dur(25.0)
-    expired_sub_close_delay: float = _dur(25.0)
-    stale_close_delay: float = _dur(10.0)
+    ping_interval: float = duration(25.0)
+    pong_timeout: float = duration(8.0)
+    expired_close_delay: float = duration(25.0)
+    expired_sub_close_delay: float = duration(25.0)
+    stale_close_delay: float = duration(10.0)
     channel_limit: int = 128
     queue_max_size: int = 1048576
-    presence_update_interval: float = _dur(27.0)
-    channel_position_check_delay: float = _dur(40.0)
+    presence_update_interval: float = duration(27.0)
+    channel_position_check_delay: float = duration(40.0)
     user_connection_limit: int = 0
     connection_limit: int = 0
     connect_include_server_time: bool = False
@@ -276,7 +271,7 @@ class ClientConfig:
     max_messages_in_frame: int = 16
     # Centrifugo PRO's batching knob: hold writes this long after the first queued message, so a connection
     # that gets many messages sends them in fewer system calls (less CPU, more latency). 0 = write at once.
-    write_delay: float = _dur(0.0)
+    write_delay: float = duration(0.0)
     # Unidirectional transports get a connect error as a disconnect push; these override the default mapping.
     connect_code_to_unidirectional_disconnect: ConnectCodeToUnidirectionalDisconnect = \
         ConnectCodeToUnidirectionalDisconnect()
@@ -308,8 +303,8 @@ class ChannelOptions:
     join_leave: bool = False
     force_push_join_leave: bool = False
     history_size: int = 0
-    history_ttl: float = _dur(0.0)
-    history_meta_ttl: float = _dur(0.0)  # 0 = channel.history_meta_ttl
+    history_ttl: float = duration(0.0)
+    history_meta_ttl: float = duration(0.0)  # 0 = channel.history_meta_ttl
     force_positioning: bool = False
     allow_positioning: bool = False
     force_recovery: bool = False
@@ -394,7 +389,7 @@ class ChannelConfig:
     proxy: ChannelProxyContainer = ChannelProxyContainer()
     without_namespace: ChannelOptions = ChannelOptions()
     namespaces: tuple[NamespaceConfig, ...] = ()
-    history_meta_ttl: float = _dur(720 * 3600.0)
+    history_meta_ttl: float = duration(720 * 3600.0)
     max_length: int = 255
     private_prefix: str = "$"
     namespace_boundary: str = ":"
@@ -466,7 +461,7 @@ class WebsocketConfig:
     disabled: bool = False
     handler_prefix: str = "/connection/websocket"
     message_size_limit: int = 65536
-    write_timeout: float = _dur(1.0)
+    write_timeout: float = duration(1.0)
     compression: bool = False
 
 
@@ -598,7 +593,7 @@ class NodeSection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ShutdownConfig:
-    timeout: float = _dur(30.0)
+    timeout: float = duration(30.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

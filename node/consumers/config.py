@@ -8,18 +8,16 @@ Keys, nesting and defaults are Centrifugo v6's. Types Fugato cannot consume yet 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Final
 
+from node.config_fields import duration
 from node.errors import ConfigError
 
 NAME_RE: Final = re.compile(r"^[a-zA-Z0-9_]{2,}$")
 SUPPORTED_TYPES: Final = ("postgresql", "redis_stream", "nats_jetstream")
 UNSUPPORTED_TYPES: Final = ("kafka", "google_pub_sub", "aws_sqs", "azure_service_bus")
 
-
-def _dur(default: float) -> Any:
-    return field(default=default, metadata={"duration": True})  # parsed as a Go duration by config_load
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,7 +26,7 @@ class PostgresConsumerConfig:
     outbox_table_name: str = ""
     num_partitions: int = 1
     partition_select_limit: int = 100
-    partition_poll_interval: float = _dur(0.3)
+    partition_poll_interval: float = duration(0.3)
     partition_notification_channel: str = ""
     partition_notification_dsn: str = ""
     # Accepted for compatibility: Fugato never waits on a partition lock (rows are claimed with
@@ -61,8 +59,8 @@ class NatsJetStreamPublicationDataModeConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RedisStreamConsumerConfig:
     address: tuple[str, ...] = ("redis://127.0.0.1:6379",)
-    connect_timeout: float = _dur(1.0)
-    io_timeout: float = _dur(4.0)
+    connect_timeout: float = duration(1.0)
+    io_timeout: float = duration(4.0)
     db: int = 0
     user: str = ""
     password: str = ""
@@ -70,7 +68,7 @@ class RedisStreamConsumerConfig:
     force_resp2: bool = False
     streams: tuple[str, ...] = ()
     consumer_group: str = ""
-    visibility_timeout: float = _dur(30.0)
+    visibility_timeout: float = duration(30.0)
     num_workers: int = 1
     payload_value: str = "payload"
     method_value: str = "method"

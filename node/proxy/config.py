@@ -9,15 +9,13 @@ Kept apart from ``node/config.py`` (which imports these) so the proxy keys live 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
+from node.config_fields import duration
 from node.errors import ConfigError
 
 DEFAULT_PROXY_NAME: Final = "default"
 
-
-def _dur(default: float) -> Any:
-    return field(default=default, metadata={"duration": True})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,7 +74,7 @@ class ProxyConfig:
     ``host:port``) through the ``centrifugal.centrifugo.proxy.CentrifugoProxy`` service."""
 
     endpoint: str = ""
-    timeout: float = _dur(1.0)
+    timeout: float = duration(1.0)
     http_headers: tuple[str, ...] = ()
     grpc_metadata: tuple[str, ...] = ()
     emulated_headers: tuple[str, ...] = ()
@@ -168,16 +166,16 @@ class LeaveEventsConfig:
 
     enabled: bool = False
     endpoint: str = ""
-    timeout: float = _dur(5.0)
+    timeout: float = duration(5.0)
     batch_size: int = 100
-    batch_interval: float = _dur(0.05)
-    max_retry_interval: float = _dur(10.0)
+    batch_interval: float = duration(0.05)
+    max_retry_interval: float = duration(10.0)
     max_queue_size: int = 100000
     http_headers: dict[str, str] = field(default_factory=dict)
     unsubscribe: bool = True
     # How long a node's connection records outlive it in the engine: peers that find them after that time
     # send the leave events of the dead node's connections.
-    connection_record_ttl: float = _dur(30.0)
+    connection_record_ttl: float = duration(30.0)
 
     def __post_init__(self) -> None:
         if self.enabled and not self.endpoint.startswith(("http://", "https://")):

@@ -24,6 +24,7 @@ FLOORS: dict[str, int] = {
     "node.models": 0,
     "node.config": 0,
     "node.config_load": 0,
+    "node.config_fields": 0,
     "node.protocol": 0,
     "node.delta": 0,
     "node.timers": 0,
