@@ -23,11 +23,13 @@ class ProxyTlsConfig:
     """Client TLS towards the backend (HTTPS or GRPC over TLS); PEM values are the PEM text or a file path."""
 
     enabled: bool = False
-    cert_pem: str = ""
-    key_pem: str = ""
+    # How the backend's certificate is checked ...
     server_ca_pem: str = ""
     insecure_skip_verify: bool = False
     server_name: str = ""
+    # ... and the client certificate shown to it (mutual TLS).
+    cert_pem: str = ""
+    key_pem: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
