@@ -102,9 +102,7 @@ class GrpcProxy(ProxyBackend):
 
     async def subscribe(self, req: pt.SubscribeRequest) -> pt.SubscribeResult:
         msg = pb.SubscribeRequest(channel=req.channel, token=req.token, **self._body(req, req.data))
-        r = (await self._call(self._client().Subscribe, req, msg)).result
-        opts = _sub_options(r)
-        return pt.SubscribeResult(expire_at=opts.expire_at, info=opts.info, data=opts.data, override=opts.override)
+        return _sub_options((await self._call(self._client().Subscribe, req, msg)).result)
 
     async def publish(self, req: pt.PublishRequest) -> pt.PublishResult:
         msg = pb.PublishRequest(channel=req.channel, **self._body(req, req.data))
@@ -137,7 +135,7 @@ def _bytes(raw: bytes, b64: str) -> bytes | None:
     return raw or None
 
 
-def _sub_options(o: Any) -> pt.SubscribeOptionsResult:
+def _sub_options(o: Any) -> pt.SubscribeResult:
     override = None
     if o.HasField("override"):
         v = o.override
@@ -149,5 +147,5 @@ def _sub_options(o: Any) -> pt.SubscribeOptionsResult:
                                      force_push_join_leave=flag("force_push_join_leave"),
                                      force_positioning=flag("force_positioning"),
                                      force_recovery=flag("force_recovery"))
-    return pt.SubscribeOptionsResult(expire_at=o.expire_at, info=_bytes(o.info, o.b64info),
+    return pt.SubscribeResult(expire_at=o.expire_at, info=_bytes(o.info, o.b64info),
                                   data=_bytes(o.data, o.b64data), override=override)

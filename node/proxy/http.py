@@ -108,9 +108,7 @@ class HttpProxy(ProxyBackend):
         body["channel"] = req.channel
         if req.token:
             body["token"] = req.token
-        r = await self.post(req, body) or {}
-        opts = _sub_options(r)
-        return pt.SubscribeResult(expire_at=opts.expire_at, info=opts.info, data=opts.data, override=opts.override)
+        return _sub_options(await self.post(req, body) or {})
 
     async def publish(self, req: pt.PublishRequest) -> pt.PublishResult:
         body = self._body(req, req.data)
@@ -205,9 +203,9 @@ def _override(obj: Mapping[str, Any]) -> SubscribeOverride | None:
                              force_positioning=flag("force_positioning"), force_recovery=flag("force_recovery"))
 
 
-def _sub_options(obj: object) -> pt.SubscribeOptionsResult:
+def _sub_options(obj: object) -> pt.SubscribeResult:
     if not isinstance(obj, dict):
         raise pt.ProxyCallError("bad_response", "subscription options are not an object")
-    return pt.SubscribeOptionsResult(expire_at=_field(obj, "expire_at", int, 0), info=payload(obj, "info"),
+    return pt.SubscribeResult(expire_at=_field(obj, "expire_at", int, 0), info=payload(obj, "info"),
                                   data=payload(obj, "data"), override=_override(obj))
 

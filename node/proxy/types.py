@@ -42,23 +42,13 @@ class ConnectRequest(ProxyRequest):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SubscribeOptionsResult:
-    """One server-side subscription a connect result asks for (``subs``)."""
-
-    expire_at: int = 0
-    info: bytes | None = None
-    data: bytes | None = None
-    override: SubscribeOverride | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectResult:
     user: str = ""
     expire_at: int = 0
     info: bytes | None = None
     data: bytes | None = None
     channels: tuple[str, ...] = ()
-    subs: Mapping[str, SubscribeOptionsResult] = field(default_factory=dict)
+    subs: Mapping[str, SubscribeResult] = field(default_factory=dict)  # server-side subscriptions
     meta: bytes | None = None
 
 
@@ -84,6 +74,8 @@ class SubscribeRequest(ProxyRequest):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubscribeResult:
+    """A subscribe proxy's answer, and each server-side subscription of a connect result (``subs``)."""
+
     expire_at: int = 0
     info: bytes | None = None
     data: bytes | None = None
