@@ -125,11 +125,12 @@ class NamedProxyConfig(ProxyConfig):
     name: str = ""
 
     def __post_init__(self) -> None:
+        section = f"proxies[{self.name}]"
         if not self.name:
             raise ConfigError("proxies: every proxy needs a name")
-        self.check(f"proxies[{self.name}]")
+        self.check(section)
         if not self.endpoint:
-            raise ConfigError(f"proxies[{self.name}]: endpoint is required")
+            raise ConfigError(f"{section}: endpoint is required")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,12 +139,15 @@ class ClientProxyContainer:
     refresh: EnabledProxyConfig = EnabledProxyConfig()
 
 
+NO_CHANNEL_PROXY: Final = DefaultProxyConfig()  # frozen: one unset hook serves as every hook's default
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChannelProxyContainer:
-    subscribe: DefaultProxyConfig = DefaultProxyConfig()
-    publish: DefaultProxyConfig = DefaultProxyConfig()
-    sub_refresh: DefaultProxyConfig = DefaultProxyConfig()
-    subscribe_stream: DefaultProxyConfig = DefaultProxyConfig()
+    subscribe: DefaultProxyConfig = NO_CHANNEL_PROXY
+    publish: DefaultProxyConfig = NO_CHANNEL_PROXY
+    sub_refresh: DefaultProxyConfig = NO_CHANNEL_PROXY
+    subscribe_stream: DefaultProxyConfig = NO_CHANNEL_PROXY
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
