@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
-from node.config_fields import duration
+from node.config_fields import RedisConnectionConfig, duration
 from node.consumers.config import ConsumerConfig, check_unique_names
 from node.errors import ConfigError
 from node.maps.options import MapBrokerConfig, MapOptions, check_map_engine
@@ -54,20 +54,14 @@ class RedisTlsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RedisEngineConfig:
+class RedisEngineConfig(RedisConnectionConfig):
     """Redis for the broker and presence. Each entry of ``address`` (or of ``cluster_address``) is one shard:
     ``redis://host:port[/db]`` (``rediss://`` for TLS) for a standalone server, ``redis+cluster://h1:p1,h2:p2``
     (or a ``cluster_address`` entry ``h1:p1,h2:p2``) for a Redis Cluster. Channels are spread over shards with
     jump consistent hashing."""
 
-    address: tuple[str, ...] = ("redis://127.0.0.1:6379",)
     cluster_address: tuple[str, ...] = ()
     prefix: str = "centrifugo"
-    user: str = ""
-    password: str = ""
-    db: int = 0
-    connect_timeout: float = duration(1.0)
-    io_timeout: float = duration(4.0)
     presence_ttl: float = duration(60.0)
     tls: RedisTlsConfig = RedisTlsConfig()
 

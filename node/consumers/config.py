@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from node.config_fields import duration
+from node.config_fields import RedisConnectionConfig, duration
 from node.errors import ConfigError
 
 NAME_RE: Final = re.compile(r"^[a-zA-Z0-9_]{2,}$")
@@ -57,13 +57,7 @@ class NatsJetStreamPublicationDataModeConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RedisStreamConsumerConfig:
-    address: tuple[str, ...] = ("redis://127.0.0.1:6379",)
-    connect_timeout: float = duration(1.0)
-    io_timeout: float = duration(4.0)
-    db: int = 0
-    user: str = ""
-    password: str = ""
+class RedisStreamConsumerConfig(RedisConnectionConfig):
     client_name: str = ""
     force_resp2: bool = False
     streams: tuple[str, ...] = ()
