@@ -22,7 +22,7 @@ from pathlib import Path
 from node.broker.base import Broker, BrokerEventHandler
 from node.broker.memory import MemoryBroker
 from node.broker.redis import RedisBroker
-from node.config import RedisEngineConfig
+from node.config_engine import RedisEngineConfig
 from node.models import ClientInfo, Publication, PublishOptions, StreamPosition
 
 

@@ -8,7 +8,8 @@ from node.broker.memory import MemoryBroker, MemoryPresenceManager
 from node.broker.nats import NatsBroker
 from node.broker.redis import RedisBroker
 from node.broker.redis_presence import RedisPresenceManager
-from node.config import Config, RedisEngineConfig
+from node.config import Config
+from node.config_engine import RedisEngineConfig
 
 
 class StandaloneRedisPresenceManager(RedisPresenceManager):

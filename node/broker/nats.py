@@ -28,7 +28,7 @@ from node.broker import wire
 from node.broker.base import Broker, BrokerEventHandler
 from node.broker.nats_jetstream import JetStreamHistory
 from node.broker.tls import client_context
-from node.config import NatsBrokerConfig
+from node.config_engine import NatsBrokerConfig
 from node.errors import ERROR_BAD_REQUEST, ERROR_NOT_AVAILABLE, ReplyError
 
 logger = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from nats.js.kv import KeyValue
 
 from node.broker import wire
 from node.broker.base import new_epoch
-from node.config import NatsBrokerConfig
+from node.config_engine import NatsBrokerConfig
 from node.models import HistoryOptions, HistoryResult, Publication, PublishOptions, PublishResult, StreamPosition
 
 WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's error code for a failed expected-last-subject-sequence check

@@ -17,7 +17,7 @@ from node.broker.base import Broker, BrokerEventHandler, new_epoch
 from node.broker.redis_pipe import encode
 from node.broker.redis_shard import Keys, RedisShard, ScriptCall
 from node.broker.sharding import shard_index
-from node.config import RedisEngineConfig
+from node.config_engine import RedisEngineConfig
 from node.models import (
     ClientInfo,
     HistoryOptions,

@@ -31,7 +31,7 @@ from node.broker.redis_pubsub import (
 )
 from node.broker.sharding import fnv1a64
 from node.broker.tls import client_context
-from node.config import RedisEngineConfig
+from node.config_engine import RedisEngineConfig
 from node.errors import ConfigError
 
 SCRIPTS: Final = ("publish", "history", "presence_add", "presence_remove", "presence_get", "map_publish")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from node.config import RedisTlsConfig
+from node.config_engine import RedisTlsConfig
 
 
 def client_context(tls: RedisTlsConfig, *, required: bool = False) -> ssl.SSLContext | None:

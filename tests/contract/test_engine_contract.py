@@ -18,7 +18,7 @@ from node.broker.base import BrokerEventHandler, Engine
 from node.broker.memory import MemoryBroker, MemoryPresenceManager
 from node.broker.redis import RedisBroker
 from node.broker.redis_presence import RedisPresenceManager
-from node.config import RedisEngineConfig
+from node.config_engine import RedisEngineConfig
 from node.models import ClientInfo, HistoryOptions, Publication, PublishOptions, StreamPosition
 
 ENGINES = ["memory", "redis", "redis_cluster", "redis_2shards"]

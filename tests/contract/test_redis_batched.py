@@ -16,7 +16,7 @@ from test_engine_contract import Recorder, redis_addresses
 
 from node.broker.redis import RedisBroker
 from node.broker.redis_shard import ScriptError
-from node.config import RedisEngineConfig
+from node.config_engine import RedisEngineConfig
 from node.models import HistoryOptions, PublishOptions, PublishResult
 
 HISTORY = PublishOptions(history_size=100000, history_ttl=300)

@@ -12,7 +12,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from test_engine_contract import Recorder, redis_addresses
 
 from node.broker.redis import RedisBroker
-from node.config import RedisEngineConfig
+from node.config_engine import RedisEngineConfig
 from node.models import HistoryOptions, PublishOptions
 
 

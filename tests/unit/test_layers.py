@@ -25,6 +25,7 @@ FLOORS: dict[str, int] = {
     "node.config": 0,
     "node.config_load": 0,
     "node.config_fields": 0,
+    "node.config_engine": 0,
     "node.protocol": 0,
     "node.delta": 0,
     "node.timers": 0,
