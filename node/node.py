@@ -140,7 +140,7 @@ class Node(BrokerEventHandler):
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
-        self.maps = MapService(self, engine.broker)
+        self.maps: MapService[Connection] = MapService(self, engine.broker)
 
     async def start(self) -> None:
         await self._engine.broker.start(self)

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Generic
 
 from node.broker.base import Broker
 from node.broker.redis import RedisBroker
@@ -29,13 +29,11 @@ from node.errors import (
     ReplyError,
 )
 from node.maps import wire
+from node.maps.host import C_contra, MapHost
 from node.maps.options import MapOptions
 from node.maps.store import MapStore, MemoryMapStore
 from node.models import ClientInfo, ClientState, HistoryOptions, PublishOptions, PublishResult, StreamPosition
-
-if TYPE_CHECKING:
-    from node.node import Connection, Node
-    from node.protocol.codec import Command
+from node.protocol.codec import Command
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +55,10 @@ def _param(params: Mapping[str, Any], key: str, kind: type, default: Any) -> Any
     return value
 
 
-class MapService:
-    def __init__(self, node: Node, broker: Broker) -> None:
+class MapService(Generic[C_contra]):
+    """The map channels of one node (``node``: see node/maps/host.py; ``C_contra``: its connection type)."""
+
+    def __init__(self, node: MapHost[C_contra], broker: Broker) -> None:
         self._node = node
         # The state lives next to the channel's stream: in Redis with the Redis engine, else in this process.
         self.store: MapStore = RedisMapStore(broker) if isinstance(broker, RedisBroker) else \
@@ -159,7 +159,7 @@ class MapService:
 
     # --- client commands ---------------------------------------------------------------------------------
 
-    async def client_publish(self, client: Connection, cmd: Command) -> bytes:
+    async def client_publish(self, client: C_contra, cmd: Command) -> bytes:
         params = cmd.params
         channel = _param(params, "channel", str, "")
         if not channel:
@@ -177,7 +177,7 @@ class MapService:
             await self.publish(channel, key, cmd.data, info=info)
         return client.codec.empty
 
-    async def subscribe(self, client: Connection, cmd: Command) -> bytes | None:
+    async def subscribe(self, client: C_contra, cmd: Command) -> bytes | None:
         node, params = self._node, cmd.params
         channel = _param(params, "channel", str, "")
         if not channel:
@@ -216,7 +216,7 @@ class MapService:
         await self._go_live(client, cmd, channel, m, opts, since)
         return None  # already replied
 
-    async def _go_live(self, client: Connection, cmd: Command, channel: str, m: MapOptions, opts: Any,
+    async def _go_live(self, client: C_contra, cmd: Command, channel: str, m: MapOptions, opts: Any,
                        since: StreamPosition) -> None:
         node = self._node
         recovering = cmd.params.get("recover") is True

@@ -1,7 +1,7 @@
 """The layers of node/ (docs/ARCHITECTURE.md): every module sits on a floor, imports only from its own floor or
 below, and no modules import each other in a circle. Read from the source with ``ast``. An import under
-``if TYPE_CHECKING:`` of a higher floor is left out: that is how a lower layer may name a higher one in an
-annotation. One of the same floor or below counts like any other, so it cannot hide a circle.
+``if TYPE_CHECKING:`` counts like any other: a lower layer that must name a higher one describes what it uses
+as a ``Protocol`` on its own floor (node/maps/host.py, node/connections.py), which the higher one fits.
 
 A new module must be given a floor here: a new room is a decision, not an accident."""
 
@@ -49,9 +49,10 @@ FLOORS: dict[str, int] = {
     # 3: the application layer and the front door: policy, proxies, Node (the only one holding the engine)
     "node.policy": 3,
     "node.proxy": 3,
-    # map publish/remove and the map subscribe phases, owned by Node (which it names only in annotations)
+    # map publish/remove and the map subscribe phases, owned by Node, which fits the protocols of node.maps.host
     "node.maps.service": 2,
-    "node.connections": 2,  # the connections API's survey: names a Connection (floor 3) only in annotations
+    "node.maps.host": 2,
+    "node.connections": 2,  # the connections API's survey: a connection as the Described protocol
     "node.node": 3,
     # 4: the client session: one connection and its commands
     "node.commands": 4,
@@ -93,26 +94,12 @@ def floor_of(module: str) -> int | None:
     return None
 
 
-def _type_checking_block(node: ast.AST) -> bool:
-    if not isinstance(node, ast.If):
-        return False
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def runtime_imports(path: Path, modules: set[str]) -> set[str]:
-    """The node modules ``path`` imports (at any depth), but for those that only a TYPE_CHECKING block imports
-    from a higher floor."""
+def imports(path: Path, modules: set[str]) -> set[str]:
+    """The node modules ``path`` imports, at any depth (in a function, under ``if TYPE_CHECKING:``)."""
     tree = ast.parse(path.read_text(), str(path))
     own = module_name(path)
     package = own if path.name == "__init__.py" else own.rsplit(".", 1)[0]
     found: set[str] = set()
-    annotations_only: set[str] = set()
-    typing_only: set[int] = set()
-    for node in ast.walk(tree):
-        if _type_checking_block(node):
-            typing_only.update(id(n) for n in ast.walk(node))
     for node in ast.walk(tree):
         names: list[str] = []
         if isinstance(node, ast.Import):
@@ -130,17 +117,14 @@ def runtime_imports(path: Path, modules: set[str]) -> set[str]:
             while target and target not in modules:
                 target = target.rsplit(".", 1)[0] if "." in target else ""
             if target and target != own:
-                (annotations_only if id(node) in typing_only else found).add(target)
-    own_floor = floor_of(own)
-    upward = {t for t in annotations_only - found
-              if own_floor is not None and (floor_of(t) or 0) > own_floor}
-    return found | (annotations_only - upward)
+                found.add(target)
+    return found
 
 
 def import_graph() -> dict[str, set[str]]:
     paths = [p for p in PACKAGE.rglob("*.py") if not p.name.endswith(GENERATED)]
     modules = {module_name(p) for p in paths}
-    return {module_name(p): runtime_imports(p, modules) for p in paths}
+    return {module_name(p): imports(p, modules) for p in paths}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
