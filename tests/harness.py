@@ -272,7 +272,7 @@ class ServerProcess:
         tail = self.log_tail(20).lower()
         return "address already in use" in tail or "errno 98" in tail
 
-    async def start(self, timeout: float = 15.0) -> Self:
+    async def start(self, timeout: float = 40.0) -> Self:
         """Launch and wait until ``GET /health`` answers 200; fail with the log tail otherwise."""
         for attempt in range(3):
             self._launch()
@@ -285,7 +285,7 @@ class ServerProcess:
             break
         return self._fail_start(timeout)
 
-    def start_sync(self, timeout: float = 15.0) -> Self:
+    def start_sync(self, timeout: float = 40.0) -> Self:
         """``start()`` for code without an event loop (module-scoped fixtures)."""
         for attempt in range(3):
             self._launch()
