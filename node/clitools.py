@@ -30,6 +30,7 @@ from typing import Any, Final
 
 from node.auth.jwt import JWTVerifier
 from node.config import Config
+from node.config_fields import config_key
 from node.config_load import format_duration, known_keys, load, to_json_dict
 from node.errors import TokenError
 
@@ -173,7 +174,8 @@ def schema(cls: type = Config, instance: Any = None, prefix: str = "", level: in
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         duration = bool(f.metadata.get("duration"))
-        path = prefix + f.name
+        key = config_key(cls, f)
+        path = prefix + key
         type_name, complex_ = _type_name(tp, duration)
         value = getattr(instance, f.name) if instance is not None else _field_default(f)
         children: list[Key] = []
@@ -182,7 +184,7 @@ def schema(cls: type = Config, instance: Any = None, prefix: str = "", level: in
             children = schema(tp, value if value is not None else tp(), path + ".", level + 1)
         elif isinstance(item, type) and dataclasses.is_dataclass(item):
             children = schema(item, None, path + "[].", level + 1)
-        keys.append(Key(path, f.name, level, type_name, complex_, _default_text(value, duration),
+        keys.append(Key(path, key, level, type_name, complex_, _default_text(value, duration),
                         _doc(cls, f.name, tp), tuple(children)))
     return keys
 
@@ -312,9 +314,9 @@ def _value_at(config: Any, path: str) -> tuple[Any, bool]:
     """The value of a dotted key and whether it is a duration."""
     obj, duration = config, False
     for part in path.split("."):
-        field = next(f for f in dataclasses.fields(obj) if f.name == part)
+        field = next(f for f in dataclasses.fields(obj) if config_key(type(obj), f) == part)
         duration = bool(field.metadata.get("duration"))
-        obj = getattr(obj, part)
+        obj = getattr(obj, field.name)
     return obj, duration
 
 

@@ -340,21 +340,33 @@ class WebsocketConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HttpStreamConfig:
-    """Bidirectional emulation over one streaming POST response (``/connection/http_stream``)."""
+class EndpointConfig:
+    """An HTTP endpoint that can be switched on or off; each subclass gives its path."""
 
     enabled: bool = False
-    handler_prefix: str = "/connection/http_stream"
+    handler_prefix: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpBodyEndpointConfig(EndpointConfig):
+    """An endpoint that reads commands from request bodies (the HTTP-stream and SSE transports, bidirectional or
+    not)."""
+
     max_request_body_size: int = 65536
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SseConfig:
+class HttpStreamConfig(HttpBodyEndpointConfig):
+    """Bidirectional emulation over one streaming POST response (``/connection/http_stream``)."""
+
+    handler_prefix: str = "/connection/http_stream"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SseConfig(HttpBodyEndpointConfig):
     """Bidirectional emulation over an EventSource stream (``/connection/sse``)."""
 
-    enabled: bool = False
     handler_prefix: str = "/connection/sse"
-    max_request_body_size: int = 65536
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -396,19 +408,20 @@ class ConnectCodeToHttpResponse(CodeTransforms):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class UniSseConfig:
-    enabled: bool = False
-    handler_prefix: str = "/connection/uni_sse"
-    max_request_body_size: int = 65536
+class UniHttpConfig(HttpBodyEndpointConfig):
+    """A unidirectional transport over one HTTP response: its connect errors become plain HTTP responses."""
+
     connect_code_to_http_response: ConnectCodeToHttpResponse = ConnectCodeToHttpResponse()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class UniHttpStreamConfig:
-    enabled: bool = False
+class UniSseConfig(UniHttpConfig):
+    handler_prefix: str = "/connection/uni_sse"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UniHttpStreamConfig(UniHttpConfig):
     handler_prefix: str = "/connection/uni_http_stream"
-    max_request_body_size: int = 65536
-    connect_code_to_http_response: ConnectCodeToHttpResponse = ConnectCodeToHttpResponse()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -428,16 +441,15 @@ class UniGrpcConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HealthConfig:
-    # On by default (Centrifugo defaults to off): orchestrators and the README's quick start rely on it.
-    enabled: bool = True
-    handler_prefix: str = "/health"
+class PrometheusConfig(EndpointConfig):
+    handler_prefix: str = "/metrics"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PrometheusConfig:
-    enabled: bool = False
-    handler_prefix: str = "/metrics"
+class HealthConfig(EndpointConfig):
+    # On by default (Centrifugo defaults to off): orchestrators and the README's quick start rely on it.
+    enabled: bool = True
+    handler_prefix: str = "/health"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

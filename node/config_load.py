@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from node.config import Config, NamespaceConfig, broker_warnings
+from node.config_fields import config_key
 from node.consumers.config import ConsumerConfig
 from node.errors import ConfigError
 
@@ -172,7 +173,7 @@ def _leaves(cls: type, prefix: str = "") -> dict[str, _Leaf]:
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        path = f"{prefix}{f.name}"
+        path = f"{prefix}{config_key(cls, f)}"
         if _is_dataclass_type(tp):
             out.update(_leaves(tp, path + "."))
         else:
@@ -283,16 +284,16 @@ def _unknown_key_warning(path: str) -> str:
 
 def _build(cls: type, data: Mapping[str, object], prefix: str, warnings: list[str]) -> Any:
     hints = _hints(cls)
-    names = {f.name: f for f in dataclasses.fields(cls)}
+    by_key = {config_key(cls, f): f for f in dataclasses.fields(cls)}
     kwargs: dict[str, object] = {}
     for key, value in data.items():
-        f = names.get(key)
+        f = by_key.get(key)
         if f is None:
             warnings.append(_unknown_key_warning(f"{prefix}{key}"))
             continue
         if value is None:  # like Go's encoding/json: null leaves the default in place
             continue
-        kwargs[key] = _convert(hints[key], value, f"{prefix}{key}", bool(f.metadata.get("duration")), warnings)
+        kwargs[f.name] = _convert(hints[f.name], value, f"{prefix}{key}", bool(f.metadata.get("duration")), warnings)
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -463,16 +464,17 @@ def to_json_dict(config: object) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        key = config_key(type(config), f)
         if f.metadata.get("duration"):
-            out[f.name] = format_duration(value)
+            out[key] = format_duration(value)
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            out[f.name] = to_json_dict(value)
+            out[key] = to_json_dict(value)
         elif isinstance(value, tuple):
-            out[f.name] = [
+            out[key] = [
                 to_json_dict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v for v in value
             ]
         else:
-            out[f.name] = value
+            out[key] = value
     if "name" in out and isinstance(config, NamespaceConfig):
         out = {"name": out.pop("name"), **out}
     return out

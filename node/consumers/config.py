@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
-from node.config_fields import RedisConnectionConfig, duration
+from node.config_fields import RedisConnectionConfig, duration, keyed
 from node.errors import ConfigError
 
 NAME_RE: Final = re.compile(r"^[a-zA-Z0-9_]{2,}$")
@@ -35,25 +35,29 @@ class PostgresConsumerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RedisStreamPublicationDataModeConfig:
+class PublicationDataModeConfig:
+    """Which message attributes carry a publication's target and options (node/consumers/publication_mode.py).
+    The keys name the attribute kind: ``channels_value`` for a Redis Stream entry's field, ``channels_header``
+    for a NATS header (the subclasses' ``KEY_WORD``)."""
+
+    KEY_WORD: ClassVar[str]
     enabled: bool = False
-    channels_value: str = "centrifugo-channels"
-    idempotency_key_value: str = "centrifugo-idempotency-key"
-    delta_value: str = "centrifugo-delta"
-    version_value: str = "centrifugo-version"
-    version_epoch_value: str = "centrifugo-version-epoch"
-    tags_value_prefix: str = "centrifugo-tag-"
+    channels: str = keyed("centrifugo-channels", "channels_{}")
+    idempotency_key: str = keyed("centrifugo-idempotency-key", "idempotency_key_{}")
+    delta: str = keyed("centrifugo-delta", "delta_{}")
+    version: str = keyed("centrifugo-version", "version_{}")
+    version_epoch: str = keyed("centrifugo-version-epoch", "version_epoch_{}")
+    tags_prefix: str = keyed("centrifugo-tag-", "tags_{}_prefix")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class NatsJetStreamPublicationDataModeConfig:
-    enabled: bool = False
-    channels_header: str = "centrifugo-channels"
-    idempotency_key_header: str = "centrifugo-idempotency-key"
-    delta_header: str = "centrifugo-delta"
-    version_header: str = "centrifugo-version"
-    version_epoch_header: str = "centrifugo-version-epoch"
-    tags_header_prefix: str = "centrifugo-tag-"
+class RedisStreamPublicationDataModeConfig(PublicationDataModeConfig):
+    KEY_WORD: ClassVar[str] = "value"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsJetStreamPublicationDataModeConfig(PublicationDataModeConfig):
+    KEY_WORD: ClassVar[str] = "header"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,7 +27,7 @@ from nats.js.errors import BadRequestError
 
 from node.consumers.base import BaseConsumer, RetryLaterError, next_backoff
 from node.consumers.config import NatsJetStreamConsumerConfig
-from node.consumers.publication_mode import AttributeNames, dispatch_publication
+from node.consumers.publication_mode import dispatch_publication
 
 if TYPE_CHECKING:
     from node.api.executor import Executor
@@ -45,8 +45,7 @@ class NatsJetStreamConsumer(BaseConsumer):
         super().__init__(name, executor)
         self.config = config
         mode = config.publication_data_mode
-        self._publication = AttributeNames(mode.channels_header, mode.idempotency_key_header, mode.delta_header,
-                                           mode.tags_header_prefix) if mode.enabled else None
+        self._publication = mode if mode.enabled else None
 
     async def run(self) -> None:
         retries = 0

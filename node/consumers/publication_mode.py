@@ -11,28 +11,18 @@ but not used (as over HTTP).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
 from node.consumers.base import Dispatcher
+from node.consumers.config import PublicationDataModeConfig
 
 _TRUE: Final = frozenset({"1", "t", "true", "T", "TRUE", "True"})
 _FALSE: Final = frozenset({"0", "f", "false", "F", "FALSE", "False"})  # Go's strconv.ParseBool
 
 
-@dataclass(frozen=True, slots=True)
-class AttributeNames:
-    """Which message attributes carry the publication's target and options."""
-
-    channels: str
-    idempotency_key: str
-    delta: str
-    tags_prefix: str
-
-
-async def dispatch_publication(dispatcher: Dispatcher, names: AttributeNames, attributes: Mapping[str, str],
+async def dispatch_publication(dispatcher: Dispatcher, names: PublicationDataModeConfig, attributes: Mapping[str, str],
                                data: bytes) -> None:
     channels = [c for c in attributes.get(names.channels, "").split(",") if c]
     if not channels:

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from node.consumers.base import BaseConsumer, RetryLaterError, next_backoff
 from node.consumers.config import RedisStreamConsumerConfig
-from node.consumers.publication_mode import AttributeNames, dispatch_publication
+from node.consumers.publication_mode import dispatch_publication
 
 if TYPE_CHECKING:
     from node.api.executor import Executor
@@ -62,8 +62,7 @@ class RedisStreamConsumer(BaseConsumer):
         self._method = config.method_value.encode()
         self._payload = config.payload_value.encode()
         mode = config.publication_data_mode
-        self._publication = AttributeNames(mode.channels_value, mode.idempotency_key_value, mode.delta_value,
-                                           mode.tags_value_prefix) if mode.enabled else None
+        self._publication = mode if mode.enabled else None
 
     async def run(self) -> None:
         try:

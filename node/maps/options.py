@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from dataclasses import dataclass
+from typing import Final, Protocol
 
+from node.config_fields import duration
 from node.errors import ConfigError
-
-_DURATION: Final = {"duration": True}
 
 SUBSCRIPTION_TYPES: Final = ("stream", "map", "map_clients", "map_users", "shared_poll")
 MODES: Final = ("ephemeral", "durable", "persistent")
@@ -19,19 +18,15 @@ DEFAULT_STREAM_TTL: Final = 60.0
 DEFAULT_META_TTL: Final = 720 * 3600.0
 
 
-def _dur(default: float) -> Any:
-    return field(default=default, metadata=_DURATION)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MapOptions:
     mode: str = ""
-    key_ttl: float = _dur(0.0)
+    key_ttl: float = duration(0.0)
     ordered: bool = False
     external_state: bool = False
     stream_size: int = 0
-    stream_ttl: float = _dur(0.0)
-    meta_ttl: float = _dur(0.0)
+    stream_ttl: float = duration(0.0)
+    meta_ttl: float = duration(0.0)
     client_key: str = ""  # "", "client_id" or "user_id": the server picks the key of a client's publish/remove
     allow_publish_for_client: bool = False
     allow_publish_for_subscriber: bool = False
@@ -92,7 +87,7 @@ class MapOptions:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MapBrokerConfig:
     type: str = "memory"
-    cleanup_interval: float = _dur(1.0)
+    cleanup_interval: float = duration(1.0)
     cleanup_batch_size: int = 100
 
     def __post_init__(self) -> None:

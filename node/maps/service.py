@@ -35,8 +35,6 @@ from node.maps.store import MapStore, MemoryMapStore
 from node.models import ClientInfo, ClientState, HistoryOptions, PublishOptions, PublishResult, StreamPosition
 from node.protocol.codec import Command
 
-logger = logging.getLogger(__name__)
-
 # SubscribeRequest.type / phase values of the protocol.
 TYPE_STREAM: Final = 0
 TYPE_MAP: Final = 1
@@ -44,6 +42,8 @@ PHASE_LIVE: Final = 0
 PHASE_STREAM: Final = 1
 PHASE_STATE: Final = 2
 MAX_KEY_LENGTH: Final = 1024
+
+logger = logging.getLogger(__name__)
 
 
 def _param(params: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:

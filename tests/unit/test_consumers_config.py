@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from node.config_load import load
+from node.config_load import load, to_json_dict
 from node.errors import ConfigError
 
 # From Centrifugo v6's "Async consumers" page, unchanged.
@@ -90,8 +90,10 @@ def test_redis_stream_and_nats_jetstream_load_with_their_keys(tmp_path: Path) ->
     rs, js = result.config.consumers
     assert (rs.redis_stream.streams, rs.redis_stream.visibility_timeout, rs.redis_stream.num_workers) == (
         ("s1", "s2"), 10.0, 2)
-    assert rs.redis_stream.publication_data_mode.channels_value == "to"
-    assert js.nats_jetstream.publication_data_mode.delta_header == "centrifugo-delta"
+    assert (rs.redis_stream.publication_data_mode.channels, rs.redis_stream.publication_data_mode.tags_prefix) == (
+        "to", "tag-")
+    assert (js.nats_jetstream.publication_data_mode.channels, js.nats_jetstream.publication_data_mode.delta) == (
+        "to", "centrifugo-delta")
     assert (js.nats_jetstream.subjects, js.nats_jetstream.max_ack_pending, js.nats_jetstream.use_existing_consumer) == (
         ("a.>",), 1, True)
     with pytest.raises(ConfigError, match="consumer_group is required"):
@@ -99,3 +101,29 @@ def test_redis_stream_and_nats_jetstream_load_with_their_keys(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="deliver_policy"):
         load_consumers(tmp_path, [{**jetstream, "nats_jetstream": {**jetstream["nats_jetstream"],
                                                                     "deliver_policy": "last"}}])
+
+
+
+@pytest.mark.parametrize(("section", "word", "other"), [("redis_stream", "value", "header"),
+                                                         ("nats_jetstream", "header", "value")])
+def test_publication_data_mode_keys_are_spelled_per_consumer_type(tmp_path: Path, section: str, word: str,
+                                                                  other: str) -> None:
+    """One declaration, two spellings: ``*_value`` for Redis Stream entries, ``*_header`` for NATS headers."""
+    templates = ("channels_{}", "idempotency_key_{}", "delta_{}", "version_{}", "version_epoch_{}", "tags_{}_prefix")
+    mode = {"enabled": True, **{t.format(word): "x-" + t.format("") for t in templates}}
+    required = {"consumer_group": "g", "streams": ["s"]} if section == "redis_stream" else {
+        "stream_name": "S", "durable_consumer_name": "d"}
+    consumer = {"enabled": True, "name": "cc", "type": section, section: {**required, "publication_data_mode": mode}}
+    result = load_consumers(tmp_path, [consumer])
+    assert result.warnings == ()
+    (c,) = result.config.consumers
+    loaded = getattr(c, section).publication_data_mode
+    assert (loaded.channels, loaded.tags_prefix, loaded.version_epoch) == ("x-channels_", "x-tags__prefix",
+                                                                          "x-version_epoch_")
+    assert to_json_dict(c)[section]["publication_data_mode"] == mode  # written back with the keys it was read by
+    env = {f"CENTRIFUGO_CONSUMERS_CC_{section.upper()}_PUBLICATION_DATA_MODE_CHANNELS_{word.upper()}": "from-env"}
+    assert getattr(load_consumers(tmp_path, [consumer], env).config.consumers[0], section) \
+        .publication_data_mode.channels == "from-env"
+    wrong = {**consumer, section: {**required, "publication_data_mode": {"channels_" + other: "y"}}}
+    assert load_consumers(tmp_path, [wrong]).warnings == (
+        f"unknown config key: consumers[cc].{section}.publication_data_mode.channels_{other}",)
