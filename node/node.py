@@ -25,10 +25,8 @@ from node.broker.base import BrokerEventHandler, Engine
 from node.config import ChannelConfig, Config, TokenConfig
 from node.control import Controller
 from node.errors import (
-    DISCONNECT_EXPIRED,
     DISCONNECT_SHUTDOWN,
     ERROR_UNRECOVERABLE_POSITION,
-    UNSUBSCRIBE_SERVER,
     Disconnect,
     ReplyError,
     Unsubscribe,
@@ -58,6 +56,7 @@ from node.proxy.python import Handlers
 from node.recovery import stream_start
 from node.subscriptions import ChannelState, Observer, Receiver, Subscriptions
 from node.timers import TimerWheel
+from node.user_actions import UserActions
 from node.writer import Flusher, Writable
 
 logger = logging.getLogger(__name__)
@@ -66,8 +65,8 @@ logger = logging.getLogger(__name__)
 POSITION_GRACE: Final = 1.0
 # A broadcast publishes to at most this many channels at a time.
 MAX_BROADCAST_CONCURRENCY: Final = 1024
-# Control actions: run on every node (this one first), see ``Controller.broadcast``.
-SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, REFRESH, CHANNELS = "subscribe", "unsubscribe", "disconnect", "refresh", "channels"
+# A survey of every node's channels (``Controller.survey``); the actions on users are in user_actions.py.
+CHANNELS: Final = "channels"
 
 
 class Connection(Receiver, Writable, Protocol):
@@ -106,11 +105,6 @@ class Connection(Receiver, Writable, Protocol):
     async def close(self, disconnect: Disconnect) -> None: ...
 
 
-def _ttl(expire_at: int) -> int:
-    """Seconds left until ``expire_at`` (0 when it never expires)."""
-    return max(int(expire_at - time.time()), 0) if expire_at else 0
-
-
 class Node(BrokerEventHandler):
     def __init__(self, config: Config, engine: Engine, policy: Policy, metrics: Metrics, *,
                  node_id: str = "", handlers: Handlers | None = None) -> None:
@@ -122,10 +116,6 @@ class Node(BrokerEventHandler):
         self.metrics = metrics
         self.id = node_id or str(uuid.uuid4())
         self.controller = Controller(self.id, self.node_info, engine.broker.publish_control)
-        self.controller.on_action(SUBSCRIBE, self._on_subscribe)
-        self.controller.on_action(UNSUBSCRIBE, self._on_unsubscribe)
-        self.controller.on_action(DISCONNECT, self._on_disconnect)
-        self.controller.on_action(REFRESH, self._on_refresh)
         self.controller.on_survey(CHANNELS, self._on_channels)
         self.controller.on_survey(connections.SURVEY, self._on_connections)
         leave = config.fugato.leave_events
@@ -137,6 +127,7 @@ class Node(BrokerEventHandler):
         self.name = config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
         self.subscriptions = Subscriptions(engine.broker.subscribe, engine.broker.unsubscribe)
         self.hub: Hub[Connection] = Hub(self.subscriptions.by_channel)
+        self.users: UserActions[Connection] = UserActions(self.controller, self.hub, self)
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
@@ -428,79 +419,22 @@ class Node(BrokerEventHandler):
                 if after is not None and (after.epoch != top.epoch or after.offset < top.offset):
                     client.insufficient_state(channel)
 
-    # --- server-side operations on users (API): on every node ----------------------------------------
+    # --- server-side operations on users (API): on every node, see user_actions.py -------------------
 
     async def subscribe(self, user: str, channel: str, opts: SubscribeOptions, *, client_id: str = "") -> None:
         """Subscribe the user's connections (or the one ``client_id``), wherever they are connected."""
-        opts_payload = dataclasses.asdict(opts)
-        await self.controller.broadcast(SUBSCRIBE, {"user": user, "channel": channel, "client": client_id,
-                                                    "opts": opts_payload})
+        await self.users.subscribe(user, channel, opts, client_id=client_id)
 
     async def unsubscribe(self, user: str, channel: str, *, client_id: str = "") -> None:
-        await self.controller.broadcast(UNSUBSCRIBE, {"user": user, "channel": channel, "client": client_id})
+        await self.users.unsubscribe(user, channel, client_id=client_id)
 
     async def disconnect(self, user: str, disconnect: Disconnect, *, client_id: str = "",
                          whitelist: Collection[str] = ()) -> None:
-        await self.controller.broadcast(DISCONNECT, {"user": user, "client": client_id, "whitelist": list(whitelist),
-                                                     "code": disconnect.code, "reason": disconnect.reason})
+        await self.users.disconnect(user, disconnect, client_id=client_id, whitelist=whitelist)
 
     async def refresh(self, user: str, *, client_id: str = "", expired: bool = False, expire_at: int = 0,
                       info: bytes | None = None) -> None:
-        await self.controller.broadcast(REFRESH, {"user": user, "client": client_id, "expired": expired,
-                                                  "expire_at": expire_at, "info": info})
-
-    async def _on_subscribe(self, p: dict[str, Any]) -> None:
-        raw = dict(p["opts"])
-        since = raw.pop("recover_since", None)
-        opts = SubscribeOptions(**raw, recover_since=StreamPosition(**since) if since else None)
-        await self._subscribe_local(p["user"], p["channel"], opts, client_id=p["client"])
-
-    async def _on_unsubscribe(self, p: dict[str, Any]) -> None:
-        for client in self._targets(p["user"], p["client"]):
-            await client.unsubscribe(p["channel"], UNSUBSCRIBE_SERVER)
-
-    async def _on_disconnect(self, p: dict[str, Any]) -> None:
-        keep = set(p["whitelist"])
-        disconnect = Disconnect(p["code"], p["reason"])
-        for client in self._targets(p["user"], p["client"]):
-            if client.id not in keep:
-                await client.close(disconnect)
-
-    async def _on_refresh(self, p: dict[str, Any]) -> None:
-        expire_at: int = p["expire_at"]
-        info: bytes | None = p["info"]
-        for client in self._targets(p["user"], p["client"]):
-            if p["expired"]:
-                await client.close(DISCONNECT_EXPIRED)
-                continue
-            if info is not None:
-                client.conn_info = info
-            client.set_expire_at(expire_at)
-            out = client.codec
-            client.enqueue(out.push(out.push_refresh(bool(expire_at), _ttl(expire_at)), client.unidirectional))
-
-    def _targets(self, user: str, client_id: str) -> list[Connection]:
-        if client_id:
-            client = self.hub.client(client_id)
-            if client is None or (user and client.user != user):
-                return []
-            return [client]
-        return [c for c in self.hub.user_clients(user) if c.state is ClientState.CONNECTED]
-
-    async def _subscribe_local(self, user: str, channel: str, opts: SubscribeOptions, *, client_id: str) -> None:
-        for client in self._targets(user, client_id):
-            if channel in client.channels or channel in client.subscribing:
-                continue
-            client.start_subscribing(channel)
-            try:
-                start = await self.subscribe_client(client, channel, opts, server_side=True, since=opts.recover_since)
-            finally:
-                client.done_subscribing(channel)
-            out = client.codec
-            client.enqueue(out.push(out.push_subscribe(channel, opts, start, _ttl(opts.expire_at)),
-                                    client.unidirectional))
-            self.start_delivery(client, channel, start)
-            await self.after_subscribe(client, channel, opts)
+        await self.users.refresh(user, client_id=client_id, expired=expired, expire_at=expire_at, info=info)
 
     # --- introspection ---------------------------------------------------------------------------------
 

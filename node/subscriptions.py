@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
-from node.models import ClientInfo, Identity, Publication, StreamPosition, SubscribeOptions
+from node.models import ClientInfo, ClientState, Identity, Publication, StreamPosition, StreamStart, SubscribeOptions
 from node.protocol.codec import Codec
 from node.transport import Transport
 
@@ -46,6 +47,45 @@ class Receiver(Identity, Protocol):
 
     def insufficient_state(self, channel: str) -> None:
         """The connection missed publications of a positioned channel."""
+
+
+class Subscribable(Identity, Protocol):
+    """A connection as the node's subscribe steps and their callers see it (the client session implements it)."""
+
+    codec: Codec
+
+    @property
+    def state(self) -> ClientState: ...
+
+    @property
+    def channels(self) -> Collection[str]: ...
+
+    @property
+    def subscribing(self) -> AbstractSet[str]: ...
+
+    def enqueue(self, message: bytes) -> None: ...
+
+    def start_subscribing(self, channel: str) -> None: ...
+
+    def done_subscribing(self, channel: str) -> None: ...
+
+
+S_contra = TypeVar("S_contra", bound=Subscribable, contravariant=True)
+
+
+class SubscribeSteps(Protocol[S_contra]):
+    """The node's steps that make a connection a live subscriber (``node.Node`` implements them): subscribe
+    (engine, hub, stream position), then release what arrived meanwhile, then the after-subscribe hooks. A
+    caller other than the client's own subscribe command (map subscriptions, server-side subscribe) walks them
+    itself. ``S_contra`` is the node's connection type."""
+
+    async def subscribe_client(self, client: S_contra, channel: str, opts: SubscribeOptions, *, server_side: bool,
+                               since: StreamPosition | None = None,
+                               reject_unrecovered: bool = False) -> StreamStart | None: ...
+
+    def start_delivery(self, client: S_contra, channel: str, start: StreamStart | None) -> None: ...
+
+    async def after_subscribe(self, client: S_contra, channel: str, opts: SubscribeOptions) -> None: ...
 
 
 @dataclass(slots=True)

@@ -4,51 +4,29 @@ and ``client.Client`` fit these by their shape."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from collections.abc import Set as AbstractSet
+from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 from node.config import ChannelOptions, Config
 from node.metrics import Metrics
 from node.models import (
     ClientInfo,
-    ClientState,
     HistoryOptions,
     HistoryResult,
-    Identity,
     PublishOptions,
     PublishResult,
-    StreamPosition,
-    StreamStart,
     SubscribeOptions,
 )
-from node.protocol.codec import Codec
+from node.subscriptions import Subscribable, SubscribeSteps
 
 
-class MapClient(Identity, Protocol):
+class MapClient(Subscribable, Protocol):
     """A connection as the map commands see it."""
-
-    codec: Codec
 
     @property
     def protocol(self) -> str: ...
 
-    @property
-    def state(self) -> ClientState: ...
-
-    @property
-    def channels(self) -> Collection[str]: ...
-
-    @property
-    def subscribing(self) -> AbstractSet[str]: ...
-
     def channel_info(self, channel: str) -> ClientInfo: ...
-
-    def enqueue(self, message: bytes) -> None: ...
-
-    def start_subscribing(self, channel: str) -> None: ...
-
-    def done_subscribing(self, channel: str) -> None: ...
 
 
 class MapPolicy(Protocol):
@@ -64,7 +42,7 @@ class MapPolicy(Protocol):
 C_contra = TypeVar("C_contra", bound=MapClient, contravariant=True)  # the subscribe steps only take it
 
 
-class MapHost(Protocol[C_contra]):
+class MapHost(SubscribeSteps[C_contra], Protocol[C_contra]):
     """The node as the map service uses it: its configuration and policy, the channel's stream (publish,
     history), and the subscribe steps that make a map subscriber live. ``C_contra`` is the node's connection
     type, which the subscribe steps take back."""
@@ -83,11 +61,3 @@ class MapHost(Protocol[C_contra]):
     async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult: ...
 
     async def remove_history(self, channel: str) -> None: ...
-
-    async def subscribe_client(self, client: C_contra, channel: str, opts: SubscribeOptions, *, server_side: bool,
-                               since: StreamPosition | None = None,
-                               reject_unrecovered: bool = False) -> StreamStart | None: ...
-
-    def start_delivery(self, client: C_contra, channel: str, start: StreamStart | None) -> None: ...
-
-    async def after_subscribe(self, client: C_contra, channel: str, opts: SubscribeOptions) -> None: ...

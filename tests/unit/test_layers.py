@@ -46,6 +46,7 @@ FLOORS: dict[str, int] = {
     "node.writer": 2,
     "node.hub": 2,
     "node.control": 2,
+    "node.user_actions": 2,  # subscribe/unsubscribe/disconnect/refresh of a user's connections on every node
     # 3: the application layer and the front door: policy, proxies, Node (the only one holding the engine)
     "node.policy": 3,
     "node.proxy": 3,
