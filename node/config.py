@@ -16,7 +16,8 @@ from node.config_engine import BrokerConfig, EngineConfig, PresenceManagerConfig
 from node.config_fields import duration
 from node.consumers.config import ConsumerConfig, check_unique_names
 from node.errors import ConfigError
-from node.maps.options import MapBrokerConfig, MapOptions, check_map_engine
+from node.maps.broker_config import MapBrokerConfig
+from node.maps.options import MapOptions
 from node.proxy.config import (
     ChannelProxyContainer,
     ClientProxyContainer,
@@ -517,8 +518,6 @@ class Config:
     def __post_init__(self) -> None:
         check_unique_names(self.consumers)
         check_personal_channel(self.client.subscribe_to_user_personal_channel, self.channel)
-        check_map_engine(self.map_broker, self.broker.type if self.broker.enabled else self.engine.type,
-                         (self.channel.without_namespace, *self.channel.namespaces))
 
 
 def check_personal_channel(personal: SubscribeToUserPersonalChannel, channel: ChannelConfig) -> None:

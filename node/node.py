@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol
 from node import VERSION_STRING, connections
 from node.auth.jwt import JWTVerifier
 from node.broker.base import BrokerEventHandler, Engine
+from node.broker.routed import RoutedBroker
 from node.config import ChannelConfig, Config, TokenConfig
 from node.control import Controller
 from node.errors import (
@@ -32,6 +33,7 @@ from node.errors import (
     Unsubscribe,
 )
 from node.hub import Hub
+from node.maps.options import MAP_SUBSCRIPTION_TYPES
 from node.maps.service import MapService
 from node.metrics import Metrics
 from node.models import (
@@ -131,7 +133,16 @@ class Node(BrokerEventHandler):
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
-        self.maps: MapService[Connection] = MapService(self, engine.broker)
+        self.maps: MapService[Connection] = MapService(self, engine.map_broker or engine.broker)
+        if isinstance(engine.broker, RoutedBroker):
+            engine.broker.route(self.is_map_channel)
+
+    def is_map_channel(self, channel: str) -> bool:
+        """Whether ``channel`` is in a map namespace (under the options in force: a reload may change it)."""
+        try:
+            return self.policy.namespace(channel).subscription_type in MAP_SUBSCRIPTION_TYPES
+        except ReplyError:
+            return False
 
     async def start(self) -> None:
         await self._engine.broker.start(self)

@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from redis_servers import free_port
@@ -41,6 +41,10 @@ END;
 $$ LANGUAGE plpgsql;
 CREATE OR REPLACE TRIGGER {table}_trigger AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_notify();
 """
+
+LOCAL_PG: Final = "postgresql://postgres@127.0.0.1:5432/postgres"  # the development machine's trust server
+MAP_TABLES: Final = ("stream", "state", "meta", "shard", "settings")
+MAP_FUNCTIONS: Final = ("publish", "remove", "apply", "epoch")
 
 INSTALL_HINT = ("PostgreSQL's initdb/postgres were not found: run tests/setup/postgres.sh "
                 "(Debian: apt-get install postgresql)")
@@ -123,6 +127,15 @@ class PostgresServer:
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def drop_pg_schema(dsn: str, base: str) -> None:
+    """Drop a PostgreSQL map broker's tables and functions (``{base}_map_*``)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in MAP_TABLES:
+            conn.execute(f"DROP TABLE IF EXISTS {base}_map_{table} CASCADE".encode())
+        for fn in MAP_FUNCTIONS:
+            conn.execute(f"DROP FUNCTION IF EXISTS {base}_map_{fn} CASCADE".encode())
 
 
 @atexit.register

@@ -108,7 +108,10 @@ def new_epoch() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Engine:
-    """The broker and presence manager a node runs with (built by ``broker.factory``)."""
+    """The broker and presence manager a node runs with (built by ``broker.factory``). ``map_broker`` is where
+    map channels live when ``map_broker`` puts them apart from the engine's broker (``broker`` then routes them
+    there, node/broker/routed.py); None keeps them next to the engine's streams."""
 
     broker: Broker
     presence: PresenceManager
+    map_broker: Broker | None = None

@@ -1,15 +1,19 @@
 """Builds the engine a config asks for: the ``engine`` section, or Centrifugo v6's separate ``broker`` and
-``presence_manager`` sections, which each replace their half of the engine when enabled."""
+``presence_manager`` sections, which each replace their half of the engine when enabled; and the broker of map
+channels that ``map_broker`` asks for, when it is not the engine's own."""
 
 from __future__ import annotations
 
 from node.broker.base import Broker, Engine, PresenceManager
 from node.broker.memory import MemoryBroker, MemoryPresenceManager
 from node.broker.nats import NatsBroker
+from node.broker.postgres_map import PostgresMapBroker
 from node.broker.redis import RedisBroker
 from node.broker.redis_presence import RedisPresenceManager
+from node.broker.routed import RoutedBroker
 from node.config import Config
 from node.config_engine import RedisEngineConfig
+from node.maps.options import MAP_SUBSCRIPTION_TYPES
 
 
 class StandaloneRedisPresenceManager(RedisPresenceManager):
@@ -41,7 +45,36 @@ def _broker(config: Config, node_id: str) -> Broker:
     return MemoryBroker(history_meta_ttl=meta_ttl)
 
 
+def _map_broker(config: Config, node_id: str, broker: Broker) -> Broker | None:
+    """The broker of map channels when it is not ``broker``. The memory map broker keeps map state next to the
+    engine's streams (in this process, or in the Redis engine's Redis); with the NATS broker, which keeps no
+    state, map channels get a broker of their own in this process, as Centrifugo's memory map broker."""
+    cfg, meta_ttl = config.map_broker, config.channel.history_meta_ttl
+    if cfg.type == "postgres":
+        return PostgresMapBroker(cfg.postgres, history_meta_ttl=meta_ttl)
+    if cfg.type == "redis":
+        if isinstance(broker, RedisBroker) and broker.serves(cfg.redis):
+            return None
+        return RedisBroker(cfg.redis, node_id=node_id, history_meta_ttl=meta_ttl, control=False)
+    if isinstance(broker, (MemoryBroker, RedisBroker)) or not _has_maps(config):
+        return None  # (no map namespaces at start: nothing to route, and no lookup on each publish)
+    return MemoryBroker(history_meta_ttl=meta_ttl)
+
+
+def _has_maps(config: Config) -> bool:
+    channel = config.channel
+    return any(o.subscription_type in MAP_SUBSCRIPTION_TYPES for o in (channel.without_namespace, *channel.namespaces))
+
+
 def build_engine(config: Config, node_id: str) -> Engine:
+    engine = _build_engine(config, node_id)
+    maps = _map_broker(config, node_id, engine.broker)
+    if maps is None:
+        return engine
+    return Engine(broker=RoutedBroker(engine.broker, maps), presence=engine.presence, map_broker=maps)
+
+
+def _build_engine(config: Config, node_id: str) -> Engine:
     separate_broker, separate_presence = config.broker.enabled, config.presence_manager.enabled
     broker: Broker | None = _broker(config, node_id) if separate_broker else None
     presence: PresenceManager | None = None

@@ -68,8 +68,11 @@ def _bulks(values: Sequence[Any]) -> bytes:
 
 
 class RedisBroker(Broker):
-    def __init__(self, cfg: RedisEngineConfig, *, node_id: str, history_meta_ttl: float = DEFAULT_META_TTL) -> None:
+    def __init__(self, cfg: RedisEngineConfig, *, node_id: str, history_meta_ttl: float = DEFAULT_META_TTL,
+                 control: bool = True) -> None:
+        self._control = control  # False: a broker of map channels only (the engine's carries control messages)
         self.keys = Keys(cfg.prefix)
+        self._shard_urls = cfg.shards
         self._node_channel = self.keys.node(node_id)
         self.shards = [RedisShard(url, cfg, self._on_message, self._on_resync, self._on_error) for url in cfg.shards]
         self._handler: BrokerEventHandler | None = None
@@ -79,6 +82,10 @@ class RedisBroker(Broker):
         self._channel_cache: dict[str, _ChannelKeys] = {}
         self._current: _Burst | None = None
 
+    def serves(self, cfg: RedisEngineConfig) -> bool:
+        """Whether ``cfg`` names this broker's Redis and keys (then another component can share it)."""
+        return self._shard_urls == cfg.shards and self.keys.prefix == cfg.prefix
+
     def shard(self, channel: str) -> RedisShard:
         return self.shards[shard_index(channel, len(self.shards))]
 
@@ -87,7 +94,7 @@ class RedisBroker(Broker):
         for shard in self.shards:
             await shard.start()
         # Control messages go to any shard, so every node listens on all of them.
-        for shard in self.shards:
+        for shard in self.shards if self._control else ():
             await shard.pubsub.subscribe([self.keys.control, self._node_channel])
 
     async def close(self) -> None:

@@ -1,15 +1,15 @@
-"""The ``map`` options of a namespace and the top-level ``map_broker`` section, with Centrifugo v6.8's names."""
+"""The ``map`` options of a namespace, with Centrifugo v6.8's names (``map_broker`` is node/maps/broker_config.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 from node.config_fields import duration
 from node.errors import ConfigError
 
 SUBSCRIPTION_TYPES: Final = ("stream", "map", "map_clients", "map_users", "shared_poll")
+MAP_SUBSCRIPTION_TYPES: Final = ("map", "map_clients", "map_users")  # the types whose channels the map broker keeps
 MODES: Final = ("ephemeral", "durable", "persistent")
 # Centrifugo derives these for durable/persistent maps when they are not set; ephemeral maps keep no stream
 # for clients, but Fugato still keeps a short one internally to hand a subscriber over from state to live.
@@ -82,31 +82,3 @@ class MapOptions:
             raise ConfigError(f"{where}: map page sizes must be positive, min_page_size <= max_page_size")
         if self.external_state and self.mode != "persistent":
             raise ConfigError(f"{where}: map.external_state requires persistent mode")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MapBrokerConfig:
-    type: str = "memory"
-    cleanup_interval: float = duration(1.0)
-    cleanup_batch_size: int = 100
-
-    def __post_init__(self) -> None:
-        if self.type not in ("memory", "redis"):
-            raise ConfigError(f"map_broker.type {self.type!r} is not supported by Fugato (\"memory\" or \"redis\")")
-
-
-class _Scope(Protocol):
-    @property
-    def subscription_type(self) -> str: ...
-
-
-def check_map_engine(map_broker: MapBrokerConfig, broker_type: str, scopes: Iterable[_Scope]) -> None:
-    """Map state lives next to the channel's stream: in this process (memory engine) or in Redis (Redis engine
-    or broker), whatever ``map_broker`` says, except that a Redis map broker needs Redis there. The NATS
-    broker has no place for it in Fugato."""
-    if map_broker.type == "redis" and broker_type != "redis":
-        raise ConfigError("map_broker.type \"redis\": Fugato keeps map state next to the channel streams, so it "
-                          "needs the Redis engine (engine.type or broker.type \"redis\")")
-    if broker_type not in ("memory", "redis") and any(s.subscription_type != "stream" for s in scopes):
-        raise ConfigError("map subscriptions (subscription_type \"map\") need the memory or the Redis engine in "
-                          "Fugato")

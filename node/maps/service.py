@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Generic
 
 from node.broker.base import Broker
+from node.broker.postgres_map import PostgresMapBroker
 from node.broker.redis import RedisBroker
 from node.broker.redis_map import RedisMapStore
 from node.errors import (
@@ -60,9 +61,10 @@ class MapService(Generic[C_contra]):
 
     def __init__(self, node: MapHost[C_contra], broker: Broker) -> None:
         self._node = node
-        # The state lives next to the channel's stream: in Redis with the Redis engine, else in this process.
-        self.store: MapStore = RedisMapStore(broker) if isinstance(broker, RedisBroker) else \
-            MemoryMapStore(node.publish)
+        # The state lives next to the channel's stream, in the broker that keeps map channels: in PostgreSQL
+        # (the broker is its own store), in Redis, else in this process.
+        self.store: MapStore = broker if isinstance(broker, PostgresMapBroker) else \
+            RedisMapStore(broker) if isinstance(broker, RedisBroker) else MemoryMapStore(node.publish)
         self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -8,11 +8,15 @@ import asyncio
 import base64
 import json
 import sys
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from harness import REPO, JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
 from jsclient import JsCallError, JsClient
+from nats_servers import NatsServer
+from postgres_server import LOCAL_PG, drop_pg_schema
 
 MAP_NAMESPACES: dict[str, Any] = {
     "channel": {
@@ -30,26 +34,54 @@ MAP_NAMESPACES: dict[str, Any] = {
              "map": {"mode": "durable", "key_ttl": "60s"}},
         ],
     },
-    "map_broker": {"type": "memory", "cleanup_interval": "200ms"},
 }
 
 
-def _engine(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "memory":
-        return {}
-    cluster = request.getfixturevalue("redis_cluster")
-    return {"engine": {"type": "redis", "redis": {"address": [cluster.url],
-                                                  "prefix": request.getfixturevalue("redis_prefix")}}}
+@pytest.fixture
+def pg_prefix() -> Iterator[str]:
+    """Tables of a PostgreSQL map broker under a fresh prefix, dropped after the servers using them stopped
+    (fixtures that take it before ``server_factory`` are torn down after it)."""
+    prefix = "fgt" + uuid.uuid4().hex[:10]
+    yield prefix
+    drop_pg_schema(LOCAL_PG, prefix)
 
 
-@pytest.fixture(params=["memory", "redis_cluster"])
-async def server(request: pytest.FixtureRequest, server_factory: ServerFactory) -> ServerProcess:
-    return await server_factory({**MAP_NAMESPACES, **_engine(request)})
+@pytest.fixture(scope="module")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats-maps"))
+    server.start()
+    yield server
+    server.stop()
 
 
-@pytest.fixture(params=["redis_cluster"])
-async def two_nodes(request: pytest.FixtureRequest, server_factory: ServerFactory) -> tuple[ServerProcess, ...]:
-    config = {**MAP_NAMESPACES, **_engine(request)}
+def _engine(request: pytest.FixtureRequest, pg_prefix: str) -> dict[str, Any]:
+    """The engine and map broker of a backend combination (parameter ``engine[+map broker]``)."""
+    engine, _, maps = request.param.partition("+")
+    prefix = request.getfixturevalue("redis_prefix")
+    config: dict[str, Any] = {}
+    if engine == "redis_cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        config["engine"] = {"type": "redis", "redis": {"address": [cluster.url], "prefix": prefix}}
+    elif engine == "nats":
+        nats = request.getfixturevalue("nats_server")
+        config["broker"] = {"enabled": True, "type": "nats", "nats": {"url": nats.url, "prefix": prefix}}
+    if maps == "postgres":
+        config["map_broker"] = {"type": "postgres", "postgres": {"dsn": LOCAL_PG, "table_prefix": pg_prefix}}
+    elif maps == "redis":
+        redis = request.getfixturevalue("redis_standalone")
+        config["map_broker"] = {"type": "redis", "redis": {"address": redis.url, "prefix": prefix}}
+    return config
+
+
+@pytest.fixture(params=["memory", "redis_cluster", "memory+postgres"])
+async def server(request: pytest.FixtureRequest, pg_prefix: str, server_factory: ServerFactory) -> ServerProcess:
+    return await server_factory({**MAP_NAMESPACES, **_engine(request, pg_prefix)})
+
+
+@pytest.fixture(params=["redis_cluster", "nats+postgres", "nats+redis"])
+async def two_nodes(request: pytest.FixtureRequest, pg_prefix: str,
+                    server_factory: ServerFactory) -> tuple[ServerProcess, ...]:
+    config = {**MAP_NAMESPACES, **_engine(request, pg_prefix)}
     return await server_factory(config, name="node-a"), await server_factory(config, name="node-b")
 
 

@@ -1,4 +1,5 @@
-"""The memory map state's paging and expiry, and the validation of a namespace's ``map`` options."""
+"""The memory map state's paging and expiry, the validation of a namespace's ``map`` options and of the
+``map_broker`` section, and which broker map channels get."""
 
 from __future__ import annotations
 
@@ -7,23 +8,32 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
+from node.broker.factory import build_engine
+from node.broker.memory import MemoryBroker
+from node.broker.postgres_map import PostgresMapBroker
+from node.broker.redis import RedisBroker
+from node.broker.routed import RoutedBroker
 from node.config import Config
-from node.config_load import load
+from node.config_load import LoadResult, load
 from node.errors import ConfigError
 from node.maps.state import Entry, MemoryMapState
 
 
-def _load(data: dict[str, Any]) -> Config:
+def load_data(data: dict[str, Any]) -> LoadResult:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(data, fh)
     try:
-        return load(fh.name, {}, {}).config
+        return load(fh.name, {}, {})
     finally:
         os.unlink(fh.name)
+
+
+def _load(data: dict[str, Any]) -> Config:
+    return load_data(data).config
 
 
 def test_pages_walk_every_live_key_once_in_key_order() -> None:
@@ -69,14 +79,63 @@ def test_centrifugo_map_example_config_loads() -> None:
     assert ns.subscription_type == "map" and ns.map.key_ttl == 60.0 and ns.map.client_key == "client_id"
 
 
-def test_map_state_follows_the_engine() -> None:
-    ns = {"name": "m1", "subscription_type": "map", "map": {"mode": "persistent"}}
-    with pytest.raises(ConfigError, match="needs the Redis engine"):
-        _load({"map_broker": {"type": "redis"}})
-    with pytest.raises(ConfigError, match="memory or the Redis engine"):
-        _load({"broker": {"enabled": True, "type": "nats"}, "channel": {"namespaces": [ns]}})
-    redis = {"engine": {"type": "redis"}, "map_broker": {"type": "redis"}, "channel": {"namespaces": [ns]}}
-    assert _load(redis).map_broker.type == "redis"
+def test_centrifugo_map_broker_examples_load_without_warnings() -> None:
+    """The map_broker examples of centrifugal.dev's map subscriptions page, as printed there."""
+    examples = [
+        {"map_broker": {"type": "memory"}},
+        {"map_broker": {"type": "redis", "redis": {"address": "localhost:6379"}}},
+        {"map_broker": {"type": "postgres",
+                        "postgres": {"dsn": "postgres://user:pass@localhost:5432/dbname?sslmode=disable"}}},
+        {"map_broker": {"type": "redis", "redis": {"address": "localhost:6379", "cleanup_interval": -1,
+                                                    "cleanup_batch_size": 50, "idempotent_result_ttl": "1m"}}},
+        {"map_broker": {"type": "postgres", "postgres": {
+            "dsn": "postgres://localhost/db", "pool_size": 4, "num_shards": 2, "ttl_check_interval": "500ms",
+            "cleanup_interval": "30s", "binary_data": True, "table_prefix": "myapp", "stream_retention": "1h",
+            "use_notify": True, "notify_dsn": "postgres://direct/db", "skip_schema_init": False,
+            "partition_lookahead_days": 2, "partition_retention_days": 0,
+            "outbox": {"poll_interval": "50ms", "batch_size": 500}}}},
+    ]
+    for data in examples:
+        result = load_data(data)
+        assert result.warnings == (), data
+    cfg = load_data(examples[4]).config.map_broker
+    assert cfg.cleanup_interval == 0.5 and cfg.postgres.outbox.poll_interval == 0.05
+    assert load_data(examples[3]).config.map_broker.cleanup_interval < 0
+    assert load_data(examples[0]).config.map_broker.cleanup_interval == 1.0
+
+
+@pytest.mark.parametrize(("map_broker", "error"), [
+    ({"type": "nats"}, "unknown map broker type"),
+    ({"type": "postgres"}, "dsn is required"),
+    ({"type": "postgres", "postgres": {"dsn": "postgres://x/y", "table_prefix": "a-b"}}, "table_prefix"),
+    ({"type": "redis", "redis": {"cleanup_batch_size": 0}}, "cleanup_batch_size"),
+])
+def test_bad_map_broker_sections_are_config_errors(map_broker: dict[str, object], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        _load({"map_broker": map_broker})
+
+
+MAP_NS: Final = {"name": "board", "subscription_type": "map", "map": {"mode": "persistent"}}
+
+
+@pytest.mark.parametrize(("data", "maps"), [
+    ({}, None),  # memory: next to the memory engine's streams
+    ({"engine": {"type": "redis"}}, None),  # memory: next to the Redis engine's streams
+    ({"engine": {"type": "redis"}, "map_broker": {"type": "redis"}}, None),  # the engine's own Redis
+    ({"map_broker": {"type": "redis"}}, RedisBroker),
+    ({"engine": {"type": "redis"}, "map_broker": {"type": "redis", "redis": {"prefix": "maps"}}}, RedisBroker),
+    ({"broker": {"enabled": True, "type": "nats"}}, None),  # no map namespace
+    ({"broker": {"enabled": True, "type": "nats"}, "channel": {"namespaces": [MAP_NS]}}, MemoryBroker),
+    ({"broker": {"enabled": True, "type": "nats"}, "map_broker": {"type": "redis"}}, RedisBroker),
+    ({"map_broker": {"type": "postgres", "postgres": {"dsn": "postgres://x/y"}}}, PostgresMapBroker),
+])
+def test_map_channels_get_the_broker_map_broker_asks_for(data: dict[str, Any], maps: type | None) -> None:
+    engine = build_engine(_load(data), "n1")
+    if maps is None:
+        assert engine.map_broker is None and not isinstance(engine.broker, RoutedBroker)
+    else:
+        assert isinstance(engine.map_broker, maps) and isinstance(engine.broker, RoutedBroker)
+        assert engine.broker.maps is engine.map_broker
 
 
 def test_shipped_maps_config_loads_cleanly() -> None:

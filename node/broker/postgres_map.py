@@ -1,0 +1,324 @@
+"""Centrifugo's PostgreSQL map broker (``map_broker.type: "postgres"``): map channels' state, change stream and
+delivery between nodes in PostgreSQL (tables and functions: node/broker/postgres_map_schema.py).
+
+Every change is one call of ``{b}_map_apply`` (state, stream entry and offset in one transaction, so
+applications can call ``{b}_map_publish`` inside their own). Each node polls the stream table per delivery shard
+(``outbox.poll_interval``, sooner after its own writes, or on NOTIFY with ``use_notify``) and hands the changes
+of the channels it has subscribers in to the node, in offset order. While PostgreSQL is unreachable calls fail
+within ``OP_TIMEOUT``, ``healthy()`` is false, and the poller retries; it resumes where it stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any, Final
+
+import msgpack
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from node.broker import wire
+from node.broker.base import Broker, BrokerEventHandler
+from node.broker.postgres_map_schema import schema
+from node.maps.broker_config import PostgresMapBrokerConfig
+from node.maps.state import Entry
+from node.models import (
+    ClientInfo,
+    HistoryOptions,
+    HistoryResult,
+    Publication,
+    PublishOptions,
+    PublishResult,
+    StreamPosition,
+)
+
+logger = logging.getLogger(__name__)
+
+OP_TIMEOUT: Final = 5.0  # seconds a call may wait for a connection and its answer
+CONNECT_TIMEOUT: Final = 2
+RETRY_MAX: Final = 2.0  # the poller's longest pause between attempts while PostgreSQL is down
+TRIM_GRACE: Final = 10.0  # seconds a trimmed stream entry stays readable for pollers that lag behind
+DEFAULT_META_TTL: Final = 720 * 3600.0
+PEM_HEAD: Final = "-----BEGIN"
+
+PgConn = psycopg.AsyncConnection[TupleRow]
+
+
+def _interval(seconds: float) -> timedelta | None:
+    return timedelta(seconds=seconds) if seconds > 0 else None
+
+
+def _info(raw: bytes | None) -> ClientInfo | None:
+    return wire.decode_info(msgpack.unpackb(raw, raw=False)) if raw else None
+
+
+def _pem_file(value: str, suffix: str) -> str:
+    """A PEM option as libpq wants it: a file path (PEM text is written to a private temporary file)."""
+    if not value.lstrip().startswith(PEM_HEAD):
+        return value
+    f = tempfile.NamedTemporaryFile("w", suffix=suffix, delete=False)  # noqa: SIM115 - must outlive this call
+    with f:
+        f.write(value)
+    return f.name
+
+
+def connect_kwargs(cfg: PostgresMapBrokerConfig) -> dict[str, Any]:
+    kw: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "autocommit": True}
+    tls = cfg.tls
+    if tls.enabled:
+        kw["sslmode"] = "require" if tls.insecure_skip_verify else "verify-full" if tls.server_ca_pem else "require"
+        if tls.server_ca_pem:
+            kw["sslrootcert"] = _pem_file(tls.server_ca_pem, ".ca.pem")
+        if tls.cert_pem:
+            kw["sslcert"] = _pem_file(tls.cert_pem, ".crt.pem")
+            kw["sslkey"] = _pem_file(tls.key_pem, ".key.pem")
+    return kw
+
+
+class PostgresMapBroker(Broker):
+    """A Broker for map channels and their MapStore (node/maps/store.py) in one."""
+
+    def __init__(self, cfg: PostgresMapBrokerConfig, *, history_meta_ttl: float = DEFAULT_META_TTL) -> None:
+        self.cfg = cfg
+        self.base = cfg.table_prefix + ("_binary" if cfg.binary_data else "")
+        self._kwargs = connect_kwargs(cfg)
+        self._pool: AsyncConnectionPool[PgConn] = AsyncConnectionPool(
+            cfg.dsn, min_size=1, max_size=cfg.pool_size, open=False, kwargs=self._kwargs, timeout=OP_TIMEOUT,
+            reconnect_timeout=0, check=AsyncConnectionPool.check_connection)
+        self._default_meta_ttl = history_meta_ttl
+        self._handler: BrokerEventHandler | None = None
+        self._channels: set[str] = set()
+        self._last: dict[int, int] = {}  # delivery shard -> the last stream seq handed over
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._healthy = False
+        b = self.base
+        self._apply_sql = f"SELECT * FROM {b}_map_apply(%s, %s, %s, %s, NULL, %s, %s, %s, %s, %s, %s)"
+        self._poll_sql = (
+            f"SELECT s.shard, s.seq, s.channel, s.channel_offset, s.epoch, s.key, s.data, s.removed, s.info, s.tags, "
+            f"(extract(epoch FROM s.created_at) * 1000)::BIGINT FROM unnest(%s::INT[], %s::BIGINT[]) AS c(shard, last) "
+            f"CROSS JOIN LATERAL (SELECT * FROM {b}_map_stream t WHERE t.shard = c.shard AND t.seq > c.last "
+            f"ORDER BY t.seq LIMIT %s) s ORDER BY s.shard, s.seq")
+        self._meta_sql = (
+            f"INSERT INTO {b}_map_meta AS m (channel, epoch, expires_at) VALUES (%s, {b}_map_epoch(), now() + %s) "
+            f"ON CONFLICT (channel) DO UPDATE SET "
+            f"epoch = CASE WHEN m.expires_at <= now() THEN EXCLUDED.epoch ELSE m.epoch END, "
+            f"top = CASE WHEN m.expires_at <= now() THEN 0 ELSE m.top END, "
+            f"stream_expires_at = CASE WHEN m.expires_at <= now() THEN now() ELSE m.stream_expires_at END, "
+            f"expires_at = greatest(m.expires_at, EXCLUDED.expires_at) "
+            f"RETURNING m.epoch, m.top, m.stream_size, m.stream_expires_at > now()")
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        """Creates the schema (unless ``skip_schema_init``) and starts delivering. PostgreSQL must be reachable
+        at start, as for Centrifugo; later outages are survived."""
+        self._handler = handler
+        await self._pool.open(wait=True, timeout=OP_TIMEOUT)
+        async with asyncio.timeout(OP_TIMEOUT * 2), self._pool.connection() as conn:
+            if not self.cfg.skip_schema_init:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.base + "_map_schema",))
+                    await conn.execute(schema(self.base, binary=self.cfg.binary_data,
+                                              num_shards=self.cfg.num_shards, use_notify=self.cfg.use_notify))
+            rows = await (await conn.execute(f"SELECT shard, seq FROM {self.base}_map_shard")).fetchall()
+        self._last = {int(shard): int(seq) for shard, seq in rows}
+        self._healthy = True
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._poll_loop()), loop.create_task(self._cleanup_loop())]
+        if self.cfg.use_notify:
+            self._tasks.append(loop.create_task(self._listen_loop()))
+
+    async def close(self) -> None:
+        """Also the MapStore's close (the map service and the engine both call it): idempotent."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._pool.close()
+
+    def healthy(self) -> bool:
+        return self._healthy
+
+    # --- delivery ----------------------------------------------------------------------------------------
+
+    async def subscribe(self, *channels: str) -> None:
+        self._channels.update(channels)
+
+    async def unsubscribe(self, *channels: str) -> None:
+        self._channels.difference_update(channels)
+
+    async def _poll_loop(self) -> None:
+        pause = self.cfg.outbox.poll_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                while await self._poll_once():
+                    pass  # a full batch: more may be waiting
+                self._healthy, pause = True, self.cfg.outbox.poll_interval
+            except (psycopg.Error, OSError, TimeoutError) as e:
+                if self._healthy:
+                    logger.warning("map broker: PostgreSQL unavailable: %s", e)
+                self._healthy, pause = False, min(max(pause * 2, 0.1), RETRY_MAX)
+
+    async def _poll_once(self) -> bool:
+        shards = sorted(self._last)
+        batch = self.cfg.outbox.batch_size
+        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+            cur = await conn.execute(self._poll_sql, (shards, [self._last[s] for s in shards], batch))
+            rows = await cur.fetchall()
+        handler, channels = self._handler, self._channels
+        counts: dict[int, int] = {}
+        for shard, seq, channel, offset, epoch, key, data, removed, info, tags, time_ms in rows:
+            self._last[shard] = seq
+            counts[shard] = counts.get(shard, 0) + 1
+            if handler is not None and channel in channels:
+                pub = Publication(data=bytes(data), offset=offset, info=_info(info), tags=tags, time_ms=time_ms,
+                                  key=key, removed=removed)
+                handler.handle_publication(channel, pub, StreamPosition(offset, epoch))
+        return any(n >= batch for n in counts.values())
+
+    async def _listen_loop(self) -> None:
+        dsn = self.cfg.notify_dsn or self.cfg.dsn
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(dsn, **self._kwargs) as conn:
+                    await conn.execute(f"LISTEN {self.base}_map_stream")
+                    self._wake.set()  # whatever was written while not listening
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except (psycopg.Error, OSError) as e:
+                logger.debug("map broker: LISTEN connection: %s", e)
+            await asyncio.sleep(RETRY_MAX)
+
+    async def _cleanup_loop(self) -> None:
+        """Drops what no read can return any more: changes past their channel's stream size (after a grace for
+        lagging pollers), streams past their TTL, entries older than ``stream_retention``, expired metas."""
+        b = self.base
+        statements = (
+            f"DELETE FROM {b}_map_stream s USING {b}_map_meta m WHERE s.channel = m.channel "
+            f"AND s.created_at < now() - %(grace)s AND (s.epoch <> m.epoch OR m.stream_expires_at <= now() "
+            f"OR (m.stream_size > 0 AND s.channel_offset <= m.top - m.stream_size))",
+            f"DELETE FROM {b}_map_stream WHERE created_at < now() - %(retention)s",
+            f"DELETE FROM {b}_map_meta m WHERE m.expires_at <= now() AND NOT EXISTS "
+            f"(SELECT 1 FROM {b}_map_state s WHERE s.channel = m.channel)",
+        )
+        params = {"grace": timedelta(seconds=TRIM_GRACE), "retention": timedelta(seconds=self.cfg.stream_retention)}
+        while True:
+            await asyncio.sleep(self.cfg.cleanup_interval if self.cfg.cleanup_interval > 0 else 60.0)
+            try:
+                async with asyncio.timeout(OP_TIMEOUT * 6), self._pool.connection() as conn:
+                    for statement in statements:
+                        await conn.execute(statement, params)
+            except (psycopg.Error, OSError, TimeoutError) as e:
+                logger.warning("map broker: cleanup: %s", e)
+
+    # --- writes ------------------------------------------------------------------------------------------
+
+    async def _apply(self, op: str, channel: str, data: bytes, opts: PublishOptions, key_ttl: float) -> PublishResult:
+        info = opts.client_info
+        params = (op, channel, opts.key, data, _interval(key_ttl),
+                  _interval(opts.history_meta_ttl or self._default_meta_ttl), opts.history_size,
+                  _interval(opts.history_ttl),
+                  msgpack.packb(wire.encode_info(info), use_bin_type=True) if info is not None else None,
+                  Jsonb(dict(opts.tags)) if opts.tags else None)
+        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+            row = await (await conn.execute(self._apply_sql, params)).fetchone()
+        assert row is not None
+        offset, epoch, suppressed, _ = row
+        if not suppressed:
+            self._wake.set()  # our own subscribers see it without waiting for the next poll
+        return PublishResult(StreamPosition(int(offset), epoch), suppressed=bool(suppressed))
+
+    async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+        return await self._apply("append", channel, data, opts, 0.0)
+
+    async def set(self, channel: str, data: bytes, opts: PublishOptions, key_ttl: float) -> PublishResult:
+        return await self._apply("set", channel, data, opts, key_ttl)
+
+    async def remove(self, channel: str, opts: PublishOptions, *, expired_only: bool = False) -> PublishResult:
+        return await self._apply("expire" if expired_only else "remove", channel, b"null", opts, 0.0)
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        return None  # map channels have no join/leave (their presence is the map_clients / map_users types)
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        return None
+
+    async def publish_control(self, data: bytes, node_id: str = "") -> None:
+        return None  # the engine's broker carries control messages
+
+    # --- reads -------------------------------------------------------------------------------------------
+
+    async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
+        meta_ttl = timedelta(seconds=opts.history_meta_ttl or self._default_meta_ttl)
+        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+            row = await (await conn.execute(self._meta_sql, (channel, meta_ttl))).fetchone()
+            assert row is not None
+            epoch, top, size, live = row
+            position = StreamPosition(int(top), epoch)
+            if opts.limit == 0 or not live:
+                return HistoryResult((), position)
+            rows = await (await conn.execute(*self._history_query(channel, epoch, int(top), int(size), opts))) \
+                .fetchall()
+        pubs = tuple(Publication(data=bytes(data), offset=offset, info=_info(info), tags=tags, time_ms=time_ms,
+                                 key=key, removed=removed)
+                     for offset, data, info, tags, time_ms, key, removed in rows)
+        return HistoryResult(pubs, position)
+
+    def _history_query(self, channel: str, epoch: str, top: int, size: int,
+                       opts: HistoryOptions) -> tuple[str, dict[str, Any]]:
+        where = ["channel = %(channel)s", "epoch = %(epoch)s", "channel_offset > %(floor)s"]
+        params: dict[str, Any] = {"channel": channel, "epoch": epoch, "floor": top - size if size > 0 else 0}
+        if opts.since is not None:
+            where.append("channel_offset < %(since)s" if opts.reverse else "channel_offset > %(since)s")
+            params["since"] = opts.since.offset
+        order = "DESC" if opts.reverse else "ASC"
+        limit = f" LIMIT {int(opts.limit)}" if opts.limit > 0 else ""
+        return (f"SELECT channel_offset, data, info, tags, (extract(epoch FROM created_at) * 1000)::BIGINT, key, "
+                f"removed FROM {self.base}_map_stream WHERE {' AND '.join(where)} "
+                f"ORDER BY channel_offset {order}{limit}", params)
+
+    async def remove_history(self, channel: str) -> None:
+        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+            await conn.execute(f"UPDATE {self.base}_map_meta SET stream_expires_at = now() WHERE channel = %s",
+                               (channel,))
+
+    # --- map state (MapStore) ----------------------------------------------------------------------------
+
+    async def _rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+            return await (await conn.execute(query, params)).fetchall()
+
+    async def page(self, channel: str, cursor: str, limit: int) -> tuple[list[tuple[str, Entry]], str]:
+        rows = await self._rows(
+            f"SELECT key, data, stream_offset, info, tags FROM {self.base}_map_state WHERE channel = %s AND key > %s "
+            f"AND (expires_at IS NULL OR expires_at > now()) ORDER BY key LIMIT %s", (channel, cursor, limit + 1))
+        more = len(rows) > limit
+        out = [(key, Entry(bytes(data), int(offset), _info(info), tags)) for key, data, offset, info, tags
+               in rows[:limit]]
+        return out, (out[-1][0] if more and out else "")
+
+    async def expired(self, batch: int) -> list[tuple[str, str]]:
+        rows = await self._rows(f"SELECT channel, key FROM {self.base}_map_state WHERE expires_at <= now() "
+                                f"ORDER BY expires_at LIMIT %s", (batch,))
+        return [(channel, key) for channel, key in rows]
+
+    async def count(self, channel: str) -> int:
+        rows = await self._rows(f"SELECT count(*) FROM {self.base}_map_state WHERE channel = %s "
+                                f"AND (expires_at IS NULL OR expires_at > now())", (channel,))
+        return int(rows[0][0])
+
+    async def clear(self, channel: str) -> None:
+        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+            await conn.execute(f"DELETE FROM {self.base}_map_state WHERE channel = %s", (channel,))
+

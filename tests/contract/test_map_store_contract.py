@@ -1,0 +1,185 @@
+"""Contract tests for the map backends (``map_broker``): the memory store on the memory broker, Redis
+(standalone and Cluster) and PostgreSQL (the local trust server on 127.0.0.1:5432, tables under a fresh
+prefix per test) run the same scenarios: state pages, the change stream with keys and removals, key TTL expiry
+announced once as a removal, recovery from the stream, and delivery to another node on the same backend.
+A recording handler stands in for the node."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+from harness import wait_until
+from postgres_server import LOCAL_PG, drop_pg_schema
+from test_engine_contract import Recorder, redis_addresses
+
+from node.broker.base import Broker
+from node.broker.memory import MemoryBroker
+from node.broker.postgres_map import PostgresMapBroker
+from node.broker.redis import RedisBroker
+from node.broker.redis_map import RedisMapStore
+from node.config_engine import RedisEngineConfig
+from node.maps.broker_config import PostgresMapBrokerConfig
+from node.maps.store import MapStore, MemoryMapStore
+from node.models import HistoryOptions, PublishOptions, StreamPosition
+
+SHARED = ["redis", "redis_cluster", "postgres"]  # backends that several nodes share
+BACKENDS = ["memory", *SHARED]
+STREAM = PublishOptions(history_size=100, history_ttl=60, history_meta_ttl=3600)
+
+
+@dataclass
+class Node:
+    broker: Broker
+    store: MapStore
+    recorder: Recorder
+
+
+NodeFactory = Callable[[], Awaitable[Node]]
+
+
+@pytest.fixture(params=BACKENDS)
+async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[NodeFactory]:
+    """Makes nodes on one backend (each a broker, its map store and a recorder)."""
+    made: list[Broker] = []
+    prefix = "fgt" + uuid.uuid4().hex[:10]
+
+    def build() -> tuple[Broker, MapStore]:
+        if request.param == "memory":
+            memory = MemoryBroker()
+            return memory, MemoryMapStore(memory.publish)
+        if request.param == "postgres":
+            pg = PostgresMapBroker(PostgresMapBrokerConfig(dsn=LOCAL_PG, table_prefix=prefix, num_shards=2))
+            return pg, pg
+        redis = RedisBroker(RedisEngineConfig(address=redis_addresses(request.param, request), prefix=prefix),
+                            node_id=uuid.uuid4().hex)
+        return redis, RedisMapStore(redis)
+
+    async def make() -> Node:
+        broker, store = build()
+        made.append(broker)
+        recorder = Recorder()
+        await broker.start(recorder)
+        return Node(broker, store, recorder)
+
+    yield make
+    for broker in made:
+        await broker.close()
+    if request.param == "postgres":
+        drop_pg_schema(LOCAL_PG, prefix)
+
+
+@pytest.fixture
+async def node(nodes: NodeFactory) -> Node:
+    return await nodes()
+
+
+def keyed(key: str, *, removed: bool = False) -> PublishOptions:
+    return PublishOptions(history_size=STREAM.history_size, history_ttl=STREAM.history_ttl,
+                          history_meta_ttl=STREAM.history_meta_ttl, key=key, removed=removed)
+
+
+async def test_state_pages_in_key_order(node: Node) -> None:
+    ch = "m:" + uuid.uuid4().hex
+    offsets = [(await node.store.set(ch, b'{"v":%d}' % i, keyed(k), 0)).position.offset
+               for i, k in enumerate(["b", "a", "c"])]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 3
+    first, cursor = await node.store.page(ch, "", 2)
+    assert [(k, e.data) for k, e in first] == [("a", b'{"v":1}'), ("b", b'{"v":0}')]
+    assert cursor
+    rest, end = await node.store.page(ch, cursor, 2)
+    assert [(k, e.data, e.offset) for k, e in rest] == [("c", b'{"v":2}', offsets[2])]
+    assert end == ""
+    assert await node.store.count(ch) == 3
+    await node.store.set(ch, b'{"v":9}', keyed("a"), 0)
+    entries, _ = await node.store.page(ch, "", 10)
+    assert dict((k, e.data) for k, e in entries)["a"] == b'{"v":9}', "a key set again keeps only its last value"
+    assert await node.store.count(ch) == 3
+
+
+async def test_changes_reach_subscribers_with_keys_and_removals(node: Node) -> None:
+    ch = "m:" + uuid.uuid4().hex
+    await node.broker.subscribe(ch)
+    set_result = await node.store.set(ch, b'"x"', keyed("k"), 0)
+    removed = await node.store.remove(ch, keyed("k", removed=True))
+    assert not removed.suppressed and removed.position.offset == set_result.position.offset + 1
+    again = await node.store.remove(ch, keyed("k", removed=True))
+    assert again.suppressed, "removing a key that is not there announces nothing"
+    await wait_until(lambda: len(node.recorder.publications) >= 2)
+    changes = [(p.key, p.removed, p.offset, sp) for c, p, sp in node.recorder.publications if c == ch]
+    epoch = set_result.position.epoch
+    assert changes == [("k", False, set_result.position.offset, StreamPosition(set_result.position.offset, epoch)),
+                       ("k", True, removed.position.offset, StreamPosition(removed.position.offset, epoch))]
+    assert await node.store.page(ch, "", 10) == ([], "")
+    await asyncio.sleep(0)  # nothing else arrives for the suppressed removal
+    assert len([1 for c, _, _ in node.recorder.publications if c == ch]) == 2
+
+
+async def test_stream_recovers_changes_after_a_position(node: Node) -> None:
+    ch = "m:" + uuid.uuid4().hex
+    results = [await node.store.set(ch, b"%d" % i, keyed(f"k{i % 2}"), 0) for i in range(5)]
+    await node.store.remove(ch, keyed("k0", removed=True))
+    since = results[1].position
+    history = await node.broker.history(ch, HistoryOptions(since=since, limit=-1, history_meta_ttl=3600))
+    assert [(p.offset, p.key, p.removed, p.data) for p in history.publications] == [
+        (3, "k0", False, b"2"), (4, "k1", False, b"3"), (5, "k0", False, b"4"), (6, "k0", True, b"null")]
+    assert history.position == StreamPosition(6, since.epoch)
+    top = await node.broker.history(ch, HistoryOptions(limit=0, history_meta_ttl=3600))
+    assert top.position == history.position and top.publications == ()
+
+
+async def test_stream_keeps_its_size(node: Node) -> None:
+    ch = "m:" + uuid.uuid4().hex
+    small = PublishOptions(history_size=2, history_ttl=60, history_meta_ttl=3600, key="k")
+    for i in range(5):
+        await node.store.set(ch, b"%d" % i, small, 0)
+    history = await node.broker.history(ch, HistoryOptions(limit=-1, history_meta_ttl=3600))
+    assert [p.offset for p in history.publications] == [4, 5]
+
+
+async def test_expired_keys_are_removed_once_as_removals(node: Node) -> None:
+    ch = "m:" + uuid.uuid4().hex
+    await node.broker.subscribe(ch)
+    await node.store.set(ch, b"1", keyed("short"), 0.3)
+    await node.store.set(ch, b"2", keyed("long"), 60)
+    not_yet = await node.store.remove(ch, keyed("short", removed=True), expired_only=True)
+    assert not_yet.suppressed, "a key that has not expired is not removed by the expiry round"
+    found = await wait_until(lambda: node.store.expired(100), timeout=5)
+    assert (ch, "short") in found and (ch, "long") not in found
+    first = await node.store.remove(ch, keyed("short", removed=True), expired_only=True)
+    second = await node.store.remove(ch, keyed("short", removed=True), expired_only=True)
+    assert not first.suppressed and second.suppressed
+    await wait_until(lambda: any(p.removed for _, p, _ in node.recorder.publications))
+    assert [(p.key, p.removed) for c, p, _ in node.recorder.publications if c == ch] == \
+        [("short", False), ("long", False), ("short", True)]
+    assert (ch, "short") not in await node.store.expired(100)
+
+
+async def test_clear_drops_the_state(node: Node) -> None:
+    ch = "m:" + uuid.uuid4().hex
+    await node.store.set(ch, b"1", keyed("a"), 0)
+    await node.store.clear(ch)
+    assert await node.store.count(ch) == 0
+    assert await node.store.page(ch, "", 10) == ([], "")
+
+
+@pytest.mark.parametrize("nodes", SHARED, indirect=True)
+async def test_another_node_receives_changes_in_order(nodes: NodeFactory) -> None:
+    writer, reader = await nodes(), await nodes()
+    ch = "m:" + uuid.uuid4().hex
+    await reader.broker.subscribe(ch)
+    for i in range(20):
+        await writer.store.set(ch, b"%d" % i, keyed(f"k{i % 3}"), 0)
+    await writer.store.remove(ch, keyed("k0", removed=True))
+    await wait_until(lambda: len(reader.recorder.publications) >= 21)
+    got = [(p.offset, p.key, p.removed) for c, p, _ in reader.recorder.publications if c == ch]
+    assert got == [(i + 1, f"k{i % 3}", False) for i in range(20)] + [(21, "k0", True)]
+    entries, _ = await reader.store.page(ch, "", 10)
+    assert [(k, e.data) for k, e in entries] == [("k1", b"19"), ("k2", b"17")]
+    await reader.broker.unsubscribe(ch)
+    await writer.store.set(ch, b"late", keyed("k1"), 0)
+    await wait_until(lambda: writer.store.count(ch))  # a channel nobody subscribes to on the reader
+    assert len([1 for c, _, _ in reader.recorder.publications if c == ch]) == 21
