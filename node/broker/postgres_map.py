@@ -23,20 +23,13 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from node import models
 from node.broker import wire
 from node.broker.base import Broker, BrokerEventHandler
 from node.broker.postgres_map_schema import schema
 from node.maps.broker_config import PostgresMapBrokerConfig
 from node.maps.state import Entry
-from node.models import (
-    ClientInfo,
-    HistoryOptions,
-    HistoryResult,
-    Publication,
-    PublishOptions,
-    PublishResult,
-    StreamPosition,
-)
+from node.models import Publication, StreamPosition
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +47,7 @@ def _interval(seconds: float) -> timedelta | None:
     return timedelta(seconds=seconds) if seconds > 0 else None
 
 
-def _info(raw: bytes | None) -> ClientInfo | None:
+def _info(raw: bytes | None) -> models.ClientInfo | None:
     return wire.decode_info(msgpack.unpackb(raw, raw=False)) if raw else None
 
 
@@ -224,7 +217,8 @@ class PostgresMapBroker(Broker):
 
     # --- writes ------------------------------------------------------------------------------------------
 
-    async def _apply(self, op: str, channel: str, data: bytes, opts: PublishOptions, key_ttl: float) -> PublishResult:
+    async def _apply(self, op: str, channel: str, data: bytes, opts: models.PublishOptions,
+                     key_ttl: float) -> models.PublishResult:
         info = opts.client_info
         params = (op, channel, opts.key, data, _interval(key_ttl),
                   _interval(opts.history_meta_ttl or self._default_meta_ttl), opts.history_size,
@@ -237,21 +231,22 @@ class PostgresMapBroker(Broker):
         offset, epoch, suppressed, _ = row
         if not suppressed:
             self._wake.set()  # our own subscribers see it without waiting for the next poll
-        return PublishResult(StreamPosition(int(offset), epoch), suppressed=bool(suppressed))
+        return models.PublishResult(StreamPosition(int(offset), epoch), suppressed=bool(suppressed))
 
-    async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+    async def publish(self, channel: str, data: bytes, opts: models.PublishOptions) -> models.PublishResult:
         return await self._apply("append", channel, data, opts, 0.0)
 
-    async def set(self, channel: str, data: bytes, opts: PublishOptions, key_ttl: float) -> PublishResult:
+    async def set(self, channel: str, data: bytes, opts: models.PublishOptions, key_ttl: float) -> models.PublishResult:
         return await self._apply("set", channel, data, opts, key_ttl)
 
-    async def remove(self, channel: str, opts: PublishOptions, *, expired_only: bool = False) -> PublishResult:
+    async def remove(self, channel: str, opts: models.PublishOptions, *,
+                     expired_only: bool = False) -> models.PublishResult:
         return await self._apply("expire" if expired_only else "remove", channel, b"null", opts, 0.0)
 
-    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+    async def publish_join(self, channel: str, info: models.ClientInfo) -> None:
         return None  # map channels have no join/leave (their presence is the map_clients / map_users types)
 
-    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+    async def publish_leave(self, channel: str, info: models.ClientInfo) -> None:
         return None
 
     async def publish_control(self, data: bytes, node_id: str = "") -> None:
@@ -259,7 +254,7 @@ class PostgresMapBroker(Broker):
 
     # --- reads -------------------------------------------------------------------------------------------
 
-    async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
+    async def history(self, channel: str, opts: models.HistoryOptions) -> models.HistoryResult:
         meta_ttl = timedelta(seconds=opts.history_meta_ttl or self._default_meta_ttl)
         async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
             row = await (await conn.execute(self._meta_sql, (channel, meta_ttl))).fetchone()
@@ -267,16 +262,16 @@ class PostgresMapBroker(Broker):
             epoch, top, size, live = row
             position = StreamPosition(int(top), epoch)
             if opts.limit == 0 or not live:
-                return HistoryResult((), position)
+                return models.HistoryResult((), position)
             rows = await (await conn.execute(*self._history_query(channel, epoch, int(top), int(size), opts))) \
                 .fetchall()
         pubs = tuple(Publication(data=bytes(data), offset=offset, info=_info(info), tags=tags, time_ms=time_ms,
                                  key=key, removed=removed)
                      for offset, data, info, tags, time_ms, key, removed in rows)
-        return HistoryResult(pubs, position)
+        return models.HistoryResult(pubs, position)
 
     def _history_query(self, channel: str, epoch: str, top: int, size: int,
-                       opts: HistoryOptions) -> tuple[str, dict[str, Any]]:
+                       opts: models.HistoryOptions) -> tuple[str, dict[str, Any]]:
         where = ["channel = %(channel)s", "epoch = %(epoch)s", "channel_offset > %(floor)s"]
         params: dict[str, Any] = {"channel": channel, "epoch": epoch, "floor": top - size if size > 0 else 0}
         if opts.since is not None:

@@ -44,17 +44,15 @@ class RoutedBroker(Broker):
 
     async def subscribe(self, *channels: str) -> None:
         main, maps = self._split(channels)
-        if main:
-            await self.main.subscribe(*main)
-        if maps:
-            await self.maps.subscribe(*maps)
+        for broker, part in ((self.main, main), (self.maps, maps)):
+            if part:
+                await broker.subscribe(*part)
 
     async def unsubscribe(self, *channels: str) -> None:
         main, maps = self._split(channels)
-        if main:
-            await self.main.unsubscribe(*main)
-        if maps:
-            await self.maps.unsubscribe(*maps)
+        for broker, part in ((self.main, main), (self.maps, maps)):
+            if part:
+                await broker.unsubscribe(*part)
 
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
         return await self._for(channel).publish(channel, data, opts)
