@@ -1,0 +1,164 @@
+"""Instructions per delivery on the fan-out path (broker -> hub -> client queue -> transport write), counted by
+valgrind's callgrind, so the figure does not depend on how loaded the machine is.
+
+    python -m loadtest.fanout_instructions [--tree DIR ...] [--subscribers 1000] [--publishers 1 8]
+
+In one process, with the memory engine and no sockets: N clients (the real ``Client`` with the real WebSocket
+transport over a fake asyncio transport that only counts bytes) subscribe to one channel; after one warm-up
+publication, P publisher tasks publish M publications concurrently through ``Node.publish``, and the count
+stops once every client's transport has been handed all of them. Only that part is counted: the process runs
+uninstrumented up to it and turns callgrind on and off around it (``CALLGRIND_START_INSTRUMENTATION`` and
+``CALLGRIND_DUMP_STATS`` from a small C library compiled on first use; needs valgrind's headers and a C
+compiler). ``--tree`` runs the same workload against another checkout (an older commit's worktree, say) to
+compare; the workload only uses what both the current and the pre-restructure node expose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# From the checkout under measurement: the workload runs with PYTHONPATH set to it.
+from node.client import Client
+from node.config import Config
+from node.models import PublishOptions, RequestInfo
+from node.server import build_node
+from node.transports.websocket import WebSocketTransport
+
+ROOT = Path(__file__).resolve().parents[1]
+CHANNEL = "bench"
+PAYLOAD = b'{"text":"' + b"x" * 80 + b'"}'
+MARK = "fanout"
+TOGGLES = f"""
+#include <valgrind/callgrind.h>
+void measure_start(void) {{ CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; }}
+void measure_stop(void) {{ CALLGRIND_DUMP_STATS_AT("{MARK}"); CALLGRIND_STOP_INSTRUMENTATION; }}
+"""
+
+
+def toggles() -> Any:
+    """The callgrind client requests as a C library (compiled once, cached by content)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit("a C compiler is needed for the callgrind client requests")
+    library = Path(tempfile.gettempdir()) / f"fugato-callgrind-{hashlib.sha256(TOGGLES.encode()).hexdigest()[:16]}.so"
+    if not library.exists():
+        source = library.with_suffix(".c")
+        source.write_text(TOGGLES)
+        subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    return ctypes.CDLL(str(library))
+
+
+class _Raw:
+    """The asyncio transport under the WebSocket transport: takes every write at once, counts the bytes."""
+
+    total = 0  # over all clients
+    target = 0
+    reached = asyncio.Event()  # total >= target
+
+    def write(self, data: bytes) -> None:
+        _Raw.total += len(data)
+        if _Raw.total >= _Raw.target:
+            _Raw.reached.set()
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class _Ws:
+    closed = False
+
+
+async def workload(subscribers: int, publishers: int, publications: int) -> None:
+    measure = toggles()
+    node: Any = build_node(Config())
+    engine = getattr(node, "_engine", None) or node.engine  # private since the restructure
+    await engine.broker.start(node)  # the node as the broker's handler, without the node's periodic tasks
+    # The subscriber registry: node.subscriptions since the restructure, the hub before it.
+    add = node.subscriptions.add if hasattr(node, "subscriptions") else node.hub.add_sub
+    clients = []
+    for i in range(subscribers):
+        client = Client(node, WebSocketTransport(_Ws(), _Raw()), RequestInfo(transport="websocket"))  # type: ignore[arg-type]
+        client.user = f"u{i}"
+        add(CHANNEL, client)
+        node.hub.release(CHANNEL, client, None)
+        clients.append(client)  # the hub may hold its subscribers weakly
+    opts = PublishOptions()
+
+    # Warm-up: one publication, which also tells the bytes each delivery writes.
+    await node.publish(CHANNEL, PAYLOAD, opts)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    size, rest = divmod(_Raw.total, subscribers)
+    if not size or rest:
+        raise SystemExit(f"warm-up publication not delivered to every client ({_Raw.total} bytes)")
+    _Raw.target = _Raw.total + size * subscribers * publications
+    _Raw.reached.clear()
+
+    async def publisher(count: int) -> None:
+        for _ in range(count):
+            await node.publish(CHANNEL, PAYLOAD, opts)
+
+    share, extra = divmod(publications, publishers)
+    measure.measure_start()
+    await asyncio.gather(*(publisher(share + (i < extra)) for i in range(publishers)))
+    await _Raw.reached.wait()
+    measure.measure_stop()
+    print(f"node from {sys.modules['node'].__file__}: {subscribers} subscribers, {publications} publications "
+          f"of {size} bytes", file=sys.stderr)
+
+
+def callgrind(tree: Path, subscribers: int, publishers: int, publications: int) -> int:
+    """Instructions of the measured part of one workload run under callgrind."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
+        cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/out",
+               sys.executable, __file__, "--inner", "--subscribers", str(subscribers), "--publishers",
+               str(publishers), "--publications", str(publications)]
+        done = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"workload failed in {tree}:\n{done.stderr[-3000:]}")
+        for dump in sorted(Path(tmp).glob("out*")):
+            text = dump.read_text()
+            if f"Client Request: {MARK}" in text:
+                summary = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
+                if summary is not None:
+                    return int(summary.group(1))
+        raise SystemExit(f"no dump of the measured part in {tmp}:\n{done.stderr[-3000:]}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tree", type=Path, action="append", help="checkout(s) to measure (default: this one)")
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--publishers", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--publications", type=int, default=64)
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner:
+        asyncio.run(workload(args.subscribers, args.publishers[0], args.publications))
+        return 0
+    for tree in args.tree or [ROOT]:
+        for publishers in args.publishers:
+            count = callgrind(tree.resolve(), args.subscribers, publishers, args.publications)
+            print(f"{tree}: {publishers} publisher(s), {args.subscribers} subscribers, {args.publications} "
+                  f"publications: {count / (args.publications * args.subscribers):.0f} instructions per delivery "
+                  f"({count} in all)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
