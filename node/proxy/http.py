@@ -1,19 +1,19 @@
 """The HTTP proxy: each hook is a JSON POST to the proxy's endpoint, answered by ``{"result": …}``,
 ``{"error": {code, message}}`` or ``{"disconnect": {code, reason}}`` (Centrifugo's proxy JSON).
 
-One ``aiohttp.ClientSession`` per proxy: its connector keeps connections to the backend alive and reuses them,
-so a connect storm does not open a TCP connection per call. The proxy's ``timeout`` bounds each call.
+One connection pool per proxy (``http_client.HttpPool``) keeps connections to the backend alive and reuses
+them, so a connect storm does not open a TCP connection per call. The proxy's ``timeout`` bounds each call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import ssl
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
 from node.auth.jwt import SubscribeOverride
@@ -21,6 +21,7 @@ from node.errors import Disconnect, DisconnectError, Error, ReplyError
 from node.proxy import types as pt
 from node.proxy.base import ProxyBackend, client_ssl_context, request_body
 from node.proxy.config import ProxyConfig
+from node.proxy.http_client import HttpCallError, HttpPool, render_headers
 
 # Connections kept per backend: enough for a connect storm without a socket per call.
 POOL_SIZE = 256
@@ -29,44 +30,48 @@ POOL_SIZE = 256
 class HttpProxy(ProxyBackend):
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
-        self._session: aiohttp.ClientSession | None = None
-        self._ssl: ssl.SSLContext | bool = client_ssl_context(config.http.tls) if config.http.tls.enabled else True
+        self._pool: HttpPool | None = None
         self._transforms = {t.status_code: t for t in config.http.status_to_code_transforms}
+        self._static = dict(config.http.static_headers)
+        # The headers of a call that forwards none of the client's: rendered once.
+        self._headers = render_headers({**self._static, "Content-Type": "application/json"})
 
     @property
     def kind(self) -> str:
         return "http"
 
-    def _client(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None or session.closed:
+    def _client(self) -> HttpPool:
+        pool = self._pool
+        if pool is None:
+            tls = self.config.http.tls
+            context = None
+            if self.config.endpoint.startswith("https://"):
+                context = client_ssl_context(tls) if tls.enabled else ssl.create_default_context()
             # Created on first use, inside the running loop that will use it.
-            session = self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=POOL_SIZE, ssl=self._ssl),
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-                json_serialize=lambda o: orjson.dumps(o).decode())
-        return session
+            pool = self._pool = HttpPool(self.config.endpoint, limit=POOL_SIZE, ssl_context=context,
+                                         server_hostname=tls.server_name or None)
+        return pool
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            self._pool.close()
+
+    def _headers_of(self, req: pt.ProxyRequest) -> bytes:
+        if not req.headers:
+            return self._headers
+        return render_headers({**self._static, **req.headers, "Content-Type": "application/json"})
 
     async def post(self, req: pt.ProxyRequest, body: dict[str, Any]) -> dict[str, Any] | None:
         """POST one request; the response's ``result`` (None if absent), or the backend's refusal raised."""
-        headers = dict(self.config.http.static_headers)
-        headers.update(req.headers)
-        headers["Content-Type"] = "application/json"
-        server_name = self.config.http.tls.server_name or None
         try:
-            async with self._client().post(self.config.endpoint, data=orjson.dumps(body), headers=headers,
-                                           server_hostname=server_name) as resp:
-                if resp.status != 200:
-                    raise self._status_error(resp.status)
-                raw = await resp.read()
+            async with asyncio.timeout(self.config.timeout):
+                status, raw = await self._client().post(orjson.dumps(body), self._headers_of(req))
         except TimeoutError:
             raise pt.ProxyCallError("timeout", f"no answer within {self.config.timeout}s") from None
-        except aiohttp.ClientError as e:
-            raise pt.ProxyCallError("unavailable", str(e) or type(e).__name__) from None
+        except HttpCallError as e:
+            raise pt.ProxyCallError("unavailable", str(e)) from None
+        if status != 200:
+            raise self._status_error(status)
         return answer(raw)
 
     def _status_error(self, status: int) -> pt.ProxyCallError:
