@@ -543,7 +543,7 @@ async def main_async(args: argparse.Namespace) -> int:
         raise SystemExit("--workers above 1 needs --engine redis or redis_cluster (the memory engine serves one "
                          "process)")
     if args.engine == "nats":
-        return await compare_engines(args, worker_counts[0], run_one)
+        return await compare_engines(args, worker_counts[0], run_one, report)
     runs = [("fugato", w) for w in worker_counts] + ([("socketio", 1)] if args.peer == "socketio" else [])
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="fugato-bench-redis-") as redis_dir:

@@ -13,6 +13,7 @@ from typing import Any
 
 TESTS = str(Path(__file__).resolve().parent.parent / "tests")
 RunOne = Callable[[str, int, argparse.Namespace, dict[str, Any]], Awaitable[dict[str, Any]]]
+Report = Callable[[str, dict[str, Any]], None]
 
 
 def _configs(nats_url: str, redis_url: str) -> dict[str, dict[str, Any]]:
@@ -23,14 +24,13 @@ def _configs(nats_url: str, redis_url: str) -> dict[str, dict[str, Any]]:
     }
 
 
-async def compare_engines(args: argparse.Namespace, workers: int, run_one: RunOne) -> int:
+async def compare_engines(args: argparse.Namespace, workers: int, run_one: RunOne, report: Report) -> int:
+    """``run_one`` and ``report`` are bench's (passed in: bench imports this module)."""
     if not args.spawn:
         raise SystemExit("--engine nats needs --spawn (it starts nats-server and redis-server for the run)")
     sys.path.insert(0, TESTS)
     from nats_servers import NatsServer  # noqa: PLC0415
     from redis_servers import RedisStandalone, ensure_redis_installed  # noqa: PLC0415
-
-    from loadtest.bench import report  # noqa: PLC0415  # bench imports this module: import its report late
 
     ensure_redis_installed()
     results: dict[str, dict[str, Any]] = {}

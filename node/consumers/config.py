@@ -74,12 +74,18 @@ class RedisStreamConsumerConfig(RedisConnectionConfig):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class NatsJetStreamConsumerConfig:
+class NatsConnectionConfig:
+    """Where a NATS server is and how to log in (a credentials file, a user and password, or a token)."""
+
     url: str = "nats://127.0.0.1:4222"
     credentials_file: str = ""
     username: str = ""
     password: str = ""
     token: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsJetStreamConsumerConfig(NatsConnectionConfig):
     stream_name: str = ""
     subjects: tuple[str, ...] = ()
     durable_consumer_name: str = ""
