@@ -10,6 +10,7 @@ import base64
 import binascii
 import dataclasses
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -38,6 +39,8 @@ from node.protocol import codec
 Params = Mapping[str, Any]
 T = TypeVar("T")
 Method = Callable[[Params], Awaitable[bytes]]
+
+logger = logging.getLogger(__name__)
 
 
 # The ``protocol`` label of the API metrics ("http", "grpc"); a batch's commands inherit the batch's.
@@ -168,6 +171,10 @@ class Executor:
         except ReplyError as e:
             code = e.error.code
             raise
+        except Exception as e:  # the engine failed (a backend down or timing out): Centrifugo's internal error
+            code = ERROR_INTERNAL.code
+            logger.warning("API %s: %s: %s", method, type(e).__name__, e)
+            raise ReplyError(ERROR_INTERNAL) from None
         finally:
             self.node.metrics.api_command(method, time.perf_counter() - started, code, protocol=_protocol.get())
             if token is not None:
@@ -211,13 +218,7 @@ class Executor:
 
     async def publish(self, p: Params) -> bytes:
         channel = _str(p, "channel", required=True)
-        try:
-            result = await self.node.publish(*self.publish_args(channel, p))
-        except ReplyError:
-            raise
-        except Exception:
-            raise ReplyError(ERROR_INTERNAL) from None
-        return publish_reply(result)
+        return publish_reply(await self.node.publish(*self.publish_args(channel, p)))  # failures: see _run
 
     def publish_args(self, channel: str, p: Params) -> tuple[str, bytes, PublishOptions]:
         """A publish command's (channel, data, options), validated; raises ReplyError."""

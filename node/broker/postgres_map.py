@@ -83,7 +83,7 @@ class PostgresMapBroker(Broker):
         self._kwargs = connect_kwargs(cfg)
         self._pool: AsyncConnectionPool[PgConn] = AsyncConnectionPool(
             cfg.dsn, min_size=1, max_size=cfg.pool_size, open=False, kwargs=self._kwargs, timeout=OP_TIMEOUT,
-            reconnect_timeout=0, check=AsyncConnectionPool.check_connection)
+            check=AsyncConnectionPool.check_connection)
         self._default_meta_ttl = history_meta_ttl
         self._handler: BrokerEventHandler | None = None
         self._channels: set[str] = set()
