@@ -17,6 +17,7 @@ on free loopback ports and stopped at the end of the session:
 * ``redis_cluster``: a shared 6-node ``RedisCluster`` (3 masters + 3 replicas); don't kill or reconfigure it.
 * ``redis_cluster_factory``: ``redis_cluster_factory(**kw)`` starts a private ``RedisCluster`` for destructive
   tests (failover), stopped at test teardown.
+* ``pg_prefix``: a fresh table prefix for a PostgreSQL map broker on the local server, dropped afterwards.
 * ``redis_prefix``: a unique key/channel prefix per test (``"fgt" + 8 hex``) so tests sharing a server don't
   collide.
 """
@@ -35,6 +36,7 @@ import cent
 import pytest
 from harness import LEAK_MARKERS, JsFactory, PyClient, PyFactory, ServerFactory, ServerProcess
 from jsclient import JsClient
+from postgres_server import LOCAL_PG, drop_pg_schema
 from redis_servers import RedisCluster, RedisClusterFactory, RedisStandalone
 
 
@@ -172,6 +174,15 @@ def redis_cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     yield make
     for cluster in clusters:
         cluster.stop()
+
+
+@pytest.fixture
+def pg_prefix() -> Iterator[str]:
+    """Tables of a PostgreSQL map broker on the local server under a fresh prefix, dropped after the servers
+    using them stopped (fixtures that take it before ``server_factory`` are torn down after it)."""
+    prefix = "fgt" + uuid.uuid4().hex[:10]
+    yield prefix
+    drop_pg_schema(LOCAL_PG, prefix)
 
 
 @pytest.fixture

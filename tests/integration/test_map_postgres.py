@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from harness import JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
 from postgres_server import LOCAL_PG, PostgresServer
-from test_maps import MAP_NAMESPACES, _connected, _entries, pg_prefix  # noqa: F401 - pg_prefix is a fixture
+from test_maps import MAP_NAMESPACES, _connected, _entries
 
 
 def _config(dsn: str, prefix: str) -> dict[str, Any]:

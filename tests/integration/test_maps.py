@@ -8,7 +8,6 @@ import asyncio
 import base64
 import json
 import sys
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from harness import REPO, JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
 from jsclient import JsCallError, JsClient
 from nats_servers import NatsServer
-from postgres_server import LOCAL_PG, drop_pg_schema
+from postgres_server import LOCAL_PG
 
 MAP_NAMESPACES: dict[str, Any] = {
     "channel": {
@@ -35,15 +34,6 @@ MAP_NAMESPACES: dict[str, Any] = {
         ],
     },
 }
-
-
-@pytest.fixture
-def pg_prefix() -> Iterator[str]:
-    """Tables of a PostgreSQL map broker under a fresh prefix, dropped after the servers using them stopped
-    (fixtures that take it before ``server_factory`` are torn down after it)."""
-    prefix = "fgt" + uuid.uuid4().hex[:10]
-    yield prefix
-    drop_pg_schema(LOCAL_PG, prefix)
 
 
 @pytest.fixture(scope="module")
