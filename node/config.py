@@ -17,7 +17,7 @@ from node.config_fields import duration
 from node.consumers.config import ConsumerConfig, check_unique_names
 from node.errors import ConfigError
 from node.maps.broker_config import MapBrokerConfig
-from node.maps.options import MapOptions
+from node.maps.options import MAP_SUBSCRIPTION_TYPES, MapOptions
 from node.proxy.config import (
     ChannelProxyContainer,
     ClientProxyContainer,
@@ -551,8 +551,14 @@ def broker_warnings(config: Config) -> list[str]:
             for where, opts in scopes if opts.history_enabled]
 
 
+def has_map_namespaces(channel: ChannelConfig) -> bool:
+    return any(o.subscription_type in MAP_SUBSCRIPTION_TYPES for o in (channel.without_namespace, *channel.namespaces))
+
+
 def spans_processes(config: Config) -> bool:
-    """Whether the engine is shared between processes (both halves outside memory): what several workers need."""
+    """Whether the engine is shared between processes (both halves outside memory, and map state too when there
+    are map namespaces): what several workers need."""
     broker = config.broker.type if config.broker.enabled else config.engine.type
     presence = config.presence_manager.type if config.presence_manager.enabled else config.engine.type
-    return broker != "memory" and presence != "memory"
+    maps_in_memory = config.map_broker.type == "memory" and broker != "redis" and has_map_namespaces(config.channel)
+    return broker != "memory" and presence != "memory" and not maps_in_memory

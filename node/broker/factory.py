@@ -11,9 +11,8 @@ from node.broker.postgres_map import PostgresMapBroker
 from node.broker.redis import RedisBroker
 from node.broker.redis_presence import RedisPresenceManager
 from node.broker.routed import RoutedBroker
-from node.config import Config
+from node.config import Config, has_map_namespaces
 from node.config_engine import RedisEngineConfig
-from node.maps.options import MAP_SUBSCRIPTION_TYPES
 
 
 class StandaloneRedisPresenceManager(RedisPresenceManager):
@@ -56,14 +55,9 @@ def _map_broker(config: Config, node_id: str, broker: Broker) -> Broker | None:
         if isinstance(broker, RedisBroker) and broker.serves(cfg.redis):
             return None
         return RedisBroker(cfg.redis, node_id=node_id, history_meta_ttl=meta_ttl, control=False)
-    if isinstance(broker, (MemoryBroker, RedisBroker)) or not _has_maps(config):
+    if isinstance(broker, (MemoryBroker, RedisBroker)) or not has_map_namespaces(config.channel):
         return None  # (no map namespaces at start: nothing to route, and no lookup on each publish)
     return MemoryBroker(history_meta_ttl=meta_ttl)
-
-
-def _has_maps(config: Config) -> bool:
-    channel = config.channel
-    return any(o.subscription_type in MAP_SUBSCRIPTION_TYPES for o in (channel.without_namespace, *channel.namespaces))
 
 
 def build_engine(config: Config, node_id: str) -> Engine:

@@ -22,11 +22,13 @@ from node.broker.postgres_map import PostgresMapBroker
 from node.broker.redis import RedisBroker
 from node.broker.redis_map import RedisMapStore
 from node.config_engine import RedisEngineConfig
-from node.maps.broker_config import PostgresMapBrokerConfig
+from node.maps.broker_config import PostgresMapBrokerConfig, PostgresMapOutboxConfig
 from node.maps.store import MapStore, MemoryMapStore
 from node.models import HistoryOptions, PublishOptions, StreamPosition
 
-SHARED = ["redis", "redis_cluster", "postgres"]  # backends that several nodes share
+# Backends that several nodes share; "postgres_notify" polls only every 30 s, so its deliveries to another node
+# come through LISTEN/NOTIFY (use_notify).
+SHARED = ["redis", "redis_cluster", "postgres", "postgres_notify"]
 BACKENDS = ["memory", *SHARED]
 STREAM = PublishOptions(history_size=100, history_ttl=60, history_meta_ttl=3600)
 
@@ -51,8 +53,11 @@ async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[NodeFactory]:
         if request.param == "memory":
             memory = MemoryBroker()
             return memory, MemoryMapStore(memory.publish)
-        if request.param == "postgres":
-            pg = PostgresMapBroker(PostgresMapBrokerConfig(dsn=LOCAL_PG, table_prefix=prefix, num_shards=2))
+        if request.param.startswith("postgres"):
+            notify = request.param == "postgres_notify"
+            outbox = PostgresMapOutboxConfig(poll_interval=30.0 if notify else 0.1)
+            pg = PostgresMapBroker(PostgresMapBrokerConfig(dsn=LOCAL_PG, table_prefix=prefix, num_shards=2,
+                                                           use_notify=notify, outbox=outbox))
             return pg, pg
         redis = RedisBroker(RedisEngineConfig(address=redis_addresses(request.param, request), prefix=prefix),
                             node_id=uuid.uuid4().hex)
@@ -68,7 +73,7 @@ async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[NodeFactory]:
     yield make
     for broker in made:
         await broker.close()
-    if request.param == "postgres":
+    if request.param.startswith("postgres"):
         drop_pg_schema(LOCAL_PG, prefix)
 
 

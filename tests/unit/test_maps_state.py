@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -17,7 +18,7 @@ from node.broker.memory import MemoryBroker
 from node.broker.postgres_map import PostgresMapBroker
 from node.broker.redis import RedisBroker
 from node.broker.routed import RoutedBroker
-from node.config import Config
+from node.config import ChannelConfig, Config, spans_processes
 from node.config_load import LoadResult, load
 from node.errors import ConfigError
 from node.maps.state import Entry, MemoryMapState
@@ -144,3 +145,13 @@ def test_shipped_maps_config_loads_cleanly() -> None:
     cursors, board = result.config.channel.namespaces
     assert cursors.map.mode == "ephemeral" and cursors.map.remove_client_on_unsubscribe
     assert board.map.recoverable and board.map.effective_stream_size == 1000
+
+
+@pytest.mark.parametrize(("map_broker", "shared"), [({}, False), ({"type": "redis"}, True)])
+def test_map_state_in_memory_keeps_workers_apart(map_broker: dict[str, Any], shared: bool) -> None:
+    """With the NATS broker and Redis presence, several workers share everything but an in-process map state."""
+    config = _load({"broker": {"enabled": True, "type": "nats"},
+                    "presence_manager": {"enabled": True, "type": "redis"}, "map_broker": map_broker,
+                    "channel": {"namespaces": [MAP_NS]}})
+    assert spans_processes(config) is shared
+    assert spans_processes(dataclasses.replace(config, channel=ChannelConfig())), "no map namespace: shared"
