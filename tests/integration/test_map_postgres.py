@@ -9,21 +9,15 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import psycopg
 import pytest
-from harness import JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
+from harness import JsFactory, ServerFactory, unique_channel, wait_until
 from postgres_server import LOCAL_PG, PostgresServer
-from test_maps import MAP_NAMESPACES, _connected, _entries
+from test_maps import MAP_NAMESPACES, _connected, _entries, health_is, subscribed_to_a_new_map
 
 
 def _config(dsn: str, prefix: str) -> dict[str, Any]:
     return {**MAP_NAMESPACES, "map_broker": {"type": "postgres", "postgres": {"dsn": dsn, "table_prefix": prefix}}}
-
-
-async def _health_is(server: ServerProcess, status: int) -> bool:
-    async with aiohttp.ClientSession() as session, session.get(f"{server.http_url}/health") as resp:
-        return resp.status == status
 
 
 async def test_an_application_transaction_changes_the_map_atomically(pg_prefix: str, server_factory: ServerFactory,
@@ -61,14 +55,10 @@ def private_pg() -> Iterator[PostgresServer]:
 async def test_postgres_down_and_back(private_pg: PostgresServer, server_factory: ServerFactory,
                                       js_factory: JsFactory) -> None:
     server = await server_factory(_config(private_pg.dsn, "cf"))
-    ch = unique_channel("board:")
-    await server.api_result("map_publish", {"channel": ch, "key": "a", "data": {"v": 1}})
-    js = await _connected(server, js_factory)
-    await js.call("map_subscribe", channel=ch, wait=True)
-    assert _entries(await js.wait("map_sync", channel=ch)) == {"a": {"v": 1}}
+    ch, js = await subscribed_to_a_new_map(server, server, js_factory)
 
     private_pg.stop()
-    await wait_until(lambda: _health_is(server, 503), timeout=15, what="health red")
+    await wait_until(lambda: health_is(503, server), timeout=15, what="health red")
     # Calls fail within the broker's bound (5 s), not hang: the deadline here only catches a hang.
     reply = await asyncio.wait_for(server.api("map_publish", {"channel": ch, "key": "b", "data": {"v": 2}}), 20)
     assert reply.get("error", {}).get("code") == 100, reply
@@ -76,7 +66,7 @@ async def test_postgres_down_and_back(private_pg: PostgresServer, server_factory
     assert "error" in reply, reply
 
     private_pg.start()
-    await wait_until(lambda: _health_is(server, 200), timeout=20, what="health green")
+    await wait_until(lambda: health_is(200, server), timeout=20, what="health green")
     # Written by the application while the node was still finding its way back: delivered all the same.
     private_pg.execute("SELECT * FROM cf_map_publish(%s, 'c', '{\"v\": 3}'::jsonb)", (ch,))
     await server.api_result("map_publish", {"channel": ch, "key": "d", "data": {"v": 4}})

@@ -7,20 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from harness import JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
+from harness import JsFactory, ServerFactory, unique_channel, wait_until
 from nats_servers import NatsServer
 from redis_servers import RedisStandalone
-from test_maps import MAP_NAMESPACES, _connected, _entries
-
-
-async def _health_is(status: int, *servers: ServerProcess) -> bool:
-    async with aiohttp.ClientSession() as session:
-        for server in servers:
-            async with session.get(f"{server.http_url}/health") as resp:
-                if resp.status != status:
-                    return False
-    return True
+from test_maps import MAP_NAMESPACES, _entries, health_is, subscribed_to_a_new_map
 
 
 async def test_map_redis_down_and_back_beside_nats(tmp_path: Path, server_factory: ServerFactory,
@@ -36,21 +26,17 @@ async def test_map_redis_down_and_back_beside_nats(tmp_path: Path, server_factor
         }
         a = await server_factory(config, name="node-a")
         b = await server_factory(config, name="node-b")
-        ch = unique_channel("board:")
-        await a.api_result("map_publish", {"channel": ch, "key": "a", "data": {"v": 1}})
-        js = await _connected(b, js_factory)
-        await js.call("map_subscribe", channel=ch, wait=True)
-        assert _entries(await js.wait("map_sync", channel=ch)) == {"a": {"v": 1}}
+        ch, js = await subscribed_to_a_new_map(a, b, js_factory)
 
         redis.stop()
-        await wait_until(lambda: _health_is(503, a, b), timeout=15, what="health red on both nodes")
+        await wait_until(lambda: health_is(503, a, b), timeout=15, what="health red on both nodes")
         reply = await a.api("map_publish", {"channel": ch, "key": "b", "data": {"v": 2}})
         assert reply.get("error", {}).get("code") == 100, reply
         assert "result" in await a.api("publish", {"channel": unique_channel("plain"), "data": {}}), \
             "stream channels on NATS are not affected"
 
         redis.start()
-        await wait_until(lambda: _health_is(200, a, b), timeout=20, what="health green on both nodes")
+        await wait_until(lambda: health_is(200, a, b), timeout=20, what="health green on both nodes")
 
         async def published() -> bool:
             return "result" in await a.api("map_publish", {"channel": ch, "key": "c", "data": {"v": 3}})

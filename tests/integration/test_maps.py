@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 from harness import REPO, JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
 from jsclient import JsCallError, JsClient
@@ -85,6 +86,27 @@ async def _connected(server: ServerProcess, js_factory: JsFactory, user: str = "
     js = await js_factory(server, {"protocol": protocol, "trace": protocol == "json"})
     await js.call("connect", token=server.token(user), wait=True)
     return js
+
+
+async def subscribed_to_a_new_map(writer: ServerProcess, reader: ServerProcess,
+                                  js_factory: JsFactory) -> tuple[str, JsClient]:
+    """A board channel with key "a" = {"v": 1} published on ``writer``, and a client of ``reader`` that has
+    loaded it (for the fault tests of each map broker)."""
+    ch = unique_channel("board:")
+    await writer.api_result("map_publish", {"channel": ch, "key": "a", "data": {"v": 1}})
+    js = await _connected(reader, js_factory)
+    await js.call("map_subscribe", channel=ch, wait=True)
+    assert _entries(await js.wait("map_sync", channel=ch)) == {"a": {"v": 1}}
+    return ch, js
+
+
+async def health_is(status: int, *servers: ServerProcess) -> bool:
+    async with aiohttp.ClientSession() as session:
+        for server in servers:
+            async with session.get(f"{server.http_url}/health") as resp:
+                if resp.status != status:
+                    return False
+    return True
 
 
 def _data(value: Any) -> Any:
