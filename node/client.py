@@ -424,6 +424,7 @@ class Client:
                 continue
             if state.opts.emit_presence:
                 await self.node.add_presence(channel, self.id, state.info)
+            await self.node.map_presence.present(self, channel, state.info)
             if check_positions and state.opts.enable_positioning and not await self.node.position_valid(self, channel):
                 self.insufficient_state(channel)
 

@@ -214,6 +214,13 @@ class ChannelOptions:
     subscribe_stream_proxy_bidirectional: bool = False
     subscription_type: str = "stream"  # "map": a keyed state channel (node/maps/)
     map: MapOptions = MapOptions()
+    # Map presence (node/maps/presence.py): a subscriber of channel C gets key = client id in the map_clients
+    # channel prefix + C, key = user id in the map_users channel prefix + C.
+    map_clients_presence_channel_prefix: str = ""
+    map_users_presence_channel_prefix: str = ""
+    allow_tags_filter: bool = False  # subscribers may pass a tags filter (node/tagsfilter.py)
+    # Told to subscribers (subscribe result publish_debounce, ms): the SDK coalesces its publishes.
+    client_publish_debounce_interval: float = duration(0.0)
 
     @property
     def history_enabled(self) -> bool:
@@ -242,6 +249,8 @@ class ChannelOptions:
                 re.compile(self.channel_regex)
             except re.error as e:
                 raise ConfigError(f"{where}: invalid channel_regex: {e}") from e
+        if self.client_publish_debounce_interval < 0:
+            raise ConfigError(f"{where}: client_publish_debounce_interval must not be negative")
         self.map.validate(where, self.subscription_type)
 
 
@@ -279,6 +288,28 @@ class ChannelConfig:
             raise ConfigError(f"channel.namespaces: duplicate names {', '.join(dupes)}")
         if self.max_length <= 0:
             raise ConfigError("channel.max_length must be positive")
+        _check_presence_prefixes(self)
+
+
+def _check_presence_prefixes(channels: ChannelConfig) -> None:
+    """Each ``map_*_presence_channel_prefix`` must lead to a namespace of the matching presence type (as
+    Centrifugo checks at load): its namespace is the part before the first boundary, none = no namespace."""
+    by_name: dict[str, ChannelOptions] = {ns.name: ns for ns in channels.namespaces}
+    scopes: list[tuple[str, ChannelOptions]] = [("channel.without_namespace", channels.without_namespace)]
+    scopes += [(f"channel.namespaces[{ns.name}]", ns) for ns in channels.namespaces]
+    for where, scope in scopes:
+        for option, kind in (("map_clients_presence_channel_prefix", "map_clients"),
+                             ("map_users_presence_channel_prefix", "map_users")):
+            prefix: str = getattr(scope, option)
+            if not prefix:
+                continue
+            name, found, _ = prefix.partition(channels.namespace_boundary)
+            target = by_name.get(name) if found else channels.without_namespace
+            if target is None:
+                raise ConfigError(f"{where}: {option} {prefix!r}: namespace {name!r} does not exist")
+            if target.subscription_type != kind:
+                raise ConfigError(f"{where}: {option} {prefix!r}: its namespace must have subscription_type "
+                                  f"{kind!r} (got {target.subscription_type!r})")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

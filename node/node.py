@@ -34,6 +34,7 @@ from node.errors import (
 )
 from node.hub import Hub
 from node.maps.options import MAP_SUBSCRIPTION_TYPES
+from node.maps.presence import MapPresence
 from node.maps.service import MapService
 from node.metrics import Metrics
 from node.models import (
@@ -136,6 +137,7 @@ class Node(BrokerEventHandler):
         self.maps: MapService[Connection] = MapService(self, engine.map_broker or engine.broker)
         if isinstance(engine.broker, RoutedBroker):
             engine.broker.route(self.is_map_channel)
+        self.map_presence = MapPresence(self, self.maps)
 
     def is_map_channel(self, channel: str) -> bool:
         """Whether ``channel`` is in a map namespace (under the options in force: a reload may change it)."""
@@ -287,6 +289,7 @@ class Node(BrokerEventHandler):
             if opts.emit_join_leave:
                 await self._engine.broker.publish_join(channel, state.info)
                 self.metrics.published("join")
+            await self.map_presence.present(client, channel, state.info)
         except Exception as e:
             # The subscription itself stands; presence is re-added by the client's timer once the engine is back.
             logger.warning("joining %s: engine unavailable (%s)", channel, e)
@@ -302,6 +305,10 @@ class Node(BrokerEventHandler):
         self.metrics.subscriptions.dec()
         if self.subscriptions.remove(channel, client):
             self.metrics.channels.set(self.subscriptions.num_channels())
+        # Map entries of the subscription (its own key, its map presence) go in a task of the node's: a closing
+        # connection's task may be cancelled (its peer went away) while the engine is still removing them.
+        if self.map_presence.leaves_entries(channel):
+            self._spawn(self._leave_maps(client, channel))
         # Best effort: the local state is already gone, and an engine outage must not keep a connection from
         # closing. A presence entry left behind expires by itself; a lost leave is not recoverable anyway.
         try:
@@ -310,9 +317,15 @@ class Node(BrokerEventHandler):
             if state.opts.emit_join_leave:
                 await self._engine.broker.publish_leave(channel, state.info)
                 self.metrics.published("leave")
-            await self.maps.unsubscribed(client.id, channel)
         except Exception as e:
             logger.warning("leaving %s: engine unavailable (%s)", channel, e)
+
+    async def _leave_maps(self, client: Connection, channel: str) -> None:
+        try:
+            await self.maps.unsubscribed(client.id, channel)
+            await self.map_presence.gone(client, channel)
+        except Exception as e:
+            logger.warning("leaving the maps of %s: %s", channel, e)
 
     # --- publishing and reads --------------------------------------------------------------------------
 

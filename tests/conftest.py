@@ -188,3 +188,18 @@ def pg_prefix() -> Iterator[str]:
 @pytest.fixture
 def redis_prefix() -> str:
     return "fgt" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(params=["memory", "redis_cluster"])
+def engine_section(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The config section of a test's engine, once per engine: memory (nothing to add), then Redis Cluster."""
+    if request.param == "memory":
+        return {}
+    return {"engine": {"type": "redis", "redis": {"address": [request.getfixturevalue("redis_cluster").url],
+                                                  "prefix": request.getfixturevalue("redis_prefix")}}}
+
+
+@pytest.fixture
+def cluster_section(redis_cluster: RedisCluster, redis_prefix: str) -> dict[str, Any]:
+    """The config section of nodes sharing one Redis Cluster."""
+    return {"engine": {"type": "redis", "redis": {"address": [redis_cluster.url], "prefix": redis_prefix}}}

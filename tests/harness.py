@@ -144,6 +144,14 @@ def make_config(override: Mapping[str, Any] | None = None, *, base: bool = True)
     return merge_config(BASE_CONFIG if base else {}, override or {})
 
 
+def engine_config(engine: str, cluster_url: str = "", prefix: str = "") -> dict[str, Any]:
+    """The config section of a test's engine: "memory" (the default, nothing to add) or "redis_cluster" (the
+    given cluster, keys under ``prefix``)."""
+    if engine == "memory":
+        return {}
+    return {"engine": {"type": "redis", "redis": {"address": [cluster_url], "prefix": prefix}}}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (another process may still take it before we bind)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -303,6 +303,15 @@ class PostgresMapBroker(Broker):
                in rows[:limit]]
         return out, (out[-1][0] if more and out else "")
 
+    async def touch(self, channel: str, key: str, key_ttl: float) -> bool:
+        """Prolong a live key's TTL (map presence refreshes): no stream entry; False if it is not there."""
+        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+            cursor = await conn.execute(
+                f"UPDATE {self.base}_map_state SET expires_at = CASE WHEN %s > interval '0' THEN now() + %s END "
+                f"WHERE channel = %s AND key = %s AND (expires_at IS NULL OR expires_at > now())",
+                (_interval(key_ttl), _interval(key_ttl), channel, key))
+            return bool(cursor.rowcount > 0)
+
     async def expired(self, batch: int) -> list[tuple[str, str]]:
         rows = await self._rows(f"SELECT channel, key FROM {self.base}_map_state WHERE expires_at <= now() "
                                 f"ORDER BY expires_at LIMIT %s", (batch,))

@@ -51,6 +51,12 @@ class RedisMapStore:
     async def remove(self, channel: str, opts: PublishOptions, *, expired_only: bool = False) -> PublishResult:
         return _publish_result(await self._write(channel, b"null", opts, "expire" if expired_only else "remove", 0))
 
+    async def touch(self, channel: str, key: str, key_ttl: float) -> bool:
+        keys = self._keys(channel)
+        expire_at_ms = int((time.time() + key_ttl) * 1000) if key_ttl > 0 else 0
+        found = await self._broker.shard(channel).script("map_touch", [keys[3], keys[5]], [key, expire_at_ms])
+        return bool(found)
+
     async def page(self, channel: str, cursor: str, limit: int) -> tuple[list[tuple[str, Entry]], str]:
         keys = self._keys(channel)
         client = self._broker.shard(channel).client

@@ -34,7 +34,8 @@ from node.broker.tls import client_context
 from node.config_engine import RedisEngineConfig
 from node.errors import ConfigError
 
-SCRIPTS: Final = ("publish", "history", "presence_add", "presence_remove", "presence_get", "map_publish")
+SCRIPTS: Final = ("publish", "history", "presence_add", "presence_remove", "presence_get", "map_publish",
+                  "map_touch")
 _RETRIED_ERRORS: Final = ("NOSCRIPT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "READONLY",
                           "MASTERDOWN")
 

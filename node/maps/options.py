@@ -10,7 +10,11 @@ from node.errors import ConfigError
 
 SUBSCRIPTION_TYPES: Final = ("stream", "map", "map_clients", "map_users", "shared_poll")
 MAP_SUBSCRIPTION_TYPES: Final = ("map", "map_clients", "map_users")  # the types whose channels the map broker keeps
-MODES: Final = ("ephemeral", "durable", "persistent")
+# map_clients / map_users: presence maps the server keeps (one key per connection / per user) for channels whose
+# namespace names them by prefix (node/maps/presence.py).
+PRESENCE_TYPES: Final = ("map_clients", "map_users")
+# "recoverable" is Centrifugo's name; "durable" is kept as Fugato's earlier spelling of it.
+MODES: Final = ("ephemeral", "recoverable", "durable", "persistent")
 # Centrifugo derives these for durable/persistent maps when they are not set; ephemeral maps keep no stream
 # for clients, but Fugato still keeps a short one internally to hand a subscriber over from state to live.
 DEFAULT_STREAM_SIZE: Final = 100
@@ -50,7 +54,7 @@ class MapOptions:
     @property
     def recoverable(self) -> bool:
         """Whether clients catch up from the stream after a reconnect (else they reload the state)."""
-        return self.mode in ("durable", "persistent")
+        return self.mode in ("recoverable", "durable", "persistent")
 
     @property
     def effective_stream_size(self) -> int:
@@ -72,8 +76,13 @@ class MapOptions:
         if self.mode not in MODES:
             raise ConfigError(f"{where}: map.mode must be one of {', '.join(MODES)} for subscription_type "
                               f"{subscription_type!r}")
-        if self.mode in ("ephemeral", "durable") and self.key_ttl <= 0:
+        if self.mode in ("ephemeral", "recoverable", "durable") and self.key_ttl <= 0:
             raise ConfigError(f"{where}: map.key_ttl is required for {self.mode} mode")
+        if self.mode == "persistent" and subscription_type in PRESENCE_TYPES:
+            # Presence entries are cleaned up by their TTL when a remove fails (map_users: only by it).
+            raise ConfigError(f"{where}: map.mode \"persistent\" is not allowed with subscription_type "
+                              f"{subscription_type!r} (presence entries need a key_ttl: use \"ephemeral\" or "
+                              "\"recoverable\")")
         if self.client_key not in ("", "client_id", "user_id"):
             raise ConfigError(f"{where}: map.client_key must be \"client_id\" or \"user_id\"")
         if self.stream_size < 0 or self.stream_ttl < 0 or self.key_ttl < 0 or self.meta_ttl < 0:
@@ -82,3 +91,4 @@ class MapOptions:
             raise ConfigError(f"{where}: map page sizes must be positive, min_page_size <= max_page_size")
         if self.external_state and self.mode != "persistent":
             raise ConfigError(f"{where}: map.external_state requires persistent mode")
+

@@ -25,13 +25,14 @@ from node.errors import (
     ERROR_ALREADY_SUBSCRIBED,
     ERROR_BAD_REQUEST,
     ERROR_LIMIT_EXCEEDED,
+    ERROR_PERMISSION_DENIED,
     ERROR_UNRECOVERABLE_POSITION,
     DisconnectError,
     ReplyError,
 )
 from node.maps import wire
 from node.maps.host import C_contra, MapHost
-from node.maps.options import MapOptions
+from node.maps.options import MAP_SUBSCRIPTION_TYPES, MapOptions
 from node.maps.store import MapStore, MemoryMapStore
 from node.models import ClientInfo, ClientState, HistoryOptions, PublishOptions, PublishResult, StreamPosition
 from node.protocol.codec import Command
@@ -39,6 +40,8 @@ from node.protocol.codec import Command
 # SubscribeRequest.type / phase values of the protocol.
 TYPE_STREAM: Final = 0
 TYPE_MAP: Final = 1
+# The namespace subscription_type each SubscribeRequest.type asks for (2, 3: the presence maps).
+TYPE_NAMES: Final = {TYPE_STREAM: "stream", TYPE_MAP: "map", 2: "map_clients", 3: "map_users"}
 PHASE_LIVE: Final = 0
 PHASE_STREAM: Final = 1
 PHASE_STATE: Final = 2
@@ -81,9 +84,9 @@ class MapService(Generic[C_contra]):
         await self.store.close()
 
     def options(self, channel: str) -> MapOptions:
-        """The channel's map options; a channel of a namespace that is not a map is a bad request."""
+        """The channel's map options (map, map_clients or map_users); any other channel is a bad request."""
         ns = self._node.policy.namespace(channel)
-        if ns.subscription_type != "map":
+        if ns.subscription_type not in MAP_SUBSCRIPTION_TYPES:
             raise ReplyError(ERROR_BAD_REQUEST)
         return ns.map
 
@@ -186,8 +189,11 @@ class MapService(Generic[C_contra]):
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
         kind = _param(params, "type", int, TYPE_STREAM)
         phase = _param(params, "phase", int, PHASE_LIVE)
+        # The subscription's type must be its namespace's (Centrifugo answers 103 otherwise).
+        if TYPE_NAMES.get(kind) != node.policy.namespace(channel).subscription_type:
+            raise ReplyError(ERROR_PERMISSION_DENIED)
         m = self.options(channel)
-        if kind != TYPE_MAP or phase not in (PHASE_STATE, PHASE_STREAM):
+        if phase not in (PHASE_STATE, PHASE_STREAM):
             raise ReplyError(ERROR_BAD_REQUEST)
         if channel in client.channels or channel in client.subscribing:
             raise ReplyError(ERROR_ALREADY_SUBSCRIBED)

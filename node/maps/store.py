@@ -4,6 +4,7 @@ change as a publication of the channel's stream (``key``/``removed`` set), so de
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -18,6 +19,10 @@ class MapStore(Protocol):
     async def remove(self, channel: str, opts: PublishOptions, *, expired_only: bool = False) -> PublishResult:
         """Remove ``opts.key``; suppressed (nothing announced) if it is not there, or, with ``expired_only``,
         not expired: several nodes may try to expire the same key, one announces it."""
+        ...
+
+    async def touch(self, channel: str, key: str, key_ttl: float) -> bool:
+        """Prolong a live ``key``'s TTL without a change (no stream entry); False if it is not there."""
         ...
 
     async def page(self, channel: str, cursor: str, limit: int) -> tuple[list[tuple[str, Entry]], str]: ...
@@ -49,6 +54,13 @@ class MemoryMapStore:
             return PublishResult(suppressed=True)
         self.state.remove(channel, opts.key)
         return await self._publish(channel, b"null", opts)
+
+    async def touch(self, channel: str, key: str, key_ttl: float) -> bool:
+        entry, now = self.state.get(channel, key), time.monotonic()
+        if entry is None or (entry.expire_at and entry.expire_at <= now):
+            return False
+        self.state.set(channel, key, dataclasses.replace(entry, expire_at=now + key_ttl if key_ttl > 0 else 0.0))
+        return True
 
     async def page(self, channel: str, cursor: str, limit: int) -> tuple[list[tuple[str, Entry]], str]:
         return self.state.page(channel, cursor, limit)

@@ -38,11 +38,19 @@ def stream_page(protocol: str, epoch: str, offset: int, pubs: Sequence[Publicati
     return _page(protocol, fields, "publications", pubs)
 
 
+def _api_entry(pub: Publication) -> bytes:
+    """A MapEntry of Centrifugo's server API (key, data, tags, offset, removed, time; zero values omitted)."""
+    fields: dict[str, object] = {"key": pub.key, "tags": dict(pub.tags) if pub.tags else None,
+                                 "offset": pub.offset, "removed": pub.removed, "time": pub.time_ms}
+    return codec.result_object(fields, {"data": codec.payload(pub.data) or b"null"})
+
+
 def api_result(epoch: str, offset: int, pubs: Sequence[Publication], cursor: str = "") -> bytes:
-    """``map_read_state`` / ``map_read_stream`` results: entries (or changes) under ``publications``, with the
-    stream position (the state's is read before the state) and, for state, the next page's cursor."""
-    return codec.result_object({"epoch": epoch, "cursor": cursor}, {
-        "publications": codec.encode_publications(pubs), "offset": b"%d" % offset})
+    """``map_read_state`` / ``map_read_stream`` results (MapReadStateResult / MapReadStreamResult): entries (or
+    changes) with the stream position (the state's is read before the state) and, for state, the next page's
+    cursor."""
+    entries = b"[" + b",".join(_api_entry(p) for p in pubs) + b"]"
+    return codec.result_object({"epoch": epoch, "cursor": cursor}, {"entries": entries, "offset": b"%d" % offset})
 
 
 def api_state(epoch: str, offset: int, entries: Sequence[tuple[str, Entry]], cursor: str) -> bytes:

@@ -119,7 +119,9 @@ def encode_client_info(info: ClientInfo) -> bytes:
 
 def encode_publication(pub: Publication, data: bytes | None = None, *, delta: bool = False) -> bytes:
     """A Publication object; ``data`` replaces the payload (delta subscribers get a JSON string)."""
-    out = b'{"data":' + (payload(pub.data) if data is None else data)
+    body = payload(pub.data) if data is None else data
+    # An empty payload (a map presence entry carries only its ClientInfo) is written as null.
+    out = b'{"data":' + (body or b"null")
     if pub.info is not None:
         out += b',"info":' + encode_client_info(pub.info)
     if pub.offset:
@@ -217,6 +219,9 @@ def encode_subscribe_result(opts: SubscribeOptions, start: StreamStart | None, t
 
 
 def is_json(data: bytes) -> bool:
+    """Whether a payload can go into a JSON message (an empty one is written as null)."""
+    if not data:
+        return True
     try:
         orjson.loads(data)
     except orjson.JSONDecodeError:

@@ -51,7 +51,9 @@
 //   ready     [channel] [waitTimeout]     client.ready() or sub.ready() (waitTimeout in ms, default 5000)
 //   set_token token | set_data data | add_tokens tokens [channel]  (append to a getToken list)
 //   batch_start | batch_stop | state | disconnect | exit
-//   map_subscribe channel [pageSize] [unrecoverableStrategy] [data] [wait]   a map subscription; its events:
+//   map_subscribe channel [kind: "map"|"clients"|"users"] [pageSize] [unrecoverableStrategy] [data]
+//             [tagsFilter] [wait]   a map subscription (newMapSubscription, newMapClientsSubscription or
+//             newMapUsersSubscription); its events:
 //             map_subscribed {channel,recovered,recoverable,state} | map_sync {channel,entries} |
 //             map_update {channel,key,data,removed,offset} | map_unsubscribed {channel,code,reason} |
 //             map_error {channel,type,error}   (subscribing events are the stream ones: subscribing)
@@ -376,10 +378,15 @@ const ops = {
     let sub = getClient().getMapSubscription(channel);
     if (sub === null) {
       const options = {};
-      for (const key of ['pageSize', 'unrecoverableStrategy', 'data', 'token']) {
+      for (const key of ['pageSize', 'unrecoverableStrategy', 'data', 'token', 'tagsFilter']) {
         if (cmd[key] !== undefined) options[key] = cmd[key];
       }
-      sub = getClient().newMapSubscription(channel, options);
+      const c = getClient();
+      const kinds = { map: c.newMapSubscription, clients: c.newMapClientsSubscription,
+        users: c.newMapUsersSubscription };
+      const make = kinds[cmd.kind ?? 'map'];
+      if (make === undefined) throw new DriverError(`unknown map subscription kind ${cmd.kind}`);
+      sub = make.call(c, channel, options);
       sub.on('subscribing', (ctx) => emit('subscribing', { channel, ...ctx }));
       sub.on('subscribed', (ctx) => emit('map_subscribed', {
         channel, recovered: ctx.recovered, recoverable: ctx.recoverable, state: ctx.state }));

@@ -54,6 +54,7 @@ FLOORS: dict[str, int] = {
     "node.maps.service": 2,
     "node.maps.host": 2,
     "node.connections": 2,  # the connections API's survey: a connection as the Described protocol
+    "node.maps.presence": 2,  # map_clients / map_users: subscribers as keys of presence maps
     "node.node": 3,
     # 4: the client session: one connection and its commands
     "node.commands": 4,
