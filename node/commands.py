@@ -32,6 +32,7 @@ from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosit
 from node.node import Connection
 from node.protocol import codec
 from node.proxy import hooks
+from node.proxy.types import SubscribeResult
 
 logger = logging.getLogger(__name__)
 
@@ -193,11 +194,15 @@ async def subscribe(client: Connection, cmd: codec.Command) -> bytes | None:
         raise ReplyError(ERROR_LIMIT_EXCEEDED)
     client.start_subscribing(channel)
     try:
-        proxy = node.proxies.for_channel("subscribe", node.policy.namespace(channel))
-        ask = None if proxy is None else functools.partial(hooks.subscribe, client, proxy, channel, params)
-        opts = await node.policy.subscribe(client, channel, params, ask)
+        opts = await node.policy.subscribe(client, channel, params, _subscribe_hook(client, channel, params))
+        if (client.id, channel) in node.streams:
+            # Fed by the backend's stream alone: its publications have no offsets to position or recover by.
+            opts = dataclasses.replace(opts, enable_positioning=False, enable_recovery=False, delta=False)
         start = await node.subscribe_client(client, channel, opts, server_side=False, since=since,
                                             reject_unrecovered=reject_unrecovered)
+    except BaseException:
+        node.streams.close(client.id, channel)
+        raise
     finally:
         client.done_subscribing(channel)
     if client.state is ClientState.CLOSED:
@@ -208,8 +213,25 @@ async def subscribe(client: Connection, cmd: codec.Command) -> bytes | None:
     client.enqueue(client.codec.reply(cmd.id, "subscribe",
                                       client.codec.subscribe_result(shown, start, _ttl(opts.expire_at))))
     node.start_delivery(client, channel, start)
+    node.streams.start(client, channel)
     await node.after_subscribe(client, channel, opts)
     return None  # already replied
+
+
+def _subscribe_hook(client: Connection, channel: str, params: Any,
+                    ) -> Callable[[], Awaitable[SubscribeResult]] | None:
+    """The namespace's subscribe proxy call, or the opening of its subscription stream (as Centrifugo, a
+    subscribe proxy wins over a subscribe stream proxy); None when neither is enabled."""
+    node = client.node
+    ns = node.policy.namespace(channel)
+    proxy = node.proxies.for_channel("subscribe", ns)
+    if proxy is not None:
+        return functools.partial(hooks.subscribe, client, proxy, channel, params)
+    proxy = node.proxies.for_channel("subscribe_stream", ns)
+    if proxy is not None:
+        return functools.partial(node.streams.open, client, proxy, channel, params,
+                                 ns.subscribe_stream_proxy_bidirectional)
+    return None
 
 
 async def unsubscribe(client: Connection, cmd: codec.Command) -> bytes:
@@ -229,6 +251,10 @@ async def publish(client: Connection, cmd: codec.Command) -> bytes:
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
     ns = node.policy.namespace(channel)
     proxy = node.proxies.for_channel("publish", ns)
+    if proxy is None and ns.subscribe_stream_proxy_enabled:
+        # As Centrifugo: a stream namespace takes publishes only into a bidirectional stream (else 108).
+        await node.streams.publish(client.id, channel, data)
+        return client.codec.empty
     if proxy is None:
         node.policy.check_publish(client, channel, data)
         opts = PublishOptions(history_size=ns.history_size, history_ttl=ns.history_ttl,

@@ -56,6 +56,7 @@ from node.policy import Policy
 from node.proxy.leave_events import UNSUBSCRIBE_CLIENT, UNSUBSCRIBE_DISCONNECT, LeaveEvents
 from node.proxy.manager import Proxies
 from node.proxy.python import Handlers
+from node.proxy.streams import Streams
 from node.recovery import stream_start
 from node.subscriptions import ChannelState, Observer, Receiver, Subscriptions
 from node.timers import TimerWheel
@@ -114,6 +115,7 @@ class Node(BrokerEventHandler):
         self.config = config
         # Hooks to the application backend; a misconfigured proxy name fails here, at start.
         self.proxies = Proxies(config, metrics.registry, handlers)
+        self.streams = Streams()  # subscriptions fed by a subscribe_stream proxy
         self._engine = engine
         self.policy = policy
         self.metrics = metrics
@@ -300,6 +302,7 @@ class Node(BrokerEventHandler):
         state = client.channels.pop(channel, None)
         if state is None:
             return
+        self.streams.close(client.id, channel)
         if self.leave_events is not None:
             self.leave_events.unsubscribed(client, channel, unsub)
         self.metrics.subscriptions.dec()

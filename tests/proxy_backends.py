@@ -5,6 +5,10 @@ Each records the requests it got (``calls``) and answers from ``answers[hook]`` 
 default: an empty result). ``faults[hook]`` makes it misbehave: ``"slow"`` (answers only when the backend
 closes), ``"5xx"`` (HTTP 500 / GRPC INTERNAL), ``"garbage"`` (a body that is not JSON / an aborted call).
 A backend that is down is an endpoint nobody listens on (``dead_endpoint``).
+
+The GRPC backend also serves subscription streams (hook ``subscribe_stream``): each opened stream is a
+``BackendStream`` in ``streams``, through which the test sends publications, ends or breaks the stream, and sees
+what the client published into it and whether Fugato closed it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import datetime
 import ipaddress
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +126,20 @@ class HttpBackend(Recorder):
             await self._runner.cleanup()
 
 
+@dataclass
+class BackendStream:
+    """One subscription stream as the backend sees it."""
+
+    channel: str
+    bidirectional: bool
+    outgoing: asyncio.Queue[bytes | str] = field(default_factory=asyncio.Queue)  # data, "end" or "break"
+    received: list[bytes] = field(default_factory=list)  # publications from the client (bidirectional)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def send(self, data: bytes) -> None:
+        self.outgoing.put_nowait(data)
+
+
 class GrpcBackend(Recorder, pb_grpc.CentrifugoProxyServicer):
     """``CentrifugoProxy`` over GRPC; answers are the same JSON shapes as for HTTP (proto JSON mapping)."""
 
@@ -130,6 +148,7 @@ class GrpcBackend(Recorder, pb_grpc.CentrifugoProxyServicer):
         self.port = free_port()
         self.tls = tls
         self._server: grpc.aio.Server | None = None
+        self.streams: list[BackendStream] = []
 
     @property
     def endpoint(self) -> str:
@@ -165,6 +184,46 @@ class GrpcBackend(Recorder, pb_grpc.CentrifugoProxyServicer):
 
     async def SubRefresh(self, request: Any, context: Any) -> Any:
         return await self._serve("sub_refresh", request, context, pb.SubRefreshResponse())
+
+    async def _stream(self, request: Any, context: Any, bidirectional: bool,
+                      requests: Any = None) -> AsyncIterator[pb.StreamSubscribeResponse]:
+        answer = await self._serve("subscribe_stream", request, context, pb.SubscribeResponse())
+        stream = BackendStream(request.channel, bidirectional)
+        self.streams.append(stream)
+        reader = None
+        if requests is not None:
+            async def read() -> None:
+                async for msg in requests:
+                    stream.received.append(msg.publication.data)
+
+            reader = asyncio.create_task(read())
+        try:
+            yield pb.StreamSubscribeResponse(subscribe_response=answer)
+            if answer.HasField("error") or answer.HasField("disconnect"):
+                return
+            while True:
+                item = await stream.outgoing.get()
+                if item == "end":
+                    return
+                if item == "break":
+                    await context.abort(grpc.StatusCode.INTERNAL, "stream broke")
+                assert isinstance(item, bytes)
+                yield pb.StreamSubscribeResponse(publication=pb.Publication(data=item, tags={"via": "stream"}))
+        finally:
+            if reader is not None:
+                reader.cancel()
+            stream.closed.set()
+
+    async def SubscribeUnidirectional(self, request: Any, context: Any,
+                                      ) -> AsyncIterator[pb.StreamSubscribeResponse]:
+        async for msg in self._stream(request, context, False):  # grpc.aio wants an async generator function
+            yield msg
+
+    async def SubscribeBidirectional(self, request_iterator: Any, context: Any,
+                                     ) -> AsyncIterator[pb.StreamSubscribeResponse]:
+        first = await anext(aiter(request_iterator))
+        async for msg in self._stream(first.subscribe_request, context, True, request_iterator):
+            yield msg
 
     async def __aenter__(self) -> GrpcBackend:
         self._server = grpc.aio.server()

@@ -6,6 +6,7 @@ One ``grpc.aio`` channel per proxy (HTTP/2 multiplexes every call over it); each
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -60,22 +61,23 @@ class GrpcProxy(ProxyBackend):
         if self._channel is not None:
             await self._channel.close()
 
+    def _metadata(self, req: pt.ProxyRequest) -> list[tuple[str, str]]:
+        return [*self._static, *((k.lower(), v) for k, v in req.headers.items())]
+
+    def _failed(self, e: grpc.aio.AioRpcError) -> pt.ProxyCallError:
+        code = e.code()
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return pt.ProxyCallError("timeout", f"no answer within {self.config.timeout}s")
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return pt.ProxyCallError("unavailable", e.details() or "unavailable")
+        return pt.ProxyCallError("bad_status", f"GRPC {code.name}: {e.details()}")
+
     async def _call(self, method: Callable[..., Awaitable[Any]], req: pt.ProxyRequest, message: Any) -> Any:
-        metadata = [*self._static, *((k.lower(), v) for k, v in req.headers.items())]
         try:
-            response = await method(message, timeout=self.config.timeout, metadata=metadata)
+            response = await method(message, timeout=self.config.timeout, metadata=self._metadata(req))
         except grpc.aio.AioRpcError as e:
-            code = e.code()
-            if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise pt.ProxyCallError("timeout", f"no answer within {self.config.timeout}s") from None
-            if code is grpc.StatusCode.UNAVAILABLE:
-                raise pt.ProxyCallError("unavailable", e.details() or "unavailable") from None
-            raise pt.ProxyCallError("bad_status", f"GRPC {code.name}: {e.details()}") from None
-        if response.HasField("disconnect"):
-            raise DisconnectError(Disconnect(response.disconnect.code, response.disconnect.reason))
-        if response.HasField("error"):
-            raise ReplyError(Error(response.error.code, response.error.message, response.error.temporary))
-        return response
+            raise self._failed(e) from None
+        return _refusal_raised(response)
 
     def _body(self, req: pt.ProxyRequest, data: bytes | None = None) -> dict[str, Any]:
         return request_body(req, data, binary=self.config.binary_encoding, raw=bytes)
@@ -117,6 +119,35 @@ class GrpcProxy(ProxyBackend):
         r = (await self._call(self._client().RPC, req, msg)).result
         return pt.RPCResult(data=_bytes(r.data, r.b64data))
 
+    async def open_stream(self, req: pt.SubscribeRequest, bidirectional: bool) -> tuple[Any, pt.SubscribeResult]:
+        """Open a subscription stream (``SubscribeUnidirectional`` / ``SubscribeBidirectional``) and read its
+        first message, the backend's subscribe answer, within the proxy's timeout. The stream itself has no
+        deadline: it lives as long as the subscription. Returns the open call and the subscribe result."""
+        msg = pb.SubscribeRequest(channel=req.channel, token=req.token, **self._body(req, req.data))
+        stub = self._client()
+        if bidirectional:
+            call = stub.SubscribeBidirectional(metadata=self._metadata(req))
+        else:
+            call = stub.SubscribeUnidirectional(msg, metadata=self._metadata(req))
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                if bidirectional:
+                    await call.write(pb.StreamSubscribeRequest(subscribe_request=msg))
+                first = await call.read()
+            if first is grpc.aio.EOF or not first.HasField("subscribe_response"):
+                raise pt.ProxyCallError("bad_response", "the stream's first message is not a subscribe response")
+            result = _sub_options(_refusal_raised(first.subscribe_response).result)
+        except TimeoutError:
+            call.cancel()
+            raise pt.ProxyCallError("timeout", f"no answer within {self.config.timeout}s") from None
+        except grpc.aio.AioRpcError as e:
+            call.cancel()
+            raise self._failed(e) from None
+        except BaseException:
+            call.cancel()
+            raise
+        return call, result
+
     async def sub_refresh(self, req: pt.SubRefreshRequest) -> pt.SubRefreshResult:
         msg = pb.SubRefreshRequest(channel=req.channel, **self._body(req))
         resp = await self._call(self._client().SubRefresh, req, msg)
@@ -124,6 +155,15 @@ class GrpcProxy(ProxyBackend):
             return pt.SubRefreshResult(expired=True)
         r = resp.result
         return pt.SubRefreshResult(expired=r.expired, expire_at=r.expire_at, info=_bytes(r.info, r.b64info))
+
+
+def _refusal_raised(response: Any) -> Any:
+    """The response, unless it carries the backend's refusal: that is raised as the client's error/disconnect."""
+    if response.HasField("disconnect"):
+        raise DisconnectError(Disconnect(response.disconnect.code, response.disconnect.reason))
+    if response.HasField("error"):
+        raise ReplyError(Error(response.error.code, response.error.message, response.error.temporary))
+    return response
 
 
 def _bytes(raw: bytes, b64: str) -> bytes | None:

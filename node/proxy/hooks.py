@@ -28,6 +28,11 @@ def payload(params: Mapping[str, Any], key: str = "data") -> bytes | None:
     return value if isinstance(value, bytes) else codec.raw(value)
 
 
+def token(params: Mapping[str, Any]) -> str:
+    """A subscribe command's subscription token ("" without one)."""
+    return _str(params, "token")
+
+
 def _str(params: Mapping[str, Any], key: str) -> str:
     value = params.get(key) or ""
     if not isinstance(value, str):
@@ -56,7 +61,7 @@ def _refresh_later() -> pt.RefreshResult:
 
 
 async def subscribe(client: ProxyClient, proxy: Proxy, channel: str, params: Mapping[str, Any]) -> pt.SubscribeResult:
-    req = pt.SubscribeRequest(**proxy.request_fields(client), channel=channel, token=_str(params, "token"),
+    req = pt.SubscribeRequest(**proxy.request_fields(client), channel=channel, token=token(params),
                            data=payload(params))
     return await proxy.call("subscribe", proxy.backend.subscribe, req)
 

@@ -176,6 +176,8 @@ class Proxies:
         config = default if name == DEFAULT_PROXY_NAME else self._named.get(name)
         if config is None or not config.endpoint:
             raise ConfigError(f"{hook} proxy {name!r} is enabled in a namespace but not configured")
+        if hook == "subscribe_stream" and config.is_http:
+            raise ConfigError(f"subscribe stream proxy {name!r}: only GRPC endpoints are supported")
         return self._proxy(name, config)
 
     def _proxy(self, name: str, config: ProxyConfig) -> Proxy:

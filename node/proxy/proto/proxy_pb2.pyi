@@ -361,6 +361,14 @@ class Publication(_message.Message):
     tags: _containers.ScalarMap[str, str]
     def __init__(self, data: _Optional[bytes] = ..., tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class StreamSubscribeRequest(_message.Message):
+    __slots__ = ("subscribe_request", "publication")
+    SUBSCRIBE_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    PUBLICATION_FIELD_NUMBER: _ClassVar[int]
+    subscribe_request: SubscribeRequest
+    publication: Publication
+    def __init__(self, subscribe_request: _Optional[_Union[SubscribeRequest, _Mapping]] = ..., publication: _Optional[_Union[Publication, _Mapping]] = ...) -> None: ...
+
 class StreamSubscribeResponse(_message.Message):
     __slots__ = ("subscribe_response", "publication")
     SUBSCRIBE_RESPONSE_FIELD_NUMBER: _ClassVar[int]

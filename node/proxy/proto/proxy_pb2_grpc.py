@@ -69,6 +69,11 @@ class CentrifugoProxyStub:
                 request_serializer=node_dot_proxy_dot_proto_dot_proxy__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=node_dot_proxy_dot_proto_dot_proxy__pb2.StreamSubscribeResponse.FromString,
                 _registered_method=True)
+        self.SubscribeBidirectional = channel.stream_stream(
+                '/centrifugal.centrifugo.proxy.CentrifugoProxy/SubscribeBidirectional',
+                request_serializer=node_dot_proxy_dot_proto_dot_proxy__pb2.StreamSubscribeRequest.SerializeToString,
+                response_deserializer=node_dot_proxy_dot_proto_dot_proxy__pb2.StreamSubscribeResponse.FromString,
+                _registered_method=True)
 
 
 class CentrifugoProxyServicer:
@@ -116,6 +121,12 @@ class CentrifugoProxyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubscribeBidirectional(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CentrifugoProxyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +163,11 @@ def add_CentrifugoProxyServicer_to_server(servicer, server):
             'SubscribeUnidirectional': grpc.unary_stream_rpc_method_handler(
                     servicer.SubscribeUnidirectional,
                     request_deserializer=node_dot_proxy_dot_proto_dot_proxy__pb2.SubscribeRequest.FromString,
+                    response_serializer=node_dot_proxy_dot_proto_dot_proxy__pb2.StreamSubscribeResponse.SerializeToString,
+            ),
+            'SubscribeBidirectional': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubscribeBidirectional,
+                    request_deserializer=node_dot_proxy_dot_proto_dot_proxy__pb2.StreamSubscribeRequest.FromString,
                     response_serializer=node_dot_proxy_dot_proto_dot_proxy__pb2.StreamSubscribeResponse.SerializeToString,
             ),
     }
@@ -343,6 +359,33 @@ class CentrifugoProxy:
             target,
             '/centrifugal.centrifugo.proxy.CentrifugoProxy/SubscribeUnidirectional',
             node_dot_proxy_dot_proto_dot_proxy__pb2.SubscribeRequest.SerializeToString,
+            node_dot_proxy_dot_proto_dot_proxy__pb2.StreamSubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeBidirectional(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/centrifugal.centrifugo.proxy.CentrifugoProxy/SubscribeBidirectional',
+            node_dot_proxy_dot_proto_dot_proxy__pb2.StreamSubscribeRequest.SerializeToString,
             node_dot_proxy_dot_proto_dot_proxy__pb2.StreamSubscribeResponse.FromString,
             options,
             channel_credentials,
