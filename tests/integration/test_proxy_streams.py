@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -58,6 +59,15 @@ async def connected_js(js_factory: JsFactory, srv: ServerProcess, user: str = "a
     return js
 
 
+@pytest.fixture
+async def env(server_factory: ServerFactory, js_factory: JsFactory,
+              ) -> AsyncIterator[tuple[GrpcBackend, ServerProcess, Any]]:
+    """A GRPC backend, a server streaming through it and a centrifuge-js client connected to that."""
+    async with GrpcBackend() as grpc:
+        srv = await server_factory(stream_config(grpc))
+        yield grpc, srv, await connected_js(js_factory, srv)
+
+
 async def test_unidirectional_stream_publications_reach_the_sdk(server_factory: ServerFactory,
                                                                 js_factory: JsFactory) -> None:
     async with GrpcBackend() as grpc:
@@ -93,70 +103,62 @@ async def test_unidirectional_stream_publications_reach_the_sdk(server_factory: 
         await asyncio.wait_for(stream.closed.wait(), 10)
 
 
-async def test_bidirectional_stream_takes_client_publications(server_factory: ServerFactory,
-                                                              js_factory: JsFactory) -> None:
-    async with GrpcBackend() as grpc:
-        srv = await server_factory(stream_config(grpc))
-        js = await connected_js(js_factory, srv)
-        ch = unique_channel("bi:")
-        await js.call("subscribe", channel=ch, wait=True)
-        stream = await opened(grpc, ch)
-        assert stream.bidirectional
-        await js.call("publish", channel=ch, data={"from": "client"})
-        await wait_until(lambda: stream.received == [b'{"from":"client"}'], timeout=10)
-        stream.send(b'{"echo":true}')
-        assert (await js.wait("publication", channel=ch))["data"] == {"echo": True}
-        # The connection goes away: the stream is cancelled.
-        await js.call("disconnect")
-        await asyncio.wait_for(stream.closed.wait(), 10)
+async def test_bidirectional_stream_takes_client_publications(env: tuple[GrpcBackend, ServerProcess, Any]) -> None:
+    grpc, _, js = env
+    ch = unique_channel("bi:")
+    await js.call("subscribe", channel=ch, wait=True)
+    stream = await opened(grpc, ch)
+    assert stream.bidirectional
+    await js.call("publish", channel=ch, data={"from": "client"})
+    await wait_until(lambda: stream.received == [b'{"from":"client"}'], timeout=10)
+    stream.send(b'{"echo":true}')
+    assert (await js.wait("publication", channel=ch))["data"] == {"echo": True}
+    # The connection goes away: the stream is cancelled.
+    await js.call("disconnect")
+    await asyncio.wait_for(stream.closed.wait(), 10)
 
 
-async def test_backend_ending_or_breaking_the_stream_unsubscribes(server_factory: ServerFactory,
-                                                                  js_factory: JsFactory) -> None:
-    async with GrpcBackend() as grpc:
-        srv = await server_factory(stream_config(grpc))
-        js = await connected_js(js_factory, srv)
-        ended, broken = unique_channel("st:"), unique_channel("st:")
-        await js.call("subscribe", channel=ended, wait=True)
-        await js.call("subscribe", channel=broken, wait=True)
-        (await opened(grpc, ended)).outgoing.put_nowait("end")
-        unsub = await js.wait("unsubscribed", channel=ended)
-        assert unsub["code"] == 2000  # server unsubscribe: final
-        first = await opened(grpc, broken)
-        first.outgoing.put_nowait("break")
-        # 2500 insufficient state: the SDK resubscribes, which opens a new stream.
-        await wait_until(lambda: len([s for s in grpc.streams if s.channel == broken]) == 2, timeout=15)
-        await js.wait("subscribed", channel=broken)
+async def test_backend_ending_or_breaking_the_stream_unsubscribes(env: tuple[GrpcBackend, ServerProcess, Any]) -> None:
+    grpc, _, js = env
+    ended, broken = unique_channel("st:"), unique_channel("st:")
+    await js.call("subscribe", channel=ended, wait=True)
+    await js.call("subscribe", channel=broken, wait=True)
+    (await opened(grpc, ended)).outgoing.put_nowait("end")
+    unsub = await js.wait("unsubscribed", channel=ended)
+    assert unsub["code"] == 2000  # server unsubscribe: final
+    first = await opened(grpc, broken)
+    first.outgoing.put_nowait("break")
+    # 2500 insufficient state: the SDK resubscribes, which opens a new stream.
+    await wait_until(lambda: len([s for s in grpc.streams if s.channel == broken]) == 2, timeout=15)
+    await js.wait("subscribed", channel=broken)
 
 
-async def test_stream_refusals_and_faults_reach_the_sdk(server_factory: ServerFactory, js_factory: JsFactory) -> None:
-    async with GrpcBackend() as grpc:
-        srv = await server_factory(stream_config(grpc))
-        js = await connected_js(js_factory, srv)
-        refused = unique_channel("st:")
-        grpc.answers["subscribe_stream"] = lambda body: {"error": {"code": 4403, "message": "no stream for you"}}
-        await js.call("subscribe", channel=refused)
-        # A final error: centrifuge-js gives up the subscription with that code.
-        unsub = await js.wait("unsubscribed", channel=refused)
-        assert (unsub["code"], unsub["reason"]) == (4403, "no stream for you")
-        grpc.answers.pop("subscribe_stream")
-        for fault in ("5xx", "slow"):
-            grpc.faults["subscribe_stream"] = fault
-            ch = unique_channel("st:")
-            await js.call("subscribe", channel=ch)
-            err = await js.wait("sub_error", channel=ch, timeout=15)
-            assert err["error"]["code"] == 100  # internal, temporary: the SDK retries
-            await js.call("unsubscribe", channel=ch)
-        async with aiohttp.ClientSession() as http, http.get(srv.http_url + "/metrics") as resp:
-            metrics = [line for line in (await resp.text()).splitlines()
-                       if line.startswith("centrifugo_proxy_call_outcomes_total{") and "subscribe_stream" in line]
-        assert any('outcome="timeout"' in line for line in metrics), metrics
-        assert any('outcome="bad_status"' in line for line in metrics), metrics
-        grpc.faults.pop("subscribe_stream")
-        # A disconnect answer closes the connection with that code.
-        grpc.answers["subscribe_stream"] = lambda body: {"disconnect": {"code": 4501, "reason": "go away"}}
-        await js.call("subscribe", channel=unique_channel("st:"))
-        assert (await js.wait("disconnected"))["code"] == 4501
+async def test_stream_refusals_and_faults_reach_the_sdk(env: tuple[GrpcBackend, ServerProcess, Any]) -> None:
+    grpc, srv, js = env
+    refused = unique_channel("st:")
+    grpc.answers["subscribe_stream"] = lambda body: {"error": {"code": 4403, "message": "no stream for you"}}
+    await js.call("subscribe", channel=refused)
+    # A final error: centrifuge-js gives up the subscription with that code.
+    unsub = await js.wait("unsubscribed", channel=refused)
+    assert (unsub["code"], unsub["reason"]) == (4403, "no stream for you")
+    grpc.answers.pop("subscribe_stream")
+    for fault in ("5xx", "slow"):
+        grpc.faults["subscribe_stream"] = fault
+        ch = unique_channel("st:")
+        await js.call("subscribe", channel=ch)
+        err = await js.wait("sub_error", channel=ch, timeout=15)
+        assert err["error"]["code"] == 100  # internal, temporary: the SDK retries
+        await js.call("unsubscribe", channel=ch)
+    async with aiohttp.ClientSession() as http, http.get(srv.http_url + "/metrics") as resp:
+        metrics = [line for line in (await resp.text()).splitlines()
+                   if line.startswith("centrifugo_proxy_call_outcomes_total{") and "subscribe_stream" in line]
+    assert any('outcome="timeout"' in line for line in metrics), metrics
+    assert any('outcome="bad_status"' in line for line in metrics), metrics
+    grpc.faults.pop("subscribe_stream")
+    # A disconnect answer closes the connection with that code.
+    grpc.answers["subscribe_stream"] = lambda body: {"disconnect": {"code": 4501, "reason": "go away"}}
+    await js.call("subscribe", channel=unique_channel("st:"))
+    assert (await js.wait("disconnected"))["code"] == 4501
 
 
 def test_a_stream_proxy_must_be_grpc(tmp_path: Any) -> None:
