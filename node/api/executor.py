@@ -31,6 +31,7 @@ from node.errors import (
     Disconnect,
     ReplyError,
 )
+from node.maps.wire import MapRead, api_read
 from node.models import HistoryOptions, HistoryResult, PublishOptions, PublishResult, StreamPosition, SubscribeOptions
 from node.node import Node
 from node.policy import check_data_format
@@ -129,6 +130,12 @@ def _override(p: Params) -> SubscribeOverride | None:
 def response_body(method: str, result: bytes) -> bytes:
     """The HTTP response body of a successful call: ``{"result": ...}``, except a batch's, which is its own."""
     return result if method == "batch" else b'{"result":' + result + b"}"
+
+
+def _json_read(read: MapRead) -> bytes:
+    if not all(codec.is_json(pub.data) for pub in read.publications):
+        raise ReplyError(ERROR_INTERNAL)  # a binary payload cannot be written into a JSON response
+    return api_read(read)
 
 
 class Executor:
@@ -268,10 +275,21 @@ class Executor:
         channel, key = _str(p, "channel", required=True), _str(p, "key", required=True)
         return publish_reply(await self.node.maps.remove(channel, key))
 
+    async def map_read_values(self, method: str, params: Any, *, protocol: str) -> MapRead:
+        """``map_read_state`` / ``map_read_stream`` with the result as values, for GRPC (as ``history_values``)."""
+        handler = self._map_read_state if method == "map_read_state" else self._map_read_stream
+        return await self._run(method, handler, params, protocol)
+
     async def map_read_state(self, p: Params) -> bytes:
-        return await self.node.maps.read_state(_str(p, "channel", required=True), _str(p, "cursor"), _int(p, "limit"))
+        return _json_read(await self._map_read_state(p))
 
     async def map_read_stream(self, p: Params) -> bytes:
+        return _json_read(await self._map_read_stream(p))
+
+    async def _map_read_state(self, p: Params) -> MapRead:
+        return await self.node.maps.read_state(_str(p, "channel", required=True), _str(p, "cursor"), _int(p, "limit"))
+
+    async def _map_read_stream(self, p: Params) -> MapRead:
         since_epoch = _str(p, "since_epoch")
         since = StreamPosition(_int(p, "since_offset"), since_epoch) if since_epoch or p.get("since_offset") else None
         return await self.node.maps.read_stream(_str(p, "channel", required=True), since, _int(p, "limit"),

@@ -24,6 +24,7 @@ from node.api.executor import Executor
 from node.api.proto import api_pb2
 from node.config import GrpcApiConfig
 from node.errors import ERROR_INTERNAL, Error, NodeError, ReplyError
+from node.maps.wire import MapRead
 from node.models import HistoryResult
 from node.protocol.pbjson import fill, is_map, map_value
 from node.protocol.rawjson import Raw
@@ -62,7 +63,15 @@ RPCS: Final[Mapping[str, Rpc]] = {
     "Refresh": Rpc("refresh", api_pb2.RefreshRequest, api_pb2.RefreshResponse),
     "Channels": Rpc("channels", api_pb2.ChannelsRequest, api_pb2.ChannelsResponse),
     "Connections": Rpc("connections", api_pb2.ConnectionsRequest, api_pb2.ConnectionsResponse),
+    "MapPublish": Rpc("map_publish", api_pb2.MapPublishRequest, api_pb2.MapPublishResponse),
+    "MapRemove": Rpc("map_remove", api_pb2.MapRemoveRequest, api_pb2.MapRemoveResponse),
+    "MapReadState": Rpc("map_read_state", api_pb2.MapReadStateRequest, api_pb2.MapReadStateResponse),
+    "MapReadStream": Rpc("map_read_stream", api_pb2.MapReadStreamRequest, api_pb2.MapReadStreamResponse),
+    "MapStats": Rpc("map_stats", api_pb2.MapStatsRequest, api_pb2.MapStatsResponse),
+    "MapClear": Rpc("map_clear", api_pb2.MapClearRequest, api_pb2.MapClearResponse),
 }
+# Their results are filled from values (not the executor's JSON), so payloads come back byte for byte.
+_MAP_READS: Final = ("map_read_state", "map_read_stream")
 
 # Transport error mode: API error code → GRPC status (Centrifugo's mapping).
 _STATUS: Final = {
@@ -114,6 +123,18 @@ def _fill_history(out: Any, result: HistoryResult) -> None:
             info = item.info
             info.user, info.client = pub.info.user, pub.info.client
             info.conn_info, info.chan_info = pub.info.conn_info or b"", pub.info.chan_info or b""
+
+
+def _fill_map_read(out: Any, read: MapRead) -> None:
+    out.epoch, out.offset = read.position.epoch, read.position.offset
+    if read.cursor:
+        out.cursor = read.cursor
+    for pub in read.publications:
+        entry = out.entries.add()
+        entry.key, entry.data, entry.offset, entry.removed, entry.time = \
+            pub.key, pub.data, pub.offset, pub.removed, pub.time_ms
+        if pub.tags:
+            entry.tags.update(pub.tags)
 
 
 def _param(fd: Field, value: Any) -> Any:
@@ -182,6 +203,9 @@ class GrpcApi:
             body = _sub(response, "result") if wrapped else response
             if rpc.method == "history":
                 _fill_history(body, await self.executor.history_values(request_params(request), protocol="grpc"))
+            elif rpc.method in _MAP_READS:
+                _fill_map_read(body, await self.executor.map_read_values(rpc.method, request_params(request),
+                                                                         protocol="grpc"))
             else:
                 result = await self.executor.call(rpc.method, request_params(request), protocol="grpc")
                 fill(body, orjson.loads(result))

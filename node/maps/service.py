@@ -118,19 +118,20 @@ class MapService(Generic[C_contra]):
 
     # --- reads and administration (server API) ------------------------------------------------------------
 
-    async def read_state(self, channel: str, cursor: str, limit: int) -> bytes:
-        """A page of the state with the stream position read before it (JSON, for the HTTP API)."""
+    async def read_state(self, channel: str, cursor: str, limit: int) -> wire.MapRead:
+        """A page of the state with the stream position read before it."""
         m = self.options(channel)
         top = (await self._node.history(channel, HistoryOptions(limit=0,
                                                                 history_meta_ttl=m.effective_meta_ttl))).position
         entries, next_cursor = await self.store.page(channel, cursor, m.page_size(limit))
-        return wire.api_state(top.epoch, top.offset, entries, next_cursor)
+        return wire.state_read(top, entries, next_cursor)
 
-    async def read_stream(self, channel: str, since: StreamPosition | None, limit: int, reverse: bool) -> bytes:
+    async def read_stream(self, channel: str, since: StreamPosition | None, limit: int,
+                          reverse: bool) -> wire.MapRead:
         m = self.options(channel)
         result = await self._node.history(channel, HistoryOptions(since=since, limit=limit, reverse=reverse,
                                                                   history_meta_ttl=m.effective_meta_ttl))
-        return wire.api_result(result.position.epoch, result.position.offset, result.publications)
+        return wire.MapRead(result.publications, result.position)
 
     async def stats(self, channel: str) -> int:
         self.options(channel)

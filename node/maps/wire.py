@@ -4,9 +4,10 @@ server API's map reads. The LIVE reply is an ordinary subscribe result (node/pro
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from node.maps.state import Entry
-from node.models import Publication
+from node.models import Publication, StreamPosition
 from node.protocol import client_pb2 as pb
 from node.protocol import codec, proto
 
@@ -45,13 +46,23 @@ def _api_entry(pub: Publication) -> bytes:
     return codec.result_object(fields, {"data": codec.payload(pub.data) or b"null"})
 
 
-def api_result(epoch: str, offset: int, pubs: Sequence[Publication], cursor: str = "") -> bytes:
-    """``map_read_state`` / ``map_read_stream`` results (MapReadStateResult / MapReadStreamResult): entries (or
-    changes) with the stream position (the state's is read before the state) and, for state, the next page's
-    cursor."""
-    entries = b"[" + b",".join(_api_entry(p) for p in pubs) + b"]"
-    return codec.result_object({"epoch": epoch, "cursor": cursor}, {"entries": entries, "offset": b"%d" % offset})
+@dataclass(frozen=True, slots=True)
+class MapRead:
+    """A ``map_read_state`` / ``map_read_stream`` answer as values: entries (or changes) as publications
+    carrying their key, the stream position (the state's is read before the state) and, for state, the next
+    page's cursor. The HTTP API writes it as JSON (``api_read``); GRPC fills its messages from it."""
+
+    publications: tuple[Publication, ...]
+    position: StreamPosition
+    cursor: str = ""
 
 
-def api_state(epoch: str, offset: int, entries: Sequence[tuple[str, Entry]], cursor: str) -> bytes:
-    return api_result(epoch, offset, [_entry_publication(k, e) for k, e in entries], cursor)
+def api_read(read: MapRead) -> bytes:
+    """MapReadStateResult / MapReadStreamResult as JSON."""
+    entries = b"[" + b",".join(_api_entry(p) for p in read.publications) + b"]"
+    return codec.result_object({"epoch": read.position.epoch, "cursor": read.cursor},
+                               {"entries": entries, "offset": b"%d" % read.position.offset})
+
+
+def state_read(position: StreamPosition, entries: Sequence[tuple[str, Entry]], cursor: str) -> MapRead:
+    return MapRead(tuple(_entry_publication(k, e) for k, e in entries), position, cursor)

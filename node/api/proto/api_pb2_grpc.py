@@ -109,6 +109,36 @@ class CentrifugoApiStub:
                 request_serializer=node_dot_api_dot_proto_dot_api__pb2.ConnectionsRequest.SerializeToString,
                 response_deserializer=node_dot_api_dot_proto_dot_api__pb2.ConnectionsResponse.FromString,
                 _registered_method=True)
+        self.MapPublish = channel.unary_unary(
+                '/centrifugal.centrifugo.api.CentrifugoApi/MapPublish',
+                request_serializer=node_dot_api_dot_proto_dot_api__pb2.MapPublishRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapPublishResponse.FromString,
+                _registered_method=True)
+        self.MapRemove = channel.unary_unary(
+                '/centrifugal.centrifugo.api.CentrifugoApi/MapRemove',
+                request_serializer=node_dot_api_dot_proto_dot_api__pb2.MapRemoveRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapRemoveResponse.FromString,
+                _registered_method=True)
+        self.MapReadState = channel.unary_unary(
+                '/centrifugal.centrifugo.api.CentrifugoApi/MapReadState',
+                request_serializer=node_dot_api_dot_proto_dot_api__pb2.MapReadStateRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapReadStateResponse.FromString,
+                _registered_method=True)
+        self.MapReadStream = channel.unary_unary(
+                '/centrifugal.centrifugo.api.CentrifugoApi/MapReadStream',
+                request_serializer=node_dot_api_dot_proto_dot_api__pb2.MapReadStreamRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapReadStreamResponse.FromString,
+                _registered_method=True)
+        self.MapStats = channel.unary_unary(
+                '/centrifugal.centrifugo.api.CentrifugoApi/MapStats',
+                request_serializer=node_dot_api_dot_proto_dot_api__pb2.MapStatsRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapStatsResponse.FromString,
+                _registered_method=True)
+        self.MapClear = channel.unary_unary(
+                '/centrifugal.centrifugo.api.CentrifugoApi/MapClear',
+                request_serializer=node_dot_api_dot_proto_dot_api__pb2.MapClearRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapClearResponse.FromString,
+                _registered_method=True)
 
 
 class CentrifugoApiServicer:
@@ -204,6 +234,42 @@ class CentrifugoApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MapPublish(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MapRemove(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MapReadState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MapReadStream(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MapStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MapClear(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CentrifugoApiServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -281,6 +347,36 @@ def add_CentrifugoApiServicer_to_server(servicer, server):
                     servicer.Connections,
                     request_deserializer=node_dot_api_dot_proto_dot_api__pb2.ConnectionsRequest.FromString,
                     response_serializer=node_dot_api_dot_proto_dot_api__pb2.ConnectionsResponse.SerializeToString,
+            ),
+            'MapPublish': grpc.unary_unary_rpc_method_handler(
+                    servicer.MapPublish,
+                    request_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapPublishRequest.FromString,
+                    response_serializer=node_dot_api_dot_proto_dot_api__pb2.MapPublishResponse.SerializeToString,
+            ),
+            'MapRemove': grpc.unary_unary_rpc_method_handler(
+                    servicer.MapRemove,
+                    request_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapRemoveRequest.FromString,
+                    response_serializer=node_dot_api_dot_proto_dot_api__pb2.MapRemoveResponse.SerializeToString,
+            ),
+            'MapReadState': grpc.unary_unary_rpc_method_handler(
+                    servicer.MapReadState,
+                    request_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapReadStateRequest.FromString,
+                    response_serializer=node_dot_api_dot_proto_dot_api__pb2.MapReadStateResponse.SerializeToString,
+            ),
+            'MapReadStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.MapReadStream,
+                    request_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapReadStreamRequest.FromString,
+                    response_serializer=node_dot_api_dot_proto_dot_api__pb2.MapReadStreamResponse.SerializeToString,
+            ),
+            'MapStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.MapStats,
+                    request_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapStatsRequest.FromString,
+                    response_serializer=node_dot_api_dot_proto_dot_api__pb2.MapStatsResponse.SerializeToString,
+            ),
+            'MapClear': grpc.unary_unary_rpc_method_handler(
+                    servicer.MapClear,
+                    request_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapClearRequest.FromString,
+                    response_serializer=node_dot_api_dot_proto_dot_api__pb2.MapClearResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -688,6 +784,168 @@ class CentrifugoApi:
             '/centrifugal.centrifugo.api.CentrifugoApi/Connections',
             node_dot_api_dot_proto_dot_api__pb2.ConnectionsRequest.SerializeToString,
             node_dot_api_dot_proto_dot_api__pb2.ConnectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MapPublish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/centrifugal.centrifugo.api.CentrifugoApi/MapPublish',
+            node_dot_api_dot_proto_dot_api__pb2.MapPublishRequest.SerializeToString,
+            node_dot_api_dot_proto_dot_api__pb2.MapPublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MapRemove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/centrifugal.centrifugo.api.CentrifugoApi/MapRemove',
+            node_dot_api_dot_proto_dot_api__pb2.MapRemoveRequest.SerializeToString,
+            node_dot_api_dot_proto_dot_api__pb2.MapRemoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MapReadState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/centrifugal.centrifugo.api.CentrifugoApi/MapReadState',
+            node_dot_api_dot_proto_dot_api__pb2.MapReadStateRequest.SerializeToString,
+            node_dot_api_dot_proto_dot_api__pb2.MapReadStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MapReadStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/centrifugal.centrifugo.api.CentrifugoApi/MapReadStream',
+            node_dot_api_dot_proto_dot_api__pb2.MapReadStreamRequest.SerializeToString,
+            node_dot_api_dot_proto_dot_api__pb2.MapReadStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MapStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/centrifugal.centrifugo.api.CentrifugoApi/MapStats',
+            node_dot_api_dot_proto_dot_api__pb2.MapStatsRequest.SerializeToString,
+            node_dot_api_dot_proto_dot_api__pb2.MapStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MapClear(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/centrifugal.centrifugo.api.CentrifugoApi/MapClear',
+            node_dot_api_dot_proto_dot_api__pb2.MapClearRequest.SerializeToString,
+            node_dot_api_dot_proto_dot_api__pb2.MapClearResponse.FromString,
             options,
             channel_credentials,
             insecure,
