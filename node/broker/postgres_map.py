@@ -104,8 +104,10 @@ class PostgresMapBroker(Broker):
             f"epoch = CASE WHEN m.expires_at <= now() THEN EXCLUDED.epoch ELSE m.epoch END, "
             f"top = CASE WHEN m.expires_at <= now() THEN 0 ELSE m.top END, "
             f"stream_expires_at = CASE WHEN m.expires_at <= now() THEN now() ELSE m.stream_expires_at END, "
+            f"removed_to = CASE WHEN m.expires_at <= now() THEN 0 ELSE m.removed_to END, "
             f"expires_at = greatest(m.expires_at, EXCLUDED.expires_at) "
-            f"RETURNING m.epoch, m.top, m.stream_size, m.stream_expires_at > now()")
+            f"RETURNING m.epoch, m.top, {b}_map_floor(m.top, m.stream_size, m.removed_to), "
+            f"m.stream_expires_at > now()")
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -200,7 +202,7 @@ class PostgresMapBroker(Broker):
         statements = (
             f"DELETE FROM {b}_map_stream s USING {b}_map_meta m WHERE s.channel = m.channel "
             f"AND s.created_at < now() - %(grace)s AND (s.epoch <> m.epoch OR m.stream_expires_at <= now() "
-            f"OR (m.stream_size > 0 AND s.channel_offset <= m.top - m.stream_size))",
+            f"OR s.channel_offset <= {b}_map_floor(m.top, m.stream_size, m.removed_to))",
             f"DELETE FROM {b}_map_stream WHERE created_at < now() - %(retention)s",
             f"DELETE FROM {b}_map_meta m WHERE m.expires_at <= now() AND NOT EXISTS "
             f"(SELECT 1 FROM {b}_map_state s WHERE s.channel = m.channel)",
@@ -259,21 +261,20 @@ class PostgresMapBroker(Broker):
         async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
             row = await (await conn.execute(self._meta_sql, (channel, meta_ttl))).fetchone()
             assert row is not None
-            epoch, top, size, live = row
+            epoch, top, floor, live = row  # floor: the last offset no read returns any more
             position = StreamPosition(int(top), epoch)
             if opts.limit == 0 or not live:
                 return models.HistoryResult((), position)
-            rows = await (await conn.execute(*self._history_query(channel, epoch, int(top), int(size), opts))) \
-                .fetchall()
+            rows = await (await conn.execute(*self._history_query(channel, epoch, int(floor), opts))).fetchall()
         pubs = tuple(Publication(data=bytes(data), offset=offset, info=_info(info), tags=tags, time_ms=time_ms,
                                  key=key, removed=removed)
                      for offset, data, info, tags, time_ms, key, removed in rows)
         return models.HistoryResult(pubs, position)
 
-    def _history_query(self, channel: str, epoch: str, top: int, size: int,
+    def _history_query(self, channel: str, epoch: str, floor: int,
                        opts: models.HistoryOptions) -> tuple[str, dict[str, Any]]:
         where = ["channel = %(channel)s", "epoch = %(epoch)s", "channel_offset > %(floor)s"]
-        params: dict[str, Any] = {"channel": channel, "epoch": epoch, "floor": top - size if size > 0 else 0}
+        params: dict[str, Any] = {"channel": channel, "epoch": epoch, "floor": floor}
         if opts.since is not None:
             where.append("channel_offset < %(since)s" if opts.reverse else "channel_offset > %(since)s")
             params["since"] = opts.since.offset
@@ -285,8 +286,7 @@ class PostgresMapBroker(Broker):
 
     async def remove_history(self, channel: str) -> None:
         async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
-            await conn.execute(f"UPDATE {self.base}_map_meta SET stream_expires_at = now() WHERE channel = %s",
-                               (channel,))
+            await conn.execute(f"UPDATE {self.base}_map_meta SET removed_to = top WHERE channel = %s", (channel,))
 
     # --- map state (MapStore) ----------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The PostgreSQL map broker's tables and functions (node/broker/postgres_map.py). ``{b}`` is the table prefix
 (``cf``, or ``cf_binary`` with ``binary_data``), ``{data}`` the SQL type applications pass data as.
 
-* ``{b}_map_meta``: per channel the stream's epoch and top offset, and how long it keeps changes.
+* ``{b}_map_meta``: per channel the stream's epoch and top offset, how long it keeps changes and up to where
+  they were removed (``remove_history``).
 * ``{b}_map_state``: the current entry of each key (keys in byte order: ``COLLATE "C"``, the pages' order).
 * ``{b}_map_stream``: every change, numbered per delivery shard (``seq``). A shard's counter row is locked until
   the change commits, so within a shard ``seq`` order is commit order and a reader that has seen ``seq`` n has
@@ -33,9 +34,17 @@ CREATE TABLE IF NOT EXISTS {b}_map_meta (
     top BIGINT NOT NULL DEFAULT 0,
     expires_at TIMESTAMPTZ NOT NULL,
     stream_size INTEGER NOT NULL DEFAULT 0,
-    stream_expires_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    stream_expires_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    removed_to BIGINT NOT NULL DEFAULT 0  -- remove_history: changes up to this offset are gone
 );
+ALTER TABLE {b}_map_meta ADD COLUMN IF NOT EXISTS removed_to BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS {b}_map_meta_expires ON {b}_map_meta (expires_at);
+
+-- The last offset of a stream that no read returns any more: past its size (0: unbounded) or removed.
+CREATE OR REPLACE FUNCTION {b}_map_floor(p_top BIGINT, p_size INTEGER, p_removed_to BIGINT) RETURNS BIGINT
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT greatest(CASE WHEN p_size > 0 THEN p_top - p_size ELSE 0 END, p_removed_to)
+$$;
 
 CREATE TABLE IF NOT EXISTS {b}_map_state (
     channel TEXT NOT NULL,
@@ -112,7 +121,8 @@ BEGIN
         END IF;
     END IF;
     v_top := v_top + 1;
-    UPDATE {b}_map_meta m SET epoch = v_epoch, top = v_top,
+    UPDATE {b}_map_meta m SET removed_to = CASE WHEN m.epoch = v_epoch THEN m.removed_to ELSE 0 END,
+        epoch = v_epoch, top = v_top,
         expires_at = now() + coalesce(p_meta_ttl, interval '720 hours'),
         stream_size = coalesce(p_stream_size, 0),
         stream_expires_at = now() + coalesce(p_stream_ttl, interval '0')

@@ -190,3 +190,16 @@ async def test_another_node_receives_changes_in_order(nodes: NodeFactory) -> Non
     await writer.store.set(ch, b"late", keyed("k1"), 0)
     await wait_until(lambda: writer.store.count(ch))  # a channel nobody subscribes to on the reader
     assert len([1 for c, _, _ in reader.recorder.publications if c == ch]) == 21
+
+
+async def test_removed_history_stays_removed(node: Node) -> None:
+    ch = "m:" + uuid.uuid4().hex
+    for i in range(3):
+        await node.store.set(ch, b"%d" % i, keyed("k"), 0)
+    await node.broker.remove_history(ch)
+    after = await node.broker.history(ch, HistoryOptions(limit=-1, history_meta_ttl=3600))
+    assert after.publications == () and after.position.offset == 3, "the position stays"
+    await node.store.set(ch, b"3", keyed("k"), 0)
+    history = await node.broker.history(ch, HistoryOptions(limit=-1, history_meta_ttl=3600))
+    assert [p.offset for p in history.publications] == [4], "changes before the removal do not come back"
+    assert await node.store.count(ch) == 1, "the state is not the stream: it stays"
