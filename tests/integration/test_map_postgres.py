@@ -41,7 +41,7 @@ async def test_an_application_transaction_changes_the_map_atomically(pg_prefix: 
     update = await js.wait("map_update", channel=ch, key="b")
     assert update["data"] == {"v": 2} and update["offset"] == row[0]
     state = await server.api_result("map_read_state", {"channel": ch})
-    assert sorted(p["key"] for p in state["publications"]) == ["a", "b"]
+    assert sorted(p["key"] for p in state["entries"]) == ["a", "b"]
     assert not [e for e in js.events("map_update") if e["key"] in ("rolled_back", "a")]
 
 
@@ -73,4 +73,4 @@ async def test_postgres_down_and_back(private_pg: PostgresServer, server_factory
     assert (await js.wait("map_update", channel=ch, key="c", timeout=15))["data"] == {"v": 3}
     assert (await js.wait("map_update", channel=ch, key="d", timeout=15))["data"] == {"v": 4}
     state = await server.api_result("map_read_state", {"channel": ch})
-    assert sorted(p["key"] for p in state["publications"]) == ["a", "c", "d"]
+    assert sorted(p["key"] for p in state["entries"]) == ["a", "c", "d"]
