@@ -127,6 +127,7 @@ class SubscribeOptions:
     history_meta_ttl: float = 0.0
     delta: bool = False
     recover_since: StreamPosition | None = None
+    publish_debounce: int = 0  # ms, told in the subscribe result (client_publish_debounce_interval)
 
 
 @dataclass(frozen=True, slots=True)

@@ -250,6 +250,7 @@ class Policy:
             recovery_mode_cache=ns.force_recovery_mode == "cache",
             history_meta_ttl=ns.history_meta_ttl,
             delta=params.get("delta") == "fossil" and "fossil" in ns.allowed_delta_types and (positioning or recovery),
+            publish_debounce=round(ns.client_publish_debounce_interval * 1000),
         )
 
     def _access(self, for_client: bool, for_subscriber: bool, for_anonymous: bool, user: str, *,

@@ -200,6 +200,7 @@ def encode_subscribe_result(opts: SubscribeOptions, start: StreamStart | None, t
         fields["expires"] = True
         fields["ttl"] = ttl
     raw_fields: dict[str, bytes | None] = {"data": payload(opts.data) if opts.data else None}
+    fields["publish_debounce"] = opts.publish_debounce
     if start is not None:
         fields["recoverable"] = opts.enable_recovery
         fields["epoch"] = start.top.epoch

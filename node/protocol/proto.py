@@ -163,6 +163,7 @@ def _subscribe_result(opts: SubscribeOptions, start: StreamStart | None, ttl: in
         res.expires, res.ttl = True, ttl
     if opts.data:
         res.data = opts.data
+    res.publish_debounce = opts.publish_debounce
     if start is not None:
         res.recoverable = opts.enable_recovery
         res.epoch, res.offset = start.top.epoch, start.reply_offset
