@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any, Final
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 OP_TIMEOUT: Final = 5.0  # seconds a call may wait for a connection and its answer
 CONNECT_TIMEOUT: Final = 2
+SUSPECT_FOR: Final = 30.0  # seconds after a failure during which pooled connections are checked before use
 RETRY_MAX: Final = 2.0  # the poller's longest pause between attempts while PostgreSQL is down
 TRIM_GRACE: Final = 10.0  # seconds a trimmed stream entry stays readable for pollers that lag behind
 DEFAULT_META_TTL: Final = 720 * 3600.0
@@ -83,7 +85,7 @@ class PostgresMapBroker(Broker):
         self._kwargs = connect_kwargs(cfg)
         self._pool: AsyncConnectionPool[PgConn] = AsyncConnectionPool(
             cfg.dsn, min_size=1, max_size=cfg.pool_size, open=False, kwargs=self._kwargs, timeout=OP_TIMEOUT,
-            check=AsyncConnectionPool.check_connection)
+            check=self._check)
         self._default_meta_ttl = history_meta_ttl
         self._handler: BrokerEventHandler | None = None
         self._channels: set[str] = set()
@@ -91,6 +93,7 @@ class PostgresMapBroker(Broker):
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._healthy = False
+        self._suspect_until = 0.0  # until then, a pooled connection is pinged before use
         b = self.base
         self._apply_sql = f"SELECT * FROM {b}_map_apply(%s, %s, %s, %s, NULL, %s, %s, %s, %s, %s, %s)"
         self._poll_sql = (
@@ -109,6 +112,22 @@ class PostgresMapBroker(Broker):
             f"RETURNING m.epoch, m.top, {b}_map_floor(m.top, m.stream_size, m.removed_to), "
             f"m.stream_expires_at > now()")
 
+    async def _check(self, conn: PgConn) -> None:
+        """Ping a pooled connection only while PostgreSQL was lately failing: then idle connections may be
+        stale (a restarted server), otherwise a ping per call would double the round trips."""
+        if time.monotonic() < self._suspect_until:
+            await AsyncConnectionPool.check_connection(conn)
+
+    @contextlib.asynccontextmanager
+    async def _conn(self, timeout: float = OP_TIMEOUT) -> AsyncIterator[PgConn]:
+        """A pooled connection for one operation, all of it within ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout), self._pool.connection() as conn:
+                yield conn
+        except (psycopg.Error, OSError, TimeoutError):
+            self._suspect_until = time.monotonic() + SUSPECT_FOR
+            raise
+
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     async def start(self, handler: BrokerEventHandler) -> None:
@@ -116,7 +135,7 @@ class PostgresMapBroker(Broker):
         at start, as for Centrifugo; later outages are survived."""
         self._handler = handler
         await self._pool.open(wait=True, timeout=OP_TIMEOUT)
-        async with asyncio.timeout(OP_TIMEOUT * 2), self._pool.connection() as conn:
+        async with self._conn(OP_TIMEOUT * 2) as conn:
             if not self.cfg.skip_schema_init:
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.base + "_map_schema",))
@@ -168,7 +187,7 @@ class PostgresMapBroker(Broker):
     async def _poll_once(self) -> bool:
         shards = sorted(self._last)
         batch = self.cfg.outbox.batch_size
-        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+        async with self._conn() as conn:
             cur = await conn.execute(self._poll_sql, (shards, [self._last[s] for s in shards], batch))
             rows = await cur.fetchall()
         handler, channels = self._handler, self._channels
@@ -211,7 +230,7 @@ class PostgresMapBroker(Broker):
         while True:
             await asyncio.sleep(self.cfg.cleanup_interval if self.cfg.cleanup_interval > 0 else 60.0)
             try:
-                async with asyncio.timeout(OP_TIMEOUT * 6), self._pool.connection() as conn:
+                async with self._conn(OP_TIMEOUT * 6) as conn:
                     for statement in statements:
                         await conn.execute(statement, params)
             except (psycopg.Error, OSError, TimeoutError) as e:
@@ -227,7 +246,7 @@ class PostgresMapBroker(Broker):
                   _interval(opts.history_ttl),
                   msgpack.packb(wire.encode_info(info), use_bin_type=True) if info is not None else None,
                   Jsonb(dict(opts.tags)) if opts.tags else None)
-        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+        async with self._conn() as conn:
             row = await (await conn.execute(self._apply_sql, params)).fetchone()
         assert row is not None
         offset, epoch, suppressed, _ = row
@@ -258,7 +277,7 @@ class PostgresMapBroker(Broker):
 
     async def history(self, channel: str, opts: models.HistoryOptions) -> models.HistoryResult:
         meta_ttl = timedelta(seconds=opts.history_meta_ttl or self._default_meta_ttl)
-        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+        async with self._conn() as conn:
             row = await (await conn.execute(self._meta_sql, (channel, meta_ttl))).fetchone()
             assert row is not None
             epoch, top, floor, live = row  # floor: the last offset no read returns any more
@@ -285,13 +304,13 @@ class PostgresMapBroker(Broker):
                 f"ORDER BY channel_offset {order}{limit}", params)
 
     async def remove_history(self, channel: str) -> None:
-        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+        async with self._conn() as conn:
             await conn.execute(f"UPDATE {self.base}_map_meta SET removed_to = top WHERE channel = %s", (channel,))
 
     # --- map state (MapStore) ----------------------------------------------------------------------------
 
     async def _rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+        async with self._conn() as conn:
             return await (await conn.execute(query, params)).fetchall()
 
     async def page(self, channel: str, cursor: str, limit: int) -> tuple[list[tuple[str, Entry]], str]:
@@ -305,7 +324,7 @@ class PostgresMapBroker(Broker):
 
     async def touch(self, channel: str, key: str, key_ttl: float) -> bool:
         """Prolong a live key's TTL (map presence refreshes): no stream entry; False if it is not there."""
-        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+        async with self._conn() as conn:
             cursor = await conn.execute(
                 f"UPDATE {self.base}_map_state SET expires_at = CASE WHEN %s > interval '0' THEN now() + %s END "
                 f"WHERE channel = %s AND key = %s AND (expires_at IS NULL OR expires_at > now())",
@@ -323,6 +342,6 @@ class PostgresMapBroker(Broker):
         return int(rows[0][0])
 
     async def clear(self, channel: str) -> None:
-        async with asyncio.timeout(OP_TIMEOUT), self._pool.connection() as conn:
+        async with self._conn() as conn:
             await conn.execute(f"DELETE FROM {self.base}_map_state WHERE channel = %s", (channel,))
 
