@@ -29,10 +29,11 @@ from node.errors import (
     ReplyError,
 )
 from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosition, SubscribeOptions
-from node.node import Connection
+from node.node import Connection, Node
 from node.protocol import codec
 from node.proxy import hooks
 from node.proxy.types import SubscribeResult
+from node.sharedpoll.wire import TYPE_SHARED_POLL
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,8 @@ async def subscribe(client: Connection, cmd: codec.Command) -> bytes | None:
     node = client.node
     params = cmd.params
     channel = _channel(params)
+    if params.get("type") == TYPE_SHARED_POLL or _namespace_type(node, channel) == "shared_poll":
+        return await _shared_poll_subscribe(client, cmd, channel)
     if params.get("type") or node.policy.namespace(channel).subscription_type != "stream":
         return await node.maps.subscribe(client, cmd)  # map subscriptions walk their own phases
     since = _since(params)  # validated before any permission check, as centrifuge's decoder does
@@ -186,12 +189,7 @@ async def subscribe(client: Connection, cmd: codec.Command) -> bytes | None:
     delta = _str(params, "delta")
     if delta not in ("", "fossil"):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
-    if len(channel) > node.config.channel.max_length:
-        raise ReplyError(ERROR_BAD_REQUEST)
-    if channel in client.channels or channel in client.subscribing:
-        raise ReplyError(ERROR_ALREADY_SUBSCRIBED)
-    if len(client.channels) + len(client.subscribing) >= node.config.client.channel_limit:
-        raise ReplyError(ERROR_LIMIT_EXCEEDED)
+    _admit(client, channel)
     client.start_subscribing(channel)
     try:
         opts = await node.policy.subscribe(client, channel, params, _subscribe_hook(client, channel, params))
@@ -232,6 +230,33 @@ def _subscribe_hook(client: Connection, channel: str, params: Any,
         return functools.partial(node.streams.open, client, proxy, channel, params,
                                  ns.subscribe_stream_proxy_bidirectional)
     return None
+
+
+def _admit(client: Connection, channel: str) -> None:
+    """A subscribe's limits: the channel name's length, one subscription per channel, the channel limit."""
+    config = client.node.config
+    if len(channel) > config.channel.max_length:
+        raise ReplyError(ERROR_BAD_REQUEST)
+    if channel in client.channels or channel in client.subscribing:
+        raise ReplyError(ERROR_ALREADY_SUBSCRIBED)
+    if len(client.channels) + len(client.subscribing) >= config.client.channel_limit:
+        raise ReplyError(ERROR_LIMIT_EXCEEDED)
+
+
+def _namespace_type(node: Node, channel: str) -> str:
+    try:
+        return node.policy.namespace(channel).subscription_type
+    except ReplyError:
+        return ""  # an unknown namespace: refused by the subscribe path that follows
+
+
+async def _shared_poll_subscribe(client: Connection, cmd: codec.Command, channel: str) -> bytes | None:
+    node = client.node
+    ns = node.sharedpoll.namespace(channel, cmd.params)
+    _admit(client, channel)
+    proxy = node.proxies.for_channel("subscribe", ns)
+    ask = None if proxy is None else functools.partial(hooks.subscribe, client, proxy, channel, cmd.params)
+    return await node.sharedpoll.subscribe(client, cmd, ask)
 
 
 async def unsubscribe(client: Connection, cmd: codec.Command) -> bytes:
@@ -342,6 +367,8 @@ async def refresh(client: Connection, cmd: codec.Command) -> bytes:
 
 async def sub_refresh(client: Connection, cmd: codec.Command) -> bytes:
     channel = _channel(cmd.params)
+    if client.node.sharedpoll.handles(client, cmd.params):  # track / untrack of shared poll keys
+        return client.node.sharedpoll.track(client, cmd)
     token = _str(cmd.params, "token")
     if not token:
         raise ReplyError(ERROR_BAD_REQUEST)

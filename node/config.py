@@ -28,6 +28,7 @@ from node.proxy.config import (
     RpcOptions,
     TransformDisconnect,
 )
+from node.sharedpoll.options import SharedPollConfig, SharedPollOptions
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -221,6 +222,7 @@ class ChannelOptions:
     allow_tags_filter: bool = False  # subscribers may pass a tags filter (node/tagsfilter.py)
     # Told to subscribers (subscribe result publish_debounce, ms): the SDK coalesces its publishes.
     client_publish_debounce_interval: float = duration(0.0)
+    shared_poll: SharedPollOptions = SharedPollOptions()  # subscription_type "shared_poll" (node/sharedpoll/)
 
     @property
     def history_enabled(self) -> bool:
@@ -252,6 +254,8 @@ class ChannelOptions:
         if self.client_publish_debounce_interval < 0:
             raise ConfigError(f"{where}: client_publish_debounce_interval must not be negative")
         self.map.validate(where, self.subscription_type)
+        if self.subscription_type == "shared_poll":
+            self.shared_poll.validate(where)
 
 
 NAMESPACE_NAME_RE: Final = re.compile(r"^[-a-zA-Z0-9_.]{2,}$")
@@ -524,6 +528,7 @@ class Config:
     broker: BrokerConfig = BrokerConfig()
     presence_manager: PresenceManagerConfig = PresenceManagerConfig()
     map_broker: MapBrokerConfig = MapBrokerConfig()
+    shared_poll: SharedPollConfig = SharedPollConfig()
     client: ClientConfig = ClientConfig()
     channel: ChannelConfig = ChannelConfig()
     rpc: RpcConfig = RpcConfig()

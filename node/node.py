@@ -23,10 +23,11 @@ from node import VERSION_STRING, connections
 from node.auth.jwt import JWTVerifier
 from node.broker.base import BrokerEventHandler, Engine
 from node.broker.routed import RoutedBroker
-from node.config import ChannelConfig, Config, TokenConfig
+from node.config import ChannelConfig, ChannelOptions, Config, TokenConfig
 from node.control import Controller
 from node.errors import (
     DISCONNECT_SHUTDOWN,
+    ERROR_NOT_AVAILABLE,
     ERROR_UNRECOVERABLE_POSITION,
     Disconnect,
     ReplyError,
@@ -56,8 +57,11 @@ from node.policy import Policy
 from node.proxy.leave_events import UNSUBSCRIBE_CLIENT, UNSUBSCRIBE_DISCONNECT, LeaveEvents
 from node.proxy.manager import Proxies
 from node.proxy.python import Handlers
+from node.proxy.shared_poll import refresh as shared_poll_refresh
 from node.proxy.streams import Streams
 from node.recovery import stream_start
+from node.sharedpoll.refresh import Answer
+from node.sharedpoll.service import SharedPollService
 from node.subscriptions import ChannelState, Observer, Receiver, Subscriptions
 from node.timers import TimerWheel
 from node.user_actions import UserActions
@@ -137,6 +141,7 @@ class Node(BrokerEventHandler):
         self._tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
         self.maps: MapService[Connection] = MapService(self, engine.map_broker or engine.broker)
+        self.sharedpoll: SharedPollService[Connection] = SharedPollService(self, self._shared_poll_refresh)
         if isinstance(engine.broker, RoutedBroker):
             engine.broker.route(self.is_map_channel)
         self.map_presence = MapPresence(self, self.maps)
@@ -165,6 +170,7 @@ class Node(BrokerEventHandler):
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.subscriptions.close()
         await self.maps.close()
+        await self.sharedpoll.close()
         if self.leave_events is not None:
             # Before the control channel says goodbye: peers send what is still undelivered only after that.
             await self.leave_events.close(self.config.shutdown.timeout)
@@ -296,6 +302,13 @@ class Node(BrokerEventHandler):
             # The subscription itself stands; presence is re-added by the client's timer once the engine is back.
             logger.warning("joining %s: engine unavailable (%s)", channel, e)
 
+    async def _shared_poll_refresh(self, ns: ChannelOptions, channel: str,
+                                   items: Sequence[tuple[str, int]]) -> Answer:
+        proxy = self.proxies.for_shared_poll(ns)  # configured at start: a shared_poll namespace requires one
+        if proxy is None:
+            raise ReplyError(ERROR_NOT_AVAILABLE)
+        return await shared_poll_refresh(proxy, channel, items, versioned=ns.shared_poll.versioned)
+
     async def remove_subscription(self, client: Connection, channel: str,
                                   unsub: Unsubscribe = UNSUBSCRIBE_CLIENT) -> None:
         """``unsub``: why (for the leave events): the client's own unsubscribe unless told otherwise."""
@@ -305,6 +318,7 @@ class Node(BrokerEventHandler):
         self.streams.close(client.id, channel)
         if self.leave_events is not None:
             self.leave_events.unsubscribed(client, channel, unsub)
+        self.sharedpoll.unsubscribed(client, channel)
         self.metrics.subscriptions.dec()
         if self.subscriptions.remove(channel, client):
             self.metrics.channels.set(self.subscriptions.num_channels())

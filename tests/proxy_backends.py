@@ -225,6 +225,9 @@ class GrpcBackend(Recorder, pb_grpc.CentrifugoProxyServicer):
         async for msg in self._stream(first.subscribe_request, context, True, request_iterator):
             yield msg
 
+    async def SharedPollRefresh(self, request: Any, context: Any) -> Any:
+        return await self._serve("shared_poll_refresh", request, context, pb.SharedPollRefreshResponse())
+
     async def __aenter__(self) -> GrpcBackend:
         self._server = grpc.aio.server()
         pb_grpc.add_CentrifugoProxyServicer_to_server(self, self._server)

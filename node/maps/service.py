@@ -36,6 +36,7 @@ from node.maps.options import MAP_SUBSCRIPTION_TYPES, MapOptions
 from node.maps.store import MapStore, MemoryMapStore
 from node.models import ClientInfo, ClientState, HistoryOptions, PublishOptions, PublishResult, StreamPosition
 from node.protocol.codec import Command
+from node.protocol.codec import param as _param
 
 # SubscribeRequest.type / phase values of the protocol.
 TYPE_STREAM: Final = 0
@@ -48,15 +49,6 @@ PHASE_STATE: Final = 2
 MAX_KEY_LENGTH: Final = 1024
 
 logger = logging.getLogger(__name__)
-
-
-def _param(params: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
-    value = params.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise DisconnectError(DISCONNECT_BAD_REQUEST)
-    return value
 
 
 class MapService(Generic[C_contra]):

@@ -115,7 +115,7 @@ class ClientInfo(_message.Message):
     def __init__(self, user: _Optional[str] = ..., client: _Optional[str] = ..., conn_info: _Optional[bytes] = ..., chan_info: _Optional[bytes] = ...) -> None: ...
 
 class Publication(_message.Message):
-    __slots__ = ("data", "info", "offset", "tags", "delta", "time", "channel", "key", "removed")
+    __slots__ = ("data", "info", "offset", "tags", "delta", "time", "channel", "key", "removed", "version")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,7 @@ class Publication(_message.Message):
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     info: ClientInfo
     offset: int
@@ -141,7 +142,8 @@ class Publication(_message.Message):
     channel: str
     key: str
     removed: bool
-    def __init__(self, data: _Optional[bytes] = ..., info: _Optional[_Union[ClientInfo, _Mapping]] = ..., offset: _Optional[int] = ..., tags: _Optional[_Mapping[str, str]] = ..., delta: _Optional[bool] = ..., time: _Optional[int] = ..., channel: _Optional[str] = ..., key: _Optional[str] = ..., removed: _Optional[bool] = ...) -> None: ...
+    version: int
+    def __init__(self, data: _Optional[bytes] = ..., info: _Optional[_Union[ClientInfo, _Mapping]] = ..., offset: _Optional[int] = ..., tags: _Optional[_Mapping[str, str]] = ..., delta: _Optional[bool] = ..., time: _Optional[int] = ..., channel: _Optional[str] = ..., key: _Optional[str] = ..., removed: _Optional[bool] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Join(_message.Message):
     __slots__ = ("info",)
@@ -387,21 +389,45 @@ class SubscribeResult(_message.Message):
     publish_debounce: int
     def __init__(self, expires: _Optional[bool] = ..., ttl: _Optional[int] = ..., recoverable: _Optional[bool] = ..., epoch: _Optional[str] = ..., publications: _Optional[_Iterable[_Union[Publication, _Mapping]]] = ..., recovered: _Optional[bool] = ..., offset: _Optional[int] = ..., positioned: _Optional[bool] = ..., data: _Optional[bytes] = ..., was_recovering: _Optional[bool] = ..., delta: _Optional[bool] = ..., type: _Optional[int] = ..., phase: _Optional[int] = ..., cursor: _Optional[str] = ..., state: _Optional[_Iterable[_Union[Publication, _Mapping]]] = ..., publish_debounce: _Optional[int] = ...) -> None: ...
 
+class KeyedItem(_message.Message):
+    __slots__ = ("key", "version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    version: int
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class TrackBatch(_message.Message):
+    __slots__ = ("signature", "items")
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    signature: str
+    items: _containers.RepeatedCompositeFieldContainer[KeyedItem]
+    def __init__(self, signature: _Optional[str] = ..., items: _Optional[_Iterable[_Union[KeyedItem, _Mapping]]] = ...) -> None: ...
+
 class SubRefreshRequest(_message.Message):
-    __slots__ = ("channel", "token")
+    __slots__ = ("channel", "token", "type", "track", "untrack")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TRACK_FIELD_NUMBER: _ClassVar[int]
+    UNTRACK_FIELD_NUMBER: _ClassVar[int]
     channel: str
     token: str
-    def __init__(self, channel: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+    type: int
+    track: _containers.RepeatedCompositeFieldContainer[TrackBatch]
+    untrack: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, channel: _Optional[str] = ..., token: _Optional[str] = ..., type: _Optional[int] = ..., track: _Optional[_Iterable[_Union[TrackBatch, _Mapping]]] = ..., untrack: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubRefreshResult(_message.Message):
-    __slots__ = ("expires", "ttl")
+    __slots__ = ("expires", "ttl", "items")
     EXPIRES_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
     expires: bool
     ttl: int
-    def __init__(self, expires: _Optional[bool] = ..., ttl: _Optional[int] = ...) -> None: ...
+    items: _containers.RepeatedCompositeFieldContainer[Publication]
+    def __init__(self, expires: _Optional[bool] = ..., ttl: _Optional[int] = ..., items: _Optional[_Iterable[_Union[Publication, _Mapping]]] = ...) -> None: ...
 
 class UnsubscribeRequest(_message.Message):
     __slots__ = ("channel",)

@@ -19,7 +19,7 @@ from typing import Any, Final, Protocol
 
 import orjson
 
-from node.errors import DISCONNECT_INAPPROPRIATE_PROTOCOL, Disconnect, DisconnectError, Error
+from node.errors import DISCONNECT_BAD_REQUEST, DISCONNECT_INAPPROPRIATE_PROTOCOL, Disconnect, DisconnectError, Error
 from node.models import ClientInfo, PresenceStats, Publication, StreamPosition, StreamStart, SubscribeOptions
 from node.protocol import rawjson
 
@@ -48,6 +48,16 @@ class Command:
 
 
 _EMPTY: Final[Mapping[str, Any]] = {}
+
+
+def param(params: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    """A request field of the given type (null or absent: ``default``); another type is a bad request (3501)."""
+    value = params.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    return value
 
 
 def decode_frame(data: bytes | str) -> list[Command]:

@@ -148,6 +148,7 @@ class ChannelProxyContainer:
     publish: DefaultProxyConfig = NO_CHANNEL_PROXY
     sub_refresh: DefaultProxyConfig = NO_CHANNEL_PROXY
     subscribe_stream: DefaultProxyConfig = NO_CHANNEL_PROXY
+    shared_poll_refresh: DefaultProxyConfig = NO_CHANNEL_PROXY  # namespaces of subscription_type "shared_poll"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

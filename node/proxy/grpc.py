@@ -159,7 +159,8 @@ class GrpcProxy(ProxyBackend):
 
 def _refusal_raised(response: Any) -> Any:
     """The response, unless it carries the backend's refusal: that is raised as the client's error/disconnect."""
-    if response.HasField("disconnect"):
+    # Some responses (SharedPollRefresh's) have no disconnect field.
+    if "disconnect" in response.DESCRIPTOR.fields_by_name and response.HasField("disconnect"):
         raise DisconnectError(Disconnect(response.disconnect.code, response.disconnect.reason))
     if response.HasField("error"):
         raise ReplyError(Error(response.error.code, response.error.message, response.error.temporary))

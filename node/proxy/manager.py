@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 CHANNEL_HOOKS: Final = ("subscribe", "publish", "sub_refresh", "subscribe_stream")
+SHARED_POLL_REFRESH: Final = "shared_poll_refresh"
 
 
 class ProxyMetrics:
@@ -148,6 +149,10 @@ class Proxies:
                 if getattr(ns, f"{hook}_proxy_enabled"):
                     name = getattr(ns, f"{hook}_proxy_name") or DEFAULT_PROXY_NAME
                     channel[hook, name] = self._resolve(hook, name, getattr(config.channel.proxy, hook))
+            if ns.subscription_type == "shared_poll":  # polled through its refresh proxy: one is required
+                name = ns.shared_poll.proxy_name or DEFAULT_PROXY_NAME
+                channel[SHARED_POLL_REFRESH, name] = self._resolve(SHARED_POLL_REFRESH, name,
+                                                                   config.channel.proxy.shared_poll_refresh)
         self._channel = channel
         self._rpc_namespaces: dict[str, RpcOptions] = {ns.name: ns for ns in config.rpc.namespaces}
         self._rpc_default = config.rpc.without_namespace
@@ -196,6 +201,10 @@ class Proxies:
         if not getattr(ns, f"{hook}_proxy_enabled"):
             return None
         return self._channel.get((hook, getattr(ns, f"{hook}_proxy_name") or DEFAULT_PROXY_NAME))
+
+    def for_shared_poll(self, ns: ChannelOptions) -> Proxy | None:
+        """The refresh proxy of a ``shared_poll`` namespace."""
+        return self._channel.get((SHARED_POLL_REFRESH, ns.shared_poll.proxy_name or DEFAULT_PROXY_NAME))
 
     def for_rpc(self, method: str) -> Proxy | None:
         """The RPC proxy of ``method``'s RPC namespace; None when that namespace has none."""

@@ -58,6 +58,12 @@
 //             map_update {channel,key,data,removed,offset} | map_unsubscribed {channel,code,reason} |
 //             map_error {channel,type,error}   (subscribing events are the stream ones: subscribing)
 //   map_unsubscribe channel | map_publish channel key data [via: "sub"|"client"] | map_remove channel key [via]
+//   sp_subscribe channel [signUrl] [signUser] [token] [wait]   a shared poll subscription; getSignature POSTs
+//             {channel, user: signUser, keys} to signUrl (the application backend) and returns its JSON. Events:
+//             sp_subscribed {channel} | sp_update {channel,key,data,version,removed} |
+//             sp_unsubscribed {channel,code,reason} | sp_error {channel,type,error}   (and subscribing)
+//   sp_track channel keys | sp_track channel items signature   | sp_untrack channel keys
+//   sp_unsubscribe channel | sp_tracked channel (-> the tracked keys)
 
 import { createInterface } from 'node:readline';
 import WebSocket from 'ws';
@@ -398,6 +404,56 @@ const ops = {
     sub.subscribe();
     if (cmd.wait) await sub.ready(cmd.waitTimeout ?? 5000);
     return { state: sub.state };
+  },
+  async sp_subscribe(cmd) {
+    const channel = need(cmd, 'channel');
+    let sub = getClient().getSharedPollSubscription(channel);
+    if (sub === null) {
+      const options = {};
+      if (cmd.token !== undefined) options.token = cmd.token;
+      if (cmd.signUrl !== undefined) {
+        options.getSignature = async (ctx) => {
+          const resp = await fetch(cmd.signUrl, {
+            method: 'POST', headers: { 'Content-Type': 'application/json' },
+            body: JSON.stringify({ channel, user: cmd.signUser ?? '', keys: ctx.keys }) });
+          if (!resp.ok) throw new Error(`sign endpoint answered ${resp.status}`);
+          return resp.json();
+        };
+      }
+      sub = getClient().newSharedPollSubscription(channel, options);
+      sub.on('subscribing', (ctx) => emit('subscribing', { channel, ...ctx }));
+      sub.on('subscribed', () => emit('sp_subscribed', { channel }));
+      sub.on('update', (ctx) => emit('sp_update', { channel, ...ctx }));
+      sub.on('unsubscribed', (ctx) => emit('sp_unsubscribed', { channel, ...ctx }));
+      sub.on('error', (ctx) => emit('sp_error', { channel, type: ctx.type, error: errorObject(ctx.error) }));
+    }
+    sub.subscribe();
+    if (cmd.wait) await sub.ready(cmd.waitTimeout ?? 5000);
+    return { state: sub.state };
+  },
+  async sp_track(cmd) {
+    const sub = getClient().getSharedPollSubscription(need(cmd, 'channel'));
+    if (sub === null) throw new DriverError(`no shared poll subscription to ${cmd.channel}`);
+    if (cmd.items !== undefined) sub.track(cmd.items, need(cmd, 'signature'));
+    else sub.track(need(cmd, 'keys'));
+    return null;
+  },
+  async sp_untrack(cmd) {
+    const sub = getClient().getSharedPollSubscription(need(cmd, 'channel'));
+    if (sub === null) throw new DriverError(`no shared poll subscription to ${cmd.channel}`);
+    sub.untrack(need(cmd, 'keys'));
+    return null;
+  },
+  async sp_unsubscribe(cmd) {
+    const sub = getClient().getSharedPollSubscription(need(cmd, 'channel'));
+    if (sub === null) throw new DriverError(`no shared poll subscription to ${cmd.channel}`);
+    sub.unsubscribe();
+    return { state: sub.state };
+  },
+  async sp_tracked(cmd) {
+    const sub = getClient().getSharedPollSubscription(need(cmd, 'channel'));
+    if (sub === null) throw new DriverError(`no shared poll subscription to ${cmd.channel}`);
+    return [...sub.trackedKeys()].sort();
   },
   async map_unsubscribe(cmd) {
     const sub = getClient().getMapSubscription(need(cmd, 'channel'));

@@ -36,6 +36,7 @@ FLOORS: dict[str, int] = {
     "node.consumers.config": 0,  # a feature's configuration dataclasses sit with the Config that holds them
     "node.proxy.config": 0,
     "node.maps": 0,  # map subscriptions: their options, state values and page encoding
+    "node.sharedpoll": 0,  # shared poll subscriptions: options, track signatures, wire messages
     # 1: the engine: brokers (memory, Redis, NATS ...), presence, history
     "node.broker": 1,
     "node.recovery": 1,
@@ -53,6 +54,9 @@ FLOORS: dict[str, int] = {
     # map publish/remove and the map subscribe phases, owned by Node, which fits the protocols of node.maps.host
     "node.maps.service": 2,
     "node.maps.host": 2,
+    # shared poll channels and their refresh workers, owned by Node, which fits node.sharedpoll.host's protocols
+    "node.sharedpoll.service": 2,
+    "node.sharedpoll.host": 2,
     "node.connections": 2,  # the connections API's survey: a connection as the Described protocol
     "node.maps.presence": 2,  # map_clients / map_users: subscribers as keys of presence maps
     "node.node": 3,

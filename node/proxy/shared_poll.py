@@ -1,0 +1,77 @@
+"""The shared poll refresh proxy: one call asks the backend for the current data of a batch of tracked keys
+(``channel.proxy.shared_poll_refresh``, or the named proxy of the namespace's ``shared_poll.proxy_name``).
+
+HTTP: POST ``{"channel", "items": [{"key"[, "version"]}]}``, answered ``{"result": {"items": [{"key", "data",
+"version", "removed"}], "epoch"}}`` or ``{"error": …}``. GRPC: ``CentrifugoProxy.SharedPollRefresh``. Versions
+are sent in versioned mode only, as Centrifugo does. A garbled answer is a failed call like a down backend:
+the refresh cycle is skipped and the next one tries again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from node.proxy import types as pt
+from node.proxy.grpc import GrpcProxy
+from node.proxy.http import HttpProxy, payload
+from node.proxy.manager import SHARED_POLL_REFRESH, Proxy
+from node.proxy.proto import proxy_pb2 as pb
+from node.sharedpoll.refresh import Answer, Item
+
+HOOK = SHARED_POLL_REFRESH
+# A refresh call is about no connection: no client fields, no forwarded headers.
+_NO_CLIENT = pt.ProxyRequest(client="", transport="")
+
+
+class _Request:
+    """What the proxy's log line and metrics see of a refresh call (it has no client)."""
+
+    __slots__ = ("channel", "client", "items", "versioned")
+
+    def __init__(self, channel: str, items: Sequence[tuple[str, int]], versioned: bool) -> None:
+        self.channel, self.items, self.versioned, self.client = channel, items, versioned, ""
+
+
+async def refresh(proxy: Proxy, channel: str, items: Sequence[tuple[str, int]], *, versioned: bool) -> Answer:
+    """One refresh call; ``ReplyError`` when the backend refused or gave no usable answer."""
+    return await proxy.call(HOOK, lambda req: _call(proxy, req), _Request(channel, items, versioned))
+
+
+async def _call(proxy: Proxy, req: _Request) -> Answer:
+    backend = proxy.backend
+    if isinstance(backend, HttpProxy):
+        return await _http(backend, req)
+    if isinstance(backend, GrpcProxy):
+        return await _grpc(backend, req)
+    raise pt.ProxyCallError("unsupported", f"{backend.kind} backends have no shared poll refresh")
+
+
+async def _http(backend: HttpProxy, req: _Request) -> Answer:
+    items = [{"key": k, "version": v} for k, v in req.items] if req.versioned else [{"key": k} for k, _ in req.items]
+    result = await backend.post(_NO_CLIENT, {"channel": req.channel, "items": items}) or {}
+    epoch = result.get("epoch", "")
+    raw_items = result.get("items", [])
+    if not isinstance(epoch, str) or not isinstance(raw_items, list):
+        raise pt.ProxyCallError("bad_response", "items is not a list or epoch not a string")
+    return Answer([_json_item(it) for it in raw_items], epoch)
+
+
+def _json_item(obj: Any) -> Item:
+    if not isinstance(obj, dict):
+        raise pt.ProxyCallError("bad_response", "an item is not an object")
+    key, version, removed = obj.get("key"), obj.get("version", 0) or 0, obj.get("removed", False) or False
+    if not isinstance(key, str) or not key or not isinstance(version, int) or isinstance(version, bool) \
+            or version < 0 or not isinstance(removed, bool):
+        raise pt.ProxyCallError("bad_response", "an item needs a key, a version >= 0 and a boolean removed")
+    data = payload(obj, "data")
+    return Item(key, data, version, removed)
+
+
+async def _grpc(backend: GrpcProxy, req: _Request) -> Answer:
+    msg = pb.SharedPollRefreshRequest(channel=req.channel, items=[
+        pb.SharedPollRefreshItem(key=k, version=v if req.versioned else 0) for k, v in req.items])
+    resp = await backend._call(backend._client().SharedPollRefresh, _NO_CLIENT, msg)
+    r = resp.result
+    return Answer([Item(it.key, None if it.removed or not it.data else it.data, it.version, it.removed)
+                   for it in r.items], r.epoch)

@@ -1,0 +1,54 @@
+"""Shared poll messages in a connection's protocol: the subscribe result (type 4 with the channel's epoch), a
+key's update or removal as a Publication (``key``, ``version``, ``removed``) and the track reply."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import orjson
+
+from node.protocol import client_pb2 as pb
+from node.protocol import codec
+
+TYPE_SHARED_POLL: Final = 4
+
+
+def subscribe_result(protocol: str, epoch: str, ttl: int | None) -> bytes:
+    """``ttl`` None: the subscription does not expire."""
+    if protocol == "protobuf":
+        res = pb.SubscribeResult(type=TYPE_SHARED_POLL, epoch=epoch)
+        if ttl is not None:
+            res.expires, res.ttl = True, ttl
+        return res.SerializeToString()
+    fields: dict[str, object] = {"type": TYPE_SHARED_POLL, "epoch": epoch}
+    if ttl is not None:
+        fields["expires"], fields["ttl"] = True, ttl
+    return codec.result_object(fields)
+
+
+def publication(protocol: str, key: str, version: int, data: bytes | None) -> bytes:
+    """A key's new data at ``version``, or its removal (``data`` None)."""
+    if protocol == "protobuf":
+        pub = pb.Publication(key=key, version=version)
+        if data is None:
+            pub.removed = True
+        else:
+            pub.data = data
+        return pub.SerializeToString()
+    out = b'{"data":' + (b"null" if data is None else codec.payload(data)) + b',"key":' + orjson.dumps(key)
+    if data is None:
+        out += b',"removed":true'
+    if version:
+        out += b',"version":%d' % version
+    return out + b"}"
+
+
+def track_result(protocol: str, ttl: int | None) -> bytes:
+    """The reply to a track request: whether the signatures expire and the seconds left to the first expiry.
+    Data arrives as publications after the reply (Fugato keeps no data cache: PRO's ``keep_latest_data``)."""
+    if protocol == "protobuf":
+        res = pb.SubRefreshResult()
+        if ttl is not None:
+            res.expires, res.ttl = True, ttl
+        return res.SerializeToString()
+    return codec.result_object({"expires": True, "ttl": ttl} if ttl is not None else {})

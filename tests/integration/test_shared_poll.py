@@ -1,0 +1,408 @@
+"""Shared poll subscriptions (Centrifugo 6.8) through the real centrifuge-js SDK against a real backend started
+by the test: an aiohttp app answering the shared poll refresh proxy and signing tracked keys (the HMAC of
+Centrifugo's docs), and a grpc.aio ``CentrifugoProxy`` for the GRPC refresh proxy.
+
+Covered: data of tracked keys arrives at once (cold key poll), then only changes; one refresh call per cycle
+batches every key tracked on the node whatever the number of subscribers; versioned and versionless modes;
+removals; untrack; ``max_keys_per_connection`` and other bad input with Centrifugo's codes; expired and forged
+signatures; a backend that is down, slow, answers 5xx or garbage, and recovers; two nodes over Redis Cluster,
+each polling for its own connections (Centrifugo OSS: O(unique keys x nodes))."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from harness import JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
+from jsclient import JsClient
+from proxy_backends import Call, GrpcBackend, HttpBackend
+from test_protocol_raw import raw
+
+HMAC_KEY = "shared-poll-test-secret"
+HOOK = "shared_poll_refresh"
+
+
+def make_signature(secret: str, user: str, channel: str, keys: list[str], ttl: int, now: int | None = None) -> str:
+    """The application backend's side, as Centrifugo's docs give it."""
+    now = int(time.time()) if now is None else now
+    exp = now + ttl
+    kh = hashlib.sha256("\x00".join(keys).encode()).hexdigest()
+    payload = f"{now}\0{exp}\0{user}\0{channel}\0{kh}"
+    mac = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+    return f"{now}:{exp}:{mac}"
+
+
+class Store:
+    """The application's data: key -> (data, version). ``answer`` is the refresh proxy handler."""
+
+    def __init__(self, *, versioned: bool = False, grpc: bool = False) -> None:
+        self.items: dict[str, tuple[Any, int]] = {}
+        self.removed: set[str] = set()
+        self.versioned = versioned
+        self.grpc = grpc
+        self.sign_ttl = 3600
+
+    def set(self, key: str, data: Any) -> None:
+        old = self.items.get(key)
+        self.items[key] = (data, (old[1] if old else 0) + 1)
+
+    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        out = []
+        for item in body.get("items", []):
+            key = item["key"]
+            if key in self.removed:
+                out.append({"key": key, "removed": True})
+            elif key in self.items:
+                data, version = self.items[key]
+                entry: dict[str, Any] = {"key": key}
+                if not self.versioned or int(item.get("version", 0)) < version:  # unchanged data left out
+                    raw_data = json.dumps(data)
+                    entry["data"] = base64.b64encode(raw_data.encode()).decode() if self.grpc else data
+                if self.versioned:
+                    entry["version"] = version
+                out.append(entry)
+        return {"result": {"items": out}}
+
+    def sign(self, body: dict[str, Any]) -> dict[str, Any]:
+        keys = [k for k in body["keys"] if k not in self.removed]
+        return {"keys": keys, "signature": make_signature(HMAC_KEY, body["user"], body["channel"], keys,
+                                                          self.sign_ttl)}
+
+
+def config(endpoint: str, *, mode: str = "versionless", interval: str = "200ms", max_keys: int = 5000,
+           grpc: bool = False, timeout: str = "1s") -> dict[str, Any]:
+    """Centrifugo's documented minimal example: the default refresh proxy, or a named one (GRPC)."""
+    cfg: dict[str, Any] = {"shared_poll": {"hmac_secret_key": HMAC_KEY}, "prometheus": {"enabled": True}}
+    ns: dict[str, Any] = {"name": "votes", "subscription_type": "shared_poll", "allow_subscribe_for_client": True,
+                          "shared_poll": {"refresh_interval": interval, "max_keys_per_connection": max_keys,
+                                          "mode": mode}}
+    if grpc:
+        cfg["proxies"] = [{"name": "poll_backend", "endpoint": endpoint, "timeout": timeout}]
+        ns["shared_poll"]["proxy_name"] = "poll_backend"
+        cfg["channel"] = {"namespaces": [ns]}
+    else:
+        cfg["channel"] = {"proxy": {"shared_poll_refresh": {"endpoint": endpoint, "timeout": timeout}},
+                          "namespaces": [ns]}
+    return cfg
+
+
+def engine(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "memory":
+        return {}
+    cluster = request.getfixturevalue("redis_cluster")
+    return {"engine": {"type": "redis", "redis": {"address": [cluster.url],
+                                                  "prefix": request.getfixturevalue("redis_prefix")}}}
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[HttpBackend]:
+    async with HttpBackend() as b:
+        yield b
+
+
+def wire(backend: HttpBackend, store: Store) -> None:
+    backend.answers[HOOK] = store.answer
+    backend.answers["sign"] = store.sign
+
+
+async def subscriber(server: ServerProcess, js_factory: JsFactory, backend: HttpBackend, channel: str,
+                     user: str = "alice", protocol: str = "json") -> JsClient:
+    js = await js_factory(server, {"protocol": protocol, "trace": protocol == "json"})
+    await js.call("connect", token=server.token(user), wait=True)
+    await js.call("sp_subscribe", channel=channel, signUrl=backend.endpoint("sign"), signUser=user, wait=True)
+    return js
+
+
+def data(value: Any) -> Any:
+    """The protobuf build hands JSON payloads to the application as bytes."""
+    if isinstance(value, dict) and "__bytes__" in value:
+        return json.loads(base64.b64decode(value["__bytes__"]))
+    return value
+
+
+def updates(js: JsClient, key: str) -> list[Any]:
+    return [data(e["data"]) for e in js.events("sp_update") if e["key"] == key and not e.get("removed")]
+
+
+def polls(backend: HttpBackend | GrpcBackend, hook: str = HOOK) -> list[Call]:
+    return backend.of(hook)
+
+
+def keys_of(call: Call) -> list[str]:
+    return sorted(item["key"] for item in call.body.get("items", []))
+
+
+async def cycles(backend: HttpBackend | GrpcBackend, n: int, hook: str = HOOK) -> None:
+    """Wait until ``n`` more refresh calls reached the backend."""
+    target = len(backend.of(hook)) + n
+    await wait_until(lambda: len(backend.of(hook)) >= target, timeout=15, what=f"{n} refresh calls")
+
+
+@pytest.fixture(params=["memory", "redis_cluster"])
+def engine_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return engine(request)
+
+
+@pytest.fixture(params=["json", "protobuf"])
+def protocol(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_tracked_keys_get_data_then_only_changes_in_one_call_per_cycle(
+        server_factory: ServerFactory, js_factory: JsFactory, backend: HttpBackend,
+        engine_config: dict[str, Any], protocol: str) -> None:
+    store = Store()
+    wire(backend, store)
+    for key in ("p1", "p2", "p3", "p4"):
+        store.set(key, {"votes": 0, "key": key})
+    srv = await server_factory({**config(backend.endpoint(HOOK)), **engine_config})
+    ch = unique_channel("votes:")
+    clients = [await subscriber(srv, js_factory, backend, ch, protocol=protocol) for _ in range(3)]
+    # Overlapping interests: the node polls the union of them.
+    tracked = (["p1", "p2"], ["p2", "p3"], ["p3", "p4"])
+    for js, keys in zip(clients, tracked, strict=True):
+        await js.call("sp_track", channel=ch, keys=keys)
+    for js, keys in zip(clients, tracked, strict=True):
+        for key in keys:  # the cold keys are polled at once
+            await wait_until(lambda js=js, key=key: updates(js, key) == [{"votes": 0, "key": key}],
+                             what=f"first data of {key}")
+    await cycles(backend, 3)
+    # Every regular cycle is one call with every key tracked on the node, not a call per subscriber.
+    assert keys_of(polls(backend)[-1]) == ["p1", "p2", "p3", "p4"]
+    assert all(call.body["channel"] == ch and "version" not in call.body["items"][0] for call in polls(backend))
+    # Unchanged data was not pushed again.
+    assert [len(updates(js, k)) for js, keys in zip(clients, tracked, strict=True) for k in keys] == [1] * 6
+    store.set("p2", {"votes": 5, "key": "p2"})
+    for js in clients[:2]:
+        await wait_until(lambda js=js: updates(js, "p2")[-1:] == [{"votes": 5, "key": "p2"}], what="p2 change")
+    versions = [e["version"] for e in clients[0].events("sp_update") if e["key"] == "p2"]
+    assert len(versions) == 2 and versions[1] > versions[0] > 0
+    assert updates(clients[2], "p2") == []  # not tracking it
+
+
+async def test_untrack_and_unsubscribe_shrink_the_polled_keys(server_factory: ServerFactory,
+                                                              js_factory: JsFactory, backend: HttpBackend) -> None:
+    store = Store()
+    wire(backend, store)
+    store.set("a", 1)
+    store.set("b", 2)
+    srv = await server_factory(config(backend.endpoint(HOOK)))
+    ch = unique_channel("votes:")
+    js = await subscriber(srv, js_factory, backend, ch)
+    other = await subscriber(srv, js_factory, backend, ch, user="bob")
+    await js.call("sp_track", channel=ch, keys=["a", "b"])
+    await other.call("sp_track", channel=ch, keys=["b"])
+    await wait_until(lambda: updates(js, "b") and updates(other, "b"), what="data")
+    await js.call("sp_untrack", channel=ch, keys=["a"])
+    await wait_until(lambda: keys_of(polls(backend)[-1]) == ["b"], timeout=15, what="a no longer polled")
+    store.set("a", 10)
+    store.set("b", 20)
+    await wait_until(lambda: updates(js, "b")[-1:] == [20] and updates(other, "b")[-1:] == [20], what="b change")
+    assert updates(js, "a") == [1]
+    # Unsubscribing drops the connection's keys; subscribing again starts from nothing tracked.
+    await js.call("sp_unsubscribe", channel=ch)
+    await js.call("sp_subscribe", channel=ch, wait=True)
+    assert await js.call("sp_tracked", channel=ch) == []
+    await js.call("sp_track", channel=ch, keys=["a"])
+    await wait_until(lambda: updates(js, "a")[-1:] == [10], what="a tracked again")
+    await wait_until(lambda: keys_of(polls(backend)[-1]) == ["a", "b"], timeout=15, what="a polled again")
+
+
+async def test_versioned_mode_sends_versions_pushes_newer_ones_and_removals(
+        server_factory: ServerFactory, js_factory: JsFactory, backend: HttpBackend, protocol: str) -> None:
+    store = Store(versioned=True)
+    wire(backend, store)
+    store.set("x", {"v": 1})
+    store.set("y", {"v": 1})
+    srv = await server_factory(config(backend.endpoint(HOOK), mode="versioned"))
+    ch = unique_channel("votes:")
+    js = await subscriber(srv, js_factory, backend, ch, protocol=protocol)
+    await js.call("sp_track", channel=ch, keys=["x", "y"])
+    await wait_until(lambda: updates(js, "x") and updates(js, "y"), what="first data")
+    await cycles(backend, 2)
+    # The node asks with the versions it holds; the backend leaves unchanged data out.
+    last = {i["key"]: int(i["version"]) for i in polls(backend)[-1].body["items"]}
+    assert last == {"x": 1, "y": 1}
+    store.set("x", {"v": 2})
+    store.set("x", {"v": 3})
+    await wait_until(lambda: updates(js, "x")[-1:] == [{"v": 3}], what="x at version 3")
+    got = [(e["key"], e.get("version")) for e in js.events("sp_update")]
+    assert got.count(("x", 3)) == 1 and ("x", 2) not in got and got.count(("y", 1)) == 1
+    store.removed.add("y")
+    removal = await js.wait("sp_update", key="y", removed=True)
+    assert removal["channel"] == ch
+    await wait_until(lambda: "y" not in keys_of(polls(backend)[-1]), timeout=15, what="y no longer polled")
+    assert await js.call("sp_tracked", channel=ch) == ["x"]
+
+
+async def test_grpc_refresh_proxy_named_in_the_namespace(server_factory: ServerFactory, js_factory: JsFactory,
+                                                         backend: HttpBackend) -> None:
+    store = Store(grpc=True)
+    backend.answers["sign"] = store.sign
+    store.set("g1", {"price": 10})
+    async with GrpcBackend() as grpc_backend:
+        grpc_backend.answers[HOOK] = store.answer
+        srv = await server_factory(config(grpc_backend.endpoint, grpc=True))
+        ch = unique_channel("votes:")
+        js = await subscriber(srv, js_factory, backend, ch, protocol="protobuf")
+        await js.call("sp_track", channel=ch, keys=["g1"])
+        await wait_until(lambda: updates(js, "g1") == [{"price": 10}], what="data over GRPC")
+        store.set("g1", {"price": 11})
+        await wait_until(lambda: updates(js, "g1")[-1:] == [{"price": 11}], what="change over GRPC")
+        assert polls(grpc_backend)[-1].body == {"channel": ch, "items": [{"key": "g1"}]}
+
+
+async def test_bad_tracks_get_centrifugo_codes_and_nothing_else_breaks(
+        server_factory: ServerFactory, js_factory: JsFactory, backend: HttpBackend) -> None:
+    store = Store()
+    wire(backend, store)
+    for i in range(5):
+        store.set(f"k{i}", i)
+    srv = await server_factory(config(backend.endpoint(HOOK), max_keys=3))
+    ch = unique_channel("votes:")
+    js = await subscriber(srv, js_factory, backend, ch)
+    # Too many keys for one connection: 106, the SDK untracks them (removal updates), the subscription stays.
+    await js.call("sp_track", channel=ch, keys=["k0", "k1", "k2", "k3"])
+    err = await js.wait("sp_error", channel=ch, type="track")
+    assert err["error"]["code"] == 106
+    await wait_until(lambda: len([e for e in js.events("sp_update") if e.get("removed")]) == 4, what="untracked")
+    await js.call("sp_track", channel=ch, keys=["k0", "k1"])
+    await wait_until(lambda: updates(js, "k0") == [0] and updates(js, "k1") == [1], what="data within the limit")
+    # A forged signature: 103; a stale one (past the 5 s grace): 109, after which the SDK asks the backend
+    # for a fresh signature and the keys are tracked.
+    forged = make_signature("wrong-secret", "alice", ch, ["k4"], 60)
+    await js.call("sp_track", channel=ch, items=[{"key": "k4", "version": 0}], signature=forged)
+    assert (await js.wait("sp_error", channel=ch, type="track"))["error"]["code"] == 103
+    stale = make_signature(HMAC_KEY, "alice", ch, ["k3"], 1, now=int(time.time()) - 100)
+    await js.call("sp_track", channel=ch, items=[{"key": "k3", "version": 0}], signature=stale)
+    assert (await js.wait("sp_error", channel=ch, type="track"))["error"]["code"] == 109
+    await wait_until(lambda: updates(js, "k3") == [3], what="k3 after a fresh signature")
+    assert updates(js, "k4") == []
+
+    # The raw protocol, for what the SDK never sends.
+    async with raw(srv) as c:
+        await c.connect(srv.token("carol"))
+        chan = unique_channel("votes:")
+        await c.send({"id": 2, "subscribe": {"channel": chan}})  # a stream subscribe to a shared poll channel
+        assert (await c.reply(2))["error"]["code"] == 107
+        await c.send({"id": 3, "subscribe": {"channel": unique_channel("chat:"), "type": 4}})
+        assert (await c.reply(3))["error"]["code"] == 108
+        sig = make_signature(HMAC_KEY, "carol", chan, ["k0"], 60)
+        await c.send({"id": 4, "sub_refresh": {"channel": chan, "type": 1,
+                                               "track": [{"signature": sig, "items": [{"key": "k0"}]}]}})
+        assert (await c.reply(4))["error"]["code"] == 103  # not subscribed
+        await c.send({"id": 5, "subscribe": {"channel": chan, "type": 4}})
+        reply = (await c.reply(5))["subscribe"]
+        assert reply["type"] == 4 and reply["epoch"]
+        await c.send({"id": 6, "sub_refresh": {"channel": chan, "type": 1, "track": [{"signature": sig}]}})
+        assert (await c.reply(6))["error"]["code"] == 107  # no keys
+        await c.send({"id": 7, "sub_refresh": {"channel": chan, "type": 2}})
+        assert (await c.reply(7))["error"]["code"] == 107
+        long_key = "k" * 2000
+        sig = make_signature(HMAC_KEY, "carol", chan, [long_key], 60)
+        await c.send({"id": 8, "sub_refresh": {"channel": chan, "type": 1,
+                                               "track": [{"signature": sig, "items": [{"key": long_key}]}]}})
+        assert (await c.reply(8))["error"]["code"] == 107
+        sig = make_signature(HMAC_KEY, "someone-else", chan, ["k0"], 60)
+        await c.send({"id": 9, "sub_refresh": {"channel": chan, "type": 1,
+                                               "track": [{"signature": sig, "items": [{"key": "k0"}]}]}})
+        assert (await c.reply(9))["error"]["code"] == 103  # signed for another user
+        sig = make_signature(HMAC_KEY, "carol", chan, ["k0"], 60)
+        await c.send({"id": 10, "sub_refresh": {"channel": chan, "type": 1,
+                                                "track": [{"signature": sig, "items": [{"key": "k0"}]}]}})
+        result = (await c.reply(10))["sub_refresh"]
+        assert result["expires"] is True and 0 < result["ttl"] <= 60
+        push = await c.recv()
+        assert push["push"]["channel"] == chan and push["push"]["pub"]["key"] == "k0"
+        assert push["push"]["pub"]["data"] == 0 and push["push"]["pub"]["version"] >= 1
+    # The SDK client was not affected.
+    store.set("k0", 100)
+    await wait_until(lambda: updates(js, "k0")[-1:] == [100], what="k0 change")
+
+
+@pytest.mark.parametrize("fault", ["5xx", "garbage", "slow", "down"])
+async def test_backend_faults_skip_cycles_and_polling_recovers(server_factory: ServerFactory,
+                                                               js_factory: JsFactory, fault: str) -> None:
+    store = Store()
+    store.set("f", {"n": 1})
+    signer = HttpBackend()
+    async with signer:
+        signer.answers["sign"] = store.sign
+        poller = HttpBackend()
+        await poller.__aenter__()
+        try:
+            poller.answers[HOOK] = store.answer
+            srv = await server_factory(config(poller.endpoint(HOOK), timeout="300ms"))
+            ch = unique_channel("votes:")
+            js = await subscriber(srv, js_factory, signer, ch)
+            if fault == "down":
+                await poller.__aexit__()
+            else:
+                poller.faults[HOOK] = fault
+            await js.call("sp_track", channel=ch, keys=["f"])
+            if fault != "down":
+                await cycles(poller, 3)
+            else:
+                await wait_until(lambda: _failed(srv), timeout=15, what="failed refresh calls")
+            assert updates(js, "f") == []
+            # The failures were bounded and counted; the node is healthy and serves its clients.
+            await js.call("sp_tracked", channel=ch)
+            if fault == "down":
+                poller.released.clear()
+                await poller.__aenter__()
+            else:
+                poller.faults.pop(HOOK)
+                poller.released.set()
+            await wait_until(lambda: updates(js, "f") == [{"n": 1}], timeout=15, what="data once the backend is back")
+        finally:
+            await poller.__aexit__()
+
+
+
+async def _failed(srv: ServerProcess) -> bool:
+    from test_proxies import metric  # noqa: PLC0415
+
+    return await metric(srv, "centrifugo_proxy_call_outcomes_total", type=HOOK, outcome="unavailable") >= 2
+
+
+@pytest.fixture(params=["redis_cluster"])
+def cluster_engine(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return engine(request)
+
+
+async def test_two_nodes_each_poll_the_keys_of_their_own_connections(
+        server_factory: ServerFactory, js_factory: JsFactory, backend: HttpBackend,
+        cluster_engine: dict[str, Any]) -> None:
+    store = Store(versioned=True)
+    wire(backend, store)
+    backend.answers["refresh_b"] = store.answer
+    for key in ("s1", "s2", "s3"):
+        store.set(key, {"score": 0})
+    a = await server_factory({**config(backend.endpoint(HOOK), mode="versioned"), **cluster_engine}, name="node-a")
+    b = await server_factory({**config(backend.endpoint("refresh_b"), mode="versioned"), **cluster_engine},
+                             name="node-b")
+    ch = unique_channel("votes:")
+    on_a = [await subscriber(a, js_factory, backend, ch, user=f"a{i}") for i in range(3)]
+    on_b = [await subscriber(b, js_factory, backend, ch, user=f"b{i}") for i in range(2)]
+    for js, keys in zip(on_a, (["s1"], ["s1", "s2"], ["s2"]), strict=True):
+        await js.call("sp_track", channel=ch, keys=keys)
+    for js, keys in zip(on_b, (["s2"], ["s3"]), strict=True):
+        await js.call("sp_track", channel=ch, keys=keys)
+    await wait_until(lambda: all(updates(js, "s2") for js in (on_a[1], on_a[2], on_b[0])), what="first data")
+    await cycles(backend, 2)
+    await cycles(backend, 2, "refresh_b")
+    # Each node: one call per cycle with the union of its own connections' keys.
+    assert keys_of(polls(backend)[-1]) == ["s1", "s2"]
+    assert keys_of(polls(backend, "refresh_b")[-1]) == ["s2", "s3"]
+    store.set("s2", {"score": 7})
+    for js in (on_a[1], on_a[2], on_b[0]):
+        await wait_until(lambda js=js: updates(js, "s2")[-1:] == [{"score": 7}], what="s2 on both nodes")
+    # Versions come from the backend: the same on both nodes.
+    versions = {e["version"] for js in (on_a[1], on_b[0]) for e in js.events("sp_update") if e["key"] == "s2"}
+    assert versions == {1, 2}
