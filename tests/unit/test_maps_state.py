@@ -139,9 +139,11 @@ def test_map_channels_get_the_broker_map_broker_asks_for(data: dict[str, Any], m
         assert engine.broker.maps is engine.map_broker
 
 
-def test_shipped_maps_config_loads_cleanly() -> None:
-    result = load(str(Path(__file__).resolve().parents[2] / "conf" / "config.maps.json"), {}, {})
+@pytest.mark.parametrize("name", ["config.maps.json", "config.maps.postgres.json"])
+def test_shipped_maps_config_loads_cleanly(name: str) -> None:
+    result = load(str(Path(__file__).resolve().parents[2] / "conf" / name), {}, {})
     assert result.warnings == ()
+    assert result.config.map_broker.type == ("postgres" if "postgres" in name else "memory")
     cursors, board = result.config.channel.namespaces
     assert cursors.map.mode == "ephemeral" and cursors.map.remove_client_on_unsubscribe
     assert board.map.recoverable and board.map.effective_stream_size == 1000
