@@ -1,0 +1,83 @@
+"""Shared poll pieces without a server: the shipped example config, track signatures as Centrifugo's docs
+make them (key rotation included), and option validation."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+
+import pytest
+
+from node.config_load import load
+from node.errors import ConfigError
+from node.sharedpoll import signature
+from node.sharedpoll.options import SharedPollConfig, SharedPollOptions
+
+NOW = 1_800_000_000
+
+
+def docs_signature(secret: str, user_id: str, channel: str, keys: list[str], ttl: int, now: int) -> str:
+    """Centrifugo's documented Python example (with the time passed in)."""
+    exp = now + ttl
+    kh = hashlib.sha256("\x00".join(keys).encode()).hexdigest()
+    payload = f"{now}\0{exp}\0{user_id}\0{channel}\0{kh}"
+    mac = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+    return f"{now}:{exp}:{mac}"
+
+
+def test_shipped_shared_poll_config_loads_cleanly() -> None:
+    result = load(str(Path(__file__).resolve().parents[2] / "conf" / "config.sharedpoll.json"), {}, {})
+    assert result.warnings == ()
+    votes, drones = result.config.channel.namespaces
+    assert votes.shared_poll.refresh_interval == 1.0 and not votes.shared_poll.versioned
+    assert drones.shared_poll.versioned and drones.shared_poll.proxy_name == "poll_backend"
+    assert result.config.shared_poll.hmac_secret_key == "your-secret-key"
+    assert result.config.channel.proxy.shared_poll_refresh.endpoint.endswith("/centrifugo/refresh")
+
+
+def test_docs_signatures_verify_and_bind_user_channel_and_key_order() -> None:
+    config = SharedPollConfig(hmac_secret_key="s3cret")
+    sig = docs_signature("s3cret", "alice", "votes:1", ["a", "b"], 60, NOW)
+    assert signature.verify(config, "alice", "votes:1", ["a", "b"], sig, NOW) == NOW + 60
+    assert signature.sign("s3cret", "alice", "votes:1", ["a", "b"], NOW, NOW + 60) == sig
+    for user, channel, keys in (("bob", "votes:1", ["a", "b"]), ("alice", "votes:2", ["a", "b"]),
+                                ("alice", "votes:1", ["b", "a"]), ("alice", "votes:1", ["a"])):
+        with pytest.raises(signature.SignatureInvalid):
+            signature.verify(config, user, channel, keys, sig, NOW)
+    # NUL separators: moving a colon between user and channel does not keep a signature valid.
+    colon = docs_signature("s3cret", "alice:news", "tech", ["a"], 60, NOW)
+    with pytest.raises(signature.SignatureInvalid):
+        signature.verify(config, "alice", "news:tech", ["a"], colon, NOW)
+    for bad in ("", "1:2", "x:y:z", sig + "0"):
+        with pytest.raises(signature.SignatureInvalid):
+            signature.verify(config, "alice", "votes:1", ["a", "b"], bad, NOW)
+
+
+def test_expiry_has_a_five_second_grace_and_zero_never_expires() -> None:
+    config = SharedPollConfig(hmac_secret_key="k")
+    sig = docs_signature("k", "", "c", ["a"], 10, NOW)
+    assert signature.verify(config, "", "c", ["a"], sig, NOW + 15) == NOW + 10
+    with pytest.raises(signature.SignatureExpired):
+        signature.verify(config, "", "c", ["a"], sig, NOW + 16)
+    forever = signature.sign("k", "", "c", ["a"], NOW, 0)
+    assert signature.verify(config, "", "c", ["a"], forever, NOW + 10**6) == 0
+
+
+def test_previous_key_is_accepted_until_valid_until() -> None:
+    old = docs_signature("old", "u", "c", ["a"], 60, NOW)
+    rotating = SharedPollConfig(hmac_secret_key="new", hmac_previous_secret_key="old")
+    assert signature.verify(rotating, "u", "c", ["a"], old, NOW) == NOW + 60
+    bounded = SharedPollConfig(hmac_secret_key="new", hmac_previous_secret_key="old",
+                               hmac_previous_secret_key_valid_until=NOW - 1)
+    with pytest.raises(signature.SignatureInvalid):
+        signature.verify(bounded, "u", "c", ["a"], old, NOW)
+    with pytest.raises(signature.SignatureInvalid):
+        signature.verify(SharedPollConfig(hmac_secret_key="new"), "u", "c", ["a"], old, NOW)
+
+
+@pytest.mark.parametrize("bad", [{"mode": "sometimes"}, {"refresh_interval": 0.0}, {"refresh_batch_size": 0},
+                                 {"max_keys_per_connection": -1}, {"channel_shutdown_delay": -1.0}])
+def test_bad_namespace_options_are_config_errors(bad: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match="shared_poll"):
+        SharedPollOptions(**bad).validate("channel.namespaces[votes]")  # type: ignore[arg-type]
