@@ -82,6 +82,7 @@ class Client:
         "codec",
         "conn_info",
         "connected_at",
+        "emulated_headers",
         "expire_at",
         "frame",
         "framing",
@@ -113,6 +114,8 @@ class Client:
         self.meta: bytes | None = None  # connection meta (never sent to the client; proxies and the API see it)
         # The request headers some proxy forwards (http_headers / grpc_metadata); None in the common case.
         self.proxy_headers: Mapping[str, str] | None = node.proxies.pick_headers(request.headers)
+        # The headers the client sent in its connect command (headers emulation) that some proxy forwards.
+        self.emulated_headers: Mapping[str, str] | None = None
         self._refreshing = False
         self.app_name = ""
         self.app_version = ""

@@ -96,6 +96,7 @@ def _ttl(expire_at: int) -> int:
 async def connect(client: Connection, cmd: codec.Command) -> bytes | None:
     node = client.node
     proxy = node.proxies.connect
+    client.emulated_headers = node.proxies.pick_emulated(cmd.params.get("headers"))
     ask = None if proxy is None else functools.partial(hooks.connect, client, proxy, cmd.params)
     decision = await node.policy.connect(client, cmd.params, ask)
     cfg = node.config.client
@@ -218,8 +219,8 @@ async def subscribe(client: Connection, cmd: codec.Command) -> bytes | None:
 
 def _subscribe_hook(client: Connection, channel: str, params: Any,
                     ) -> Callable[[], Awaitable[SubscribeResult]] | None:
-    """The namespace's subscribe proxy call, or the opening of its subscription stream (as Centrifugo, a
-    subscribe proxy wins over a subscribe stream proxy); None when neither is enabled."""
+    """The namespace's subscribe proxy call, or the opening of its subscription stream (the config never
+    enables both in one namespace); None when neither is enabled."""
     node = client.node
     ns = node.policy.namespace(channel)
     proxy = node.proxies.for_channel("subscribe", ns)

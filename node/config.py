@@ -27,6 +27,7 @@ from node.proxy.config import (
     RpcNamespaceConfig,
     RpcOptions,
     TransformDisconnect,
+    check_proxy_names,
 )
 from node.sharedpoll.options import SharedPollConfig, SharedPollOptions
 
@@ -554,6 +555,12 @@ class Config:
     def __post_init__(self) -> None:
         check_unique_names(self.consumers)
         check_personal_channel(self.client.subscribe_to_user_personal_channel, self.channel)
+        check_proxy_names(
+            self.proxies,
+            [("in channel.without_namespace", self.channel.without_namespace),
+             *((f"namespace {ns.name}", ns) for ns in self.channel.namespaces)],
+            [("in rpc.without_namespace", self.rpc.without_namespace),
+             *((f"rpc namespace {ns.name}", ns) for ns in self.rpc.namespaces)])
 
 
 def check_personal_channel(personal: SubscribeToUserPersonalChannel, channel: ChannelConfig) -> None:

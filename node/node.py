@@ -89,6 +89,7 @@ class Connection(Receiver, Writable, Protocol):
     app_version: str
     connected_at: float  # unix seconds
     proxy_headers: Mapping[str, str] | None  # the request headers proxies forward
+    emulated_headers: Mapping[str, str] | None  # the connect command's headers proxies forward (emulated_headers)
     state: ClientState
     channels: dict[str, ChannelState]
     subscribing: AbstractSet[str]

@@ -8,8 +8,9 @@ Kept apart from ``node/config.py`` (which imports these) so the proxy keys live 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from node.config_fields import duration
 from node.errors import ConfigError
@@ -164,6 +165,39 @@ class RpcNamespaceConfig(RpcOptions):
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError("rpc.namespaces: every namespace needs a name")
+
+
+# A namespace's hooks by key prefix, and how Centrifugo names them in its errors.
+NAMESPACE_HOOKS: Final = (("subscribe", "subscribe"), ("publish", "publish"), ("sub_refresh", "sub refresh"),
+                          ("subscribe_stream", "subscribe stream"))
+
+
+def check_proxy_names(proxies: Iterable[NamedProxyConfig], channel_scopes: Iterable[tuple[str, Any]],
+                      rpc_scopes: Iterable[tuple[str, RpcOptions]]) -> None:
+    """Centrifugo's load-time checks, with its wording: named proxies are unique and not "default", every proxy
+    name a namespace or an RPC namespace gives exists (enabled or not), and a subscribe stream proxy is not
+    combined with the subscribe, publish or sub_refresh proxy in one namespace. A scope is (its name in errors:
+    "in channel.without_namespace", "namespace chat", ..., its options)."""
+    names: list[str] = []
+    for proxy in proxies:
+        if proxy.name in names:
+            raise ConfigError(f"duplicate proxy name in proxies: {proxy.name}")
+        names.append(proxy.name)
+    if DEFAULT_PROXY_NAME in names:
+        raise ConfigError(f"proxy name {DEFAULT_PROXY_NAME} is reserved")
+    known = {*names, DEFAULT_PROXY_NAME}
+    for where, ns in channel_scopes:
+        for hook, label in NAMESPACE_HOOKS:
+            name = getattr(ns, f"{hook}_proxy_name")
+            if name and name not in known:
+                raise ConfigError(f'{where}: {label} proxy with name "{name}" not found')
+        if ns.subscribe_stream_proxy_enabled and (
+                ns.subscribe_proxy_enabled or ns.publish_proxy_enabled or ns.sub_refresh_proxy_enabled):
+            raise ConfigError(f"{where}: can't use subscribe stream proxy together with subscribe, publish or "
+                              "sub refresh proxies")
+    for where, opts in rpc_scopes:
+        if opts.proxy_name and opts.proxy_name not in known:
+            raise ConfigError(f"{where}: proxy {opts.proxy_name} not found for rpc")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from node.config import ChannelOptions, Config
-from node.errors import ERROR_INTERNAL, ERROR_METHOD_NOT_FOUND, ConfigError, DisconnectError, ReplyError
+from node.errors import (
+    DISCONNECT_BAD_REQUEST,
+    ERROR_INTERNAL,
+    ERROR_METHOD_NOT_FOUND,
+    ConfigError,
+    DisconnectError,
+    ReplyError,
+)
 from node.models import Identity
 from node.proxy.base import ProxyBackend
 from node.proxy.config import DEFAULT_PROXY_NAME, ProxyConfig, RpcOptions
@@ -58,12 +65,13 @@ class ProxyClient(Identity, Protocol):
     transport: Transport
     meta: bytes | None
     proxy_headers: Mapping[str, str] | None
+    emulated_headers: Mapping[str, str] | None
 
 
 class Proxy:
     """A backend under a name, with the settings that shape its requests."""
 
-    __slots__ = ("backend", "config", "headers", "metrics", "name", "timeout")
+    __slots__ = ("backend", "config", "emulated", "headers", "metrics", "name", "timeout")
 
     def __init__(self, name: str, backend: ProxyBackend, config: ProxyConfig | None, timeout: float,
                  metrics: ProxyMetrics, headers: tuple[str, ...] = ()) -> None:
@@ -74,6 +82,9 @@ class Proxy:
         self.timeout = timeout
         names = (*config.http_headers, *config.grpc_metadata) if config is not None else headers
         self.headers = frozenset(h.lower() for h in names)
+        # Headers the client itself put in its connect command: forwarded only when listed here (Centrifugo
+        # v6.9: they are client-controlled, never taken for transport headers of the same name).
+        self.emulated = frozenset(h.lower() for h in config.emulated_headers) if config is not None else frozenset()
 
     @property
     def encoding(self) -> str:
@@ -82,8 +93,11 @@ class Proxy:
     def request_fields(self, client: ProxyClient) -> dict[str, Any]:
         """The fields of every request about ``client``."""
         headers: Mapping[str, str] = NO_HEADERS
+        if self.emulated and client.emulated_headers:
+            headers = {k: v for k, v in client.emulated_headers.items() if k in self.emulated}
         if self.headers and client.proxy_headers:
-            headers = {k: v for k, v in client.proxy_headers.items() if k in self.headers}
+            # A transport header wins over an emulated one of the same name (the emulated one is the fallback).
+            headers = {**headers, **{k: v for k, v in client.proxy_headers.items() if k in self.headers}}
         meta = client.meta if self.config is None or self.config.include_connection_meta else None
         return {"client": client.id, "transport": client.transport.name, "protocol": client.protocol,
                 "encoding": self.encoding, "user": client.user, "meta": meta, "headers": headers}
@@ -164,6 +178,7 @@ class Proxies:
         self._rpc = rpc
         all_proxies = [p for p in (self.connect, self.refresh, *channel.values(), *rpc.values()) if p is not None]
         self.header_names = frozenset().union(*(p.headers for p in all_proxies))
+        self.emulated_names = frozenset().union(*(p.emulated for p in all_proxies))
 
     def _client_hook(self, hook: str, config: Any) -> Proxy | None:
         if self._handlers is not None and self._handlers.has(hook):
@@ -215,6 +230,16 @@ class Proxies:
         if not opts.proxy_enabled:
             return None
         return self._rpc.get(opts.proxy_name or DEFAULT_PROXY_NAME)
+
+    def pick_emulated(self, headers: object) -> dict[str, str] | None:
+        """The connect command's ``headers`` some proxy forwards (lower-cased names); None when none is wanted.
+        Not a map of strings: 3501 bad request, as centrifuge's decoder answers."""
+        if not self.emulated_names or not headers:
+            return None
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            raise DisconnectError(DISCONNECT_BAD_REQUEST)
+        picked = {k.lower(): v for k, v in headers.items() if k.lower() in self.emulated_names}
+        return picked or None
 
     def pick_headers(self, headers: Mapping[str, str] | None) -> dict[str, str] | None:
         """The request headers some proxy forwards (lower-cased names); None when none is wanted."""

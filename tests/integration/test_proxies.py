@@ -156,6 +156,31 @@ async def test_unidirectional_connect_goes_through_the_proxy(server_factory: Ser
         assert backend.of("connect")[0].body["name"] == "curl"
 
 
+async def test_emulated_headers_are_forwarded_only_when_listed(server_factory: ServerFactory,
+                                                                js_factory: JsFactory) -> None:
+    """centrifuge-js ``headers`` (headers emulation: sent inside the connect command) reach a proxy only for the
+    names in its ``emulated_headers``, for the connection's lifetime; a name only in ``http_headers`` is taken
+    from the real request alone (Centrifugo v6.9), so a client cannot forge it."""
+    async with HttpBackend() as http, GrpcBackend() as grpc:
+        http.answers["connect"] = connect_ok("emma")
+        cfg = proxy_config(http, grpc)
+        cfg["client"]["proxy"]["connect"]["emulated_headers"] = ["X-Emu-Token"]
+        cfg["proxies"][0]["emulated_headers"] = ["x-emu-token"]
+        srv = await server_factory(cfg)
+        js = await js_factory(srv, {"headers": {"X-Emu-Token": "t-1", "X-Test-Auth": "forged", "X-Other": "o"}})
+        await js.call("connect", token="", wait=True)
+        connect = http.of("connect")[0].headers
+        assert connect["x-emu-token"] == "t-1"
+        assert "x-test-auth" not in connect and "x-other" not in connect
+        # The subscribe proxy lists no emulated header: it gets none.
+        await js.call("subscribe", channel=unique_channel("px:"), wait=True)
+        assert "x-emu-token" not in http.of("subscribe")[0].headers
+        # The named GRPC proxy lists it: it comes as metadata, on a later call of the same connection.
+        await js.call("subscribe", channel=unique_channel("gr:"), wait=True)
+        metadata = grpc.of("subscribe")[0].headers
+        assert metadata["x-emu-token"] == "t-1" and "x-test-auth" not in metadata
+
+
 # --- refresh ---------------------------------------------------------------------------------------------------
 
 async def test_refresh_proxy_prolongs_and_expires_connections(server_factory: ServerFactory,

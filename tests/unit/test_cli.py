@@ -100,6 +100,17 @@ def test_checkconfig_prints_warnings(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("data", "message"), [
     ({"client": {"channel_limit": "abc"}}, "client.channel_limit: expected integer"),
     ({"channel": {"without_namespace": {"history_size": 5}}}, "history_size and history_ttl"),
+    # A namespace or RPC namespace naming a proxy that is not configured (Centrifugo's wording).
+    ({"channel": {"namespaces": [{"name": "chat", "subscribe_proxy_enabled": True, "subscribe_proxy_name": "auth"}]}},
+     'namespace chat: subscribe proxy with name "auth" not found'),
+    ({"channel": {"without_namespace": {"subscribe_stream_proxy_name": "feeds"}}},
+     'in channel.without_namespace: subscribe stream proxy with name "feeds" not found'),
+    ({"rpc": {"namespaces": [{"name": "billing", "proxy_enabled": True, "proxy_name": "billing"}]}},
+     "rpc namespace billing: proxy billing not found for rpc"),
+    ({"proxies": [{"name": "default", "endpoint": "grpc://localhost:1"}]}, "proxy name default is reserved"),
+    ({"channel": {"namespaces": [{"name": "feed", "subscribe_stream_proxy_enabled": True,
+                                  "publish_proxy_enabled": True}]}},
+     "namespace feed: can't use subscribe stream proxy together with subscribe, publish or sub refresh proxies"),
 ])
 def test_checkconfig_invalid(tmp_path: Path, data: object, message: str) -> None:
     write_config(tmp_path / "config.json", data)

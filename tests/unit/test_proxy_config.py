@@ -84,9 +84,12 @@ def test_environment_sets_static_headers_as_json() -> None:
 def test_bad_proxy_configs_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="endpoint"):
         load(None, {}, {"client.proxy.connect.enabled": True})
-    cfg = load(None, {}, {"channel.namespaces": [{"name": "x1", "publish_proxy_enabled": True,
-                                                   "publish_proxy_name": "missing"}]}).config
-    with pytest.raises(ConfigError, match="missing"):
+    with pytest.raises(ConfigError, match='namespace x1: publish proxy with name "missing" not found'):
+        load(None, {}, {"channel.namespaces": [{"name": "x1", "publish_proxy_enabled": True,
+                                                 "publish_proxy_name": "missing"}]})
+    # The default proxy named by an enabled hook must have an endpoint (checked when the node starts).
+    cfg = load(None, {}, {"channel.namespaces": [{"name": "x1", "publish_proxy_enabled": True}]}).config
+    with pytest.raises(ConfigError, match="not configured"):
         Proxies(cfg, Metrics("test").registry)
     with pytest.raises(ConfigError, match="scheme"):
         load(None, {}, {"rpc.proxy.endpoint": "ftp://x"})
