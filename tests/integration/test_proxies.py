@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from typing import Any
 
@@ -11,6 +13,7 @@ import aiohttp
 import centrifuge
 import pytest
 from harness import JsFactory, PyFactory, ServerFactory, ServerProcess, unique_channel, wait_until
+from jsclient import JsCallError
 from proxy_backends import GrpcBackend, HttpBackend, dead_endpoint, self_signed
 
 
@@ -336,6 +339,62 @@ async def test_grpc_faults_give_error_100(server_factory: ServerFactory, py_fact
             await py.client.publish(unique_channel("gr:"), {"x": 1})
         assert refused.value.code == 100 and time.monotonic() - started < 5
         assert await metric(srv, "centrifugo_proxy_call_outcomes_total", name="grpc_backend", type="publish") >= 1
+
+
+async def test_rpc_faults_for_both_protocols(server_factory: ServerFactory, js_factory: JsFactory) -> None:
+    """Each fault of an HTTP and of a GRPC backend gives centrifuge-js error 100 for an RPC, within the timeout,
+    counted per proxy name and outcome."""
+    async with HttpBackend() as http, GrpcBackend() as grpc:
+        cfg = proxy_config(http, grpc, timeout="300ms")
+        cfg["client"]["proxy"] = {}
+        cfg["proxies"] += [{"name": "http_down", "endpoint": dead_endpoint(), "timeout": "300ms"},
+                           {"name": "grpc_down", "endpoint": dead_endpoint("grpc"), "timeout": "300ms"}]
+        cfg["rpc"]["namespaces"] += [{"name": name, "proxy_enabled": True, "proxy_name": name}
+                                     for name in ("http_down", "grpc_down")]
+        srv = await server_factory(cfg)
+        js = await js_factory(srv)
+        await js.call("connect", token=srv.token("rita"), wait=True)
+        cases = [("http_down:m", "http_down", "unavailable"), ("grpc_down:m", "grpc_down", "unavailable")]
+        # The GRPC backend's "garbage" is an aborted call (DATA_LOSS): a bad status rather than a bad body.
+        for fault, outcome, grpc_outcome in (("slow", "timeout", "timeout"), ("5xx", "bad_status", "bad_status"),
+                                             ("garbage", "bad_response", "bad_status")):
+            cases += [(f"m_{fault}", "default", outcome), (f"gr:m_{fault}", "grpc_backend", grpc_outcome)]
+        for method, name, outcome in cases:
+            http.faults["rpc"] = grpc.faults["rpc"] = method.rpartition("_")[2]
+            started = time.monotonic()
+            with pytest.raises(JsCallError) as failed:
+                await js.call("rpc", method=method, data={})
+            assert failed.value.code == 100, method
+            assert time.monotonic() - started < 5, method
+            assert await metric(srv, "centrifugo_proxy_call_outcomes_total", name=name, type="rpc",
+                                outcome=outcome) >= 1, method
+
+
+async def test_static_headers_binary_encoding_and_grpc_credentials(server_factory: ServerFactory,
+                                                                  py_factory: PyFactory) -> None:
+    async with HttpBackend() as http, GrpcBackend() as grpc:
+        http.answers["publish"] = lambda body: {"result": {"b64data": body["b64data"]}}  # echoed as it came
+        cfg = proxy_config(http, grpc)
+        cfg["client"]["proxy"] = {}
+        cfg["channel"]["proxy"]["publish"].update(binary_encoding=True,
+                                                  http={"static_headers": {"X-Static": "s-1"}})
+        cfg["proxies"][0]["grpc"] = {"static_metadata": {"x-env": "test"}, "credentials_key": "authorization",
+                                     "credentials_value": "Bearer k"}
+        srv = await server_factory(cfg)
+        py = await py_factory(srv, headers={"X-Test-Auth": "a-1"})
+        ch = unique_channel("px:")
+        await py.subscribe(ch)
+        await py.client.get_subscription(ch).publish({"bin": 1})
+        assert (await py.wait("publication", ch)).ctx.pub.data == {"bin": 1}
+        call = http.of("publish")[0]
+        assert call.body["encoding"] == "binary" and "data" not in call.body
+        assert json.loads(base64.b64decode(call.body["b64data"])) == {"bin": 1}
+        # Static headers go with the forwarded ones.
+        assert call.headers["x-static"] == "s-1" and call.headers["x-test-auth"] == "a-1"
+        await py.client.rpc("gr:m", {})
+        metadata = grpc.of("rpc")[0].headers
+        assert metadata["x-env"] == "test" and metadata["authorization"] == "Bearer k"
+        assert metadata["x-test-auth"] == "a-1"
 
 
 async def test_every_channel_hook_through_centrifuge_js(server_factory: ServerFactory, js_factory: JsFactory) -> None:
