@@ -136,7 +136,10 @@ class Hub(Generic[C]):
         client = sub.client
         kind = _PLAIN
         if sub.delta:
-            kind = _DELTA_PATCH if sub.delta_ready and pub.delta and pub.prev_data is not None else _DELTA_FULL
+            # A map subscriber holds every key's value since its state load, so a key's patch (against the key's
+            # previous value) needs no earlier publication of this subscription.
+            ready = sub.delta_ready or pub.key
+            kind = _DELTA_PATCH if ready and pub.delta and pub.prev_data is not None else _DELTA_FULL
             sub.delta_ready = True
         key = (kind, sub.unidirectional, client.framing)
         frame = cache.get(key)

@@ -79,14 +79,19 @@ class PublishOptions:
     use_delta: bool = False
     key: str = ""  # map channels: the entry this publication sets or (``removed``) removes
     removed: bool = False
+    # Map channels: the key's value before this change, the base of its fossil delta (the memory engine; Redis
+    # reads it in the same atomic step as the change).
+    key_base: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
-    """Where the publication landed; ``suppressed`` is true when an idempotency key matched a cached result."""
+    """Where the publication landed; ``suppressed`` is true when an idempotency key matched a cached result (or,
+    on a map channel, a key condition did not hold: ``suppress_reason`` says which, with Centrifugo's words)."""
 
     position: StreamPosition = StreamPosition()
     suppressed: bool = False
+    suppress_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

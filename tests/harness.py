@@ -13,6 +13,7 @@ Fixtures in ``conftest.py`` are thin wrappers around what is here.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import inspect
@@ -727,3 +728,19 @@ class PyClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def js_connected(server: ServerProcess, js_factory: JsFactory, user: str = "alice",
+                       protocol: str = "json") -> JsClient:
+    """A centrifuge-js driver connected to ``server`` as ``user`` ("" = anonymous) over ``protocol``; a JSON one
+    also reports its WebSocket frames."""
+    js = await js_factory(server, {"protocol": protocol, "trace": protocol == "json"})
+    await js.call("connect", token=server.token(user) if user else "", wait=True)
+    return js
+
+
+def js_value(data: Any) -> Any:
+    """A JSON payload as the application published it: the protobuf build hands payloads over as bytes."""
+    if isinstance(data, dict) and "__bytes__" in data:
+        return json.loads(base64.b64decode(data["__bytes__"]))
+    return data

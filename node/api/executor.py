@@ -31,6 +31,7 @@ from node.errors import (
     Disconnect,
     ReplyError,
 )
+from node.maps.state import Conditions
 from node.maps.wire import MapRead, api_read
 from node.models import HistoryOptions, HistoryResult, PublishOptions, PublishResult, StreamPosition, SubscribeOptions
 from node.node import Node
@@ -125,6 +126,12 @@ def _override(p: Params) -> SubscribeOverride | None:
     return SubscribeOverride(presence=flag("presence"), join_leave=flag("join_leave"),
                              force_push_join_leave=flag("force_push_join_leave"),
                              force_positioning=flag("force_positioning"), force_recovery=flag("force_recovery"))
+
+
+def _map_reply(result: PublishResult) -> bytes:
+    """MapPublishResult / MapRemoveResult: the position, and whether (and why) nothing changed."""
+    return codec.result_object({"offset": result.position.offset, "epoch": result.position.epoch,
+                                "suppressed": result.suppressed, "suppress_reason": result.suppress_reason})
 
 
 def response_body(method: str, result: bytes) -> bytes:
@@ -269,11 +276,16 @@ class Executor:
         channel, key, data = _str(p, "channel", required=True), _str(p, "key", required=True), _raw(p, "data")
         if data is None:
             raise _bad()
-        return publish_reply(await self.node.maps.publish(channel, key, data, tags=_tags(p)))
+        # score and stream_data are in Centrifugo's request too, and ignored there as here.
+        conditions = Conditions(key_mode=_str(p, "key_mode"), version=_int(p, "version"),
+                                version_epoch=_str(p, "version_epoch"))
+        return _map_reply(await self.node.maps.publish(channel, key, data, tags=_tags(p), delta=_bool(p, "delta"),
+                                                       conditions=conditions,
+                                                       idempotency_key=_str(p, "idempotency_key")))
 
     async def map_remove(self, p: Params) -> bytes:
         channel, key = _str(p, "channel", required=True), _str(p, "key", required=True)
-        return publish_reply(await self.node.maps.remove(channel, key))
+        return _map_reply(await self.node.maps.remove(channel, key, idempotency_key=_str(p, "idempotency_key")))
 
     async def map_read_values(self, method: str, params: Any, *, protocol: str) -> MapRead:
         """``map_read_state`` / ``map_read_stream`` with the result as values, for GRPC (as ``history_values``)."""

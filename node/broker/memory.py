@@ -108,9 +108,11 @@ class MemoryBroker(Broker):
             assert stream is not None  # create=True always returns a stream
             prev = stream.pubs[-1] if stream.pubs else None
             stream.top += 1
+            # A map key's delta base is its own previous value, a stream's the previous publication.
+            base = opts.key_base if opts.key else \
+                prev.data if prev is not None and prev.offset == stream.top - 1 else None
             pub = Publication(data=data, offset=stream.top, info=opts.client_info, tags=opts.tags,
-                              delta=opts.use_delta, key=opts.key, removed=opts.removed,
-                              prev_data=prev.data if prev is not None and prev.offset == stream.top - 1 else None)
+                              delta=opts.use_delta, key=opts.key, removed=opts.removed, prev_data=base)
             stream.pubs.append(pub)
             while len(stream.pubs) > opts.history_size:
                 stream.pubs.popleft()

@@ -28,8 +28,9 @@ from node import models
 from node.broker import wire
 from node.broker.base import Broker, BrokerEventHandler
 from node.broker.postgres_map_schema import schema
+from node.errors import ERROR_NOT_AVAILABLE, ReplyError
 from node.maps.broker_config import PostgresMapBrokerConfig
-from node.maps.state import Entry
+from node.maps.state import UNCONDITIONAL, Conditions, Entry
 from node.models import Publication, StreamPosition
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class PostgresMapBroker(Broker):
         self._healthy = False
         self._suspect_until = 0.0  # until then, a pooled connection is pinged before use
         b = self.base
-        self._apply_sql = f"SELECT * FROM {b}_map_apply(%s, %s, %s, %s, NULL, %s, %s, %s, %s, %s, %s)"
+        self._apply_sql = f"SELECT * FROM {b}_map_apply(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         self._poll_sql = (
             f"SELECT s.shard, s.seq, s.channel, s.channel_offset, s.epoch, s.key, s.data, s.removed, s.info, s.tags, "
             f"(extract(epoch FROM s.created_at) * 1000)::BIGINT FROM unnest(%s::INT[], %s::BIGINT[]) AS c(shard, last) "
@@ -239,9 +240,11 @@ class PostgresMapBroker(Broker):
     # --- writes ------------------------------------------------------------------------------------------
 
     async def _apply(self, op: str, channel: str, data: bytes, opts: models.PublishOptions,
-                     key_ttl: float) -> models.PublishResult:
+                     key_ttl: float, key_mode: str = "") -> models.PublishResult:
+        if opts.idempotency_key:
+            raise ReplyError(ERROR_NOT_AVAILABLE)  # not kept by this broker yet: refused rather than ignored
         info = opts.client_info
-        params = (op, channel, opts.key, data, _interval(key_ttl),
+        params = (op, channel, opts.key, data, key_mode or None, _interval(key_ttl),
                   _interval(opts.history_meta_ttl or self._default_meta_ttl), opts.history_size,
                   _interval(opts.history_ttl),
                   msgpack.packb(wire.encode_info(info), use_bin_type=True) if info is not None else None,
@@ -249,16 +252,20 @@ class PostgresMapBroker(Broker):
         async with self._conn() as conn:
             row = await (await conn.execute(self._apply_sql, params)).fetchone()
         assert row is not None
-        offset, epoch, suppressed, _ = row
+        offset, epoch, suppressed, reason = row
         if not suppressed:
             self._wake.set()  # our own subscribers see it without waiting for the next poll
-        return models.PublishResult(StreamPosition(int(offset), epoch), suppressed=bool(suppressed))
+        return models.PublishResult(StreamPosition(int(offset), epoch), suppressed=bool(suppressed),
+                                    suppress_reason=reason or "")
 
     async def publish(self, channel: str, data: bytes, opts: models.PublishOptions) -> models.PublishResult:
         return await self._apply("append", channel, data, opts, 0.0)
 
-    async def set(self, channel: str, data: bytes, opts: models.PublishOptions, key_ttl: float) -> models.PublishResult:
-        return await self._apply("set", channel, data, opts, key_ttl)
+    async def set(self, channel: str, data: bytes, opts: models.PublishOptions, key_ttl: float,
+                  conditions: Conditions = UNCONDITIONAL) -> models.PublishResult:
+        if conditions.version:
+            raise ReplyError(ERROR_NOT_AVAILABLE)  # versions are not kept by this broker yet
+        return await self._apply("set", channel, data, opts, key_ttl, conditions.key_mode)
 
     async def remove(self, channel: str, opts: models.PublishOptions, *,
                      expired_only: bool = False) -> models.PublishResult:

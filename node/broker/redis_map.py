@@ -1,11 +1,13 @@
 """Map state in Redis (node/maps/): per channel a hash of key -> msgpack(offset) .. publication body, a sorted
-set of the keys in lexical order (state pages), and a sorted set of expiry times. All share the channel's hash
-tag with its stream, so map_publish.lua (publish.lua between map_prologue.lua and map_epilogue.lua) changes a
-key and appends its stream entry in one atomic call, on one Redis Cluster slot. Channels with expiring keys are
-listed in one set that every node's cleanup round reads."""
+set of the keys in lexical order (state pages), a sorted set of expiry times and a hash of the keys' versions.
+All share the channel's hash tag with its stream, so map_publish.lua (publish.lua with map_prologue.lua spliced
+in and map_epilogue.lua at its end) checks the key's conditions, changes it and appends its stream entry in one
+atomic call, on one Redis Cluster slot. Channels with expiring keys are listed in one set that every node's
+cleanup round reads. Map idempotency results use the stream publishes' result keys (a map channel has none)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -15,7 +17,7 @@ from node.broker import wire
 from node.broker.base import new_epoch
 from node.broker.redis import RedisBroker, _publish_result
 from node.broker.redis_shard import hash_tagged
-from node.maps.state import Entry
+from node.maps.state import SUPPRESSED_IDEMPOTENCY, UNCONDITIONAL, Conditions, Entry
 from node.models import PublishOptions, PublishResult
 
 
@@ -26,30 +28,39 @@ class RedisMapStore:
         self._prefix = prefix
         self._expiring = f"{prefix}.map.expiring"
 
-    def _keys(self, channel: str) -> list[str]:
+    def _keys(self, channel: str, idempotency_key: str = "") -> list[str]:
         keys, tag = self._broker.keys, hash_tagged(channel)
-        return [keys.stream(channel), keys.meta(channel), keys.result(channel, ""),
+        return [keys.stream(channel), keys.meta(channel), keys.result(channel, idempotency_key),
                 f"{self._prefix}.map.values.{tag}", f"{self._prefix}.map.keys.{tag}",
-                f"{self._prefix}.map.expiry.{tag}"]
+                f"{self._prefix}.map.expiry.{tag}", f"{self._prefix}.map.versions.{tag}"]
 
-    async def _write(self, channel: str, data: bytes, opts: PublishOptions, op: str, expire_at_ms: int) -> Any:
+    async def _write(self, channel: str, data: bytes, opts: PublishOptions, op: str, expire_at_ms: int,
+                     conditions: Conditions = UNCONDITIONAL) -> PublishResult:
         shard = self._broker.shard(channel)
         now_ms = int(time.time() * 1000)
         body = wire.encode_body(data, opts.client_info, opts.tags, now_ms, opts.key, opts.removed)
+        result_ttl = max(int(opts.idempotent_result_ttl), 1) if opts.idempotency_key else 0
         args = [self._broker.keys.client_channel(channel), opts.history_size, max(int(opts.history_ttl), 1),
-                int(opts.history_meta_ttl), new_epoch(), shard.publish_command, 0, b"0", body,
-                op, opts.key, expire_at_ms, now_ms]
-        return await shard.script("map_publish", self._keys(channel), args)
+                int(opts.history_meta_ttl), new_epoch(), shard.publish_command, result_ttl, b"0", body,
+                op, opts.key, expire_at_ms, now_ms, b"1" if opts.use_delta else b"0", conditions.key_mode,
+                conditions.version, conditions.version_epoch]
+        top, epoch, suppressed = await shard.script("map_publish", self._keys(channel, opts.idempotency_key), args)
+        # The third element: 0, 1 (publish.lua's idempotency hit) or the prologue's suppress reason.
+        reason = SUPPRESSED_IDEMPOTENCY if suppressed == 1 else \
+            suppressed.decode() if isinstance(suppressed, bytes) else ""
+        result = _publish_result((top, epoch, bool(reason)))
+        return dataclasses.replace(result, suppress_reason=reason) if reason else result
 
-    async def set(self, channel: str, data: bytes, opts: PublishOptions, key_ttl: float) -> PublishResult:
+    async def set(self, channel: str, data: bytes, opts: PublishOptions, key_ttl: float,
+                  conditions: Conditions = UNCONDITIONAL) -> PublishResult:
         expire_at_ms = int((time.time() + key_ttl) * 1000) if key_ttl > 0 else 0
-        result = _publish_result(await self._write(channel, data, opts, "set", expire_at_ms))
-        if expire_at_ms:
+        result = await self._write(channel, data, opts, "set", expire_at_ms, conditions)
+        if expire_at_ms and not result.suppressed:
             await self._broker.shards[0].client.sadd(self._expiring, channel)
         return result
 
     async def remove(self, channel: str, opts: PublishOptions, *, expired_only: bool = False) -> PublishResult:
-        return _publish_result(await self._write(channel, b"null", opts, "expire" if expired_only else "remove", 0))
+        return await self._write(channel, b"null", opts, "expire" if expired_only else "remove", 0)
 
     async def touch(self, channel: str, key: str, key_ttl: float) -> bool:
         keys = self._keys(channel)

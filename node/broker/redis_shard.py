@@ -56,10 +56,12 @@ class ScriptError(Exception):
 
 def _lua(name: str) -> str:
     if name == "map_publish":
-        # publish.lua between a prologue and an epilogue: a map key's state changes in the same atomic step as
-        # its stream entry (see map_prologue.lua).
+        # publish.lua with a prologue spliced in at its marker line and an epilogue for its final return: a map
+        # key's state changes in the same atomic step as its stream entry (see map_prologue.lua).
         publish = _lua("publish")
-        return _lua("map_prologue") + publish[:publish.rindex("return")] + _lua("map_epilogue")
+        splice = publish.index("-- (map_publish.lua:")
+        return publish[:splice] + _lua("map_prologue") + publish[splice:publish.rindex("return")] + \
+            _lua("map_epilogue")
     return resources.files("node.broker").joinpath("lua", f"{name}.lua").read_text()
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import msgpack
@@ -110,10 +110,11 @@ def decode(message: bytes) -> Message:
             offset, epoch, body = items[2], items[3], items[4]
             pub = decode_body(body, offset)
             if len(items) == 7:
+                # A map key's previous value is its delta base wherever it is in the stream; a stream's previous
+                # entry only when it is the one right before.
                 prev_offset, prev_body = items[5], items[6]
-                prev = decode_body(prev_body).data if offset and prev_offset == offset - 1 else None
-                pub = Publication(data=pub.data, offset=pub.offset, info=pub.info, tags=pub.tags,
-                                  time_ms=pub.time_ms, delta=True, prev_data=prev)
+                prev = decode_body(prev_body).data if pub.key or (offset and prev_offset == offset - 1) else None
+                pub = replace(pub, delta=True, prev_data=prev)
             return Message(PUB, publication=pub, position=StreamPosition(offset, epoch))
         return Message(kind, info=decode_info(items[2]))
     except WireError:

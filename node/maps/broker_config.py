@@ -16,6 +16,7 @@ MAP_BROKER_TYPES: Final = ("memory", "redis", "postgres")
 # Centrifugo's memory map broker checks key expiry every second and has no option for it.
 MEMORY_CLEANUP_INTERVAL: Final = 1.0
 MEMORY_CLEANUP_BATCH_SIZE: Final = 100
+MEMORY_IDEMPOTENT_RESULT_TTL: Final = 300.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,14 +85,19 @@ class MapBrokerConfig:
         if self.type == "postgres":
             self.postgres.validate()
 
+    def _per_type(self, redis: float, postgres: float, memory: float) -> float:
+        return redis if self.type == "redis" else postgres if self.type == "postgres" else memory
+
     @property
     def cleanup_interval(self) -> float:
         """How often this node looks for expired keys (0 or less: never)."""
-        if self.type == "redis":
-            return self.redis.cleanup_interval
-        if self.type == "postgres":
-            return self.postgres.ttl_check_interval
-        return MEMORY_CLEANUP_INTERVAL
+        return self._per_type(self.redis.cleanup_interval, self.postgres.ttl_check_interval, MEMORY_CLEANUP_INTERVAL)
+
+    @property
+    def idempotent_result_ttl(self) -> float:
+        """How long a map write's idempotency key answers "suppressed" (Centrifugo's memory map broker: 5 min)."""
+        return self._per_type(self.redis.idempotent_result_ttl, self.postgres.idempotent_result_ttl,
+                              MEMORY_IDEMPOTENT_RESULT_TTL)
 
     @property
     def cleanup_batch_size(self) -> int:

@@ -20,10 +20,12 @@ from node.broker.base import Broker
 from node.broker.postgres_map import PostgresMapBroker
 from node.broker.redis import RedisBroker
 from node.broker.redis_map import RedisMapStore
+from node.config import ChannelOptions
 from node.errors import (
     DISCONNECT_BAD_REQUEST,
     ERROR_ALREADY_SUBSCRIBED,
     ERROR_BAD_REQUEST,
+    ERROR_INTERNAL,
     ERROR_LIMIT_EXCEEDED,
     ERROR_PERMISSION_DENIED,
     ERROR_UNRECOVERABLE_POSITION,
@@ -33,6 +35,7 @@ from node.errors import (
 from node.maps import wire
 from node.maps.host import C_contra, MapHost
 from node.maps.options import MAP_SUBSCRIPTION_TYPES, MapOptions
+from node.maps.state import KEY_MODES, UNCONDITIONAL, Conditions
 from node.maps.store import MapStore, MemoryMapStore
 from node.models import ClientInfo, ClientState, HistoryOptions, PublishOptions, PublishResult, StreamPosition
 from node.protocol.codec import Command
@@ -49,6 +52,11 @@ PHASE_STATE: Final = 2
 MAX_KEY_LENGTH: Final = 1024
 
 logger = logging.getLogger(__name__)
+
+
+def _check_key(key: str) -> None:
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise ReplyError(ERROR_BAD_REQUEST)
 
 
 class MapService(Generic[C_contra]):
@@ -77,10 +85,13 @@ class MapService(Generic[C_contra]):
 
     def options(self, channel: str) -> MapOptions:
         """The channel's map options (map, map_clients or map_users); any other channel is a bad request."""
+        return self._namespace(channel).map
+
+    def _namespace(self, channel: str) -> ChannelOptions:
         ns = self._node.policy.namespace(channel)
         if ns.subscription_type not in MAP_SUBSCRIPTION_TYPES:
             raise ReplyError(ERROR_BAD_REQUEST)
-        return ns.map
+        return ns
 
     @staticmethod
     def _stream_options(m: MapOptions, **kw: Any) -> PublishOptions:
@@ -90,23 +101,44 @@ class MapService(Generic[C_contra]):
     # --- writes ------------------------------------------------------------------------------------------
 
     async def publish(self, channel: str, key: str, data: bytes, *, info: ClientInfo | None = None,
-                      tags: Mapping[str, str] | None = None) -> PublishResult:
-        m = self.options(channel)
-        if not key or len(key) > MAX_KEY_LENGTH:
+                      tags: Mapping[str, str] | None = None, delta: bool = False,
+                      conditions: Conditions = UNCONDITIONAL, idempotency_key: str = "") -> PublishResult:
+        """Set ``key``. A publish that changes nothing (``conditions`` not met, or ``idempotency_key`` seen within
+        ``map_broker.idempotent_result_ttl``) is suppressed with its reason. ``delta`` (or the namespace's
+        ``delta_publish``) sends delta subscribers a fossil patch against the key's previous value."""
+        ns = self._namespace(channel)
+        m = ns.map
+        _check_key(key)
+        if conditions.key_mode not in KEY_MODES or conditions.version < 0:
             raise ReplyError(ERROR_BAD_REQUEST)
-        result = await self.store.set(channel, data, self._stream_options(m, client_info=info, tags=tags, key=key),
-                                      m.key_ttl)
-        self._node.metrics.published("publication")
-        return result
+        if conditions.version and not m.recoverable:
+            # Centrifugo's map brokers refuse versions without a stream to order them by (an internal error there).
+            raise ReplyError(ERROR_INTERNAL)
+        opts = self._stream_options(m, client_info=info, tags=tags, key=key, use_delta=delta or ns.delta_publish,
+                                    idempotency_key=idempotency_key,
+                                    idempotent_result_ttl=self._node.config.map_broker.idempotent_result_ttl)
+        result = await self.store.set(channel, data, opts, m.key_ttl, conditions)
+        if not result.suppressed:
+            self._node.metrics.published("publication")
+        return await self._positioned(channel, m, result)
 
-    async def remove(self, channel: str, key: str, *, info: ClientInfo | None = None,
-                     expired_only: bool = False) -> PublishResult:
-        """Remove ``key``; removing a key that is not there changes nothing and announces nothing."""
+    async def remove(self, channel: str, key: str, *, info: ClientInfo | None = None, expired_only: bool = False,
+                     idempotency_key: str = "") -> PublishResult:
+        """Remove ``key``; removing a key that is not there changes nothing and announces nothing (suppressed,
+        "key_not_found")."""
         m = self.options(channel)
-        if not key or len(key) > MAX_KEY_LENGTH:
-            raise ReplyError(ERROR_BAD_REQUEST)
-        return await self.store.remove(channel, self._stream_options(m, client_info=info, key=key, removed=True),
-                                       expired_only=expired_only)
+        _check_key(key)
+        opts = self._stream_options(m, client_info=info, key=key, removed=True, idempotency_key=idempotency_key,
+                                    idempotent_result_ttl=self._node.config.map_broker.idempotent_result_ttl)
+        return await self._positioned(channel, m, await self.store.remove(channel, opts, expired_only=expired_only))
+
+    async def _positioned(self, channel: str, m: MapOptions, result: PublishResult) -> PublishResult:
+        """A suppressed write's result carries the stream's current position, as Centrifugo's does (the memory
+        store leaves it to this)."""
+        if not result.suppressed or result.position.epoch:
+            return result
+        top = await self._node.history(channel, HistoryOptions(limit=0, history_meta_ttl=m.effective_meta_ttl))
+        return dataclasses.replace(result, position=top.position)
 
     # --- reads and administration (server API) ------------------------------------------------------------
 
@@ -163,9 +195,15 @@ class MapService(Generic[C_contra]):
         if not channel:
             raise DisconnectError(DISCONNECT_BAD_REQUEST)
         removed = _param(params, "removed", bool, False)
-        m = self.options(channel)
+        # Permission first: a namespace that is not a map allows no map writes (103, as Centrifugo answers).
         self._node.policy.check_map_write(client, channel, remove=removed)
-        key = {"client_id": client.id, "user_id": client.user}.get(m.client_key) or _param(params, "key", str, "")
+        m = self.options(channel)
+        key = _param(params, "key", str, "")
+        if m.client_key:
+            # The server picks the key; an anonymous client has no user id to be keyed by (Centrifugo: 103).
+            key = client.id if m.client_key == "client_id" else client.user
+            if not key:
+                raise ReplyError(ERROR_PERMISSION_DENIED)
         info = client.channel_info(channel)
         if removed:
             await self.remove(channel, key, info=info)
@@ -185,7 +223,11 @@ class MapService(Generic[C_contra]):
         # The subscription's type must be its namespace's (Centrifugo answers 103 otherwise).
         if TYPE_NAMES.get(kind) != node.policy.namespace(channel).subscription_type:
             raise ReplyError(ERROR_PERMISSION_DENIED)
-        m = self.options(channel)
+        ns = self._namespace(channel)
+        m = ns.map
+        # Fossil delta per key, negotiated as for streams; the pages then carry JSON values as JSON strings (the
+        # SDK keeps their exact bytes as each key's delta base), and recovered values come in full.
+        delta = params.get("delta") == "fossil" and "fossil" in ns.allowed_delta_types
         if phase not in (PHASE_STATE, PHASE_STREAM):
             raise ReplyError(ERROR_BAD_REQUEST)
         if channel in client.channels or channel in client.subscribing:
@@ -205,7 +247,7 @@ class MapService(Generic[C_contra]):
             position = StreamPosition(offset, epoch) if epoch else top
             entries, cursor = await self.store.page(channel, _param(params, "cursor", str, ""), limit)
             # A changed epoch tells the SDK to start over from the first page.
-            return wire.state_page(client.protocol, top.epoch, position.offset, entries, cursor)
+            return wire.state_page(client.protocol, top.epoch, position.offset, entries, cursor, delta=delta)
         since = StreamPosition(offset, epoch)
         if epoch != top.epoch or offset > top.offset:
             raise ReplyError(ERROR_UNRECOVERABLE_POSITION)
@@ -213,8 +255,8 @@ class MapService(Generic[C_contra]):
                                                                         history_meta_ttl=meta_ttl))
         if len(page.publications) > limit:
             pubs = page.publications[:limit]
-            return wire.stream_page(client.protocol, top.epoch, pubs[-1].offset, pubs)
-        await self._go_live(client, cmd, channel, m, opts, since)
+            return wire.stream_page(client.protocol, top.epoch, pubs[-1].offset, pubs, delta=delta)
+        await self._go_live(client, cmd, channel, m, dataclasses.replace(opts, delta=delta), since)
         return None  # already replied
 
     async def _go_live(self, client: C_contra, cmd: Command, channel: str, m: MapOptions, opts: Any,
@@ -224,7 +266,7 @@ class MapService(Generic[C_contra]):
         # Always positioned and recovering from the client's position internally: that is the hand-over from
         # the pages to live delivery without a gap. What the client is told follows the map's mode.
         live = dataclasses.replace(opts, enable_positioning=True, enable_recovery=True, recovery_mode_cache=False,
-                                   delta=False, history_meta_ttl=m.effective_meta_ttl)
+                                   history_meta_ttl=m.effective_meta_ttl)
         client.start_subscribing(channel)
         try:
             start = await node.subscribe_client(client, channel, live, server_side=False, since=since,

@@ -7,8 +7,42 @@ import bisect
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from node.models import ClientInfo
+
+# Why a map publish or remove changed nothing (Centrifugo's suppress_reason values).
+SUPPRESSED_IDEMPOTENCY: Final = "idempotency"
+SUPPRESSED_VERSION: Final = "version"
+SUPPRESSED_KEY_EXISTS: Final = "key_exists"
+SUPPRESSED_KEY_NOT_FOUND: Final = "key_not_found"
+KEY_MODES: Final = ("", "if_new", "if_exists")
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """When a map publish may change its key: ``key_mode`` "if_new" (only a new key) or "if_exists" (only an
+    existing one), and ``version`` (only above the key's stored version, within the same ``version_epoch``; 0 =
+    unversioned, keeping the stored version)."""
+
+    key_mode: str = ""
+    version: int = 0
+    version_epoch: str = ""
+
+    def refusal(self, current: Entry | None) -> str:
+        """The suppress reason against the key's current entry, or "" when the publish may go ahead. Version
+        first, then the key mode, as Centrifugo checks them."""
+        if current is not None and self.version and current.version and \
+                self.version_epoch in ("", current.version_epoch) and self.version <= current.version:
+            return SUPPRESSED_VERSION
+        if self.key_mode == "if_new" and current is not None:
+            return SUPPRESSED_KEY_EXISTS
+        if self.key_mode == "if_exists" and current is None:
+            return SUPPRESSED_KEY_NOT_FOUND
+        return ""
+
+
+UNCONDITIONAL: Final = Conditions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +52,8 @@ class Entry:
     info: ClientInfo | None = None
     tags: Mapping[str, str] | None = None
     expire_at: float = 0.0  # monotonic seconds; 0 = kept until removed
+    version: int = 0  # the last version a publish gave this key (kept by unversioned publishes)
+    version_epoch: str = ""
 
 
 class MemoryMapState:

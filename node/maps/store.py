@@ -1,6 +1,9 @@
 """Where map state lives. ``MemoryMapStore`` keeps it in this process next to the memory engine's streams;
 the Redis store (node/broker/redis_map.py) keeps it in Redis next to the channel's stream. Both announce each
-change as a publication of the channel's stream (``key``/``removed`` set), so delivery is the node's own."""
+change as a publication of the channel's stream (``key``/``removed`` set), so delivery is the node's own.
+
+A write that changes nothing (an idempotency key seen before, a key condition that does not hold, a remove of a
+key that is not there) is suppressed: nothing is stored or announced, and the result says why."""
 
 from __future__ import annotations
 
@@ -9,12 +12,20 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from node.maps.state import Entry, MemoryMapState
+from node.maps.state import (
+    SUPPRESSED_IDEMPOTENCY,
+    SUPPRESSED_KEY_NOT_FOUND,
+    UNCONDITIONAL,
+    Conditions,
+    Entry,
+    MemoryMapState,
+)
 from node.models import PublishOptions, PublishResult
 
 
 class MapStore(Protocol):
-    async def set(self, channel: str, data: bytes, opts: PublishOptions, key_ttl: float) -> PublishResult: ...
+    async def set(self, channel: str, data: bytes, opts: PublishOptions, key_ttl: float,
+                  conditions: Conditions = UNCONDITIONAL) -> PublishResult: ...
 
     async def remove(self, channel: str, opts: PublishOptions, *, expired_only: bool = False) -> PublishResult:
         """Remove ``opts.key``; suppressed (nothing announced) if it is not there, or, with ``expired_only``,
@@ -40,20 +51,54 @@ class MemoryMapStore:
     def __init__(self, publish: Callable[[str, bytes, PublishOptions], Awaitable[PublishResult]]) -> None:
         self._publish = publish
         self.state = MemoryMapState()
+        # (channel, idempotency key) -> (the first write's result, monotonic expiry)
+        self._results: dict[tuple[str, str], tuple[PublishResult, float]] = {}
 
-    async def set(self, channel: str, data: bytes, opts: PublishOptions, key_ttl: float) -> PublishResult:
-        # The memory broker appends and fans out without suspending: no other change to this key runs between.
-        result = await self._publish(channel, data, opts)
+    def _seen(self, channel: str, opts: PublishOptions) -> PublishResult | None:
+        if not opts.idempotency_key:
+            return None
+        cached = self._results.get((channel, opts.idempotency_key))
+        if cached is None or cached[1] <= time.monotonic():
+            return None
+        return dataclasses.replace(cached[0], suppressed=True, suppress_reason=SUPPRESSED_IDEMPOTENCY)
+
+    def _remember(self, channel: str, opts: PublishOptions, result: PublishResult) -> None:
+        if opts.idempotency_key:
+            self._results[(channel, opts.idempotency_key)] = (result, time.monotonic() + opts.idempotent_result_ttl)
+
+    async def set(self, channel: str, data: bytes, opts: PublishOptions, key_ttl: float,
+                  conditions: Conditions = UNCONDITIONAL) -> PublishResult:
+        # The memory broker appends and fans out without suspending: no other change to this key runs between
+        # the checks, the append and the state update.
+        seen = self._seen(channel, opts)
+        if seen is not None:
+            return seen
+        current = self.state.get(channel, opts.key)
+        reason = conditions.refusal(current)
+        if reason:
+            return PublishResult(suppressed=True, suppress_reason=reason)
+        if opts.use_delta and current is not None:
+            opts = dataclasses.replace(opts, key_base=current.data)
+        result = await self._publish(channel, data, dataclasses.replace(opts, idempotency_key=""))
+        version, version_epoch = (conditions.version, conditions.version_epoch) if conditions.version or \
+            current is None else (current.version, current.version_epoch)
         expire_at = time.monotonic() + key_ttl if key_ttl > 0 else 0.0
-        self.state.set(channel, opts.key, Entry(data, result.position.offset, opts.client_info, opts.tags, expire_at))
+        self.state.set(channel, opts.key, Entry(data, result.position.offset, opts.client_info, opts.tags, expire_at,
+                                                version, version_epoch))
+        self._remember(channel, opts, result)
         return result
 
     async def remove(self, channel: str, opts: PublishOptions, *, expired_only: bool = False) -> PublishResult:
+        seen = self._seen(channel, opts)
+        if seen is not None:
+            return seen
         entry = self.state.get(channel, opts.key)
         if entry is None or (expired_only and not (entry.expire_at and entry.expire_at <= time.monotonic())):
-            return PublishResult(suppressed=True)
+            return PublishResult(suppressed=True, suppress_reason=SUPPRESSED_KEY_NOT_FOUND)
         self.state.remove(channel, opts.key)
-        return await self._publish(channel, b"null", opts)
+        result = await self._publish(channel, b"null", dataclasses.replace(opts, idempotency_key=""))
+        self._remember(channel, opts, result)
+        return result
 
     async def touch(self, channel: str, key: str, key_ttl: float) -> bool:
         entry, now = self.state.get(channel, key), time.monotonic()
@@ -66,7 +111,11 @@ class MemoryMapStore:
         return self.state.page(channel, cursor, limit)
 
     async def expired(self, batch: int) -> list[tuple[str, str]]:
-        return self.state.expired(time.monotonic(), batch)
+        now = time.monotonic()
+        # The cleanup round also forgets idempotency results past their TTL.
+        for k in [k for k, (_, until) in self._results.items() if until <= now]:
+            del self._results[k]
+        return self.state.expired(now, batch)
 
     async def count(self, channel: str) -> int:
         return self.state.size(channel)
@@ -76,3 +125,4 @@ class MemoryMapStore:
 
     async def close(self) -> None:
         self.state.clear()
+        self._results.clear()

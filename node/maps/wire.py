@@ -19,24 +19,27 @@ def _entry_publication(key: str, entry: Entry) -> Publication:
     return Publication(data=entry.data, offset=entry.offset, info=entry.info, tags=entry.tags, key=key)
 
 
-def _page(protocol: str, fields: dict[str, object], name: str, pubs: Sequence[Publication]) -> bytes:
+def _page(protocol: str, fields: dict[str, object], name: str, pubs: Sequence[Publication], delta: bool) -> bytes:
+    """A page in the connection's protocol. With delta negotiated, JSON values travel as JSON strings: the SDK
+    keeps their exact bytes as each key's delta base (protobuf values are bytes anyway)."""
     if protocol == "protobuf":
         res = pb.SubscribeResult(**fields)  # type: ignore[arg-type]
         proto.fill_publications(getattr(res, name), pubs)
         return res.SerializeToString()
     codec.check_json(pubs)
-    return codec.result_object(fields, {name: codec.encode_publications(pubs) if pubs else None})
+    return codec.result_object(fields, {name: codec.encode_publications(pubs, as_strings=delta) if pubs else None})
 
 
-def state_page(protocol: str, epoch: str, offset: int, entries: Sequence[tuple[str, Entry]], cursor: str) -> bytes:
+def state_page(protocol: str, epoch: str, offset: int, entries: Sequence[tuple[str, Entry]], cursor: str, *,
+               delta: bool = False) -> bytes:
     pubs = [_entry_publication(k, e) for k, e in entries]
     fields: dict[str, object] = {"epoch": epoch, "offset": offset, "phase": PHASE_STATE, "cursor": cursor}
-    return _page(protocol, fields, "state", pubs)
+    return _page(protocol, fields, "state", pubs, delta)
 
 
-def stream_page(protocol: str, epoch: str, offset: int, pubs: Sequence[Publication]) -> bytes:
+def stream_page(protocol: str, epoch: str, offset: int, pubs: Sequence[Publication], *, delta: bool = False) -> bytes:
     fields: dict[str, object] = {"epoch": epoch, "offset": offset, "phase": PHASE_STREAM}
-    return _page(protocol, fields, "publications", pubs)
+    return _page(protocol, fields, "publications", pubs, delta)
 
 
 def _api_entry(pub: Publication) -> bytes:

@@ -147,7 +147,10 @@ def encode_publication(pub: Publication, data: bytes | None = None, *, delta: bo
     return out + b"}"
 
 
-def encode_publications(pubs: Iterable[Publication]) -> bytes:
+def encode_publications(pubs: Iterable[Publication], *, as_strings: bool = False) -> bytes:
+    """A JSON array of publications; ``as_strings``: payloads as JSON strings (a delta subscriber's full values)."""
+    if as_strings:
+        return b"[" + b",".join(encode_publication(p, data=json_string(p.data)) for p in pubs) + b"]"
     return b"[" + b",".join(encode_publication(p) for p in pubs) + b"]"
 
 
@@ -221,11 +224,7 @@ def encode_subscribe_result(opts: SubscribeOptions, start: StreamStart | None, t
         fields["delta"] = opts.delta
         if start.publications:
             check_json(start.publications)
-            if opts.delta:
-                raw_fields["publications"] = b"[" + b",".join(
-                    encode_publication(p, data=json_string(p.data)) for p in start.publications) + b"]"
-            else:
-                raw_fields["publications"] = encode_publications(start.publications)
+            raw_fields["publications"] = encode_publications(start.publications, as_strings=opts.delta)
     return result_object(fields, raw_fields)
 
 

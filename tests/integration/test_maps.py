@@ -5,7 +5,6 @@ reconnect, key TTL expiry delivered as removals, and the errors of bad map reque
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 from harness import REPO, JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
+from harness import js_connected as _connected
+from harness import js_value as _data
 from jsclient import JsCallError, JsClient
 from nats_servers import NatsServer
 from postgres_server import LOCAL_PG
@@ -81,13 +82,6 @@ def protocol(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def _connected(server: ServerProcess, js_factory: JsFactory, user: str = "alice",
-                     protocol: str = "json") -> JsClient:
-    js = await js_factory(server, {"protocol": protocol, "trace": protocol == "json"})
-    await js.call("connect", token=server.token(user), wait=True)
-    return js
-
-
 async def subscribed_to_a_new_map(writer: ServerProcess, reader: ServerProcess,
                                   js_factory: JsFactory) -> tuple[str, JsClient]:
     """A board channel with key "a" = {"v": 1} published on ``writer``, and a client of ``reader`` that has
@@ -107,13 +101,6 @@ async def health_is(status: int, *servers: ServerProcess) -> bool:
                 if resp.status != status:
                     return False
     return True
-
-
-def _data(value: Any) -> Any:
-    """A payload as the test published it: the protobuf build hands JSON bytes to the application as bytes."""
-    if isinstance(value, dict) and "__bytes__" in value:
-        return json.loads(base64.b64decode(value["__bytes__"]))
-    return value
 
 
 def _entries(event: dict[str, Any]) -> dict[str, Any]:

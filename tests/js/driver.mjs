@@ -52,8 +52,8 @@
 //   set_token token | set_data data | add_tokens tokens [channel]  (append to a getToken list)
 //   batch_start | batch_stop | state | disconnect | exit
 //   map_subscribe channel [kind: "map"|"clients"|"users"] [pageSize] [unrecoverableStrategy] [data]
-//             [tagsFilter] [wait]   a map subscription (newMapSubscription, newMapClientsSubscription or
-//             newMapUsersSubscription); its events:
+//             [tagsFilter] [delta: "fossil"] [wait]   a map subscription (newMapSubscription,
+//             newMapClientsSubscription or newMapUsersSubscription); its events:
 //             map_subscribed {channel,recovered,recoverable,state} | map_sync {channel,entries} |
 //             map_update {channel,key,data,removed,offset} | map_unsubscribed {channel,code,reason} |
 //             map_error {channel,type,error}   (subscribing events are the stream ones: subscribing)
@@ -64,6 +64,7 @@
 //             sp_unsubscribed {channel,code,reason} | sp_error {channel,type,error}   (and subscribing)
 //   sp_track channel keys | sp_track channel items signature   | sp_untrack channel keys
 //   sp_unsubscribe channel | sp_tracked channel (-> the tracked keys)
+//   map_delta_stats channel    the subscription's deltaStats() (numFullPayloads, numDeltaPayloads, bytes...)
 
 import { createInterface } from 'node:readline';
 import WebSocket from 'ws';
@@ -384,7 +385,7 @@ const ops = {
     let sub = getClient().getMapSubscription(channel);
     if (sub === null) {
       const options = {};
-      for (const key of ['pageSize', 'unrecoverableStrategy', 'data', 'token', 'tagsFilter']) {
+      for (const key of ['pageSize', 'unrecoverableStrategy', 'data', 'token', 'tagsFilter', 'delta']) {
         if (cmd[key] !== undefined) options[key] = cmd[key];
       }
       const c = getClient();
@@ -454,6 +455,11 @@ const ops = {
     const sub = getClient().getSharedPollSubscription(need(cmd, 'channel'));
     if (sub === null) throw new DriverError(`no shared poll subscription to ${cmd.channel}`);
     return [...sub.trackedKeys()].sort();
+  },
+  async map_delta_stats(cmd) {
+    const sub = getClient().getMapSubscription(need(cmd, 'channel'));
+    if (sub === null) throw new DriverError(`no map subscription to ${cmd.channel}`);
+    return sub.deltaStats();
   },
   async map_unsubscribe(cmd) {
     const sub = getClient().getMapSubscription(need(cmd, 'channel'));

@@ -17,6 +17,7 @@ local top = 0
 local epoch = ''
 local prev_offset = nil
 local prev_body = nil
+-- (map_publish.lua: map_prologue.lua runs here, after the idempotency check, and may set prev_offset/prev_body.)
 if tonumber(ARGV[2]) > 0 then
   epoch = redis.call('hget', KEYS[2], 'e')
   if not epoch then
