@@ -241,7 +241,7 @@ async def test_bad_writes_get_centrifugo_errors_and_others_keep_receiving(server
     seat = unique_channel("seats:")
     assert await code(anon, "map_publish", channel=seat, key="k", data={}) == 103  # keyed by a user id it lacks
     await writer.call("map_publish", channel=seat, key="ignored", data={"here": True}, via="client")
-    assert [e["key"] for e in (await server.api_result("map_read_state", {"channel": seat}))["publications"]] == [
+    assert [e["key"] for e in (await server.api_result("map_read_state", {"channel": seat}))["entries"]] == [
         "writer"]
     # Removing a key that is not there is no error (and announces nothing).
     await writer.call("map_remove", channel=ch, key="nothing", via="client")
@@ -261,5 +261,5 @@ async def test_bad_writes_get_centrifugo_errors_and_others_keep_receiving(server
     await writer.call("map_publish", channel=ch, key="fine", data={"ok": 1}, via="client")
     await watcher.wait("map_update", channel=ch, key="fine")
     assert _updates(watcher, ch) == [("fine", {"ok": 1})]
-    assert [e["key"] for e in (await server.api_result("map_read_state", {"channel": ch}))["publications"]] == [
+    assert [e["key"] for e in (await server.api_result("map_read_state", {"channel": ch}))["entries"]] == [
         "fine"]
