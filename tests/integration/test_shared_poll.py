@@ -10,16 +10,18 @@ each polling for its own connections (Centrifugo OSS: O(unique keys x nodes)).""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from harness import JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
+from harness import REPO, JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
 from jsclient import JsClient
 from proxy_backends import Call, GrpcBackend, HttpBackend
 from test_protocol_raw import raw
@@ -406,3 +408,13 @@ async def test_two_nodes_each_poll_the_keys_of_their_own_connections(
     # Versions come from the backend: the same on both nodes.
     versions = {e["version"] for js in (on_a[1], on_b[0]) for e in js.events("sp_update") if e["key"] == "s2"}
     assert versions == {1, 2}
+
+
+async def test_shared_poll_benchmark_runs_and_polls_once_per_interval() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest.sharedpoll_bench", "--subscribers", "3,12", "--keys", "10", "--per-client",
+        "4", "--interval", "200", "--duration", "1", cwd=REPO, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out = (await asyncio.wait_for(proc.communicate(), 90))[0].decode()
+    assert proc.returncode == 0, out  # exit 1 when a subscriber missed a cycle's update
+    assert out.count("deliveries_per_server_cpu_s") == 2 and "refresh calls per interval by subscribers" in out
