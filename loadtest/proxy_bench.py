@@ -257,9 +257,9 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"connect proxy / JWT connections per second: {connect_ratio['rate']:.2f} (target >= 0.7); "
               f"server CPU per connect {proxy_result['server_cpu_ms_per_connection']:.3f} vs "
               f"{jwt_result['server_cpu_ms_per_connection']:.3f} ms ({connect_ratio['cpu']:.2f}x)")
-        print(f"publish proxy / no proxy publications per second: {publish_ratio['rate']:.2f}; server CPU per "
+        print(f"publish proxy / no proxy publications per second: {publish_ratio['rate']:.2f} (server CPU per "
               f"publication {proxied['server_cpu_us_per_publication']:.0f} vs "
-              f"{plain['server_cpu_us_per_publication']:.0f} us")
+              f"{plain['server_cpu_us_per_publication']:.0f} us)")
     finally:
         os.sched_setaffinity(0, all_cpus)
         server.stop()
