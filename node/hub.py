@@ -98,7 +98,7 @@ class Hub(Generic[C]):
             sub.offset, sub.epoch = position.offset, position.epoch
         sub.delta_ready = delta_ready
         for pub, sp in buffered:
-            if sub.accept(pub, sp, channel):
+            if sub.accept(pub, sp, channel) and (sub.tags_filter is None or sub.tags_filter.matches(pub.tags)):
                 frame = self._frame(channel, pub, sub, {})
                 if not frame:
                     client.schedule_close(DISCONNECT_INAPPROPRIATE_PROTOCOL)
@@ -113,6 +113,7 @@ class Hub(Generic[C]):
             return
         cache: _FrameCache = {}
         common: bytes | None = None
+        matched: dict[str, bool] | None = None  # tags filter key -> whether this publication matches it
         for sub in subs.values():
             if sub.common and sub.buffer is None:
                 # The usual case, kept free of the lookups below.
@@ -125,6 +126,16 @@ class Hub(Generic[C]):
             elif sub.buffer is not None:
                 sub.buffer.append((pub, sp))
             elif sub.accept(pub, sp, channel):
+                tf = sub.tags_filter
+                if tf is not None:
+                    # Evaluated once per distinct filter of the broadcast, however many subscribers share it.
+                    if matched is None:
+                        matched = {}
+                    hit = matched.get(tf.key)
+                    if hit is None:
+                        hit = matched[tf.key] = tf.matches(pub.tags)
+                    if not hit:
+                        continue
                 frame = self._frame(channel, pub, sub, cache)
                 if frame:
                     sub.client.enqueue_framed(frame)

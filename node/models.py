@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from node.tagsfilter import TagsFilter
+
 
 class Identity(Protocol):
     """Who a connection is: the base of the protocols through which lower layers name a client."""
@@ -133,6 +135,7 @@ class SubscribeOptions:
     delta: bool = False
     recover_since: StreamPosition | None = None
     publish_debounce: int = 0  # ms, told in the subscribe result (client_publish_debounce_interval)
+    tags_filter: TagsFilter | None = None  # only publications whose tags match reach this subscriber
 
 
 @dataclass(frozen=True, slots=True)

@@ -241,7 +241,7 @@ class Node(BrokerEventHandler):
         in between are buffered by the hub, so none is lost, duplicated or delivered before the reply."""
         await self.subscriptions.engage(channel)
         self.subscriptions.add(channel, client, push_join_leave=opts.push_join_leave,
-                               positioned=opts.enable_positioning, delta=opts.delta)
+                               positioned=opts.enable_positioning, delta=opts.delta, tags_filter=opts.tags_filter)
         # Without channel info every subscription of a connection shares one ClientInfo (fewer objects per conn).
         info = client.info if opts.chan_info is None else ClientInfo(
             client=client.id, user=client.user, conn_info=client.conn_info, chan_info=opts.chan_info)
@@ -263,6 +263,10 @@ class Node(BrokerEventHandler):
             raise
         if start.was_recovering:
             self.metrics.recover(start.recovered)
+        if opts.tags_filter is not None and start.publications:
+            # Recovered publications the filter does not match are left out (the reply's offset still counts them).
+            start = dataclasses.replace(start, publications=tuple(
+                p for p in start.publications if opts.tags_filter.matches(p.tags)))
         return start
 
     async def position_valid(self, client: Connection, channel: str) -> bool:

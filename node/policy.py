@@ -32,6 +32,7 @@ from node.errors import (
 from node.models import Identity, SubscribeOptions
 from node.protocol import codec
 from node.proxy.types import ConnectResult, SubscribeResult
+from node.tagsfilter import InvalidFilter, TagsFilter
 
 
 class Peer(Identity, Protocol):
@@ -60,6 +61,18 @@ def check_data_format(ns: ChannelOptions, data: bytes) -> None:
     if not data or (fmt in ("json", "json_object") and not codec.is_json(data)) or \
             (fmt == "json_object" and not data.lstrip().startswith(b"{")):
         raise ReplyError(ERROR_BAD_REQUEST)
+
+
+def _tags_filter(ns: ChannelOptions, tf: object) -> TagsFilter | None:
+    """The subscribe command's tags filter: 107 where the namespace does not allow one, or it is malformed."""
+    if tf is None:
+        return None
+    if not ns.allow_tags_filter:
+        raise ReplyError(ERROR_BAD_REQUEST)
+    try:
+        return TagsFilter(tf)
+    except InvalidFilter:
+        raise ReplyError(ERROR_BAD_REQUEST) from None
 
 
 class Policy:
@@ -251,6 +264,7 @@ class Policy:
             history_meta_ttl=ns.history_meta_ttl,
             delta=params.get("delta") == "fossil" and "fossil" in ns.allowed_delta_types and (positioning or recovery),
             publish_debounce=round(ns.client_publish_debounce_interval * 1000),
+            tags_filter=_tags_filter(ns, params.get("tf")),
         )
 
     def _access(self, for_client: bool, for_subscriber: bool, for_anonymous: bool, user: str, *,

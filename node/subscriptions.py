@@ -16,6 +16,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from node.models import ClientInfo, ClientState, Identity, Publication, StreamPosition, StreamStart, SubscribeOptions
 from node.protocol.codec import Codec
+from node.tagsfilter import TagsFilter
 from node.transport import Transport
 
 logger = logging.getLogger(__name__)
@@ -109,9 +110,10 @@ class Subscriber:
     """
 
     __slots__ = ("broken", "buffer", "client", "common", "delta", "delta_ready", "epoch", "offset", "positioned",
-                 "push_join_leave", "unidirectional")
+                 "push_join_leave", "tags_filter", "unidirectional")
 
-    def __init__(self, client: Receiver, *, push_join_leave: bool, positioned: bool, delta: bool) -> None:
+    def __init__(self, client: Receiver, *, push_join_leave: bool, positioned: bool, delta: bool,
+                 tags_filter: TagsFilter | None = None) -> None:
         self.client = client
         self.unidirectional = client.unidirectional
         self.push_join_leave = push_join_leave
@@ -122,8 +124,10 @@ class Subscriber:
         self.epoch = ""
         self.broken = False
         self.buffer: list[tuple[Publication, StreamPosition]] | None = []
-        # Needs nothing but the shared plain frame: no position, no delta, bidirectional, common framing.
-        self.common = not (positioned or delta or client.unidirectional) and client.framing == COMMON_FRAMING
+        self.tags_filter = tags_filter  # publications it does not match are skipped (their offsets still count)
+        # Needs nothing but the shared plain frame: no position, no delta, no filter, bidirectional, common framing.
+        self.common = not (positioned or delta or tags_filter or client.unidirectional) and \
+            client.framing == COMMON_FRAMING
 
     def accept(self, pub: Publication, sp: StreamPosition, channel: str) -> bool:
         """Position check for one live publication: False drops it (duplicate, or the subscription broke)."""
@@ -176,13 +180,14 @@ class Subscriptions:
                 self._engaged.add(channel)
 
     def add(self, channel: str, client: Receiver, *, push_join_leave: bool = False, positioned: bool = False,
-            delta: bool = False) -> bool:
+            delta: bool = False, tags_filter: TagsFilter | None = None) -> bool:
         """Register the subscription in buffering mode; True when it is the channel's first local subscriber."""
         subs = self.by_channel.get(channel)
         first = subs is None
         if subs is None:
             subs = self.by_channel[channel] = {}
-        subs[client.id] = Subscriber(client, push_join_leave=push_join_leave, positioned=positioned, delta=delta)
+        subs[client.id] = Subscriber(client, push_join_leave=push_join_leave, positioned=positioned, delta=delta,
+                                     tags_filter=tags_filter)
         return first
 
     def remove(self, channel: str, client: Receiver) -> bool:

@@ -246,6 +246,8 @@ class MapService(Generic[C_contra]):
             # The first page freezes the position; the following ones carry it back.
             position = StreamPosition(offset, epoch) if epoch else top
             entries, cursor = await self.store.page(channel, _param(params, "cursor", str, ""), limit)
+            if opts.tags_filter is not None:  # the SDK sends its filter with every phase
+                entries = [(k, e) for k, e in entries if opts.tags_filter.matches(e.tags)]
             # A changed epoch tells the SDK to start over from the first page.
             return wire.state_page(client.protocol, top.epoch, position.offset, entries, cursor, delta=delta)
         since = StreamPosition(offset, epoch)
@@ -255,7 +257,8 @@ class MapService(Generic[C_contra]):
                                                                         history_meta_ttl=meta_ttl))
         if len(page.publications) > limit:
             pubs = page.publications[:limit]
-            return wire.stream_page(client.protocol, top.epoch, pubs[-1].offset, pubs, delta=delta)
+            shown = pubs if opts.tags_filter is None else [p for p in pubs if opts.tags_filter.matches(p.tags)]
+            return wire.stream_page(client.protocol, top.epoch, pubs[-1].offset, shown, delta=delta)
         await self._go_live(client, cmd, channel, m, dataclasses.replace(opts, delta=delta), since)
         return None  # already replied
 

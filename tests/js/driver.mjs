@@ -39,6 +39,7 @@
 //             getToken returns the listed tokens one per call; an exhausted list rejects.
 //   subscribe channel [token] [getToken: [...]] [data] [joinLeave] [recoverable] [positioned]
 //             [delta: "fossil"] [since: {offset, epoch}] [minResubscribeDelay] [maxResubscribeDelay] [wait]
+//             [tagsFilter: FilterNode]
 //             [getState: [{offset, epoch}, ...]]  the getState callback's answers, one per call (each call
 //             is reported as {"event":"get_state","n":..,"channel":..})
 //             Creates the subscription on first use (options apply then), calls subscribe().
@@ -233,7 +234,7 @@ function newSub(cmd) {
   const channel = need(cmd, 'channel');
   const options = {};
   for (const key of ['token', 'data', 'joinLeave', 'recoverable', 'positioned', 'delta', 'since',
-    'minResubscribeDelay', 'maxResubscribeDelay']) {
+    'minResubscribeDelay', 'maxResubscribeDelay', 'tagsFilter']) {
     if (cmd[key] !== undefined) options[key] = cmd[key];
   }
   if (cmd.getState !== undefined) {

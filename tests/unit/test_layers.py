@@ -37,6 +37,7 @@ FLOORS: dict[str, int] = {
     "node.proxy.config": 0,
     "node.maps": 0,  # map subscriptions: their options, state values and page encoding
     "node.sharedpoll": 0,  # shared poll subscriptions: options, track signatures, wire messages
+    "node.tagsfilter": 0,  # subscriptions' tags filters (FilterNode)
     # 1: the engine: brokers (memory, Redis, NATS ...), presence, history
     "node.broker": 1,
     "node.recovery": 1,
