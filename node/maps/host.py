@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
-from node.config import ChannelOptions, Config
-from node.metrics import Metrics
+from node.config import ChannelOptions
 from node.models import (
     ClientInfo,
     HistoryOptions,
@@ -17,6 +16,7 @@ from node.models import (
     PublishResult,
     SubscribeOptions,
 )
+from node.service_host import ServiceHost
 from node.subscriptions import Subscribable, SubscribeSteps
 
 
@@ -42,19 +42,10 @@ class MapPolicy(Protocol):
 C_contra = TypeVar("C_contra", bound=MapClient, contravariant=True)  # the subscribe steps only take it
 
 
-class MapHost(SubscribeSteps[C_contra], Protocol[C_contra]):
+class MapHost(ServiceHost[MapPolicy], SubscribeSteps[C_contra], Protocol[C_contra]):
     """The node as the map service uses it: its configuration and policy, the channel's stream (publish,
     history), and the subscribe steps that make a map subscriber live. ``C_contra`` is the node's connection
     type, which the subscribe steps take back."""
-
-    @property
-    def config(self) -> Config: ...
-
-    @property
-    def policy(self) -> MapPolicy: ...
-
-    @property
-    def metrics(self) -> Metrics: ...
 
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult: ...
 

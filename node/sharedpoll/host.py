@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
-from node.config import ChannelOptions, Config
+from node.config import ChannelOptions
 from node.maps.host import MapClient
-from node.metrics import Metrics
 from node.models import ClientInfo, SubscribeOptions
+from node.service_host import ServiceHost
 from node.subscriptions import ChannelState
 
 
@@ -43,17 +43,8 @@ class PollPolicy(Protocol):
 C_contra = TypeVar("C_contra", bound=PollClient, contravariant=True)
 
 
-class PollHost(Protocol[C_contra]):
+class PollHost(ServiceHost[PollPolicy], Protocol[C_contra]):
     """The node as the shared poll service uses it: configuration, policy, metrics, and the step after a
     subscribe (presence, join)."""
-
-    @property
-    def config(self) -> Config: ...
-
-    @property
-    def policy(self) -> PollPolicy: ...
-
-    @property
-    def metrics(self) -> Metrics: ...
 
     async def after_subscribe(self, client: C_contra, channel: str, opts: SubscribeOptions) -> None: ...

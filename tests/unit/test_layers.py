@@ -58,6 +58,7 @@ FLOORS: dict[str, int] = {
     # shared poll channels and their refresh workers, owned by Node, which fits node.sharedpoll.host's protocols
     "node.sharedpoll.service": 2,
     "node.sharedpoll.host": 2,
+    "node.service_host": 2,  # what those services read from the node (config, policy, metrics)
     "node.connections": 2,  # the connections API's survey: a connection as the Described protocol
     "node.maps.presence": 2,  # map_clients / map_users: subscribers as keys of presence maps
     "node.node": 3,
