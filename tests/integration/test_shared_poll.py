@@ -49,6 +49,7 @@ class Store:
         self.versioned = versioned
         self.grpc = grpc
         self.sign_ttl = 3600
+        self.epoch = ""
 
     def set(self, key: str, data: Any) -> None:
         old = self.items.get(key)
@@ -69,7 +70,7 @@ class Store:
                 if self.versioned:
                     entry["version"] = version
                 out.append(entry)
-        return {"result": {"items": out}}
+        return {"result": {"items": out, "epoch": self.epoch}}
 
     def sign(self, body: dict[str, Any]) -> dict[str, Any]:
         keys = [k for k in body["keys"] if k not in self.removed]
@@ -418,3 +419,75 @@ async def test_shared_poll_benchmark_runs_and_polls_once_per_interval() -> None:
     out = (await asyncio.wait_for(proc.communicate(), 90))[0].decode()
     assert proc.returncode == 0, out  # exit 1 when a subscriber missed a cycle's update
     assert out.count("deliveries_per_server_cpu_s") == 2 and "refresh calls per interval by subscribers" in out
+
+
+async def test_a_reconnecting_client_gets_only_what_changed_meanwhile(
+        server_factory: ServerFactory, js_factory: JsFactory, backend: HttpBackend) -> None:
+    store = Store()
+    wire(backend, store)
+    store.set("r1", {"n": 1})
+    store.set("r2", {"n": 1})
+    srv = await server_factory(config(backend.endpoint(HOOK)))
+    ch = unique_channel("votes:")
+    keeper = await subscriber(srv, js_factory, backend, ch, user="keeper")  # keeps the node polling both keys
+    await keeper.call("sp_track", channel=ch, keys=["r1", "r2"])
+    js = await subscriber(srv, js_factory, backend, ch)
+    await js.call("sp_track", channel=ch, keys=["r1", "r2"])
+    await wait_until(lambda: updates(js, "r1") and updates(js, "r2"), what="first data")
+    signs = len(backend.of("sign"))
+    await js.call("disconnect")
+    store.set("r2", {"n": 2})
+    await wait_until(lambda: updates(keeper, "r2")[-1:] == [{"n": 2}], what="r2 changed while js was away")
+    await js.call("connect", token=srv.token("alice"), wait=True)
+    # The SDK replays its tracks with the versions it holds (and its cached signature): only r2 comes again.
+    await wait_until(lambda: updates(js, "r2")[-1:] == [{"n": 2}], what="r2 after the reconnect")
+    await cycles(backend, 3)
+    assert updates(js, "r1") == [{"n": 1}]
+    assert len(backend.of("sign")) == signs
+
+
+async def test_a_new_backend_epoch_makes_versioned_subscribers_start_over(
+        server_factory: ServerFactory, js_factory: JsFactory, backend: HttpBackend) -> None:
+    store = Store(versioned=True)
+    wire(backend, store)
+    store.epoch = "e1"
+    store.set("v", {"run": 1})
+    store.set("v", {"run": 1, "edit": 2})
+    srv = await server_factory(config(backend.endpoint(HOOK), mode="versioned"))
+    ch = unique_channel("votes:")
+    js = await subscriber(srv, js_factory, backend, ch)
+    await js.call("sp_track", channel=ch, keys=["v"])
+    await wait_until(lambda: updates(js, "v") == [{"run": 1, "edit": 2}], what="data under epoch e1")
+    # The publisher restarts: versions start over under a new epoch. Centrifugo's answer: the channel's
+    # subscribers are unsubscribed with 2500, resubscribe, and track from version 0.
+    store.epoch = "e2"
+    store.items["v"] = ({"run": 2}, 1)
+    await wait_until(lambda: updates(js, "v")[-1:] == [{"run": 2}], what="data under epoch e2")
+    assert any(e.get("code") == 2500 for e in js.events("subscribing"))
+    assert [e["version"] for e in js.events("sp_update") if e["key"] == "v"][-1] == 1
+
+
+async def test_keys_whose_signature_expired_are_dropped_after_the_extra_delay(
+        server_factory: ServerFactory, backend: HttpBackend) -> None:
+    store = Store()
+    wire(backend, store)
+    store.set("e", 1)
+    store.set("keep", 2)
+    cfg = config(backend.endpoint(HOOK))
+    cfg["channel"]["namespaces"][0]["shared_poll"]["track_expired_extra_delay"] = "1s"
+    srv = await server_factory(cfg)
+    ch = unique_channel("votes:")
+    async with raw(srv) as c:
+        await c.connect(srv.token("dave"))
+        await c.send({"id": 2, "subscribe": {"channel": ch, "type": 4}})
+        await c.reply(2)
+        short = make_signature(HMAC_KEY, "dave", ch, ["e"], 1)
+        forever = make_signature(HMAC_KEY, "dave", ch, ["keep"], -int(time.time()))  # exp 0: never expires
+        assert forever.split(":")[1] == "0"
+        await c.send({"id": 3, "sub_refresh": {"channel": ch, "type": 1, "track": [
+            {"signature": short, "items": [{"key": "e"}]}, {"signature": forever, "items": [{"key": "keep"}]}]}})
+        result = (await c.reply(3))["sub_refresh"]
+        assert result["expires"] is True and result["ttl"] <= 1
+        await wait_until(lambda: polls(backend) and keys_of(polls(backend)[-1]) == ["e", "keep"], what="both polled")
+        # No new signature for "e": a second after it expired the node stops polling it for this connection.
+        await wait_until(lambda: keys_of(polls(backend)[-1]) == ["keep"], timeout=15, what="e dropped")
