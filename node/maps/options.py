@@ -26,8 +26,6 @@ DEFAULT_META_TTL: Final = 720 * 3600.0
 class MapOptions:
     mode: str = ""
     key_ttl: float = duration(0.0)
-    ordered: bool = False
-    external_state: bool = False
     stream_size: int = 0
     stream_ttl: float = duration(0.0)
     meta_ttl: float = duration(0.0)
@@ -89,6 +87,4 @@ class MapOptions:
             raise ConfigError(f"{where}: map sizes and durations must not be negative")
         if not 0 < self.min_page_size <= self.max_page_size or self.default_page_size <= 0:
             raise ConfigError(f"{where}: map page sizes must be positive, min_page_size <= max_page_size")
-        if self.external_state and self.mode != "persistent":
-            raise ConfigError(f"{where}: map.external_state requires persistent mode")
 

@@ -58,12 +58,23 @@ def test_pages_walk_every_live_key_once_in_key_order() -> None:
     ({}, "map.mode"),
     ({"mode": "ephemeral"}, "key_ttl"),
     ({"mode": "persistent", "client_key": "nope"}, "client_key"),
-    ({"mode": "durable", "key_ttl": "10s", "external_state": True}, "external_state"),
 ])
 def test_bad_map_options_are_config_errors(map_options: dict[str, object], error: str) -> None:
     data = {"channel": {"namespaces": [{"name": "m1", "subscription_type": "map", "map": map_options}]}}
     with pytest.raises(ConfigError, match=error):
         _load(data)
+
+
+def test_map_keys_centrifugo_does_not_know_load_with_its_warning() -> None:
+    """``map.external_state`` and ``map.ordered`` are in no Centrifugo v6.8+ config (docs or code): Centrifugo
+    warns about them as unknown keys and runs, and so does Fugato (a recoverable map is not refused for them)."""
+    result = load_data({"channel": {"namespaces": [{
+        "name": "m1", "subscription_type": "map",
+        "map": {"mode": "recoverable", "key_ttl": "10s", "external_state": True, "ordered": True}}]}})
+    assert result.config.channel.namespaces[0].map.mode == "recoverable"
+    assert sorted(w for w in result.warnings if "map." in w) == [
+        "unknown config key: channel.namespaces[m1].map.external_state",
+        "unknown config key: channel.namespaces[m1].map.ordered"]
 
 
 def test_centrifugo_map_example_config_loads() -> None:
