@@ -77,6 +77,12 @@ async def server_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     await factory.close()
 
 
+@pytest.fixture(params=["json", "protobuf"])
+def sdk_protocol(request: pytest.FixtureRequest) -> str:
+    """Each of centrifuge-js's protocols in turn (a test module may still define its own ``protocol``)."""
+    return str(request.param)
+
+
 @pytest.fixture
 async def server(server_factory: ServerFactory) -> ServerProcess:
     return await server_factory()

@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Self, TypeVar
@@ -744,3 +744,16 @@ def js_value(data: Any) -> Any:
     if isinstance(data, dict) and "__bytes__" in data:
         return json.loads(base64.b64decode(data["__bytes__"]))
     return data
+
+
+def engine_server(request: Any, tmp_path_factory: Any, config: Mapping[str, Any]) -> Iterator[ServerProcess]:
+    """For a module-scoped server fixture parametrized by engine: a server with ``config`` on the memory engine
+    or ("redis_cluster") on the session's Redis Cluster under a prefix of its own; stopped after the module."""
+    config = dict(config)
+    if request.param == "redis_cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        config["engine"] = {"type": "redis", "redis": {"address": [cluster.url],
+                                                       "prefix": "fgt" + uuid.uuid4().hex[:8]}}
+    factory = ServerFactory(tmp_path_factory.mktemp)
+    yield factory.start_sync(config)
+    factory.close_sync()

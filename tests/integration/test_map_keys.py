@@ -5,12 +5,11 @@ while the other subscribers keep receiving."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import JsFactory, ServerFactory, ServerProcess, js_connected, js_value, unique_channel, wait_until
+from harness import JsFactory, ServerProcess, engine_server, js_connected, js_value, unique_channel, wait_until
 from jsclient import JsCallError, JsClient
 
 FILLER = "f" * 600  # large enough that a patch is smaller than the value
@@ -41,19 +40,7 @@ NAMESPACES: dict[str, Any] = {
 
 @pytest.fixture(scope="module", params=["memory", "redis_cluster"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    config = dict(NAMESPACES)
-    if request.param == "redis_cluster":
-        cluster = request.getfixturevalue("redis_cluster")
-        config["engine"] = {"type": "redis", "redis": {"address": [cluster.url],
-                                                       "prefix": "fgt" + uuid.uuid4().hex[:8]}}
-    factory = ServerFactory(tmp_path_factory.mktemp)
-    yield factory.start_sync(config)
-    factory.close_sync()
-
-
-@pytest.fixture(params=["json", "protobuf"])
-def protocol(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    yield from engine_server(request, tmp_path_factory, NAMESPACES)
 
 
 def _updates(js: JsClient, ch: str) -> list[tuple[str, Any]]:
@@ -69,12 +56,12 @@ async def _publish(server: ServerProcess, ch: str, key: str, data: Any, **option
 
 
 async def test_delta_patches_each_key_against_its_own_previousjs_value(server: ServerProcess, js_factory: JsFactory,
-                                                                     protocol: str) -> None:
+                                                                     sdk_protocol: str) -> None:
     ch = unique_channel("scores:")
     await _publish(server, ch, "a", {"n": 0, "pad": FILLER})
     await _publish(server, ch, "b", {"n": 0, "pad": FILLER.upper()})
-    js = await js_connected(server, js_factory, protocol=protocol)
-    plain = await js_connected(server, js_factory, "bob", protocol=protocol)
+    js = await js_connected(server, js_factory, protocol=sdk_protocol)
+    plain = await js_connected(server, js_factory, "bob", protocol=sdk_protocol)
     await js.call("map_subscribe", channel=ch, delta="fossil", pageSize=1, wait=True)
     await plain.call("map_subscribe", channel=ch, wait=True)
     # The state (in pages) arrives in full and seeds each key's base.
@@ -96,7 +83,7 @@ async def test_delta_patches_each_key_against_its_own_previousjs_value(server: S
     assert (stats["numFullPayloads"], stats["numDeltaPayloads"]) == (4, 3), stats
     assert stats["bytesReceived"] < stats["bytesDecoded"]
     assert (await plain.call("map_delta_stats", channel=ch))["numDeltaPayloads"] == 0
-    if protocol == "json":
+    if sdk_protocol == "json":
         pushes = [f["data"] for f in js.events("frame_in") if '"push"' in str(f["data"])]
         assert sum('"delta":true' in str(p) for p in pushes) == 3, pushes
         assert not any('"delta":true' in str(f["data"]) for f in plain.events("frame_in"))
@@ -116,9 +103,9 @@ async def test_delta_only_when_asked_by_the_publish(server: ServerProcess, js_fa
 
 
 async def test_delta_after_recovery_builds_on_the_recovered_values(server: ServerProcess, js_factory: JsFactory,
-                                                                   protocol: str) -> None:
+                                                                   sdk_protocol: str) -> None:
     ch = unique_channel("scores:")
-    js = await js_connected(server, js_factory, protocol=protocol)
+    js = await js_connected(server, js_factory, protocol=sdk_protocol)
     await js.call("map_subscribe", channel=ch, delta="fossil", wait=True)
     await _publish(server, ch, "k", {"v": 1, "pad": FILLER})
     await js.wait("map_update", channel=ch, key="k")

@@ -6,12 +6,11 @@ smallstream, mapdelta, clientkey). The presence and tags-filter scenarios live w
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import JsFactory, ServerFactory, ServerProcess, js_connected, js_value, unique_channel, wait_until
+from harness import JsFactory, ServerProcess, engine_server, js_connected, js_value, unique_channel, wait_until
 from jsclient import JsClient
 
 _WRITES = {"allow_publish_for_client": True, "allow_remove_for_client": True}
@@ -34,19 +33,7 @@ SDK_SUITE_NAMESPACES: dict[str, Any] = {
 
 @pytest.fixture(scope="module", params=["memory", "redis_cluster"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    config = dict(SDK_SUITE_NAMESPACES)
-    if request.param == "redis_cluster":
-        cluster = request.getfixturevalue("redis_cluster")
-        config["engine"] = {"type": "redis", "redis": {"address": [cluster.url],
-                                                       "prefix": "fgt" + uuid.uuid4().hex[:8]}}
-    factory = ServerFactory(tmp_path_factory.mktemp)
-    yield factory.start_sync(config)
-    factory.close_sync()
-
-
-@pytest.fixture(params=["json", "protobuf"])
-def protocol(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    yield from engine_server(request, tmp_path_factory, SDK_SUITE_NAMESPACES)
 
 
 async def _publish(server: ServerProcess, ch: str, key: str, data: Any) -> None:
@@ -74,9 +61,9 @@ async def _reconnect(server: ServerProcess, js: JsClient, during: Any = None) ->
 
 
 async def test_empty_map_then_live_update_and_removal(server: ServerProcess, js_factory: JsFactory,
-                                                     protocol: str) -> None:
+                                                     sdk_protocol: str) -> None:
     ch = unique_channel("streamless:")
-    js = await js_connected(server, js_factory, protocol=protocol)
+    js = await js_connected(server, js_factory, protocol=sdk_protocol)
     await js.call("map_subscribe", channel=ch, wait=True)
     assert (await js.wait("map_sync", channel=ch))["entries"] == []
     assert not _subscribed(js, ch)[0].get("state")
@@ -88,11 +75,11 @@ async def test_empty_map_then_live_update_and_removal(server: ServerProcess, js_
 
 
 async def test_seeded_state_entries_carry_neither_removed_nor_score(server: ServerProcess, js_factory: JsFactory,
-                                                                   protocol: str) -> None:
+                                                                   sdk_protocol: str) -> None:
     ch = unique_channel("streamless:")
     for i in (1, 2, 3):
         await _publish(server, ch, f"k{i}", {"v": i})
-    js = await js_connected(server, js_factory, protocol=protocol)
+    js = await js_connected(server, js_factory, protocol=sdk_protocol)
     await js.call("map_subscribe", channel=ch, wait=True)
     sync = await js.wait("map_sync", channel=ch)
     assert _keys(sync) == ["k1", "k2", "k3"] and len(_subscribed(js, ch)[0]["state"]) == 3
@@ -199,9 +186,9 @@ async def test_client_key_overrides_the_key_the_client_names(server: ServerProce
 
 
 async def test_delta_same_key_one_full_then_patches(server: ServerProcess, js_factory: JsFactory,
-                                                   protocol: str) -> None:
+                                                   sdk_protocol: str) -> None:
     ch = unique_channel("mapdelta:")
-    js = await js_connected(server, js_factory, protocol=protocol)
+    js = await js_connected(server, js_factory, protocol=sdk_protocol)
     await js.call("map_subscribe", channel=ch, delta="fossil", wait=True)
     padding = "x" * 500
     for score in (100, 200, 300):
