@@ -99,3 +99,25 @@ async def test_bad_map_calls_get_centrifugo_errors(api: CentrifugoApiStub) -> No
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await api.MapClear(pb.MapClearRequest(channel=unique_channel("board:")))
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_write_conditions_over_grpc(server: ServerProcess, api: CentrifugoApiStub) -> None:
+    ch = unique_channel("board:")
+
+    async def publish(**fields: Any) -> Any:
+        reply = await api.MapPublish(pb.MapPublishRequest(channel=ch, key="k", data=b"{}", **fields), metadata=AUTH)
+        assert not reply.HasField("error"), reply
+        return reply.result
+
+    first = await publish(key_mode="if_new", version=5, idempotency_key="once")
+    assert first.offset == 1 and not first.suppressed
+    assert (await publish(idempotency_key="once")).suppress_reason == "idempotency"
+    assert (await publish(key_mode="if_new")).suppress_reason == "key_exists"
+    stale = await publish(version=4)
+    assert (stale.suppressed, stale.suppress_reason, stale.offset, stale.epoch) == (True, "version", 1, first.epoch)
+    assert not (await publish(version=6, version_epoch="")).suppressed
+    removed = await api.MapRemove(pb.MapRemoveRequest(channel=ch, key="nope"), metadata=AUTH)
+    assert removed.result.suppressed and removed.result.suppress_reason == "key_not_found"
+    bad = await api.MapPublish(pb.MapPublishRequest(channel=ch, key="k", data=b"{}", key_mode="sometimes"),
+                               metadata=AUTH)
+    assert bad.error.code == 107
