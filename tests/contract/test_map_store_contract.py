@@ -7,6 +7,7 @@ A recording handler stands in for the node."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from node.broker.redis import RedisBroker
 from node.broker.redis_map import RedisMapStore
 from node.config_engine import RedisEngineConfig
 from node.maps.broker_config import PostgresMapBrokerConfig, PostgresMapOutboxConfig
+from node.maps.state import Conditions
 from node.maps.store import MapStore, MemoryMapStore
 from node.models import HistoryOptions, PublishOptions, StreamPosition
 
@@ -224,3 +226,61 @@ async def test_concurrent_writers_are_delivered_in_offset_order(nodes: NodeFacto
     for ch in channels:
         offsets = [p.offset for c, p, _ in reader.recorder.publications if c == ch]
         assert offsets == list(range(1, 31)), ch
+
+
+async def test_key_modes_change_nothing_when_they_do_not_hold(node: Node) -> None:
+    ch = "m:" + uuid.uuid4().hex
+    await node.broker.subscribe(ch)
+    missing = await node.store.set(ch, b'"u"', keyed("k"), 0, Conditions(key_mode="if_exists"))
+    assert (missing.suppressed, missing.suppress_reason) == (True, "key_not_found")
+    first = await node.store.set(ch, b'"a"', keyed("k"), 0, Conditions(key_mode="if_new"))
+    taken = await node.store.set(ch, b'"b"', keyed("k"), 0, Conditions(key_mode="if_new"))
+    assert not first.suppressed and (taken.suppressed, taken.suppress_reason) == (True, "key_exists")
+    updated = await node.store.set(ch, b'"c"', keyed("k"), 0, Conditions(key_mode="if_exists"))
+    assert not updated.suppressed and updated.position.offset == first.position.offset + 1
+    await wait_until(lambda: len([1 for c, _, _ in node.recorder.publications if c == ch]) >= 2)
+    assert [p.data for c, p, _ in node.recorder.publications if c == ch] == [b'"a"', b'"c"']
+    assert [(k, e.data) for k, e in (await node.store.page(ch, "", 10))[0]] == [("k", b'"c"')]
+
+
+KEYED_BACKENDS = ["memory", "redis", "redis_cluster"]  # PostgreSQL keeps no versions, idempotency keys or bases
+
+
+@pytest.mark.parametrize("nodes", KEYED_BACKENDS, indirect=True)
+async def test_versions_and_idempotency_keys(node: Node) -> None:
+    ch = "m:" + uuid.uuid4().hex
+
+    async def reason(data: bytes, version: int = 0, epoch: str = "", idempotency_key: str = "") -> str:
+        opts = dataclasses.replace(keyed("k"), idempotency_key=idempotency_key)
+        result = await node.store.set(ch, data, opts, 0, Conditions(version=version, version_epoch=epoch))
+        return result.suppress_reason if result.suppressed else "ok"
+
+    assert [await reason(b'"1"', 3), await reason(b'"2"', 2), await reason(b'"3"', 3), await reason(b'"4"'),
+            await reason(b'"5"', 3), await reason(b'"6"', 1, "e2"), await reason(b'"7"', idempotency_key="x"),
+            await reason(b'"8"', idempotency_key="x")] == [
+        "ok", "version", "version", "ok", "version", "ok", "ok", "idempotency"]
+    assert [e.data for _, e in (await node.store.page(ch, "", 10))[0]] == [b'"7"']
+    removal = dataclasses.replace(keyed("k", removed=True), idempotency_key="rm")
+    assert not (await node.store.remove(ch, removal)).suppressed
+    again = await node.store.remove(ch, removal)
+    assert (again.suppressed, again.suppress_reason) == (True, "idempotency")
+    assert await reason(b'"9"', 1) == "ok", "a removed key forgets its version"
+
+
+@pytest.mark.parametrize("nodes", KEYED_BACKENDS, indirect=True)
+async def test_a_keys_delta_base_is_its_own_previous_value(node: Node) -> None:
+    """What a node's subscription receives (through Redis PUB/SUB on the Redis backends)."""
+    writer = reader = node
+    ch = "m:" + uuid.uuid4().hex
+    await reader.broker.subscribe(ch)
+    delta = dataclasses.replace(keyed("a"), use_delta=True)
+    await writer.store.set(ch, b'"a1"', delta, 0)
+    await writer.store.set(ch, b'"b1"', dataclasses.replace(delta, key="b"), 0)
+    await writer.store.set(ch, b'"a2"', delta, 0)
+    await writer.store.remove(ch, keyed("a", removed=True))
+    await writer.store.set(ch, b'"a3"', delta, 0)
+    await wait_until(lambda: len([1 for c, _, _ in reader.recorder.publications if c == ch]) >= 5)
+    got = [(p.key, p.data, p.prev_data, p.removed) for c, p, _ in reader.recorder.publications if c == ch]
+    # a2's base is a1 (not b1, the channel's previous publication); after its removal a3 has none.
+    assert got == [("a", b'"a1"', None, False), ("b", b'"b1"', None, False), ("a", b'"a2"', b'"a1"', False),
+                   ("a", b"null", None, True), ("a", b'"a3"', None, False)]
