@@ -175,7 +175,8 @@ NAMESPACE_HOOKS: Final = (("subscribe", "subscribe"), ("publish", "publish"), ("
 def check_proxy_names(proxies: Iterable[NamedProxyConfig], channel_scopes: Iterable[tuple[str, Any]],
                       rpc_scopes: Iterable[tuple[str, RpcOptions]]) -> None:
     """Centrifugo's load-time checks, with its wording: named proxies are unique and not "default", every proxy
-    name a namespace or an RPC namespace gives exists (enabled or not), and a subscribe stream proxy is not
+    name a namespace (its hooks, map writes, shared poll) or an RPC namespace gives exists (enabled or not), and
+    a subscribe stream proxy is not
     combined with the subscribe, publish or sub_refresh proxy in one namespace. A scope is (its name in errors:
     "in channel.without_namespace", "namespace chat", ..., its options)."""
     names: list[str] = []
@@ -187,8 +188,11 @@ def check_proxy_names(proxies: Iterable[NamedProxyConfig], channel_scopes: Itera
         raise ConfigError(f"proxy name {DEFAULT_PROXY_NAME} is reserved")
     known = {*names, DEFAULT_PROXY_NAME}
     for where, ns in channel_scopes:
-        for hook, label in NAMESPACE_HOOKS:
-            name = getattr(ns, f"{hook}_proxy_name")
+        named = [(label, getattr(ns, f"{hook}_proxy_name")) for hook, label in NAMESPACE_HOOKS]
+        named += [("map publish", ns.map.publish_proxy_name), ("map remove", ns.map.remove_proxy_name)]
+        if ns.subscription_type == "shared_poll":
+            named.append(("shared poll", ns.shared_poll.proxy_name))
+        for label, name in named:
             if name and name not in known:
                 raise ConfigError(f'{where}: {label} proxy with name "{name}" not found')
         if ns.subscribe_stream_proxy_enabled and (

@@ -107,6 +107,8 @@ def test_checkconfig_prints_warnings(tmp_path: Path) -> None:
      'in channel.without_namespace: subscribe stream proxy with name "feeds" not found'),
     ({"rpc": {"namespaces": [{"name": "billing", "proxy_enabled": True, "proxy_name": "billing"}]}},
      "rpc namespace billing: proxy billing not found for rpc"),
+    ({"channel": {"namespaces": [{"name": "kv", "map": {"remove_proxy_name": "writes"}}]}},
+     'namespace kv: map remove proxy with name "writes" not found'),
     ({"proxies": [{"name": "default", "endpoint": "grpc://localhost:1"}]}, "proxy name default is reserved"),
     ({"channel": {"namespaces": [{"name": "feed", "subscribe_stream_proxy_enabled": True,
                                   "publish_proxy_enabled": True}]}},
