@@ -124,4 +124,7 @@ def test_the_example_proxy_config_loads_and_resolves() -> None:
     billing = result.config.channel.namespaces[1]
     proxy = proxies.for_channel("subscribe", billing)
     assert proxy is not None and proxy.backend.kind == "grpc" and proxies.for_rpc("billing:pay") is proxy
+    prices = result.config.channel.namespaces[2]
+    assert proxies.for_channel("subscribe_stream", prices) is proxy and prices.subscribe_stream_proxy_bidirectional
+    assert proxies.connect is not None and proxies.connect.emulated == {"authorization"}
     assert result.config.fugato.leave_events.enabled
