@@ -136,7 +136,10 @@ class Streams:
                         e.details())
         if self._open.get((client.id, channel)) is stream:  # the backend ended it: the subscription ends too
             del self._open[client.id, channel]
-            await client.unsubscribe(channel, unsub)
+            try:
+                await client.unsubscribe(channel, unsub)
+            except Exception as e:  # the engine's presence/leave work failed: the local state is gone anyway
+                logger.warning("unsubscribing %s from %s after its stream ended: %s", client.id, channel, e)
 
 
 def _deliver(client: StreamClient, channel: str, pub: Any) -> None:
