@@ -28,10 +28,12 @@ from node.errors import (
     DisconnectError,
     ReplyError,
 )
+from node.maps.options import MAP_SUBSCRIPTION_TYPES
+from node.maps.state import Conditions
 from node.models import ClientState, HistoryOptions, PublishOptions, StreamPosition, SubscribeOptions
 from node.node import Connection, Node
 from node.protocol import codec
-from node.proxy import hooks
+from node.proxy import hooks, map_writes
 from node.proxy.types import SubscribeResult
 from node.sharedpoll.wire import TYPE_SHARED_POLL
 
@@ -267,11 +269,36 @@ async def unsubscribe(client: Connection, cmd: codec.Command) -> bytes:
     return client.codec.empty
 
 
+async def _map_write(client: Connection, cmd: codec.Command, channel: str) -> bytes:
+    """A client's map publish or remove: decided by the namespace's map publish/remove proxy when it has one
+    (which may replace the key and data and add tags, a key mode, a version, an idempotency key), else by its
+    ``map.allow_*`` options (node/maps/service.py)."""
+    node = client.node
+    removed = cmd.params.get("removed") is True
+    ns = node.policy.namespace(channel)
+    proxy = node.proxies.for_map_write(ns, remove=removed) if ns.subscription_type in MAP_SUBSCRIPTION_TYPES \
+        else None
+    if proxy is None:
+        return await node.maps.client_publish(client, cmd)
+    key, info = _str(cmd.params, "key"), client.channel_info(channel)
+    if removed:
+        r = await map_writes.map_write(client, proxy, map_writes.MAP_REMOVE, channel, key, None)
+        await node.maps.remove(channel, r.key or key, info=info, idempotency_key=r.idempotency_key)
+        return client.codec.empty
+    if cmd.data is None:
+        raise DisconnectError(DISCONNECT_BAD_REQUEST)
+    r = await map_writes.map_write(client, proxy, map_writes.MAP_PUBLISH, channel, key, cmd.data)
+    await node.maps.publish(channel, r.key or key, cmd.data if r.data is None else r.data, info=info, tags=r.tags,
+                            delta=r.delta, conditions=Conditions(r.key_mode, r.version, r.version_epoch),
+                            idempotency_key=r.idempotency_key)
+    return client.codec.empty
+
+
 async def publish(client: Connection, cmd: codec.Command) -> bytes:
     node = client.node
     channel = _channel(cmd.params)
     if cmd.params.get("type"):
-        return await node.maps.client_publish(client, cmd)
+        return await _map_write(client, cmd, channel)
     data = cmd.data  # the payload as the client sent it: stored and delivered byte for byte
     if data is None or data in (b'""',):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)

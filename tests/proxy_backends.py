@@ -228,6 +228,12 @@ class GrpcBackend(Recorder, pb_grpc.CentrifugoProxyServicer):
     async def SharedPollRefresh(self, request: Any, context: Any) -> Any:
         return await self._serve("shared_poll_refresh", request, context, pb.SharedPollRefreshResponse())
 
+    async def MapPublish(self, request: Any, context: Any) -> Any:
+        return await self._serve("map_publish", request, context, pb.MapPublishResponse())
+
+    async def MapRemove(self, request: Any, context: Any) -> Any:
+        return await self._serve("map_remove", request, context, pb.MapRemoveResponse())
+
     async def __aenter__(self) -> GrpcBackend:
         self._server = grpc.aio.server()
         pb_grpc.add_CentrifugoProxyServicer_to_server(self, self._server)

@@ -87,4 +87,8 @@ class MapOptions:
             raise ConfigError(f"{where}: map sizes and durations must not be negative")
         if not 0 < self.min_page_size <= self.max_page_size or self.default_page_size <= 0:
             raise ConfigError(f"{where}: map page sizes must be positive, min_page_size <= max_page_size")
+        if self.client_key and (self.publish_proxy_enabled or self.remove_proxy_enabled):
+            # Two ways of keying a client's writes: the proxy, when enabled, is the one (Centrifugo refuses both).
+            raise ConfigError(f"{where}: map.client_key is not compatible with map.publish_proxy_enabled / "
+                              "map.remove_proxy_enabled (the proxy picks the key: return it as result.key)")
 

@@ -150,6 +150,8 @@ class ChannelProxyContainer:
     sub_refresh: DefaultProxyConfig = NO_CHANNEL_PROXY
     subscribe_stream: DefaultProxyConfig = NO_CHANNEL_PROXY
     shared_poll_refresh: DefaultProxyConfig = NO_CHANNEL_PROXY  # namespaces of subscription_type "shared_poll"
+    map_publish: DefaultProxyConfig = NO_CHANNEL_PROXY  # map namespaces with map.publish_proxy_enabled
+    map_remove: DefaultProxyConfig = NO_CHANNEL_PROXY  # map namespaces with map.remove_proxy_enabled
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

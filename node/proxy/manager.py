@@ -48,6 +48,7 @@ T = TypeVar("T")
 BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 CHANNEL_HOOKS: Final = ("subscribe", "publish", "sub_refresh", "subscribe_stream")
 SHARED_POLL_REFRESH: Final = "shared_poll_refresh"
+MAP_HOOKS: Final = ("publish", "remove")  # map.<hook>_proxy_enabled: hooks "map_publish", "map_remove"
 
 
 class ProxyMetrics:
@@ -163,6 +164,11 @@ class Proxies:
                 if getattr(ns, f"{hook}_proxy_enabled"):
                     name = getattr(ns, f"{hook}_proxy_name") or DEFAULT_PROXY_NAME
                     channel[hook, name] = self._resolve(hook, name, getattr(config.channel.proxy, hook))
+            for hook in MAP_HOOKS:  # a map namespace's client writes, decided by the backend
+                if getattr(ns.map, f"{hook}_proxy_enabled"):
+                    name = getattr(ns.map, f"{hook}_proxy_name") or DEFAULT_PROXY_NAME
+                    channel[f"map_{hook}", name] = self._resolve(f"map_{hook}", name,
+                                                                 getattr(config.channel.proxy, f"map_{hook}"))
             if ns.subscription_type == "shared_poll":  # polled through its refresh proxy: one is required
                 name = ns.shared_poll.proxy_name or DEFAULT_PROXY_NAME
                 channel[SHARED_POLL_REFRESH, name] = self._resolve(SHARED_POLL_REFRESH, name,
@@ -216,6 +222,13 @@ class Proxies:
         if not getattr(ns, f"{hook}_proxy_enabled"):
             return None
         return self._channel.get((hook, getattr(ns, f"{hook}_proxy_name") or DEFAULT_PROXY_NAME))
+
+    def for_map_write(self, ns: ChannelOptions, *, remove: bool) -> Proxy | None:
+        """The proxy deciding a client's map publish (or remove) in ``ns``; None where the namespace has none."""
+        hook = "remove" if remove else "publish"
+        if not getattr(ns.map, f"{hook}_proxy_enabled"):
+            return None
+        return self._channel.get((f"map_{hook}", getattr(ns.map, f"{hook}_proxy_name") or DEFAULT_PROXY_NAME))
 
     def for_shared_poll(self, ns: ChannelOptions) -> Proxy | None:
         """The refresh proxy of a ``shared_poll`` namespace."""

@@ -45,6 +45,9 @@ def test_the_documented_presence_example_loads(tmp_path: Path) -> None:
     (({**CLIENTS, "map": {"mode": "persistent"}},), "not allowed with subscription_type 'map_clients'"),
     (({**USERS, "map": {"mode": "recoverable"}},), "key_ttl is required"),
     (({"name": "chat", "client_publish_debounce_interval": "-1s"},), "must not be negative"),
+    (({"name": "cur", "subscription_type": "map", "map": {"mode": "ephemeral", "key_ttl": "9s",
+                                                          "client_key": "client_id", "publish_proxy_enabled": True}},),
+     "client_key is not compatible"),
 ])
 def test_bad_presence_configs_are_refused(namespaces: tuple[dict[str, Any], ...], message: str,
                                           tmp_path: Path) -> None:

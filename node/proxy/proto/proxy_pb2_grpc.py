@@ -79,6 +79,16 @@ class CentrifugoProxyStub:
                 request_serializer=node_dot_proxy_dot_proto_dot_proxy__pb2.SharedPollRefreshRequest.SerializeToString,
                 response_deserializer=node_dot_proxy_dot_proto_dot_proxy__pb2.SharedPollRefreshResponse.FromString,
                 _registered_method=True)
+        self.MapPublish = channel.unary_unary(
+                '/centrifugal.centrifugo.proxy.CentrifugoProxy/MapPublish',
+                request_serializer=node_dot_proxy_dot_proto_dot_proxy__pb2.MapPublishRequest.SerializeToString,
+                response_deserializer=node_dot_proxy_dot_proto_dot_proxy__pb2.MapPublishResponse.FromString,
+                _registered_method=True)
+        self.MapRemove = channel.unary_unary(
+                '/centrifugal.centrifugo.proxy.CentrifugoProxy/MapRemove',
+                request_serializer=node_dot_proxy_dot_proto_dot_proxy__pb2.MapRemoveRequest.SerializeToString,
+                response_deserializer=node_dot_proxy_dot_proto_dot_proxy__pb2.MapRemoveResponse.FromString,
+                _registered_method=True)
 
 
 class CentrifugoProxyServicer:
@@ -138,6 +148,18 @@ class CentrifugoProxyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MapPublish(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MapRemove(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CentrifugoProxyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +207,16 @@ def add_CentrifugoProxyServicer_to_server(servicer, server):
                     servicer.SharedPollRefresh,
                     request_deserializer=node_dot_proxy_dot_proto_dot_proxy__pb2.SharedPollRefreshRequest.FromString,
                     response_serializer=node_dot_proxy_dot_proto_dot_proxy__pb2.SharedPollRefreshResponse.SerializeToString,
+            ),
+            'MapPublish': grpc.unary_unary_rpc_method_handler(
+                    servicer.MapPublish,
+                    request_deserializer=node_dot_proxy_dot_proto_dot_proxy__pb2.MapPublishRequest.FromString,
+                    response_serializer=node_dot_proxy_dot_proto_dot_proxy__pb2.MapPublishResponse.SerializeToString,
+            ),
+            'MapRemove': grpc.unary_unary_rpc_method_handler(
+                    servicer.MapRemove,
+                    request_deserializer=node_dot_proxy_dot_proto_dot_proxy__pb2.MapRemoveRequest.FromString,
+                    response_serializer=node_dot_proxy_dot_proto_dot_proxy__pb2.MapRemoveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +462,60 @@ class CentrifugoProxy:
             '/centrifugal.centrifugo.proxy.CentrifugoProxy/SharedPollRefresh',
             node_dot_proxy_dot_proto_dot_proxy__pb2.SharedPollRefreshRequest.SerializeToString,
             node_dot_proxy_dot_proto_dot_proxy__pb2.SharedPollRefreshResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MapPublish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/centrifugal.centrifugo.proxy.CentrifugoProxy/MapPublish',
+            node_dot_proxy_dot_proto_dot_proxy__pb2.MapPublishRequest.SerializeToString,
+            node_dot_proxy_dot_proto_dot_proxy__pb2.MapPublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MapRemove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/centrifugal.centrifugo.proxy.CentrifugoProxy/MapRemove',
+            node_dot_proxy_dot_proto_dot_proxy__pb2.MapRemoveRequest.SerializeToString,
+            node_dot_proxy_dot_proto_dot_proxy__pb2.MapRemoveResponse.FromString,
             options,
             channel_credentials,
             insecure,
