@@ -155,9 +155,12 @@ def test_shipped_maps_config_loads_cleanly(name: str) -> None:
     result = load(str(Path(__file__).resolve().parents[2] / "conf" / name), {}, {})
     assert result.warnings == ()
     assert result.config.map_broker.type == ("postgres" if "postgres" in name else "memory")
-    cursors, board = result.config.channel.namespaces
+    cursors, board, *presence = result.config.channel.namespaces
     assert cursors.map.mode == "ephemeral" and cursors.map.remove_client_on_unsubscribe
     assert board.map.recoverable and board.map.effective_stream_size == 1000
+    # config.maps.json also shows map presence (a game's clients and users), tags filters and publish debounce.
+    assert [ns.subscription_type for ns in presence] == ([] if "postgres" in name else
+                                                         ["map", "map_clients", "map_users"])
 
 
 @pytest.mark.parametrize(("map_broker", "shared"), [({}, False), ({"type": "redis"}, True)])
