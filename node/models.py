@@ -9,7 +9,18 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar, dataclass_transform
+
+_T = TypeVar("_T")
+
+
+@dataclass_transform(frozen_default=True)
+def record(cls: type[_T]) -> type[_T]:
+    """A frozen dataclass for the type checker that is built like a plain one at run time: a frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__``, which made a ``Publication``
+    cost ~2.5x a plain one (~1.5 µs, a tenth of a batch publish's CPU). Values keep their hash and equality;
+    mypy rejects assignments to their fields as it does for frozen ones."""
+    return dataclass(slots=True, unsafe_hash=True)(cls)
 
 from node.tagsfilter import TagsFilter
 
@@ -30,7 +41,7 @@ class ClientState(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StreamPosition:
     """A position in a channel's history stream; ``offset`` 0 means "before the first publication"."""
 
@@ -48,7 +59,7 @@ class ClientInfo:
     chan_info: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Publication:
     """One message in a channel. ``offset`` is set only for channels that keep history."""
 
@@ -86,7 +97,7 @@ class PublishOptions:
     key_base: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PublishResult:
     """Where the publication landed; ``suppressed`` is true when an idempotency key matched a cached result (or,
     on a map channel, a key condition did not hold: ``suppress_reason`` says which, with Centrifugo's words)."""

@@ -408,8 +408,18 @@ class Node(BrokerEventHandler):
     # --- BrokerEventHandler (hot path: synchronous) ----------------------------------------------------
 
     def handle_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
+        self.metrics.received_publication.inc()
+        self._deliver(channel, pub, sp)
+
+    def handle_publications(self, items: Sequence[tuple[str, Publication, StreamPosition]]) -> None:
+        self.metrics.received_publication.inc(len(items))
+        deliver, by_channel, observers = self._deliver, self.subscriptions.by_channel, self.subscriptions.observers
+        for channel, pub, sp in items:
+            if pub.time_ms or channel in by_channel or observers:  # else nothing to time or fan out
+                deliver(channel, pub, sp)
+
+    def _deliver(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
         metrics = self.metrics
-        metrics.received_publication.inc()
         if pub.time_ms:
             metrics.pub_sub_lag.observe(max(time.time() - pub.time_ms / 1000, 0.0))
         if channel in self.subscriptions.by_channel:  # else nothing to fan out or time (a memory-engine publish)

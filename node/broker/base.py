@@ -24,6 +24,10 @@ class BrokerEventHandler(Protocol):
 
     def handle_publication(self, channel: str, pub: models.Publication, sp: models.StreamPosition) -> None: ...
 
+    def handle_publications(self, items: Sequence[tuple[str, models.Publication, models.StreamPosition]]) -> None:
+        """Several publications at once, in order (a batch, or one read of PUB/SUB messages): as many calls of
+        ``handle_publication``, with the per-call bookkeeping done once."""
+
     def handle_join(self, channel: str, info: models.ClientInfo) -> None: ...
 
     def handle_leave(self, channel: str, info: models.ClientInfo) -> None: ...

@@ -84,50 +84,77 @@ class MemoryBroker(Broker):
         return ttl if ttl > 0 else self._default_meta_ttl
 
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
-        return self._publish(channel, data, opts, time.monotonic())
+        return self._publish(channel, data, opts)
 
     def publish_soon(self, channel: str, data: bytes, opts: PublishOptions) -> asyncio.Future[PublishResult]:
         fut: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
-        fut.set_result(self._publish(channel, data, opts, time.monotonic()))
+        fut.set_result(self._publish(channel, data, opts))
         return fut
 
-    async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
-        publish, now = self._publish, time.monotonic()
-        return [publish(channel, data, opts, now) for channel, data, opts in items]
+    def _publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+        # No await from here to the fan-out: the append and the delivery are atomic for this channel.
+        results, delivered = self._store([(channel, data, opts)])
+        if delivered and self._handler is not None:
+            self._handler.handle_publication(*delivered[0])
+        return results[0]
 
-    def _publish(self, channel: str, data: bytes, opts: PublishOptions, now: float) -> PublishResult:
-        # No await from here to the fan-out: the append and the delivery are atomic for this channel. No send
-        # time (time_ms) either: it only measures the trip through a broker (the PUB/SUB lag metric), and here
-        # the publication is handed to the hub within this call.
-        if opts.idempotency_key:
-            cached = self._results.get((channel, opts.idempotency_key))
-            if cached is not None and cached[1] > now:
-                return PublishResult(cached[0].position, suppressed=True)
-        if opts.history_size > 0 and opts.history_ttl > 0:
-            stream = self._stream(channel, now, create=True)
-            assert stream is not None  # create=True always returns a stream
-            prev = stream.pubs[-1] if stream.pubs else None
-            stream.top += 1
-            # A map key's delta base is its own previous value, a stream's the previous publication.
-            base = opts.key_base if opts.key else \
-                prev.data if prev is not None and prev.offset == stream.top - 1 else None
-            pub = Publication(data=data, offset=stream.top, info=opts.client_info, tags=opts.tags,
-                              delta=opts.use_delta, key=opts.key, removed=opts.removed, prev_data=base)
-            stream.pubs.append(pub)
-            while len(stream.pubs) > opts.history_size:
-                stream.pubs.popleft()
-            stream.expire_at = now + opts.history_ttl
-            stream.meta_expire_at = now + self._meta_ttl(opts.history_meta_ttl)
-            position = StreamPosition(stream.top, stream.epoch)
-        else:
-            pub = Publication(data=data, info=opts.client_info, tags=opts.tags, key=opts.key, removed=opts.removed)
-            position = StreamPosition()
-        result = PublishResult(position)
-        if opts.idempotency_key:
-            self._results[(channel, opts.idempotency_key)] = (result, now + opts.idempotent_result_ttl)
-        if self._handler is not None:
-            self._handler.handle_publication(channel, pub, position)
-        return result
+    async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
+        # All stored first, then handed over together: no await separates the two, so a subscriber sees the
+        # same sequence as with one call per item, and the handler does its bookkeeping once per batch.
+        results, delivered = self._store(items)
+        if delivered and self._handler is not None:
+            self._handler.handle_publications(delivered)
+        out: list[PublishResult | Exception] = [*results]  # none is an error here
+        return out
+
+    def _store(self, items: Sequence[tuple[str, bytes, PublishOptions]],
+               ) -> tuple[list[PublishResult], list[tuple[str, Publication, StreamPosition]]]:
+        """Append each item to its channel's stream: their results, and the publications to deliver (not the
+        ones an idempotency key suppressed). No send time (time_ms) on them: it only measures the trip through
+        a broker (the PUB/SUB lag metric), and here the publication is handed to the hub right away."""
+        now = time.monotonic()
+        streams = self._streams
+        results: list[PublishResult] = []
+        delivered: list[tuple[str, Publication, StreamPosition]] = []
+        for channel, data, opts in items:
+            if opts.idempotency_key:
+                cached = self._results.get((channel, opts.idempotency_key))
+                if cached is not None and cached[1] > now:
+                    results.append(PublishResult(cached[0].position, suppressed=True))
+                    continue
+            if opts.history_size > 0 and opts.history_ttl > 0:
+                stream = streams.get(channel)
+                if stream is None or stream.meta_expire_at <= now or stream.expire_at <= now:
+                    stream = self._stream(channel, now, create=True)
+                    assert stream is not None  # create=True always returns a stream
+                pubs = stream.pubs
+                if pubs.maxlen != opts.history_size:  # a new stream, or a reload changed the size
+                    pubs = stream.pubs = deque(pubs, maxlen=opts.history_size)  # the newest kept
+                top = stream.top = stream.top + 1
+                if opts.use_delta or opts.key or opts.removed:
+                    # A map key's delta base is its own previous value, a stream's the previous publication.
+                    prev = pubs[-1] if pubs else None
+                    base = opts.key_base if opts.key else \
+                        prev.data if prev is not None and prev.offset == top - 1 else None
+                    pub = Publication(data, top, opts.client_info, opts.tags, delta=opts.use_delta, key=opts.key,
+                                      removed=opts.removed, prev_data=base)
+                else:
+                    # The usual publication: positional arguments, as keywords cost as much as the rest of it. No
+                    # previous payload: only a delta reads it (and keeping it would hold it in memory).
+                    pub = Publication(data, top, opts.client_info, opts.tags)
+                pubs.append(pub)  # the oldest drops out
+                stream.expire_at = now + opts.history_ttl
+                stream.meta_expire_at = now + self._meta_ttl(opts.history_meta_ttl)
+                position = StreamPosition(top, stream.epoch)
+            else:
+                pub = Publication(data, info=opts.client_info, tags=opts.tags, key=opts.key, removed=opts.removed)
+                position = StreamPosition()
+            result = PublishResult(position)
+            if opts.idempotency_key:
+                self._results[(channel, opts.idempotency_key)] = (result, now + opts.idempotent_result_ttl)
+            results.append(result)
+            delivered.append((channel, pub, position))
+        return results, delivered
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         if self._handler is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -33,6 +33,9 @@ class Recorder(BrokerEventHandler):
 
     def handle_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
         self.publications.append((channel, pub, sp))
+
+    def handle_publications(self, items: Sequence[tuple[str, Publication, StreamPosition]]) -> None:
+        self.publications.extend(items)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         self.joins.append((channel, info))
