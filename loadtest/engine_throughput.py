@@ -16,6 +16,10 @@ Each figure is publications per wall second and as a ratio of the ceiling, with 
 and the publication → delivery latency seen by a WebSocket subscriber of one channel (p50/p99). The modes run
 alternately, ``--rounds`` times, with the ceiling measured again before each round; the summary takes each
 figure's median over the rounds. On a shared machine absolute numbers drift: compare the ratios.
+
+Last, the workers' CPU efficiency (``loadtest.workers_efficiency``, options ``--workers-*``; ``--workers-rounds
+0`` skips it): deliveries per server CPU-second with 2 workers under the supervisor over 1 worker's, on the
+standalone Redis, for this checkout and, with ``--before``, for the older one.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import aiohttp
 import jwt
 import orjson
 
+from loadtest import workers_efficiency
 from loadtest.bench import API_KEY, SECRET, Spawned, cpu_seconds, raise_fd_limit
 
 CHANNELS = 100
@@ -274,8 +279,20 @@ async def run(args: argparse.Namespace) -> int:
                           f"p99 {figures['p99_ms']:.1f} ms  errors {figures['errors']}", flush=True)
             os.sched_setaffinity(0, set(cpus))
             rounds.append(result)
+        for server in servers.values():
+            server.stop()  # idle, but the workers measurement has the CPUs to itself
+        workers: dict[str, dict[str, Any]] = {}
+        if args.workers_rounds > 0:
+            for label, source in [("", ""), *([("@before", args.before)] if args.before else [])]:
+                print(f"workers{label}: 1 vs 2 workers, {args.workers_subscribers} subscribers of one channel, "
+                      f"{args.workers_rate:.0f} publications/s", flush=True)
+                workers[label] = await workers_efficiency.run(workers_efficiency.options(args, "workers-"),
+                                                              redis_url=urls["redis"], source=source)
     summarize(rounds, labels)
-    return 0 if all(v["errors"] == 0 for r in rounds for v in r.values() if isinstance(v, dict)) else 1
+    for label, figures in workers.items():
+        workers_efficiency.report(figures, label)
+    lost = sum(figures["lost"] for figures in workers.values())
+    return 0 if lost == 0 and all(v["errors"] == 0 for r in rounds for v in r.values() if isinstance(v, dict)) else 1
 
 
 def summarize(rounds: list[dict[str, Any]], labels: list[str]) -> None:
@@ -329,6 +346,7 @@ def main() -> int:
                         help="also run each engine's server from this checkout of Fugato (an older version), "
                              "alternately with the current one, for a before/after table from one run")
     parser.add_argument("--ceiling-requests", type=int, default=300000, help="EVALSHA calls of redis-benchmark")
+    workers_efficiency.add_arguments(parser, "workers-")  # --workers-rounds 0 skips the workers measurement
     return asyncio.run(run(parser.parse_args()))
 
 

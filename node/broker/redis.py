@@ -133,10 +133,16 @@ class RedisBroker(Broker):
         if handler is None:
             return
         names, decode = self._names, wire.decode
+        # Consecutive publications go to the handler together (its bookkeeping once per read); anything else
+        # hands over those collected first, so the order of events is kept.
+        pubs: list[tuple[str, Publication, StreamPosition]] = []
         for _, redis_channel, data in messages:
             channel = names.get(redis_channel)
             if channel is None:
                 if redis_channel == self.keys.control or redis_channel == self._node_channel:  # noqa: PLR1714
+                    if pubs:
+                        handler.handle_publications(pubs)
+                        pubs = []
                     handler.handle_control(data)
                 continue
             try:
@@ -145,12 +151,17 @@ class RedisBroker(Broker):
                 logger.warning("dropping a message on %s: %s", channel, e)
                 continue
             if msg.kind == wire.PUB and msg.publication is not None:
-                handler.handle_publication(channel, msg.publication, msg.position)
+                pubs.append((channel, msg.publication, msg.position))
             elif msg.info is not None:
+                if pubs:
+                    handler.handle_publications(pubs)
+                    pubs = []
                 if msg.kind == wire.JOIN:
                     handler.handle_join(channel, msg.info)
                 else:
                     handler.handle_leave(channel, msg.info)
+        if pubs:
+            handler.handle_publications(pubs)
 
     def _on_error(self, kind: str) -> None:
         if self._handler is not None:
