@@ -107,6 +107,33 @@ async def test_offsets_epoch_and_trimming(engine: Engine, recorder: Recorder) ->
         [(i, i, epoch) for i in range(1, 6)]
 
 
+async def test_a_changed_history_size_applies_from_the_next_publish(engine: Engine, recorder: Recorder) -> None:
+    """A reload may change a namespace's history_size: the stream keeps the newest that fit."""
+    for i in range(1, 6):
+        await engine.broker.publish("r", b"%d" % i, PublishOptions(history_size=4, history_ttl=60))
+    await engine.broker.publish("r", b"6", PublishOptions(history_size=2, history_ttl=60))
+    history = await engine.broker.history("r", HistoryOptions(limit=-1))
+    assert [p.data for p in history.publications] == [b"5", b"6"]
+    for i in range(7, 10):
+        await engine.broker.publish("r", b"%d" % i, PublishOptions(history_size=5, history_ttl=60))
+    history = await engine.broker.history("r", HistoryOptions(limit=-1))
+    assert [p.data for p in history.publications] == [b"5", b"6", b"7", b"8", b"9"]
+
+
+async def test_publish_many_delivers_each_channel_in_order(engine: Engine, recorder: Recorder) -> None:
+    await engine.broker.subscribe("m1", "m2")
+    items = [("m1" if i % 3 else "m2", b"%d" % i, HISTORY if i % 2 else PublishOptions()) for i in range(30)]
+    results = await engine.broker.publish_many(items)
+    assert all(not isinstance(r, Exception) for r in results)
+    await wait_until(lambda: len(recorder.publications) == 30)
+    for channel in ("m1", "m2"):
+        got = [p.data for ch, p, _ in recorder.publications if ch == channel]
+        assert got == [data for ch, data, _ in items if ch == channel]
+    with_history = [(ch, p.offset, sp.offset) for ch, p, sp in recorder.publications if p.offset]
+    assert all(offset == sp_offset for _, offset, sp_offset in with_history)
+    assert [o for ch, o, _ in with_history if ch == "m1"] == list(range(1, 11))
+
+
 async def test_history_reads(engine: Engine, recorder: Recorder) -> None:
     opts = PublishOptions(history_size=10, history_ttl=60)
     for i in range(1, 6):
