@@ -66,6 +66,7 @@ class PostgresServer:
         self.data = self.dir / "data"
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.settings: dict[str, str] = {}  # more ``-c`` settings for the next start()
         if self.user:
             pw = pwd.getpwnam(self.user)
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
@@ -75,6 +76,18 @@ class PostgresServer:
     @property
     def dsn(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def enable_tls(self, cert_pem: str, key_pem: str) -> None:
+        """Serve TLS (as well as plain connections) with this certificate from the next start()."""
+        for name, text in (("server.crt", cert_pem), ("server.key", key_pem)):
+            path = self.dir / name
+            path.write_text(text)
+            path.chmod(0o600)  # postgres refuses a key others can read
+            if self.user:
+                pw = pwd.getpwnam(self.user)
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+        self.settings.update(ssl="on", ssl_cert_file=str(self.dir / "server.crt"),
+                             ssl_key_file=str(self.dir / "server.key"))
 
     def _run(self, argv: list[str], *, check: bool = False) -> subprocess.Popen[bytes]:
         log = (self.dir / "postgres.log").open("ab")
@@ -92,7 +105,8 @@ class PostgresServer:
     def start(self, timeout: float = 30.0) -> PostgresServer:
         self.proc = self._run([_binary("postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.dir),
                                "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200",
-                               "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+                               "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                               *(arg for k, v in self.settings.items() for arg in ("-c", f"{k}={v}"))])
         _live.add(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

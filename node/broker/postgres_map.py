@@ -94,6 +94,7 @@ class PostgresMapBroker(Broker):
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._healthy = False
+        self._closing = False
         self._suspect_until = 0.0  # until then, a pooled connection is pinged before use
         b = self.base
         self._apply_sql = f"SELECT * FROM {b}_map_apply(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -152,6 +153,7 @@ class PostgresMapBroker(Broker):
 
     async def close(self) -> None:
         """Also the MapStore's close (the map service and the engine both call it): idempotent."""
+        self._closing = True  # the loops stop even if a cancellation below gets lost in a timeout
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -171,10 +173,8 @@ class PostgresMapBroker(Broker):
 
     async def _poll_loop(self) -> None:
         pause = self.cfg.outbox.poll_interval
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(pause):
-                    await self._wake.wait()
+        while not self._closing:
+            await self._sleep_or_wake(pause)
             self._wake.clear()
             try:
                 while await self._poll_once():
@@ -184,6 +184,16 @@ class PostgresMapBroker(Broker):
                 if self._healthy:
                     logger.warning("map broker: PostgreSQL unavailable: %s", e)
                 self._healthy, pause = False, min(max(pause * 2, 0.1), RETRY_MAX)
+
+    async def _sleep_or_wake(self, pause: float) -> None:
+        """Wait up to ``pause`` seconds for a wake-up. Not ``asyncio.timeout`` around the wait: on Python 3.11
+        a cancellation that meets the timeout's expiry can be taken for the timeout and lost, and ``close()``
+        would wait for this loop forever."""
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((waiter,), timeout=pause)
+        finally:
+            waiter.cancel()
 
     async def _poll_once(self) -> bool:
         shards = sorted(self._last)
@@ -204,7 +214,7 @@ class PostgresMapBroker(Broker):
 
     async def _listen_loop(self) -> None:
         dsn = self.cfg.notify_dsn or self.cfg.dsn
-        while True:
+        while not self._closing:
             try:
                 async with await psycopg.AsyncConnection.connect(dsn, **self._kwargs) as conn:
                     await conn.execute(f"LISTEN {self.base}_map_stream")
@@ -228,7 +238,7 @@ class PostgresMapBroker(Broker):
             f"(SELECT 1 FROM {b}_map_state s WHERE s.channel = m.channel)",
         )
         params = {"grace": timedelta(seconds=TRIM_GRACE), "retention": timedelta(seconds=self.cfg.stream_retention)}
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.cfg.cleanup_interval if self.cfg.cleanup_interval > 0 else 60.0)
             try:
                 async with self._conn(OP_TIMEOUT * 6) as conn:

@@ -13,7 +13,15 @@ import psycopg
 import pytest
 from harness import JsFactory, ServerFactory, unique_channel, wait_until
 from postgres_server import LOCAL_PG, PostgresServer
+from proxy_backends import self_signed
+from psycopg_pool import PoolTimeout
 from test_maps import MAP_NAMESPACES, _connected, _entries, health_is, subscribed_to_a_new_map
+
+from node.broker.base import BrokerEventHandler
+from node.broker.postgres_map import PostgresMapBroker
+from node.maps.broker_config import PostgresMapBrokerConfig
+from node.models import ClientInfo, Publication, PublishOptions, StreamPosition
+from node.proxy.config import ProxyTlsConfig
 
 
 def _config(dsn: str, prefix: str) -> dict[str, Any]:
@@ -74,3 +82,42 @@ async def test_postgres_down_and_back(private_pg: PostgresServer, server_factory
     assert (await js.wait("map_update", channel=ch, key="d", timeout=15))["data"] == {"v": 4}
     state = await server.api_result("map_read_state", {"channel": ch})
     assert sorted(p["key"] for p in state["entries"]) == ["a", "c", "d"]
+
+
+class Handler(BrokerEventHandler):
+    def handle_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
+        return None
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None:
+        return None
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        return None
+
+    def handle_control(self, data: bytes) -> None:
+        return None
+
+
+async def test_tls_to_postgresql_checks_the_server_certificate(private_pg: PostgresServer) -> None:
+    """``map_broker.postgres.tls``: PEM text for the CA; the connection is encrypted and the server verified."""
+    cert, key = self_signed()
+    private_pg.stop()
+    private_pg.enable_tls(cert, key)
+    private_pg.start()
+    tls = ProxyTlsConfig(enabled=True, server_ca_pem=cert)
+    broker = PostgresMapBroker(PostgresMapBrokerConfig(dsn=private_pg.dsn, tls=tls))
+    await broker.start(Handler())
+    try:
+        await broker.set("m:1", b"1", PublishOptions(history_size=10, history_ttl=60, key="k"), 0)
+        assert [k for k, _ in (await broker.page("m:1", "", 10))[0]] == ["k"]
+        rows = private_pg.execute("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                                  "WHERE s.ssl AND a.datname = 'postgres' AND a.pid <> pg_backend_pid()")
+        assert rows[0][0] >= 1, "the broker's connections use TLS"
+    finally:
+        await broker.close()
+    other, _ = self_signed()  # a CA that did not sign the server's certificate
+    wrong = PostgresMapBroker(PostgresMapBrokerConfig(dsn=private_pg.dsn, tls=ProxyTlsConfig(
+        enabled=True, server_ca_pem=other)))
+    with pytest.raises(PoolTimeout):  # the pool cannot open a single connection: the server is not trusted
+        await wrong.start(Handler())
+    await wrong.close()
