@@ -156,6 +156,7 @@ class Executor:
             "batch": self.batch, "connections": self.connections,
             "map_publish": self.map_publish, "map_remove": self.map_remove, "map_read_state": self.map_read_state,
             "map_read_stream": self.map_read_stream, "map_stats": self.map_stats, "map_clear": self.map_clear,
+            "shared_poll_publish": self.shared_poll_publish,
         }
         self._options: dict[tuple[int, bool, bool], tuple[ChannelOptions, PublishOptions]] = {}
 
@@ -292,6 +293,14 @@ class Executor:
         return _map_reply(await self.node.maps.publish(channel, key, data, tags=_tags(p), delta=_bool(p, "delta"),
                                                        conditions=conditions,
                                                        idempotency_key=_str(p, "idempotency_key")))
+
+    async def shared_poll_publish(self, p: Params) -> bytes:
+        channel, key, data = _str(p, "channel", required=True), _str(p, "key", required=True), _raw(p, "data")
+        version = _int(p, "version")
+        if data is None or version < 1:
+            raise _bad()
+        await self.node.sharedpoll.publish(channel, key, version, _str(p, "epoch"), data)
+        return b"{}"
 
     async def map_remove(self, p: Params) -> bytes:
         channel, key = _str(p, "channel", required=True), _str(p, "key", required=True)

@@ -69,6 +69,8 @@ RPCS: Final[Mapping[str, Rpc]] = {
     "MapReadStream": Rpc("map_read_stream", api_pb2.MapReadStreamRequest, api_pb2.MapReadStreamResponse),
     "MapStats": Rpc("map_stats", api_pb2.MapStatsRequest, api_pb2.MapStatsResponse),
     "MapClear": Rpc("map_clear", api_pb2.MapClearRequest, api_pb2.MapClearResponse),
+    "SharedPollPublish": Rpc("shared_poll_publish", api_pb2.SharedPollPublishRequest,
+                             api_pb2.SharedPollPublishResponse),
 }
 # Their results are filled from values (not the executor's JSON), so payloads come back byte for byte.
 _MAP_READS: Final = ("map_read_state", "map_read_stream")

@@ -9,9 +9,9 @@ from typing import Any, Protocol, TypeVar
 
 from node.config import ChannelOptions
 from node.maps.host import MapClient
-from node.models import ClientInfo, SubscribeOptions
+from node.models import ClientInfo, PublishOptions, PublishResult, SubscribeOptions
 from node.service_host import ServiceHost
-from node.subscriptions import ChannelState
+from node.subscriptions import ChannelState, Observer
 
 
 class PollClient(MapClient, Protocol):
@@ -40,11 +40,24 @@ class PollPolicy(Protocol):
                         ask: Callable[[], Awaitable[Any]] | None = None) -> SubscribeOptions: ...
 
 
+class PollSubscriptions(Protocol):
+    """The node's channel subscriptions: an observer gets a channel's publications from every node."""
+
+    async def observe(self, channel: str, observer: Observer) -> None: ...
+
+    def unobserve(self, channel: str, observer: Observer) -> None: ...
+
+
 C_contra = TypeVar("C_contra", bound=PollClient, contravariant=True)
 
 
 class PollHost(ServiceHost[PollPolicy], Protocol[C_contra]):
-    """The node as the shared poll service uses it: configuration, policy, metrics, and the step after a
-    subscribe (presence, join)."""
+    """The node as the shared poll service uses it: configuration, policy, metrics, the step after a
+    subscribe (presence, join), and the broker (``shared_poll_publish`` reaches every node through it)."""
+
+    @property
+    def subscriptions(self) -> PollSubscriptions: ...
 
     async def after_subscribe(self, client: C_contra, channel: str, opts: SubscribeOptions) -> None: ...
+
+    async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult: ...

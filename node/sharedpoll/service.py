@@ -40,7 +40,7 @@ from node.errors import (
     DisconnectError,
     ReplyError,
 )
-from node.models import ClientInfo, ClientState
+from node.models import ClientInfo, ClientState, Publication, PublishOptions, StreamPosition
 from node.protocol.codec import is_json
 from node.protocol.codec import param as _param
 from node.sharedpoll import signature, wire
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# A shared_poll_publish crosses the broker as a publication of the channel with these tags.
+TAG_KEY, TAG_VERSION, TAG_EPOCH = "sp_key", "sp_version", "sp_epoch"
 TYPE_TRACK: Final = 1
 TYPE_UNTRACK: Final = 2
 MAX_KEY_LENGTH: Final = 1024
@@ -87,17 +89,18 @@ class _Sub:
 class _Key:
     """A key this node polls: the version it holds and who tracks it."""
 
-    __slots__ = ("behind", "digest", "subs", "version")
+    __slots__ = ("behind", "digest", "fresh", "subs", "version")
 
     def __init__(self) -> None:
         self.version = 0
+        self.fresh = False  # set by shared_poll_publish: the next regular cycle skips the key
         self.digest = 0
         self.behind = True  # some tracker needs the key's data although it did not change
         self.subs: dict[str, _Sub] = {}
 
 
 class _Channel:
-    __slots__ = ("counter", "epoch", "keys", "name", "ns", "soon", "stop", "subs", "task", "wake")
+    __slots__ = ("counter", "epoch", "keys", "name", "ns", "observed", "soon", "stop", "subs", "task", "wake")
 
     def __init__(self, name: str, ns: ChannelOptions) -> None:
         self.name = name
@@ -111,6 +114,7 @@ class _Channel:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.stop: asyncio.TimerHandle | None = None
+        self.observed = False  # publish_enabled: this node gets the channel's shared_poll_publish calls
 
     @property
     def opts(self) -> SharedPollOptions:
@@ -177,6 +181,14 @@ class SharedPollService(Generic[C]):
         node.metrics.subscriptions.inc()
         ch = self._channel(channel, ns)
         ch.subs[client.id] = _Sub(client)
+        if ch.opts.publish_enabled and not ch.observed:
+            ch.observed = True
+            try:
+                await node.subscriptions.observe(channel, self._published)
+            except Exception:
+                ch.observed = False
+                logger.warning("shared poll: %s not subscribed for shared_poll_publish (engine unavailable)",
+                               channel)
         ttl = max(int(opts.expire_at - time.time()), 0) if opts.expire_at else None
         client.enqueue(client.codec.reply(cmd.id, "subscribe", wire.subscribe_result(client.protocol, ch.epoch, ttl)))
         await node.after_subscribe(client, channel, opts)
@@ -317,6 +329,8 @@ class SharedPollService(Generic[C]):
         if ch.subs or self._channels.get(ch.name) is not ch:
             return
         del self._channels[ch.name]
+        if ch.observed:
+            self._node.subscriptions.unobserve(ch.name, self._published)
         if ch.task is not None:
             ch.task.cancel()
 
@@ -329,6 +343,17 @@ class SharedPollService(Generic[C]):
                 await ch.task
 
     async def _work(self, ch: _Channel) -> None:
+        """The channel's refresh loop; a bug in one cycle is logged and the next cycle runs all the same."""
+        while True:
+            try:
+                await self._cycles(ch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("shared poll refresh of %s failed; polling goes on", ch.name)
+                await asyncio.sleep(ch.opts.refresh_interval)
+
+    async def _cycles(self, ch: _Channel) -> None:
         loop = asyncio.get_running_loop()
         interval = ch.opts.refresh_interval
         next_cycle = loop.time() + interval
@@ -347,7 +372,10 @@ class SharedPollService(Generic[C]):
                 continue
             started = loop.time()
             self._expire_tracks(ch)
-            await self._poll_all(ch, list(ch.keys), spread=interval)
+            names = [n for n, k in ch.keys.items() if not k.fresh]
+            for key in ch.keys.values():
+                key.fresh = False
+            await self._poll_all(ch, names, spread=interval)
             next_cycle = max(started + interval, loop.time())
 
     async def _poll_all(self, ch: _Channel, names: list[str], spread: float) -> None:
@@ -457,6 +485,38 @@ class SharedPollService(Generic[C]):
             expired = [n for n, t in sub.keys.items() if t.expire_at and t.expire_at < deadline]
             self._untrack(ch, sub, expired)
             sub.min_expire = min((t.expire_at for t in sub.keys.values() if t.expire_at), default=0)
+
+    # --- shared_poll_publish (server API) --------------------------------------------------------------------
+
+    async def publish(self, channel: str, key: str, version: int, epoch: str, data: bytes) -> None:
+        """Push a key's new data without waiting for a poll (versioned mode, ``publish_enabled``): through the
+        broker to every node, where subscribers tracking the key and holding an older version get it, and the
+        next regular cycle skips the key."""
+        ns = self._node.policy.namespace(channel)
+        if not key or version < 1 or ns.subscription_type != "shared_poll":
+            raise ReplyError(ERROR_BAD_REQUEST)
+        if not ns.shared_poll.publish_enabled:
+            raise ReplyError(ERROR_NOT_AVAILABLE)
+        if not ns.shared_poll.versioned:
+            raise ReplyError(ERROR_INTERNAL)  # as Centrifugo: not supported in versionless mode
+        tags = {TAG_KEY: key, TAG_VERSION: str(version), TAG_EPOCH: epoch}
+        await self._node.publish(channel, data, PublishOptions(tags=tags))
+
+    def _published(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
+        """A shared_poll_publish from any node (the broker's reader: no awaits)."""
+        ch = self._channels.get(channel)
+        tags = pub.tags or {}
+        if ch is None or not ch.opts.versioned or TAG_KEY not in tags:
+            return
+        epoch = tags.get(TAG_EPOCH, "")
+        if epoch != ch.epoch:
+            self._new_epoch(ch, epoch)
+        key = ch.keys.get(tags[TAG_KEY])
+        version = int(tags.get(TAG_VERSION, "0"))
+        if key is None or version <= key.version:
+            return  # not tracked here, or stale: dropped silently
+        key.version, key.fresh, key.behind = version, True, False
+        self._deliver(ch, tags[TAG_KEY], key, version, pub.data)
 
     # --- introspection (tests, benchmark) -------------------------------------------------------------------
 

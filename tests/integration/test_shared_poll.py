@@ -20,11 +20,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
-from harness import REPO, JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
+from harness import REPO, JsFactory, ServerFactory, ServerProcess, free_port, unique_channel, wait_until
 from jsclient import JsClient
 from proxy_backends import Call, GrpcBackend, HttpBackend
 from test_protocol_raw import raw
+
+from node.api.proto import api_pb2
+from node.api.proto.api_pb2_grpc import CentrifugoApiStub
 
 HMAC_KEY = "shared-poll-test-secret"
 HOOK = "shared_poll_refresh"
@@ -491,3 +495,69 @@ async def test_keys_whose_signature_expired_are_dropped_after_the_extra_delay(
         await wait_until(lambda: polls(backend) and keys_of(polls(backend)[-1]) == ["e", "keep"], what="both polled")
         # No new signature for "e": a second after it expired the node stops polling it for this connection.
         await wait_until(lambda: keys_of(polls(backend)[-1]) == ["keep"], timeout=15, what="e dropped")
+
+
+async def test_shared_poll_publish_reaches_trackers_on_every_node(
+        server_factory: ServerFactory, js_factory: JsFactory, backend: HttpBackend,
+        cluster_engine: dict[str, Any]) -> None:
+    store = Store(versioned=True)
+    wire(backend, store)
+    store.set("hot", {"price": 1})
+    cfg = {**config(backend.endpoint(HOOK), mode="versioned", interval="5s"), **cluster_engine}
+    cfg["channel"]["namespaces"][0]["shared_poll"]["publish_enabled"] = True
+    cfg["channel"]["namespaces"].append({"name": "quiet", "subscription_type": "shared_poll",
+                                         "shared_poll": {"mode": "versioned"}})
+    cfg["channel"]["namespaces"].append({"name": "loose", "subscription_type": "shared_poll",
+                                         "shared_poll": {"publish_enabled": True}})
+    a = await server_factory(cfg, name="node-a")
+    b = await server_factory(cfg, name="node-b")
+    ch = unique_channel("votes:")
+    on_a = await subscriber(a, js_factory, backend, ch, user="a")
+    on_b = await subscriber(b, js_factory, backend, ch, user="b")
+    for js in (on_a, on_b):
+        await js.call("sp_track", channel=ch, keys=["hot"])
+    for js in (on_a, on_b):
+        await wait_until(lambda js=js: updates(js, "hot") == [{"price": 1}], what="polled data")
+    # Published on node A, delivered on both nodes with its version; the backend still says price 1.
+    await a.api_result("shared_poll_publish", {"channel": ch, "key": "hot", "data": {"price": 5}, "version": 7})
+    for js in (on_a, on_b):
+        await wait_until(lambda js=js: updates(js, "hot")[-1:] == [{"price": 5}], what="published data")
+    # A stale version is dropped silently; the next newer one arrives right after the newest before it.
+    await b.api_result("shared_poll_publish", {"channel": ch, "key": "hot", "data": {"price": 0}, "version": 3})
+    await b.api_result("shared_poll_publish", {"channel": ch, "key": "hot", "data": {"price": 9}, "version": 8})
+    for js in (on_a, on_b):
+        await wait_until(lambda js=js: updates(js, "hot")[-1:] == [{"price": 9}], what="newer publish")
+        assert [e["version"] for e in js.events("sp_update") if e["key"] == "hot"] == [1, 7, 8]
+    # Centrifugo's codes: no version or key 107, a stream namespace 107, publish_enabled off 108, versionless 100.
+    for payload, code in (({"channel": ch, "key": "hot", "data": {}}, 107),
+                          ({"channel": ch, "data": {}, "version": 1}, 107),
+                          ({"channel": unique_channel("chat:"), "key": "k", "data": {}, "version": 1}, 107),
+                          ({"channel": unique_channel("quiet:"), "key": "k", "data": {}, "version": 1}, 108),
+                          ({"channel": unique_channel("loose:"), "key": "k", "data": {}, "version": 1}, 100)):
+        assert (await a.api("shared_poll_publish", payload))["error"]["code"] == code, payload
+
+
+async def test_shared_poll_publish_over_grpc(server_factory: ServerFactory, js_factory: JsFactory,
+                                             backend: HttpBackend) -> None:
+    store = Store(versioned=True)
+    wire(backend, store)
+    store.set("g", {"n": 1})
+    cfg = config(backend.endpoint(HOOK), mode="versioned", interval="5s")
+    cfg["channel"]["namespaces"][0]["shared_poll"]["publish_enabled"] = True
+    port = free_port()
+    cfg["grpc_api"] = {"enabled": True, "address": "127.0.0.1", "port": port, "key": "grpc-key"}
+    srv = await server_factory(cfg)
+    ch = unique_channel("votes:")
+    js = await subscriber(srv, js_factory, backend, ch)
+    await js.call("sp_track", channel=ch, keys=["g"])
+    await wait_until(lambda: updates(js, "g") == [{"n": 1}], what="polled data")
+    auth = (("authorization", "apikey grpc-key"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        api = CentrifugoApiStub(channel)
+        reply = await api.SharedPollPublish(api_pb2.SharedPollPublishRequest(
+            channel=ch, key="g", data=b'{"n":2}', version=2), metadata=auth)
+        assert not reply.HasField("error")
+        reply = await api.SharedPollPublish(api_pb2.SharedPollPublishRequest(channel=ch, key="g", data=b"{}"),
+                                            metadata=auth)
+        assert reply.error.code == 107
+    await wait_until(lambda: updates(js, "g")[-1:] == [{"n": 2}], what="published over GRPC")

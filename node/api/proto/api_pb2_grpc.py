@@ -139,6 +139,11 @@ class CentrifugoApiStub:
                 request_serializer=node_dot_api_dot_proto_dot_api__pb2.MapClearRequest.SerializeToString,
                 response_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapClearResponse.FromString,
                 _registered_method=True)
+        self.SharedPollPublish = channel.unary_unary(
+                '/centrifugal.centrifugo.api.CentrifugoApi/SharedPollPublish',
+                request_serializer=node_dot_api_dot_proto_dot_api__pb2.SharedPollPublishRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_proto_dot_api__pb2.SharedPollPublishResponse.FromString,
+                _registered_method=True)
 
 
 class CentrifugoApiServicer:
@@ -270,6 +275,12 @@ class CentrifugoApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SharedPollPublish(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CentrifugoApiServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -377,6 +388,11 @@ def add_CentrifugoApiServicer_to_server(servicer, server):
                     servicer.MapClear,
                     request_deserializer=node_dot_api_dot_proto_dot_api__pb2.MapClearRequest.FromString,
                     response_serializer=node_dot_api_dot_proto_dot_api__pb2.MapClearResponse.SerializeToString,
+            ),
+            'SharedPollPublish': grpc.unary_unary_rpc_method_handler(
+                    servicer.SharedPollPublish,
+                    request_deserializer=node_dot_api_dot_proto_dot_api__pb2.SharedPollPublishRequest.FromString,
+                    response_serializer=node_dot_api_dot_proto_dot_api__pb2.SharedPollPublishResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -946,6 +962,33 @@ class CentrifugoApi:
             '/centrifugal.centrifugo.api.CentrifugoApi/MapClear',
             node_dot_api_dot_proto_dot_api__pb2.MapClearRequest.SerializeToString,
             node_dot_api_dot_proto_dot_api__pb2.MapClearResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SharedPollPublish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/centrifugal.centrifugo.api.CentrifugoApi/SharedPollPublish',
+            node_dot_api_dot_proto_dot_api__pb2.SharedPollPublishRequest.SerializeToString,
+            node_dot_api_dot_proto_dot_api__pb2.SharedPollPublishResponse.FromString,
             options,
             channel_credentials,
             insecure,
