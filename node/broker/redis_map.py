@@ -21,6 +21,15 @@ from node.maps.state import SUPPRESSED_IDEMPOTENCY, UNCONDITIONAL, Conditions, E
 from node.models import PublishOptions, PublishResult
 
 
+def _entry(value: bytes | str) -> Entry:
+    """A stored value: msgpack(offset) followed by the publication body."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(value)
+    offset = unpacker.unpack()
+    pub = wire.decode_body(unpacker.unpack(), offset)
+    return Entry(pub.data, offset, pub.info, pub.tags)
+
+
 class RedisMapStore:
     def __init__(self, broker: RedisBroker) -> None:
         self._broker = broker
@@ -60,6 +69,12 @@ class RedisMapStore:
         return result
 
     async def remove(self, channel: str, opts: PublishOptions, *, expired_only: bool = False) -> PublishResult:
+        if opts.tags is None:
+            # The removal carries the entry's tags, as Centrifugo's does, so tags-filtered subscribers see it. (Read
+            # before the script: a write racing the removal changes at most which version's tags it carries.)
+            value = await self._broker.shard(channel).client.hget(self._keys(channel)[3], opts.key)
+            if value is not None:
+                opts = dataclasses.replace(opts, tags=_entry(value).tags)
         return await self._write(channel, b"null", opts, "expire" if expired_only else "remove", 0)
 
     async def touch(self, channel: str, key: str, key_ttl: float) -> bool:
@@ -81,12 +96,7 @@ class RedisMapStore:
         for raw_key, value in zip(names, values, strict=True):
             if value is None:
                 continue  # removed between the two reads: the stream after the page's position has it
-            unpacker = msgpack.Unpacker(raw=False)
-            unpacker.feed(value)
-            offset = unpacker.unpack()
-            pub = wire.decode_body(unpacker.unpack(), offset)
-            out.append((raw_key.decode() if isinstance(raw_key, bytes) else raw_key,
-                        Entry(pub.data, offset, pub.info, pub.tags)))
+            out.append((raw_key.decode() if isinstance(raw_key, bytes) else raw_key, _entry(value)))
         last = names[-1]
         return out, (last.decode() if isinstance(last, bytes) else last) if more else ""
 

@@ -96,7 +96,9 @@ class MemoryMapStore:
         if entry is None or (expired_only and not (entry.expire_at and entry.expire_at <= time.monotonic())):
             return PublishResult(suppressed=True, suppress_reason=SUPPRESSED_KEY_NOT_FOUND)
         self.state.remove(channel, opts.key)
-        result = await self._publish(channel, b"null", dataclasses.replace(opts, idempotency_key=""))
+        # The removal carries the entry's tags (as Centrifugo's does), so tags-filtered subscribers see it.
+        tags = entry.tags if opts.tags is None else opts.tags
+        result = await self._publish(channel, b"null", dataclasses.replace(opts, idempotency_key="", tags=tags))
         self._remember(channel, opts, result)
         return result
 

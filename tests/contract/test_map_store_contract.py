@@ -284,3 +284,14 @@ async def test_a_keys_delta_base_is_its_own_previous_value(node: Node) -> None:
     # a2's base is a1 (not b1, the channel's previous publication); after its removal a3 has none.
     assert got == [("a", b'"a1"', None, False), ("b", b'"b1"', None, False), ("a", b'"a2"', b'"a1"', False),
                    ("a", b"null", None, True), ("a", b'"a3"', None, False)]
+
+
+@pytest.mark.parametrize("nodes", KEYED_BACKENDS, indirect=True)
+async def test_a_removal_carries_the_entrys_tags(node: Node) -> None:
+    ch = "m:" + uuid.uuid4().hex
+    await node.broker.subscribe(ch)
+    await node.store.set(ch, b'"v"', dataclasses.replace(keyed("k"), tags={"team": "eng"}), 0)
+    await node.store.remove(ch, keyed("k", removed=True))
+    await wait_until(lambda: len([1 for c, _, _ in node.recorder.publications if c == ch]) >= 2)
+    assert [(p.removed, p.tags) for c, p, _ in node.recorder.publications if c == ch] == [
+        (False, {"team": "eng"}), (True, {"team": "eng"})]

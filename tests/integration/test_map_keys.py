@@ -30,6 +30,8 @@ NAMESPACES: dict[str, Any] = {
              "map": {"mode": "persistent", "allow_publish_for_client": True, "allow_remove_for_client": True}},
             {"name": "cursors", "subscription_type": "map", "allow_subscribe_for_client": True,
              "map": {"mode": "ephemeral", "key_ttl": "60s", "allow_publish_for_client": True}},
+            {"name": "tagged", "subscription_type": "map", "allow_subscribe_for_client": True,
+             "allow_tags_filter": True, "map": {"mode": "persistent"}},
             {"name": "seats", "subscription_type": "map", "allow_subscribe_for_client": True,
              "map": {"mode": "persistent", "client_key": "user_id", "allow_publish_for_client": True,
                      "allow_publish_for_anonymous": True}},
@@ -250,3 +252,16 @@ async def test_bad_writes_get_centrifugo_errors_and_others_keep_receiving(server
     assert _updates(watcher, ch) == [("fine", {"ok": 1})]
     assert [e["key"] for e in (await server.api_result("map_read_state", {"channel": ch}))["entries"]] == [
         "fine"]
+
+
+async def test_a_tags_filtered_subscriber_sees_its_keys_removed(server: ServerProcess, js_factory: JsFactory) -> None:
+    ch = unique_channel("tagged:")
+    js = await js_connected(server, js_factory)
+    await js.call("map_subscribe", channel=ch, tagsFilter={"key": "team", "cmp": "eq", "val": "eng"}, wait=True)
+    await _publish(server, ch, "eng_item", {"v": 1}, tags={"team": "eng"})
+    await _publish(server, ch, "sales_item", {"v": 2}, tags={"team": "sales"})
+    # A removal names no tags: it carries the removed entry's, as Centrifugo's does, so the filter lets it through.
+    await server.api_result("map_remove", {"channel": ch, "key": "sales_item"})
+    await server.api_result("map_remove", {"channel": ch, "key": "eng_item"})
+    await js.wait("map_update", channel=ch, key="eng_item", removed=True)
+    assert _updates(js, ch) == [("eng_item", {"v": 1}), ("eng_item", None)]
