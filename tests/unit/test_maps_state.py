@@ -158,7 +158,9 @@ def test_shipped_maps_config_loads_cleanly(name: str) -> None:
     cursors, board, *presence = result.config.channel.namespaces
     assert cursors.map.mode == "ephemeral" and cursors.map.remove_client_on_unsubscribe
     assert board.map.recoverable and board.map.effective_stream_size == 1000
-    # config.maps.json also shows map presence (a game's clients and users), tags filters and publish debounce.
+    # config.maps.json also shows map presence (a game's clients and users), tags filters, publish debounce and
+    # fossil delta per key.
+    assert "postgres" in name or ("fossil" in board.allowed_delta_types and board.delta_publish)
     assert [ns.subscription_type for ns in presence] == ([] if "postgres" in name else
                                                          ["map", "map_clients", "map_users"])
 
