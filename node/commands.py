@@ -283,7 +283,7 @@ async def _map_write(client: Connection, cmd: codec.Command, channel: str) -> by
     key, info = _str(cmd.params, "key"), client.channel_info(channel)
     if removed:
         r = await map_writes.map_write(client, proxy, map_writes.MAP_REMOVE, channel, key, None)
-        await node.maps.remove(channel, r.key or key, info=info, idempotency_key=r.idempotency_key)
+        await node.maps.remove(channel, r.key or key, info=info, idempotency_key=r.idempotency_key, tags=r.tags)
         return client.codec.empty
     if cmd.data is None:
         raise DisconnectError(DISCONNECT_BAD_REQUEST)

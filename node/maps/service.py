@@ -123,12 +123,13 @@ class MapService(Generic[C_contra]):
         return await self._positioned(channel, m, result)
 
     async def remove(self, channel: str, key: str, *, info: ClientInfo | None = None, expired_only: bool = False,
-                     idempotency_key: str = "") -> PublishResult:
+                     idempotency_key: str = "", tags: Mapping[str, str] | None = None) -> PublishResult:
         """Remove ``key``; removing a key that is not there changes nothing and announces nothing (suppressed,
-        "key_not_found")."""
+        "key_not_found"). The removal carries the entry's tags, or ``tags`` (a remove proxy's) when given."""
         m = self.options(channel)
         _check_key(key)
         opts = self._stream_options(m, client_info=info, key=key, removed=True, idempotency_key=idempotency_key,
+                                    tags=tags,
                                     idempotent_result_ttl=self._node.config.map_broker.idempotent_result_ttl)
         return await self._positioned(channel, m, await self.store.remove(channel, opts, expired_only=expired_only))
 

@@ -75,9 +75,11 @@ async def test_the_backend_decides_client_map_writes(backend: HttpBackend | Grpc
     sent = base64.b64decode(call["data"]) if grpc else call["data"]
     assert json.loads(sent) == {"x": 1} if grpc else sent == {"x": 1}
 
-    # A removal goes to the remove proxy; an empty result approves the client's key.
+    # A removal goes to the remove proxy, which approves the client's key and stamps the removal's tags.
+    backend.answers["map_remove"] = lambda body: {"result": {"tags": {"src": "proxy-remove"}}}
     await alice.call("map_remove", channel=ch, key="u-alice", via="client")
-    assert (await watcher.wait("map_update", channel=ch, key="u-alice", removed=True))["removed"] is True
+    removal = await watcher.wait("map_update", channel=ch, key="u-alice", removed=True)
+    assert removal["tags"] == {"src": "proxy-remove"}
     assert [c.body["key"] for c in backend.of("map_remove")] == ["u-alice"]
 
     # The backend's error reaches the client as it is; its disconnect closes the connection.

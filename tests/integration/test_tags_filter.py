@@ -102,6 +102,11 @@ async def test_map_state_and_updates_are_filtered(server: ServerProcess, js_fact
                                             "tags": {"sector": "energy"}})
     assert (await js.wait("map_update", channel=ch, key="s6"))["data"] == {"i": 6}
     assert not [e for e in js.events("map_update") if e["key"] == "s0"]
+    # A removal carries the entry's tags: the filter lets through the removal of a key it matches.
+    await server.api_result("map_remove", {"channel": ch, "key": "s0"})
+    await server.api_result("map_remove", {"channel": ch, "key": "s6"})
+    assert (await js.wait("map_update", channel=ch, key="s6", removed=True))["removed"] is True
+    assert not [e for e in js.events("map_update") if e["key"] == "s0"]
 
 
 async def test_filters_where_not_allowed_or_malformed_get_107(server: ServerProcess, js_factory: JsFactory) -> None:
