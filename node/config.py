@@ -555,6 +555,7 @@ class Config:
     def __post_init__(self) -> None:
         check_unique_names(self.consumers)
         check_personal_channel(self.client.subscribe_to_user_personal_channel, self.channel)
+        self.shared_poll.check(o.subscription_type for o in (self.channel.without_namespace, *self.channel.namespaces))
         check_proxy_names(
             self.proxies,
             [("in channel.without_namespace", self.channel.without_namespace),

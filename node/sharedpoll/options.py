@@ -4,6 +4,7 @@ the loader warns about it and it has no effect."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -40,6 +41,9 @@ class SharedPollOptions:
                               "positive")
         if self.channel_shutdown_delay < 0 or self.track_expired_extra_delay < 0:
             raise ConfigError(f"{where}: shared_poll durations must not be negative")
+        if self.publish_enabled and not self.versioned:
+            raise ConfigError(f"{where}: shared_poll publish_enabled is incompatible with versionless mode "
+                              "(requires explicit versions)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,3 +58,8 @@ class SharedPollConfig:
     def __post_init__(self) -> None:
         if self.concurrency_limit < 0:
             raise ConfigError("shared_poll.concurrency_limit must not be negative")
+
+    def check(self, subscription_types: Iterable[str]) -> None:
+        """Centrifugo's load-time rule: a shared_poll namespace needs the key that signs its tracks."""
+        if not self.hmac_secret_key and "shared_poll" in subscription_types:
+            raise ConfigError('shared_poll.hmac_secret_key is required when subscription_type is "shared_poll"')

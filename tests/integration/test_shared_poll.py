@@ -505,8 +505,6 @@ async def test_shared_poll_publish_reaches_trackers_on_every_node(
     cfg["channel"]["namespaces"][0]["shared_poll"]["publish_enabled"] = True
     cfg["channel"]["namespaces"].append({"name": "quiet", "subscription_type": "shared_poll",
                                          "shared_poll": {"mode": "versioned"}})
-    cfg["channel"]["namespaces"].append({"name": "loose", "subscription_type": "shared_poll",
-                                         "shared_poll": {"publish_enabled": True}})
     a = await server_factory(cfg, name="node-a")
     b = await server_factory(cfg, name="node-b")
     ch = unique_channel("votes:")
@@ -526,12 +524,11 @@ async def test_shared_poll_publish_reaches_trackers_on_every_node(
     for js in (on_a, on_b):
         await wait_until(lambda js=js: updates(js, "hot")[-1:] == [{"price": 9}], what="newer publish")
         assert [e["version"] for e in js.events("sp_update") if e["key"] == "hot"] == [1, 7, 8]
-    # Centrifugo's codes: no version or key 107, a stream namespace 107, publish_enabled off 108, versionless 100.
+    # Centrifugo's codes: no version or key 107, a stream namespace 107, publish_enabled off 108.
     for payload, code in (({"channel": ch, "key": "hot", "data": {}}, 107),
                           ({"channel": ch, "data": {}, "version": 1}, 107),
                           ({"channel": unique_channel("chat:"), "key": "k", "data": {}, "version": 1}, 107),
-                          ({"channel": unique_channel("quiet:"), "key": "k", "data": {}, "version": 1}, 108),
-                          ({"channel": unique_channel("loose:"), "key": "k", "data": {}, "version": 1}, 100)):
+                          ({"channel": unique_channel("quiet:"), "key": "k", "data": {}, "version": 1}, 108)):
         assert (await a.api("shared_poll_publish", payload))["error"]["code"] == code, payload
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from pathlib import Path
 
 import pytest
@@ -76,8 +77,21 @@ def test_previous_key_is_accepted_until_valid_until() -> None:
         signature.verify(SharedPollConfig(hmac_secret_key="new"), "u", "c", ["a"], old, NOW)
 
 
-@pytest.mark.parametrize("bad", [{"mode": "sometimes"}, {"refresh_interval": 0.0}, {"refresh_batch_size": 0},
+@pytest.mark.parametrize("bad", [{"mode": "sometimes"}, {"publish_enabled": True}, {"refresh_interval": 0.0},
+                                 {"refresh_batch_size": 0},
                                  {"max_keys_per_connection": -1}, {"channel_shutdown_delay": -1.0}])
 def test_bad_namespace_options_are_config_errors(bad: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match="shared_poll"):
         SharedPollOptions(**bad).validate("channel.namespaces[votes]")  # type: ignore[arg-type]
+
+
+def test_a_shared_poll_namespace_needs_the_hmac_secret_key(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    ns = {"name": "votes", "subscription_type": "shared_poll"}
+    proxy = {"shared_poll_refresh": {"endpoint": "http://127.0.0.1:1/refresh"}}
+    path.write_text(json.dumps({"channel": {"proxy": proxy, "namespaces": [ns]}}))
+    with pytest.raises(ConfigError, match="hmac_secret_key is required"):
+        load(str(path), {}, {})
+    path.write_text(json.dumps({"shared_poll": {"hmac_secret_key": "k"},
+                                "channel": {"proxy": proxy, "namespaces": [ns]}}))
+    assert load(str(path), {}, {}).config.channel.namespaces[0].shared_poll.mode == "versionless"
