@@ -6,12 +6,17 @@ Run ``python examples/embedded.py`` and connect a client to ws://127.0.0.1:8000/
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+
 import orjson
 from aiohttp import web
 
 from node.config_load import load
 from node.errors import ERROR_METHOD_NOT_FOUND, Disconnect, DisconnectError, Error, ReplyError
 from node.proxy.python import Handlers
+from node.proxy.python_stream import Incoming
 from node.proxy.types import (
     ConnectRequest,
     ConnectResult,
@@ -56,10 +61,19 @@ async def rpc(req: RPCRequest) -> RPCResult:
     raise ReplyError(ERROR_METHOD_NOT_FOUND)
 
 
+@handlers.on_subscribe_stream
+async def ticks(req: SubscribeRequest, incoming: Incoming) -> AsyncIterator[SubscribeResult | bytes]:
+    yield SubscribeResult(data=orjson.dumps({"every": "1s"}))  # the subscribe answer
+    for n in itertools.count():  # then publications for this subscriber only, until it unsubscribes
+        yield orjson.dumps({"tick": n, "user": req.user})
+        await asyncio.sleep(1)
+
+
 def make_app(port: int = 8000) -> web.Application:
     config = load(None, {}, {
         "http_server.port": port,
-        "channel.namespaces": [{"name": "chat", "subscribe_proxy_enabled": True, "publish_proxy_enabled": True}],
+        "channel.namespaces": [{"name": "chat", "subscribe_proxy_enabled": True, "publish_proxy_enabled": True},
+                               {"name": "ticks", "subscribe_stream_proxy_enabled": True}],
         "rpc.without_namespace.proxy_enabled": True,
     }).config
     return build_app(config, handlers=handlers)

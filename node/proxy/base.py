@@ -1,7 +1,7 @@
 """What a proxy backend is: one coroutine per hook, taking and returning the types of ``types.py``.
 
 Implementations: ``HttpProxy`` (JSON over HTTP POST), ``GrpcProxy`` (Centrifugo's ``CentrifugoProxy`` GRPC
-service) and ``PythonHandlers`` (async callables registered by an application that embeds Fugato). A backend
+service) and ``PythonProxy`` (async callables registered by an application that embeds Fugato, python.py). A backend
 raises ``ReplyError`` / ``DisconnectError`` for the backend's own refusals and ``ProxyCallError`` when it got
 no usable answer; ``ProxyCaller`` (caller.py) turns the latter into the client's code, a log line and a metric.
 """

@@ -1,14 +1,16 @@
 """The map publish and map remove proxies (a map namespace's ``map.publish_proxy_enabled`` /
 ``map.remove_proxy_enabled``; ``channel.proxy.map_publish`` / ``map_remove``, or the named proxy of
-``map.publish_proxy_name`` / ``remove_proxy_name``): a client's map write goes to the backend first, which
-allows it (optionally replacing the key and data, adding tags, a key mode, an idempotency key, a version),
-refuses it with an error, or disconnects the client. The namespace's ``map.allow_*`` options are then not
-consulted: the backend decides.
+``map.publish_proxy_name`` / ``remove_proxy_name``): a client's map write goes to the backend first, which allows
+it (optionally replacing the key and data, adding tags, a key mode, an idempotency key, a version), refuses it
+with an error, or disconnects the client. The namespace's ``map.allow_*`` options are then not consulted: the
+backend decides.
 
 HTTP: POST ``{client, transport, protocol, encoding, user, channel, key, data | b64data[, meta]}``, answered
 ``{"result": {key, data | b64data, tags, key_mode, idempotency_key, delta, version, version_epoch}}`` (remove:
-``{key, tags, idempotency_key}``) or ``{"error": …}`` / ``{"disconnect": …}``. GRPC: ``CentrifugoProxy.MapPublish``
-/ ``MapRemove``. A garbled answer or a backend that cannot be reached is error 100 for the client."""
+``{key, tags, idempotency_key}``) or ``{"error": …}`` / ``{"disconnect": …}``. GRPC:
+``CentrifugoProxy.MapPublish`` / ``MapRemove``. In-process (``Handlers.on_map_publish`` / ``on_map_remove``): the
+handler takes a ``MapWriteRequest`` and answers a ``MapWriteResult`` (None: allowed as sent). A garbled answer or
+a backend that cannot be reached is error 100 for the client."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from node.proxy.grpc import GrpcProxy, _bytes
 from node.proxy.http import HttpProxy, _field, payload
 from node.proxy.manager import Proxy, ProxyClient
 from node.proxy.proto import proxy_pb2 as pb
+from node.proxy.python import PythonProxy
 
 MAP_PUBLISH: Final = "map_publish"
 MAP_REMOVE: Final = "map_remove"
@@ -60,6 +63,11 @@ async def _call(proxy: Proxy, hook: str, req: MapWriteRequest) -> MapWriteResult
         return await _http(backend, req)
     if isinstance(backend, GrpcProxy):
         return await _grpc(backend, hook, req)
+    if isinstance(backend, PythonProxy):
+        result = await backend.run(hook, req)
+        if result is not None and not isinstance(result, MapWriteResult):
+            raise pt.ProxyCallError("bad_response", f"the {hook} handler returned {type(result).__name__}")
+        return result or MapWriteResult()
     raise pt.ProxyCallError("unsupported", f"{backend.kind} backends have no {hook} hook")
 
 

@@ -12,21 +12,26 @@ the same request and result types as the HTTP and GRPC proxies (``node.proxy.typ
 (a complete example: ``examples/embedded.py``, shown in the README).
 
 A registered connect or refresh handler is used as ``client.proxy.connect`` / ``refresh`` would be (no endpoint
-needed). The channel and RPC hooks stay switched per namespace (``subscribe_proxy_enabled``, ``proxy_enabled``…)
-and take the handler registered under the namespace's proxy name (``"default"`` unless given).
+needed). The channel and RPC hooks stay switched per namespace (``subscribe_proxy_enabled``, ``proxy_enabled``,
+``map.publish_proxy_enabled``, ``shared_poll`` subscriptions…) and take the handler registered under the
+namespace's proxy name (``"default"`` unless given). The map write hooks take ``map_writes.MapWriteRequest`` and
+answer ``MapWriteResult``; the shared poll refresh takes ``shared_poll.SharedPollRefreshRequest`` and answers
+``node.sharedpoll.refresh.Answer``; a subscribe stream handler is an async generator (``python_stream.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
+from node.proxy import python_stream
 from node.proxy import types as pt
 from node.proxy.base import ProxyBackend
 from node.proxy.config import DEFAULT_PROXY_NAME
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-HOOKS: Final = ("connect", "refresh", "subscribe", "publish", "rpc", "sub_refresh")
+HOOKS: Final = ("connect", "refresh", "subscribe", "publish", "rpc", "sub_refresh", "subscribe_stream", "map_publish",
+                 "map_remove", "shared_poll_refresh")
 
 
 class Handlers:
@@ -35,7 +40,7 @@ class Handlers:
     def __init__(self, *, timeout: float = 1.0, http_headers: tuple[str, ...] = ()) -> None:
         self.timeout = timeout  # an in-process handler is bounded like a remote proxy
         self.http_headers = http_headers  # request headers the handlers get in ``req.headers`` (lower-cased)
-        self._fns: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {}
+        self._fns: dict[tuple[str, str], Callable[..., Any]] = {}
 
     def register(self, hook: str, fn: F, name: str = DEFAULT_PROXY_NAME) -> F:
         if hook not in HOOKS:
@@ -46,7 +51,7 @@ class Handlers:
     def has(self, hook: str, name: str = DEFAULT_PROXY_NAME) -> bool:
         return (hook, name) in self._fns
 
-    def get(self, hook: str, name: str) -> Callable[..., Awaitable[Any]] | None:
+    def get(self, hook: str, name: str) -> Callable[..., Any] | None:
         return self._fns.get((hook, name))
 
     def names(self) -> set[str]:
@@ -69,6 +74,25 @@ class Handlers:
     def on_rpc(self, fn: Callable[[pt.RPCRequest], Awaitable[pt.RPCResult]], name: str = DEFAULT_PROXY_NAME) -> Any:
         return self.register("rpc", fn, name)
 
+    def on_map_publish(self, fn: Callable[[Any], Awaitable[Any]], name: str = DEFAULT_PROXY_NAME) -> Any:
+        """``fn(MapWriteRequest) -> MapWriteResult`` (node.proxy.map_writes)."""
+        return self.register("map_publish", fn, name)
+
+    def on_map_remove(self, fn: Callable[[Any], Awaitable[Any]], name: str = DEFAULT_PROXY_NAME) -> Any:
+        """``fn(MapWriteRequest) -> MapWriteResult`` (node.proxy.map_writes; ``data`` is None)."""
+        return self.register("map_remove", fn, name)
+
+    def on_shared_poll_refresh(self, fn: Callable[[Any], Awaitable[Any]], name: str = DEFAULT_PROXY_NAME) -> Any:
+        """``fn(SharedPollRefreshRequest) -> Answer`` (node.proxy.shared_poll, node.sharedpoll.refresh)."""
+        return self.register("shared_poll_refresh", fn, name)
+
+    def on_subscribe_stream(self, fn: Callable[..., AsyncIterator[Any]], name: str = DEFAULT_PROXY_NAME) -> Any:
+        """``fn(SubscribeRequest, incoming)``: an async generator whose first item is the ``SubscribeResult`` and
+        every later one a publication (``bytes`` or ``StreamPublication``); ``incoming`` yields the data of the
+        client's publishes in a bidirectional stream (it ends at once in a unidirectional one)."""
+        self._fns["subscribe_stream", name] = fn  # an async generator function, not a coroutine function
+        return fn
+
     def on_sub_refresh(self, fn: Callable[[pt.SubRefreshRequest], Awaitable[pt.SubRefreshResult]],
                        name: str = DEFAULT_PROXY_NAME) -> Any:
         return self.register("sub_refresh", fn, name)
@@ -84,6 +108,10 @@ class PythonProxy(ProxyBackend):
     @property
     def kind(self) -> str:
         return "python"
+
+    async def run(self, hook: str, req: Any) -> Any:
+        """Call the handler of ``hook`` (the hooks outside ``ProxyBackend``: map writes, shared poll refresh)."""
+        return await self._run(hook, req)
 
     async def _run(self, hook: str, req: Any) -> Any:
         fn = self._handlers.get(hook, self._name)
@@ -110,6 +138,13 @@ class PythonProxy(ProxyBackend):
 
     async def sub_refresh(self, req: pt.SubRefreshRequest) -> pt.SubRefreshResult:
         return await self._run("sub_refresh", req) or pt.SubRefreshResult(expired=True)
+
+    async def open_stream(self, req: pt.SubscribeRequest, bidirectional: bool) -> tuple[Any, pt.SubscribeResult]:
+        """Start the subscribe stream handler (python_stream.py), as ``GrpcProxy.open_stream`` opens a stream."""
+        fn = self._handlers.get("subscribe_stream", self._name)
+        if fn is None:
+            raise pt.ProxyCallError("unavailable", f"no in-process subscribe_stream handler named {self._name!r}")
+        return await python_stream.open_stream(fn, req, bidirectional)
 
     async def close(self) -> None:
         return None

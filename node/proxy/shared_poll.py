@@ -2,14 +2,16 @@
 (``channel.proxy.shared_poll_refresh``, or the named proxy of the namespace's ``shared_poll.proxy_name``).
 
 HTTP: POST ``{"channel", "items": [{"key"[, "version"]}]}``, answered ``{"result": {"items": [{"key", "data",
-"version", "removed"}], "epoch"}}`` or ``{"error": …}``. GRPC: ``CentrifugoProxy.SharedPollRefresh``. Versions
-are sent in versioned mode only, as Centrifugo does. A garbled answer is a failed call like a down backend:
-the refresh cycle is skipped and the next one tries again.
+"version", "removed"}], "epoch"}}`` or ``{"error": …}``. GRPC: ``CentrifugoProxy.SharedPollRefresh``. In-process
+(``Handlers.on_shared_poll_refresh``): the handler takes a ``SharedPollRefreshRequest`` and answers an
+``Answer``. Versions are sent in versioned mode only, as Centrifugo does. A garbled answer is a failed call like
+a down backend: the refresh cycle is skipped and the next one tries again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from node.proxy import types as pt
@@ -17,6 +19,7 @@ from node.proxy.grpc import GrpcProxy
 from node.proxy.http import HttpProxy, payload
 from node.proxy.manager import SHARED_POLL_REFRESH, Proxy
 from node.proxy.proto import proxy_pb2 as pb
+from node.proxy.python import PythonProxy
 from node.sharedpoll.refresh import Answer, Item
 
 HOOK = SHARED_POLL_REFRESH
@@ -24,30 +27,37 @@ HOOK = SHARED_POLL_REFRESH
 _NO_CLIENT = pt.ProxyRequest(client="", transport="")
 
 
-class _Request:
-    """What the proxy's log line and metrics see of a refresh call (it has no client)."""
+@dataclass(frozen=True, slots=True)
+class SharedPollRefreshRequest:
+    """One refresh call: the tracked ``(key, version)`` pairs of a channel (versions are 0 unless ``versioned``).
+    What an in-process handler gets; ``client`` is empty (a refresh is about no connection)."""
 
-    __slots__ = ("channel", "client", "items", "versioned")
-
-    def __init__(self, channel: str, items: Sequence[tuple[str, int]], versioned: bool) -> None:
-        self.channel, self.items, self.versioned, self.client = channel, items, versioned, ""
+    channel: str
+    items: Sequence[tuple[str, int]]
+    versioned: bool
+    client: str = ""
 
 
 async def refresh(proxy: Proxy, channel: str, items: Sequence[tuple[str, int]], *, versioned: bool) -> Answer:
     """One refresh call; ``ReplyError`` when the backend refused or gave no usable answer."""
-    return await proxy.call(HOOK, lambda req: _call(proxy, req), _Request(channel, items, versioned))
+    return await proxy.call(HOOK, lambda req: _call(proxy, req), SharedPollRefreshRequest(channel, items, versioned))
 
 
-async def _call(proxy: Proxy, req: _Request) -> Answer:
+async def _call(proxy: Proxy, req: SharedPollRefreshRequest) -> Answer:
     backend = proxy.backend
     if isinstance(backend, HttpProxy):
         return await _http(backend, req)
     if isinstance(backend, GrpcProxy):
         return await _grpc(backend, req)
+    if isinstance(backend, PythonProxy):
+        answer = await backend.run(HOOK, req)
+        if not isinstance(answer, Answer):
+            raise pt.ProxyCallError("bad_response", f"the shared poll refresh handler returned {type(answer).__name__}")
+        return answer
     raise pt.ProxyCallError("unsupported", f"{backend.kind} backends have no shared poll refresh")
 
 
-async def _http(backend: HttpProxy, req: _Request) -> Answer:
+async def _http(backend: HttpProxy, req: SharedPollRefreshRequest) -> Answer:
     items = [{"key": k, "version": v} for k, v in req.items] if req.versioned else [{"key": k} for k, _ in req.items]
     result = await backend.post(_NO_CLIENT, {"channel": req.channel, "items": items}) or {}
     epoch = result.get("epoch", "")
@@ -68,7 +78,7 @@ def _json_item(obj: Any) -> Item:
     return Item(key, data, version, removed)
 
 
-async def _grpc(backend: GrpcProxy, req: _Request) -> Answer:
+async def _grpc(backend: GrpcProxy, req: SharedPollRefreshRequest) -> Answer:
     msg = pb.SharedPollRefreshRequest(channel=req.channel, items=[
         pb.SharedPollRefreshItem(key=k, version=v if req.versioned else 0) for k, v in req.items])
     resp = await backend._call(backend._client().SharedPollRefresh, _NO_CLIENT, msg)

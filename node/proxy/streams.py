@@ -10,6 +10,9 @@ the client's publishes to the channel go into the stream instead of the broker.
 The stream ends with the subscription: an unsubscribe or a disconnect cancels it. When the backend ends it,
 the client is unsubscribed: 2000 "server unsubscribe" for a clean end, 2500 "insufficient state" (the SDK
 resubscribes) when the stream broke.
+
+An application embedding Fugato streams in-process instead (``Handlers.on_subscribe_stream``, an async generator;
+``python_stream.py``), with the same semantics.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from node.proxy import types as pt
 from node.proxy.grpc import GrpcProxy
 from node.proxy.hooks import payload, token
 from node.proxy.proto import proxy_pb2 as pb
+from node.proxy.python import PythonProxy
+from node.proxy.python_stream import StreamBroken
 
 if TYPE_CHECKING:
     from node.protocol.codec import Codec
@@ -82,7 +87,7 @@ class Streams:
         """Open the stream of a subscription being made and return the backend's subscribe answer; publications
         flow once ``start`` is called (after the subscribe reply is queued)."""
         backend = proxy.backend
-        if not isinstance(backend, GrpcProxy):  # refused at start too: only GRPC endpoints stream
+        if not isinstance(backend, GrpcProxy | PythonProxy):  # refused at start too: only GRPC endpoints stream
             raise ReplyError(ERROR_NOT_AVAILABLE)
         req = pt.SubscribeRequest(**proxy.request_fields(client), channel=channel, token=token(params),
                                   data=payload(params))
@@ -134,6 +139,8 @@ class Streams:
         except grpc.aio.AioRpcError as e:
             logger.info("subscription stream of %s in %s ended: %s %s", client.id, channel, e.code().name,
                         e.details())
+        except StreamBroken as e:
+            logger.error("in-process subscription stream of %s in %s broke: %s", client.id, channel, e)
         if self._open.get((client.id, channel)) is stream:  # the backend ended it: the subscription ends too
             del self._open[client.id, channel]
             try:

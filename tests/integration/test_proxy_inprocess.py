@@ -51,6 +51,10 @@ async def test_in_process_handlers_decide_every_hook(embedded: str) -> None:
         assert pub.ctx.pub.info.chan_info == {"nick": "Ann"}
         await py.subscribe("chat:bob", wait=False)
         assert (await py.wait("unsubscribed", "chat:bob")).ctx.code == 403
+        ticks = await py.subscribe("ticks:clock")
+        assert py.events("subscribed", "ticks:clock")[0].ctx.data == {"every": "1s"}
+        assert (await py.wait("publication", "ticks:clock")).ctx.pub.data == {"tick": 0, "user": "ann"}
+        await ticks.unsubscribe()
         result = await py.client.rpc("whoami", {})
         assert result.data == {"user": "ann", "meta": {"plan": "free"}}
         with pytest.raises(centrifuge.ReplyError) as unknown:
