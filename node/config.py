@@ -163,11 +163,9 @@ class ClientConfig:
         if self.ping_interval <= 0:
             raise ConfigError("client.ping_interval must be positive")
         for name in ("channel_limit", "queue_max_size", "user_connection_limit", "connection_limit",
-                     "history_max_publication_limit", "recovery_max_publication_limit", "concurrency"):
+                     "history_max_publication_limit", "recovery_max_publication_limit", "concurrency", "write_delay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"client.{name} must not be negative")
-        if self.write_delay < 0:
-            raise ConfigError("client.write_delay must not be negative")
         if self.max_messages_in_frame < 1:
             raise ConfigError("client.max_messages_in_frame must be at least 1")
 
@@ -335,7 +333,7 @@ class RpcConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpApiConfig:
     disabled: bool = False
-    handler_prefix: str = "/api"
+    handler_prefix: str
     key: str = ""
     error_mode: str = ""
     external: bool = False
@@ -370,7 +368,7 @@ class GrpcApiConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WebsocketConfig:
     disabled: bool = False
-    handler_prefix: str = "/connection/websocket"
+    handler_prefix: str
     message_size_limit: int = 65536
     write_timeout: float = duration(1.0)
     compression: bool = False
@@ -378,7 +376,7 @@ class WebsocketConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EndpointConfig:
-    """An HTTP endpoint that can be switched on or off; each subclass gives its path."""
+    """An HTTP endpoint that can be switched on or off."""
 
     enabled: bool = False
     handler_prefix: str
@@ -393,31 +391,17 @@ class HttpBodyEndpointConfig(EndpointConfig):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HttpStreamConfig(HttpBodyEndpointConfig):
-    """Bidirectional emulation over one streaming POST response (``/connection/http_stream``)."""
-
-    handler_prefix: str = "/connection/http_stream"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SseConfig(HttpBodyEndpointConfig):
-    """Bidirectional emulation over an EventSource stream (``/connection/sse``)."""
-
-    handler_prefix: str = "/connection/sse"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class EmulationConfig:
     """Where emulated transports post their commands; served while ``sse`` or ``http_stream`` is enabled."""
 
-    handler_prefix: str = "/emulation"
+    handler_prefix: str
     max_request_body_size: int = 65536
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UniWebsocketConfig:
     enabled: bool = False
-    handler_prefix: str = "/connection/uni_websocket"
+    handler_prefix: str
     message_size_limit: int = 65536  # the first (connect) message
     join_push_messages: bool = False  # a flush's messages in one frame, newline-separated
 
@@ -452,16 +436,6 @@ class UniHttpConfig(HttpBodyEndpointConfig):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class UniSseConfig(UniHttpConfig):
-    handler_prefix: str = "/connection/uni_sse"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UniHttpStreamConfig(UniHttpConfig):
-    handler_prefix: str = "/connection/uni_http_stream"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class UniGrpcConfig:
     """The unidirectional GRPC stream (Centrifugo's ``CentrifugoUniStream``); off by default, as in Centrifugo."""
 
@@ -478,15 +452,9 @@ class UniGrpcConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PrometheusConfig(EndpointConfig):
-    handler_prefix: str = "/metrics"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class HealthConfig(EndpointConfig):
     # On by default (Centrifugo defaults to off): orchestrators and the README's quick start rely on it.
     enabled: bool = True
-    handler_prefix: str = "/health"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -497,7 +465,7 @@ class AdminConfig:
     password: str = ""  # the login password
     secret: str = ""  # HMAC key of the session tokens issued at login
     insecure: bool = False  # no login at all: for local use behind a firewall only
-    handler_prefix: str = ""  # "" = the UI at "/", as in Centrifugo
+    handler_prefix: str  # "" = the UI at "/", as in Centrifugo
     web_path: str = ""  # a directory to serve instead of the built-in UI (e.g. a build of Centrifugo's web app)
     web_proxy_address: str = ""  # a running web app's dev server to proxy the UI's files from
     external: bool = False  # with http_server.internal_port: serve the UI on the main port instead
@@ -521,7 +489,9 @@ class ShutdownConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
-    """The whole configuration; each component receives only its own section."""
+    """The whole configuration; each component receives only its own section. Every HTTP path the server
+    serves is given here, where its section is declared (the sections' classes have no path default; the
+    loader keeps a declared section's values for the keys a file leaves out), so the paths read as one table."""
 
     http_server: HttpServerConfig = HttpServerConfig()
     log: LogConfig = LogConfig()
@@ -533,19 +503,24 @@ class Config:
     client: ClientConfig = ClientConfig()
     channel: ChannelConfig = ChannelConfig()
     rpc: RpcConfig = RpcConfig()
-    http_api: HttpApiConfig = HttpApiConfig()
+    http_api: HttpApiConfig = HttpApiConfig(handler_prefix="/api")
     grpc_api: GrpcApiConfig = GrpcApiConfig()
-    websocket: WebsocketConfig = WebsocketConfig()
-    http_stream: HttpStreamConfig = HttpStreamConfig()
-    sse: SseConfig = SseConfig()
-    emulation: EmulationConfig = EmulationConfig()
-    uni_websocket: UniWebsocketConfig = UniWebsocketConfig()
-    uni_sse: UniSseConfig = UniSseConfig()
-    uni_http_stream: UniHttpStreamConfig = UniHttpStreamConfig()
+    websocket: WebsocketConfig = WebsocketConfig(handler_prefix="/connection/websocket")
+    # Bidirectional emulation over one streaming POST response (``/connection/http_stream``).
+    http_stream: HttpBodyEndpointConfig = HttpBodyEndpointConfig(handler_prefix="/connection/http_stream")
+    # Bidirectional emulation over an EventSource stream (``/connection/sse``).
+    sse: HttpBodyEndpointConfig = HttpBodyEndpointConfig(handler_prefix="/connection/sse")
+    emulation: EmulationConfig = EmulationConfig(handler_prefix="/emulation")
+    uni_websocket: UniWebsocketConfig = UniWebsocketConfig(handler_prefix="/connection/uni_websocket")
+    # Unidirectional EventSource stream (``/connection/uni_sse``).
+    uni_sse: UniHttpConfig = UniHttpConfig(handler_prefix="/connection/uni_sse")
+    # Unidirectional stream over one HTTP response (``/connection/uni_http_stream``).
+    uni_http_stream: UniHttpConfig = UniHttpConfig(handler_prefix="/connection/uni_http_stream")
     uni_grpc: UniGrpcConfig = UniGrpcConfig()
-    health: HealthConfig = HealthConfig()
-    prometheus: PrometheusConfig = PrometheusConfig()
-    admin: AdminConfig = AdminConfig()
+    health: HealthConfig = HealthConfig(handler_prefix="/health")
+    # Prometheus metrics endpoint (``/metrics``).
+    prometheus: EndpointConfig = EndpointConfig(handler_prefix="/metrics")
+    admin: AdminConfig = AdminConfig(handler_prefix="")
     node: NodeSection = NodeSection()
     shutdown: ShutdownConfig = ShutdownConfig()
     proxies: tuple[NamedProxyConfig, ...] = ()

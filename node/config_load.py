@@ -216,8 +216,10 @@ def _number(tp: type[int] | type[float], value: object) -> int | float | None:
     return None
 
 
-def _convert(tp: Any, value: object, where: str, duration: bool, warnings: list[str]) -> object:
-    """``value`` (from JSON/TOML, or a string from the environment) as a value of type ``tp``."""
+def _convert(tp: Any, value: object, where: str, duration: bool, warnings: list[str],
+             declared: Any = None) -> object:
+    """``value`` (from JSON/TOML, or a string from the environment) as a value of type ``tp``; an object's keys
+    override those of ``declared``, the field's default section where it has one."""
     if duration:
         try:
             return parse_duration(value)
@@ -258,7 +260,7 @@ def _convert(tp: Any, value: object, where: str, duration: bool, warnings: list[
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected object, got {_describe(value)}")
-        return _build(tp, value, where + ".", warnings)
+        return _build(tp, value, where + ".", warnings, declared)
     raise ConfigError(f"{where}: unsupported field type {tp!r}")  # a programming error in the dataclasses
 
 
@@ -282,7 +284,9 @@ def _unknown_key_warning(path: str) -> str:
     return f"unknown config key: {path}"
 
 
-def _build(cls: type, data: Mapping[str, object], prefix: str, warnings: list[str]) -> Any:
+def _build(cls: type, data: Mapping[str, object], prefix: str, warnings: list[str], declared: Any = None) -> Any:
+    """A ``cls`` from ``data``; keys it lacks keep the values of ``declared`` (a section whose defaults are given
+    where it is declared, such as ``Config.health``), else the class's own defaults."""
     hints = _hints(cls)
     by_key = {config_key(cls, f): f for f in dataclasses.fields(cls)}
     kwargs: dict[str, object] = {}
@@ -293,9 +297,11 @@ def _build(cls: type, data: Mapping[str, object], prefix: str, warnings: list[st
             continue
         if value is None:  # like Go's encoding/json: null leaves the default in place
             continue
-        kwargs[f.name] = _convert(hints[f.name], value, f"{prefix}{key}", bool(f.metadata.get("duration")), warnings)
+        section = f.default if dataclasses.is_dataclass(f.default) else None
+        kwargs[f.name] = _convert(hints[f.name], value, f"{prefix}{key}", bool(f.metadata.get("duration")), warnings,
+                                  section)
     try:
-        return cls(**kwargs)
+        return cls(**kwargs) if declared is None else dataclasses.replace(declared, **kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:

@@ -44,8 +44,9 @@ class AdminUI:
     def __init__(self, node: Node, config: AdminConfig, executor: Executor) -> None:
         self.node = node
         self.config = config
-        # The admin session, checked here, is what authorises a call: the API handler itself checks no key.
-        self._api = ApiHandler(executor, HttpApiConfig(insecure=True))
+        # The admin session, checked here, is what authorises a call: the API handler itself checks no key. Its
+        # routes are never mounted (the admin's own route calls it), so it has no path.
+        self._api = ApiHandler(executor, HttpApiConfig(handler_prefix="", insecure=True))
         self._methods = sorted(executor.methods)  # the page offers views for the methods this server has
         self.limiter = LoginLimiter()
         self.tails = Tails(node)

@@ -137,6 +137,21 @@ def test_null_keeps_default(tmp_path: Path) -> None:
     assert load_dict(tmp_path, {"http_server": {"port": None}}).config.http_server.port == 8000
 
 
+def test_sections_keep_the_paths_config_declares(tmp_path: Path) -> None:
+    # Endpoint classes have no path default: Config gives each its path, and a file (or the environment) setting
+    # other keys of the section keeps it.
+    cfg = load_dict(tmp_path, {"http_stream": {"enabled": True}, "uni_sse": {"max_request_body_size": 10},
+                               "health": {"enabled": False}, "websocket": {"compression": True}, "admin": {}},
+                    env={"CENTRIFUGO_PROMETHEUS_ENABLED": "true"}).config
+    assert (cfg.http_stream.enabled, cfg.http_stream.handler_prefix) == (True, "/connection/http_stream")
+    assert (cfg.uni_sse.max_request_body_size, cfg.uni_sse.handler_prefix) == (10, "/connection/uni_sse")
+    assert (cfg.health.enabled, cfg.health.handler_prefix) == (False, "/health")
+    assert (cfg.websocket.compression, cfg.websocket.handler_prefix) == (True, "/connection/websocket")
+    assert (cfg.prometheus.enabled, cfg.prometheus.handler_prefix) == (True, "/metrics")
+    assert cfg.admin.handler_prefix == "" and cfg.sse.handler_prefix == "/connection/sse"
+    assert cfg.uni_http_stream.handler_prefix == "/connection/uni_http_stream"
+
+
 def test_toml_file(tmp_path: Path) -> None:
     path = write(tmp_path, (
         '[http_server]\nport = 8123\n\n[client]\nallowed_origins = ["*"]\nping_interval = "40s"\n\n'

@@ -17,7 +17,7 @@ async def test_idle_connections_are_closed_and_active_ones_kept(monkeypatch: pyt
     monkeypatch.setattr(fastpath, "IDLE_TIMEOUT", 0.3)
     monkeypatch.setattr(fastpath, "SWEEP_INTERVAL", 0.05)
     node = build_node(Config())
-    handler = ApiHandler(Executor(node), HttpApiConfig(key="k"))
+    handler = ApiHandler(Executor(node), HttpApiConfig(handler_prefix="/api", key="k"))
     fast = fastpath.FastApi(asyncio.Protocol, handler, 1024)
     server = await asyncio.get_running_loop().create_server(fast, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
