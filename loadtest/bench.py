@@ -362,8 +362,11 @@ class RawHttp:
             self.writer.close()
 
 
-async def publish_loop(target: Target, channels: list[str], publishers: int, rate: float, duration: float) -> int:
-    """Publish for ``duration`` seconds from ``publishers`` concurrent HTTP connections; returns how many."""
+async def publish_loop(target: Target, channels: list[str], publishers: int, rate: float, duration: float,
+                       stagger: bool = False) -> int:
+    """Publish for ``duration`` seconds from ``publishers`` concurrent HTTP connections; returns how many.
+    The publishers start together and so publish in bursts of ``publishers``; ``stagger`` spreads their starts
+    over one interval instead, so that publications arrive evenly at ``rate``."""
     sent = 0
     stop_at = time.monotonic() + duration
     interval = publishers / rate if rate > 0 else 0.0
@@ -371,10 +374,13 @@ async def publish_loop(target: Target, channels: list[str], publishers: int, rat
     headers = {"X-API-Key": target.api_key, "Content-Type": "application/json"}
     path = "/api/publish" if target.kind == "fugato" else "/publish"
 
-    async def one() -> None:
+    async def one(i: int) -> None:
         nonlocal sent
         http = RawHttp(target.host, target.port, headers)
         next_at = time.monotonic()
+        if stagger and interval:
+            next_at += interval * i / publishers
+            await asyncio.sleep(next_at - time.monotonic())
         try:
             while time.monotonic() < stop_at:
                 ch = next(rr)
@@ -392,7 +398,7 @@ async def publish_loop(target: Target, channels: list[str], publishers: int, rat
         finally:
             http.close()
 
-    await asyncio.gather(*(one() for _ in range(publishers)))
+    await asyncio.gather(*(one(i) for i in range(publishers)))
     return sent
 
 
