@@ -279,7 +279,7 @@ class PostgresMapBroker(Broker):
 
     async def remove(self, channel: str, opts: models.PublishOptions, *,
                      expired_only: bool = False) -> models.PublishResult:
-        return await self._apply("expire" if expired_only else "remove", channel, b"null", opts, 0.0)
+        return await self._apply("expire" if expired_only else "remove", channel, b"", opts, 0.0)
 
     async def publish_join(self, channel: str, info: models.ClientInfo) -> None:
         return None  # map channels have no join/leave (their presence is the map_clients / map_users types)

@@ -75,7 +75,7 @@ class RedisMapStore:
             value = await self._broker.shard(channel).client.hget(self._keys(channel)[3], opts.key)
             if value is not None:
                 opts = dataclasses.replace(opts, tags=_entry(value).tags)
-        return await self._write(channel, b"null", opts, "expire" if expired_only else "remove", 0)
+        return await self._write(channel, b"", opts, "expire" if expired_only else "remove", 0)
 
     async def touch(self, channel: str, key: str, key_ttl: float) -> bool:
         keys = self._keys(channel)

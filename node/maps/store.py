@@ -98,7 +98,7 @@ class MemoryMapStore:
         self.state.remove(channel, opts.key)
         # The removal carries the entry's tags (as Centrifugo's does), so tags-filtered subscribers see it.
         tags = entry.tags if opts.tags is None else opts.tags
-        result = await self._publish(channel, b"null", dataclasses.replace(opts, idempotency_key="", tags=tags))
+        result = await self._publish(channel, b"", dataclasses.replace(opts, idempotency_key="", tags=tags))
         self._remember(channel, opts, result)
         return result
 

@@ -46,7 +46,7 @@ def _api_entry(pub: Publication) -> bytes:
     """A MapEntry of Centrifugo's server API (key, data, tags, offset, removed, time; zero values omitted)."""
     fields: dict[str, object] = {"key": pub.key, "tags": dict(pub.tags) if pub.tags else None,
                                  "offset": pub.offset, "removed": pub.removed, "time": pub.time_ms}
-    return codec.result_object(fields, {"data": codec.payload(pub.data) or b"null"})
+    return codec.result_object(fields, {"data": codec.payload(pub.data)})  # a removal has none
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,8 +130,9 @@ def encode_client_info(info: ClientInfo) -> bytes:
 def encode_publication(pub: Publication, data: bytes | None = None, *, delta: bool = False) -> bytes:
     """A Publication object; ``data`` replaces the payload (delta subscribers get a JSON string)."""
     body = payload(pub.data) if data is None else data
-    # An empty payload (a map presence entry carries only its ClientInfo) is written as null.
-    out = b'{"data":' + (body or b"null")
+    # An empty payload (a map removal, a presence map entry that carries only its ClientInfo) has no data field,
+    # as centrifuge's encoder omits empty bytes. A delta subscriber's is the JSON string "" (not empty).
+    out = b'{"data":' + body if body else b"{"
     if pub.info is not None:
         out += b',"info":' + encode_client_info(pub.info)
     if pub.offset:
@@ -144,6 +145,8 @@ def encode_publication(pub: Publication, data: bytes | None = None, *, delta: bo
         out += b',"channel":' + orjson.dumps(pub.channel)
     if pub.key:
         out += b',"key":' + orjson.dumps(pub.key) + (b',"removed":true' if pub.removed else b"")
+    if not body:
+        out = b"{" + out[2:]  # the comma of the first field that follows no data
     return out + b"}"
 
 

@@ -135,7 +135,7 @@ async def test_stream_recovers_changes_after_a_position(node: Node) -> None:
     since = results[1].position
     history = await node.broker.history(ch, HistoryOptions(since=since, limit=-1, history_meta_ttl=3600))
     assert [(p.offset, p.key, p.removed, p.data) for p in history.publications] == [
-        (3, "k0", False, b"2"), (4, "k1", False, b"3"), (5, "k0", False, b"4"), (6, "k0", True, b"null")]
+        (3, "k0", False, b"2"), (4, "k1", False, b"3"), (5, "k0", False, b"4"), (6, "k0", True, b"")]
     assert history.position == StreamPosition(6, since.epoch)
     top = await node.broker.history(ch, HistoryOptions(limit=0, history_meta_ttl=3600))
     assert top.position == history.position and top.publications == ()
@@ -283,7 +283,7 @@ async def test_a_keys_delta_base_is_its_own_previous_value(node: Node) -> None:
     got = [(p.key, p.data, p.prev_data, p.removed) for c, p, _ in reader.recorder.publications if c == ch]
     # a2's base is a1 (not b1, the channel's previous publication); after its removal a3 has none.
     assert got == [("a", b'"a1"', None, False), ("b", b'"b1"', None, False), ("a", b'"a2"', b'"a1"', False),
-                   ("a", b"null", None, True), ("a", b'"a3"', None, False)]
+                   ("a", b"", None, True), ("a", b'"a3"', None, False)]
 
 
 @pytest.mark.parametrize("nodes", KEYED_BACKENDS, indirect=True)
