@@ -47,12 +47,20 @@ class SharedPollOptions:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SharedPollConfig:
-    """The top-level ``shared_poll`` section: the track signatures' HMAC keys and the backend concurrency."""
+class TrackSigningKeys:
+    """The HMAC keys that sign track requests: all that node/sharedpoll/signature.py needs of the section. The
+    previous key verifies signatures issued up to ``hmac_previous_secret_key_valid_until`` (unix seconds; 0 = no
+    limit) while the keys rotate."""
 
     hmac_secret_key: str = ""
     hmac_previous_secret_key: str = ""
     hmac_previous_secret_key_valid_until: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharedPollConfig(TrackSigningKeys):
+    """The top-level ``shared_poll`` section: the track signatures' HMAC keys and the backend concurrency."""
+
     concurrency_limit: int = 64
 
     def __post_init__(self) -> None:

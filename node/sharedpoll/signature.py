@@ -8,7 +8,7 @@ import hmac
 from collections.abc import Sequence
 from typing import Final
 
-from node.sharedpoll.options import SharedPollConfig
+from node.sharedpoll.options import TrackSigningKeys
 
 # A signature whose exp is this many seconds past still verifies (clock skew, requests in flight).
 GRACE_SECONDS: Final = 5
@@ -44,7 +44,7 @@ def sign(secret: str, user: str, channel: str, keys: Sequence[str], iat: int, ex
     return f"{iat}:{exp}:{_mac(secret, str(iat), str(exp), user, channel, keys)}"
 
 
-def verify(config: SharedPollConfig, user: str, channel: str, keys: Sequence[str], signature: str,
+def verify(config: TrackSigningKeys, user: str, channel: str, keys: Sequence[str], signature: str,
            now: float) -> int:
     """The signature's exp (0: never expires), or SignatureInvalid / SignatureExpired raised."""
     parts = signature.split(":", 2)
