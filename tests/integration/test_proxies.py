@@ -282,6 +282,32 @@ async def test_sub_refresh_proxy_prolongs_subscriptions(server_factory: ServerFa
         assert py.events("unsubscribed", ch) == []
 
 
+async def test_refresh_and_sub_refresh_faults_keep_connection_and_subscription(server_factory: ServerFactory,
+                                                                            py_factory: PyFactory) -> None:
+    """As Centrifugo: a refresh or sub_refresh call that fails (here a 500) gives one more minute instead of
+    expiring the connection or the subscription (the retry after it is in test_proxy_inprocess_hooks.py)."""
+    async with HttpBackend() as backend:
+        backend.answers["connect"] = lambda body: {"result": {"user": "frank", "expire_at": int(time.time()) + 1}}
+        backend.answers["subscribe"] = lambda body: {"result": {"expire_at": int(time.time()) + 1}}
+        backend.faults["refresh"] = backend.faults["sub_refresh"] = "5xx"
+        cfg = proxy_config(backend)
+        cfg["client"].update({"presence_update_interval": "500ms", "expired_sub_close_delay": "0s"})
+        srv = await server_factory(cfg)
+        py = await py_factory(srv, token="")
+        ch = unique_channel("px:")
+        await py.subscribe(ch)
+
+        async def failed(hook: str) -> bool:
+            return await metric(srv, "centrifugo_proxy_call_outcomes_total", type=hook, outcome="bad_status") >= 1
+
+        await wait_until(lambda: failed("refresh"), what="a failed refresh call", timeout=15)
+        await wait_until(lambda: failed("sub_refresh"), what="a failed sub_refresh call", timeout=15)
+        await srv.api_result("publish", {"channel": ch, "data": {"still": "here"}})
+        assert (await py.wait("publication", ch)).ctx.pub.data == {"still": "here"}
+        assert py.events("disconnected") == [] and py.events("unsubscribed", ch) == []
+        assert len(backend.of("refresh")) == 1 and len(backend.of("sub_refresh")) == 1  # next ask in a minute
+
+
 # --- RPC -------------------------------------------------------------------------------------------------------
 
 async def test_rpc_proxy_per_rpc_namespace(server_factory: ServerFactory, py_factory: PyFactory) -> None:
