@@ -43,7 +43,7 @@ CREATE OR REPLACE TRIGGER {table}_trigger AFTER INSERT ON {table} FOR EACH ROW E
 """
 
 LOCAL_PG: Final = "postgresql://postgres@127.0.0.1:5432/postgres"  # the development machine's trust server
-MAP_TABLES: Final = ("stream", "state", "meta", "shard", "settings")
+MAP_TABLES: Final = ("stream", "state", "meta", "shard", "settings", "result")
 MAP_FUNCTIONS: Final = ("publish", "remove", "apply", "epoch", "floor")
 
 INSTALL_HINT = ("PostgreSQL's initdb/postgres were not found: run tests/setup/postgres.sh "

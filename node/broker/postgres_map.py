@@ -28,7 +28,6 @@ from node import models
 from node.broker import wire
 from node.broker.base import Broker, BrokerEventHandler
 from node.broker.postgres_map_schema import schema
-from node.errors import ERROR_NOT_AVAILABLE, ReplyError
 from node.maps.broker_config import PostgresMapBrokerConfig
 from node.maps.state import UNCONDITIONAL, Conditions, Entry
 from node.models import Publication, StreamPosition
@@ -97,10 +96,11 @@ class PostgresMapBroker(Broker):
         self._closing = False
         self._suspect_until = 0.0  # until then, a pooled connection is pinged before use
         b = self.base
-        self._apply_sql = f"SELECT * FROM {b}_map_apply(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        self._apply_sql = f"SELECT * FROM {b}_map_apply({', '.join(['%s'] * 16)})"
         self._poll_sql = (
             f"SELECT s.shard, s.seq, s.channel, s.channel_offset, s.epoch, s.key, s.data, s.removed, s.info, s.tags, "
-            f"(extract(epoch FROM s.created_at) * 1000)::BIGINT FROM unnest(%s::INT[], %s::BIGINT[]) AS c(shard, last) "
+            f"(extract(epoch FROM s.created_at) * 1000)::BIGINT, s.prev_data "
+            f"FROM unnest(%s::INT[], %s::BIGINT[]) AS c(shard, last) "
             f"CROSS JOIN LATERAL (SELECT * FROM {b}_map_stream t WHERE t.shard = c.shard AND t.seq > c.last "
             f"ORDER BY t.seq LIMIT %s) s ORDER BY s.shard, s.seq")
         self._meta_sql = (
@@ -203,12 +203,14 @@ class PostgresMapBroker(Broker):
             rows = await cur.fetchall()
         handler, channels = self._handler, self._channels
         counts: dict[int, int] = {}
-        for shard, seq, channel, offset, epoch, key, data, removed, info, tags, time_ms in rows:
+        for shard, seq, channel, offset, epoch, key, data, removed, info, tags, time_ms, prev in rows:
             self._last[shard] = seq
             counts[shard] = counts.get(shard, 0) + 1
             if handler is not None and channel in channels:
+                # A key's delta base travels with its change (the nodes keep no values of their own).
                 pub = Publication(data=bytes(data), offset=offset, info=_info(info), tags=tags, time_ms=time_ms,
-                                  key=key, removed=removed)
+                                  key=key, removed=removed, delta=prev is not None,
+                                  prev_data=None if prev is None else bytes(prev))
                 handler.handle_publication(channel, pub, StreamPosition(offset, epoch))
         return any(n >= batch for n in counts.values())
 
@@ -234,6 +236,7 @@ class PostgresMapBroker(Broker):
             f"AND s.created_at < now() - %(grace)s AND (s.epoch <> m.epoch OR m.stream_expires_at <= now() "
             f"OR s.channel_offset <= {b}_map_floor(m.top, m.stream_size, m.removed_to))",
             f"DELETE FROM {b}_map_stream WHERE created_at < now() - %(retention)s",
+            f"DELETE FROM {b}_map_result WHERE expires_at <= now()",
             f"DELETE FROM {b}_map_meta m WHERE m.expires_at <= now() AND NOT EXISTS "
             f"(SELECT 1 FROM {b}_map_state s WHERE s.channel = m.channel)",
         )
@@ -250,15 +253,14 @@ class PostgresMapBroker(Broker):
     # --- writes ------------------------------------------------------------------------------------------
 
     async def _apply(self, op: str, channel: str, data: bytes, opts: models.PublishOptions,
-                     key_ttl: float, key_mode: str = "") -> models.PublishResult:
-        if opts.idempotency_key:
-            raise ReplyError(ERROR_NOT_AVAILABLE)  # not kept by this broker yet: refused rather than ignored
+                     key_ttl: float, conditions: Conditions = UNCONDITIONAL) -> models.PublishResult:
         info = opts.client_info
-        params = (op, channel, opts.key, data, key_mode or None, _interval(key_ttl),
+        params = (op, channel, opts.key, data, conditions.key_mode or None, _interval(key_ttl),
                   _interval(opts.history_meta_ttl or self._default_meta_ttl), opts.history_size,
                   _interval(opts.history_ttl),
                   msgpack.packb(wire.encode_info(info), use_bin_type=True) if info is not None else None,
-                  Jsonb(dict(opts.tags)) if opts.tags else None)
+                  Jsonb(dict(opts.tags)) if opts.tags else None, conditions.version, conditions.version_epoch,
+                  opts.idempotency_key or None, _interval(opts.idempotent_result_ttl), opts.use_delta)
         async with self._conn() as conn:
             row = await (await conn.execute(self._apply_sql, params)).fetchone()
         assert row is not None
@@ -273,9 +275,7 @@ class PostgresMapBroker(Broker):
 
     async def set(self, channel: str, data: bytes, opts: models.PublishOptions, key_ttl: float,
                   conditions: Conditions = UNCONDITIONAL) -> models.PublishResult:
-        if conditions.version:
-            raise ReplyError(ERROR_NOT_AVAILABLE)  # versions are not kept by this broker yet
-        return await self._apply("set", channel, data, opts, key_ttl, conditions.key_mode)
+        return await self._apply("set", channel, data, opts, key_ttl, conditions)
 
     async def remove(self, channel: str, opts: models.PublishOptions, *,
                      expired_only: bool = False) -> models.PublishResult:

@@ -3,10 +3,13 @@
 
 * ``{b}_map_meta``: per channel the stream's epoch and top offset, how long it keeps changes and up to where
   they were removed (``remove_history``).
-* ``{b}_map_state``: the current entry of each key (keys in byte order: ``COLLATE "C"``, the pages' order).
+* ``{b}_map_state``: the current entry of each key (keys in byte order: ``COLLATE "C"``, the pages' order) and
+  its ``version``/``version_epoch``.
 * ``{b}_map_stream``: every change, numbered per delivery shard (``seq``). A shard's counter row is locked until
   the change commits, so within a shard ``seq`` order is commit order and a reader that has seen ``seq`` n has
-  seen everything before it: nodes poll ``seq > last`` per shard and never miss a late commit.
+  seen everything before it: nodes poll ``seq > last`` per shard and never miss a late commit. A change offered
+  as a fossil delta keeps the key's previous value (``prev_data``), the base of each node's patches.
+* ``{b}_map_result``: the first result of a write made with an idempotency key, kept ``idempotent_result_ttl``.
 * ``{b}_map_apply``: one change (set, remove, expire-if-expired, or a plain stream append) in one transaction;
   ``{b}_map_publish`` / ``{b}_map_remove`` are its forms for applications' own SQL transactions.
 
@@ -57,6 +60,8 @@ CREATE TABLE IF NOT EXISTS {b}_map_state (
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (channel, key)
 );
+ALTER TABLE {b}_map_state ADD COLUMN IF NOT EXISTS version BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE {b}_map_state ADD COLUMN IF NOT EXISTS version_epoch TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS {b}_map_state_expires ON {b}_map_state (expires_at) WHERE expires_at IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS {b}_map_stream (
@@ -73,8 +78,21 @@ CREATE TABLE IF NOT EXISTS {b}_map_stream (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (shard, seq)
 );
+-- A change offered as a fossil delta: the key's value before it, the patch's base (NULL: offered in full).
+ALTER TABLE {b}_map_stream ADD COLUMN IF NOT EXISTS prev_data BYTEA;
 CREATE INDEX IF NOT EXISTS {b}_map_stream_channel ON {b}_map_stream (channel, channel_offset);
 CREATE INDEX IF NOT EXISTS {b}_map_stream_created ON {b}_map_stream (created_at);
+
+-- The first result of a write made with an idempotency key, until it expires.
+CREATE TABLE IF NOT EXISTS {b}_map_result (
+    channel TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    channel_offset BIGINT NOT NULL,
+    epoch TEXT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (channel, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS {b}_map_result_expires ON {b}_map_result (expires_at);
 
 CREATE OR REPLACE FUNCTION {b}_map_epoch() RETURNS TEXT LANGUAGE sql VOLATILE AS $$
     SELECT string_agg(substr('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ',
@@ -82,9 +100,14 @@ CREATE OR REPLACE FUNCTION {b}_map_epoch() RETURNS TEXT LANGUAGE sql VOLATILE AS
     FROM generate_series(1, 8)
 $$;
 
+-- The form without versions and idempotency keys is replaced by the one with them.
+DROP FUNCTION IF EXISTS {b}_map_apply(TEXT, TEXT, TEXT, BYTEA, TEXT, INTERVAL, INTERVAL, INTEGER, INTERVAL, BYTEA,
+                                      JSONB);
 CREATE OR REPLACE FUNCTION {b}_map_apply(
     p_op TEXT, p_channel TEXT, p_key TEXT, p_data BYTEA, p_key_mode TEXT, p_key_ttl INTERVAL,
-    p_meta_ttl INTERVAL, p_stream_size INTEGER, p_stream_ttl INTERVAL, p_info BYTEA, p_tags JSONB)
+    p_meta_ttl INTERVAL, p_stream_size INTEGER, p_stream_ttl INTERVAL, p_info BYTEA, p_tags JSONB,
+    p_version BIGINT DEFAULT 0, p_version_epoch TEXT DEFAULT '', p_idempotency_key TEXT DEFAULT NULL,
+    p_result_ttl INTERVAL DEFAULT NULL, p_use_delta BOOLEAN DEFAULT FALSE)
 RETURNS TABLE (channel_offset BIGINT, epoch TEXT, suppressed BOOLEAN, suppress_reason TEXT)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -93,6 +116,10 @@ DECLARE
     v_meta_expires TIMESTAMPTZ;
     v_key_expires TIMESTAMPTZ;
     v_found BOOLEAN;
+    v_version BIGINT;
+    v_version_epoch TEXT;
+    v_prev_data BYTEA;
+    v_prev_tags JSONB;
     v_shard INTEGER;
     v_seq BIGINT;
     v_settings {b}_map_settings%ROWTYPE;
@@ -106,11 +133,20 @@ BEGIN
         v_epoch := {b}_map_epoch();
         v_top := 0;
     END IF;
+    IF p_idempotency_key IS NOT NULL THEN  -- a write seen before: its first result, nothing changed
+        RETURN QUERY SELECT r.channel_offset, r.epoch, TRUE, 'idempotency'::TEXT FROM {b}_map_result r
+            WHERE r.channel = p_channel AND r.idempotency_key = p_idempotency_key AND r.expires_at > now();
+        IF FOUND THEN RETURN; END IF;
+    END IF;
     IF p_op <> 'append' THEN
-        SELECT TRUE, s.expires_at INTO v_found, v_key_expires
+        SELECT TRUE, s.expires_at, s.version, s.version_epoch, s.data, s.tags
+            INTO v_found, v_key_expires, v_version, v_version_epoch, v_prev_data, v_prev_tags
             FROM {b}_map_state s WHERE s.channel = p_channel AND s.key = p_key FOR UPDATE;
         v_found := coalesce(v_found, FALSE) AND (v_key_expires IS NULL OR v_key_expires > now() OR p_op = 'expire');
-        IF p_op = 'remove' AND NOT v_found THEN
+        IF p_op = 'set' AND v_found AND p_version > 0 AND v_version > 0
+                AND p_version_epoch IN ('', v_version_epoch) AND p_version <= v_version THEN
+            RETURN QUERY SELECT v_top, v_epoch, TRUE, 'version'::TEXT; RETURN;
+        ELSIF p_op = 'remove' AND NOT v_found THEN
             RETURN QUERY SELECT v_top, v_epoch, TRUE, 'key_not_found'::TEXT; RETURN;
         ELSIF p_op = 'expire' AND NOT (v_found AND v_key_expires IS NOT NULL AND v_key_expires <= now()) THEN
             RETURN QUERY SELECT v_top, v_epoch, TRUE, 'key_not_expired'::TEXT; RETURN;
@@ -128,11 +164,15 @@ BEGIN
         stream_expires_at = now() + coalesce(p_stream_ttl, interval '0')
         WHERE m.channel = p_channel;
     IF p_op = 'set' THEN
-        INSERT INTO {b}_map_state AS s (channel, key, data, info, tags, stream_offset, expires_at)
+        -- An unversioned write keeps the key's version; an expired entry's counts as gone.
+        INSERT INTO {b}_map_state AS s (channel, key, data, info, tags, stream_offset, expires_at, version,
+                                        version_epoch)
             VALUES (p_channel, p_key, p_data, p_info, p_tags, v_top,
-                    CASE WHEN p_key_ttl > interval '0' THEN now() + p_key_ttl END)
+                    CASE WHEN p_key_ttl > interval '0' THEN now() + p_key_ttl END, p_version, p_version_epoch)
             ON CONFLICT (channel, key) DO UPDATE SET data = EXCLUDED.data, info = EXCLUDED.info,
                 tags = EXCLUDED.tags, stream_offset = EXCLUDED.stream_offset, expires_at = EXCLUDED.expires_at,
+                version = CASE WHEN p_version > 0 OR NOT v_found THEN p_version ELSE s.version END,
+                version_epoch = CASE WHEN p_version > 0 OR NOT v_found THEN p_version_epoch ELSE s.version_epoch END,
                 updated_at = now();
     ELSIF p_op IN ('remove', 'expire') THEN
         DELETE FROM {b}_map_state s WHERE s.channel = p_channel AND s.key = p_key;
@@ -140,9 +180,19 @@ BEGIN
     SELECT * INTO v_settings FROM {b}_map_settings;
     v_shard := mod(hashtext(p_channel)::BIGINT + 2147483648, v_settings.num_shards)::INTEGER;
     UPDATE {b}_map_shard sh SET seq = sh.seq + 1 WHERE sh.shard = v_shard RETURNING sh.seq INTO v_seq;
-    INSERT INTO {b}_map_stream (shard, seq, channel, channel_offset, epoch, key, data, removed, info, tags)
+    INSERT INTO {b}_map_stream (shard, seq, channel, channel_offset, epoch, key, data, removed, info, tags,
+                                prev_data)
         VALUES (v_shard, v_seq, p_channel, v_top, v_epoch, coalesce(p_key, ''), p_data,
-                p_op IN ('remove', 'expire'), p_info, p_tags);
+                -- A removal carries the entry's tags (as Centrifugo's does): tags-filtered subscribers see it.
+                p_op IN ('remove', 'expire'), p_info,
+                CASE WHEN p_op IN ('remove', 'expire') THEN coalesce(p_tags, v_prev_tags) ELSE p_tags END,
+                CASE WHEN p_use_delta AND p_op = 'set' AND v_found THEN v_prev_data END);
+    IF p_idempotency_key IS NOT NULL THEN
+        INSERT INTO {b}_map_result AS r VALUES (p_channel, p_idempotency_key, v_top, v_epoch,
+                                                now() + coalesce(p_result_ttl, interval '300 seconds'))
+            ON CONFLICT (channel, idempotency_key) DO UPDATE SET channel_offset = EXCLUDED.channel_offset,
+                epoch = EXCLUDED.epoch, expires_at = EXCLUDED.expires_at;
+    END IF;
     IF v_settings.use_notify THEN
         PERFORM pg_notify('{b}_map_stream', v_shard::TEXT);
     END IF;

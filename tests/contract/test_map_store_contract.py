@@ -243,10 +243,6 @@ async def test_key_modes_change_nothing_when_they_do_not_hold(node: Node) -> Non
     assert [(k, e.data) for k, e in (await node.store.page(ch, "", 10))[0]] == [("k", b'"c"')]
 
 
-KEYED_BACKENDS = ["memory", "redis", "redis_cluster"]  # PostgreSQL keeps no versions, idempotency keys or bases
-
-
-@pytest.mark.parametrize("nodes", KEYED_BACKENDS, indirect=True)
 async def test_versions_and_idempotency_keys(node: Node) -> None:
     ch = "m:" + uuid.uuid4().hex
 
@@ -267,7 +263,6 @@ async def test_versions_and_idempotency_keys(node: Node) -> None:
     assert await reason(b'"9"', 1) == "ok", "a removed key forgets its version"
 
 
-@pytest.mark.parametrize("nodes", KEYED_BACKENDS, indirect=True)
 async def test_a_keys_delta_base_is_its_own_previous_value(node: Node) -> None:
     """What a node's subscription receives (through Redis PUB/SUB on the Redis backends)."""
     writer = reader = node
@@ -286,7 +281,6 @@ async def test_a_keys_delta_base_is_its_own_previous_value(node: Node) -> None:
                    ("a", b"", None, True), ("a", b'"a3"', None, False)]
 
 
-@pytest.mark.parametrize("nodes", KEYED_BACKENDS, indirect=True)
 async def test_a_removal_carries_the_entrys_tags(node: Node) -> None:
     ch = "m:" + uuid.uuid4().hex
     await node.broker.subscribe(ch)

@@ -1,16 +1,20 @@
-"""Map keys through the real centrifuge-js SDK, on the memory engine and on Redis Cluster: fossil delta per key
+"""Map keys through the real centrifuge-js SDK, on the memory engine, on Redis Cluster and with the PostgreSQL map
+broker: fossil delta per key
 (the base is the key's previous value; state pages and recovered values come in full), map_publish's key_mode,
 version and idempotency_key with Centrifugo's suppressed results, and bad writes getting Centrifugo's error codes
 while the other subscribers keep receiving."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from harness import JsFactory, ServerProcess, engine_server, js_connected, js_value, unique_channel, wait_until
 from jsclient import JsCallError, JsClient
+from postgres_server import LOCAL_PG, drop_pg_schema
 
 FILLER = "f" * 600  # large enough that a patch is smaller than the value
 
@@ -40,9 +44,17 @@ NAMESPACES: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module", params=["memory", "redis_cluster"])
+@pytest.fixture(scope="module", params=["memory", "redis_cluster", "memory+postgres"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from engine_server(request, tmp_path_factory, NAMESPACES)
+    if request.param != "memory+postgres":
+        yield from engine_server(request, tmp_path_factory, NAMESPACES)
+        return
+    prefix = "fgt" + uuid.uuid4().hex[:10]
+    config = {**NAMESPACES, "map_broker": {"type": "postgres", "postgres": {"dsn": LOCAL_PG, "table_prefix": prefix}}}
+    try:
+        yield from engine_server(SimpleNamespace(param="memory"), tmp_path_factory, config)
+    finally:
+        drop_pg_schema(LOCAL_PG, prefix)
 
 
 def _updates(js: JsClient, ch: str) -> list[tuple[str, Any]]:
