@@ -1,10 +1,13 @@
 """What a map subscriber gets on the wire, read with a raw JSON client where the SDK would hide it: a removal
 carries its key and ``removed`` and no ``data`` field (centrifuge's encoder omits empty bytes), as does a
 presence map entry; a fossil delta subscriber's removal has the empty JSON string as its data, as
-centrifuge's JSON-escaped full value of nothing."""
+centrifuge's JSON-escaped full value of nothing. A fossil delta subscriber with a tags filter (the SDK refuses
+the pair; a raw client may ask) gets the changes its filter drops too, as centrifuge sends them: each patch
+builds on the key's previous value."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -19,6 +22,8 @@ CONFIG: dict[str, Any] = {
         "namespaces": [
             {"name": "board", "subscription_type": "map", "allow_subscribe_for_client": True,
              "allowed_delta_types": ["fossil"], "map": {"mode": "persistent"}},
+            {"name": "tagged", "subscription_type": "map", "allow_subscribe_for_client": True,
+             "allow_tags_filter": True, "allowed_delta_types": ["fossil"], "map": {"mode": "persistent"}},
             {"name": "chat", "allow_subscribe_for_client": True, "map_clients_presence_channel_prefix": "clients:"},
             {"name": "clients", "subscription_type": "map_clients", "allow_subscribe_for_client": True,
              "map": {"mode": "recoverable", "key_ttl": "60s"}},
@@ -94,3 +99,20 @@ async def test_a_presence_map_entry_carries_no_data(server: ServerProcess) -> No
         await member.send({"id": 3, "unsubscribe": {"channel": ch}})
         pub = await _next_pub(watcher, f"clients:{ch}")
         assert pub == {**pub, "key": member_id, "removed": True} and "data" not in pub
+
+
+async def test_a_delta_subscriber_gets_what_its_tags_filter_drops(server: ServerProcess) -> None:
+    ch = unique_channel("tagged:")
+    async with raw(server) as c:
+        await c.connect(server.token("alice"))
+        await _map_subscribe(c, ch, TYPE_MAP, delta="fossil", tf={"key": "team", "cmp": "eq", "val": "eng"})
+        pubs = []
+        for n, team in ((1, "eng"), (2, "ops"), (3, "eng")):
+            await server.api_result("map_publish", {"channel": ch, "key": "k", "data": {"n": n, "pad": "p" * 300},
+                                                    "tags": {"team": team}, "delta": True})
+            pubs.append(await _next_pub(c, ch))
+        assert [(p["key"], p["tags"]["team"], p["offset"] - pubs[0]["offset"]) for p in pubs] == [
+            ("k", "eng", 0), ("k", "ops", 1), ("k", "eng", 2)]
+        # The first value in full (a JSON string), then patches against the one before, the dropped one too.
+        assert "delta" not in pubs[0] and json.loads(pubs[0]["data"])["n"] == 1
+        assert pubs[1]["delta"] is True and pubs[2]["delta"] is True
