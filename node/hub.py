@@ -127,9 +127,7 @@ class Hub(Generic[C]):
                 sub.buffer.append((pub, sp))
             elif sub.accept(pub, sp, channel):
                 tf = sub.tags_filter
-                # A delta subscriber gets what its filter drops too (as centrifuge does): its patches build on
-                # every previous value, so one it never received would corrupt the next.
-                if tf is not None and not sub.delta:
+                if tf is not None:
                     # Evaluated once per distinct filter of the broadcast, however many subscribers share it.
                     if matched is None:
                         matched = {}

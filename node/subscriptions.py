@@ -124,7 +124,10 @@ class Subscriber:
         self.epoch = ""
         self.broken = False
         self.buffer: list[tuple[Publication, StreamPosition]] | None = []
-        self.tags_filter = tags_filter  # publications it does not match are skipped (their offsets still count)
+        # Publications it does not match are skipped (their offsets still count). A delta subscriber gets them all,
+        # as centrifuge sends them: its patches build on every previous value, so a skipped one would corrupt
+        # the next.
+        self.tags_filter = None if delta else tags_filter
         # Needs nothing but the shared plain frame: no position, no delta, no filter, bidirectional, common framing.
         self.common = not (positioned or delta or tags_filter or client.unidirectional) and \
             client.framing == COMMON_FRAMING
