@@ -44,7 +44,8 @@ CREATE OR REPLACE TRIGGER {table}_trigger AFTER INSERT ON {table} FOR EACH ROW E
 
 LOCAL_PG: Final = "postgresql://postgres@127.0.0.1:5432/postgres"  # the development machine's trust server
 MAP_TABLES: Final = ("stream", "state", "meta", "shard", "settings", "result")
-MAP_FUNCTIONS: Final = ("publish", "remove", "apply", "epoch", "floor")
+MAP_FUNCTIONS: Final = ("publish", "remove", "publish_strict", "remove_strict", "apply", "epoch", "floor", "info",
+                         "msgpack_len", "stream_size", "stream_ttl")
 
 INSTALL_HINT = ("PostgreSQL's initdb/postgres were not found: run tests/setup/postgres.sh "
                 "(Debian: apt-get install postgresql)")

@@ -96,7 +96,8 @@ class PostgresMapBroker(Broker):
         self._closing = False
         self._suspect_until = 0.0  # until then, a pooled connection is pinged before use
         b = self.base
-        self._apply_sql = f"SELECT * FROM {b}_map_apply({', '.join(['%s'] * 16)})"
+        self._apply_sql = (f"SELECT channel_offset, epoch, suppressed, suppress_reason "
+                           f"FROM {b}_map_apply({', '.join(['%s'] * 16)})")
         self._poll_sql = (
             f"SELECT s.shard, s.seq, s.channel, s.channel_offset, s.epoch, s.key, s.data, s.removed, s.info, s.tags, "
             f"(extract(epoch FROM s.created_at) * 1000)::BIGINT, s.prev_data "

@@ -10,13 +10,20 @@
   seen everything before it: nodes poll ``seq > last`` per shard and never miss a late commit. A change offered
   as a fossil delta keeps the key's previous value (``prev_data``), the base of each node's patches.
 * ``{b}_map_result``: the first result of a write made with an idempotency key, kept ``idempotent_result_ttl``.
-* ``{b}_map_apply``: one change (set, remove, expire-if-expired, or a plain stream append) in one transaction;
-  ``{b}_map_publish`` / ``{b}_map_remove`` are its forms for applications' own SQL transactions.
+* ``{b}_map_apply``: one change (set, remove, expire-if-expired, or a plain stream append) in one transaction,
+  unless a condition does not hold (idempotency key seen, version, key mode, expected position: Centrifugo's
+  order and suppress reasons).
+* ``{b}_map_publish`` / ``{b}_map_remove`` and their ``_strict`` forms: Centrifugo's functions for applications'
+  own SQL transactions (its names, argument order and result columns), on top of ``{b}_map_apply``.
+
+A database made by an earlier version is upgraded in place: columns are added ``IF NOT EXISTS`` and functions
+whose signature changed are dropped by their old signature before the new ones are created.
 
 Data is kept as BYTEA whatever ``binary_data`` says, so a payload comes back byte for byte as it was given."""
 
 from __future__ import annotations
 
+import textwrap
 from typing import Final
 
 SCHEMA: Final = r"""
@@ -41,6 +48,8 @@ CREATE TABLE IF NOT EXISTS {b}_map_meta (
     removed_to BIGINT NOT NULL DEFAULT 0  -- remove_history: changes up to this offset are gone
 );
 ALTER TABLE {b}_map_meta ADD COLUMN IF NOT EXISTS removed_to BIGINT NOT NULL DEFAULT 0;
+-- The stream TTL of the channel's last change, for applications' changes that name none.
+ALTER TABLE {b}_map_meta ADD COLUMN IF NOT EXISTS stream_ttl INTERVAL;
 CREATE INDEX IF NOT EXISTS {b}_map_meta_expires ON {b}_map_meta (expires_at);
 
 -- The last offset of a stream that no read returns any more: past its size (0: unbounded) or removed.
@@ -100,21 +109,29 @@ CREATE OR REPLACE FUNCTION {b}_map_epoch() RETURNS TEXT LANGUAGE sql VOLATILE AS
     FROM generate_series(1, 8)
 $$;
 
--- The form without versions and idempotency keys is replaced by the one with them.
+-- Earlier forms (fewer options; publish/remove in an order other than Centrifugo's) would be ambiguous next to
+-- the current ones: an existing database is upgraded by dropping them.
 DROP FUNCTION IF EXISTS {b}_map_apply(TEXT, TEXT, TEXT, BYTEA, TEXT, INTERVAL, INTERVAL, INTEGER, INTERVAL, BYTEA,
                                       JSONB);
+DROP FUNCTION IF EXISTS {b}_map_apply(TEXT, TEXT, TEXT, BYTEA, TEXT, INTERVAL, INTERVAL, INTEGER, INTERVAL, BYTEA,
+                                      JSONB, BIGINT, TEXT, TEXT, INTERVAL, BOOLEAN);
+DROP FUNCTION IF EXISTS {b}_map_publish(TEXT, TEXT, {data}, TEXT, INTERVAL, INTERVAL, INTEGER, INTERVAL, JSONB);
+DROP FUNCTION IF EXISTS {b}_map_remove(TEXT, TEXT, INTERVAL, INTEGER, INTERVAL);
 CREATE OR REPLACE FUNCTION {b}_map_apply(
     p_op TEXT, p_channel TEXT, p_key TEXT, p_data BYTEA, p_key_mode TEXT, p_key_ttl INTERVAL,
     p_meta_ttl INTERVAL, p_stream_size INTEGER, p_stream_ttl INTERVAL, p_info BYTEA, p_tags JSONB,
     p_version BIGINT DEFAULT 0, p_version_epoch TEXT DEFAULT '', p_idempotency_key TEXT DEFAULT NULL,
-    p_result_ttl INTERVAL DEFAULT NULL, p_use_delta BOOLEAN DEFAULT FALSE)
-RETURNS TABLE (channel_offset BIGINT, epoch TEXT, suppressed BOOLEAN, suppress_reason TEXT)
+    p_result_ttl INTERVAL DEFAULT NULL, p_use_delta BOOLEAN DEFAULT FALSE, p_expected_offset BIGINT DEFAULT NULL,
+    p_expected_epoch TEXT DEFAULT NULL, p_refresh_ttl_on_suppress BOOLEAN DEFAULT FALSE)
+RETURNS TABLE (result_id BIGINT, channel_offset BIGINT, epoch TEXT, suppressed BOOLEAN, suppress_reason TEXT,
+               current_data BYTEA, current_offset BIGINT)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_epoch TEXT;
     v_top BIGINT;
     v_meta_expires TIMESTAMPTZ;
     v_key_expires TIMESTAMPTZ;
+    v_key_offset BIGINT;
     v_found BOOLEAN;
     v_version BIGINT;
     v_version_epoch TEXT;
@@ -133,34 +150,59 @@ BEGIN
         v_epoch := {b}_map_epoch();
         v_top := 0;
     END IF;
+    -- Checked in Centrifugo's order: idempotency, version, key mode, expected position (then, for a removal,
+    -- whether the key is there).
     IF p_idempotency_key IS NOT NULL THEN  -- a write seen before: its first result, nothing changed
-        RETURN QUERY SELECT r.channel_offset, r.epoch, TRUE, 'idempotency'::TEXT FROM {b}_map_result r
+        RETURN QUERY SELECT NULL::BIGINT, r.channel_offset, r.epoch, TRUE, 'idempotency'::TEXT, NULL::BYTEA,
+                            NULL::BIGINT FROM {b}_map_result r
             WHERE r.channel = p_channel AND r.idempotency_key = p_idempotency_key AND r.expires_at > now();
         IF FOUND THEN RETURN; END IF;
     END IF;
     IF p_op <> 'append' THEN
-        SELECT TRUE, s.expires_at, s.version, s.version_epoch, s.data, s.tags
-            INTO v_found, v_key_expires, v_version, v_version_epoch, v_prev_data, v_prev_tags
+        SELECT TRUE, s.expires_at, s.version, s.version_epoch, s.data, s.tags, s.stream_offset
+            INTO v_found, v_key_expires, v_version, v_version_epoch, v_prev_data, v_prev_tags, v_key_offset
             FROM {b}_map_state s WHERE s.channel = p_channel AND s.key = p_key FOR UPDATE;
         v_found := coalesce(v_found, FALSE) AND (v_key_expires IS NULL OR v_key_expires > now() OR p_op = 'expire');
         IF p_op = 'set' AND v_found AND p_version > 0 AND v_version > 0
                 AND p_version_epoch IN ('', v_version_epoch) AND p_version <= v_version THEN
-            RETURN QUERY SELECT v_top, v_epoch, TRUE, 'version'::TEXT; RETURN;
-        ELSIF p_op = 'remove' AND NOT v_found THEN
-            RETURN QUERY SELECT v_top, v_epoch, TRUE, 'key_not_found'::TEXT; RETURN;
-        ELSIF p_op = 'expire' AND NOT (v_found AND v_key_expires IS NOT NULL AND v_key_expires <= now()) THEN
-            RETURN QUERY SELECT v_top, v_epoch, TRUE, 'key_not_expired'::TEXT; RETURN;
+            RETURN QUERY SELECT NULL::BIGINT, v_top, v_epoch, TRUE, 'version'::TEXT, NULL::BYTEA, NULL::BIGINT;
+            RETURN;
         ELSIF p_op = 'set' AND p_key_mode = 'if_new' AND v_found THEN
-            RETURN QUERY SELECT v_top, v_epoch, TRUE, 'key_exists'::TEXT; RETURN;
+            IF p_refresh_ttl_on_suppress AND p_key_ttl > interval '0' THEN  -- a keepalive: the entry lives on
+                UPDATE {b}_map_state s SET expires_at = now() + p_key_ttl, updated_at = now()
+                    WHERE s.channel = p_channel AND s.key = p_key;
+                IF p_meta_ttl IS NOT NULL THEN
+                    UPDATE {b}_map_meta m SET expires_at = greatest(m.expires_at, now() + p_meta_ttl)
+                        WHERE m.channel = p_channel;
+                END IF;
+            END IF;
+            RETURN QUERY SELECT NULL::BIGINT, v_top, v_epoch, TRUE, 'key_exists'::TEXT, NULL::BYTEA, NULL::BIGINT;
+            RETURN;
         ELSIF p_op = 'set' AND p_key_mode = 'if_exists' AND NOT v_found THEN
-            RETURN QUERY SELECT v_top, v_epoch, TRUE, 'key_not_found'::TEXT; RETURN;
+            RETURN QUERY SELECT NULL::BIGINT, v_top, v_epoch, TRUE, 'key_not_found'::TEXT, NULL::BYTEA,
+                                NULL::BIGINT;
+            RETURN;
+        ELSIF p_expected_offset IS NOT NULL AND (NOT v_found OR v_key_offset <> p_expected_offset
+                                                 OR v_epoch <> coalesce(p_expected_epoch, v_epoch)) THEN
+            -- The key moved on since the caller read it: its current value and offset, to retry with.
+            RETURN QUERY SELECT NULL::BIGINT, v_top, v_epoch, TRUE, 'position_mismatch'::TEXT,
+                                CASE WHEN v_found THEN v_prev_data END, CASE WHEN v_found THEN v_key_offset END;
+            RETURN;
+        ELSIF p_op = 'remove' AND NOT v_found THEN
+            RETURN QUERY SELECT NULL::BIGINT, v_top, v_epoch, TRUE, 'key_not_found'::TEXT, NULL::BYTEA,
+                                NULL::BIGINT;
+            RETURN;
+        ELSIF p_op = 'expire' AND NOT (v_found AND v_key_expires IS NOT NULL AND v_key_expires <= now()) THEN
+            RETURN QUERY SELECT NULL::BIGINT, v_top, v_epoch, TRUE, 'key_not_found'::TEXT, NULL::BYTEA,
+                                NULL::BIGINT;
+            RETURN;
         END IF;
     END IF;
     v_top := v_top + 1;
     UPDATE {b}_map_meta m SET removed_to = CASE WHEN m.epoch = v_epoch THEN m.removed_to ELSE 0 END,
         epoch = v_epoch, top = v_top,
         expires_at = now() + coalesce(p_meta_ttl, interval '720 hours'),
-        stream_size = coalesce(p_stream_size, 0),
+        stream_size = coalesce(p_stream_size, 0), stream_ttl = p_stream_ttl,
         stream_expires_at = now() + coalesce(p_stream_ttl, interval '0')
         WHERE m.channel = p_channel;
     IF p_op = 'set' THEN
@@ -196,33 +238,163 @@ BEGIN
     IF v_settings.use_notify THEN
         PERFORM pg_notify('{b}_map_stream', v_shard::TEXT);
     END IF;
-    RETURN QUERY SELECT v_top, v_epoch, FALSE, ''::TEXT;
+    -- result_id: the change's number in its delivery shard's stream (Centrifugo's: its stream row id).
+    RETURN QUERY SELECT v_seq, v_top, v_epoch, FALSE, ''::TEXT, NULL::BYTEA, NULL::BIGINT;
 END;
 $$;
 
+-- A publication's client info as the nodes read it: MessagePack [client, user, conn_info, chan_info] (NULL: none).
+CREATE OR REPLACE FUNCTION {b}_map_msgpack_len(p_len INTEGER, p_small INTEGER, p_tags BYTEA) RETURNS BYTEA
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_small > 0 AND p_len < 32 THEN set_byte('\x00'::BYTEA, 0, p_small + p_len)
+                WHEN p_len < 256 THEN substr(p_tags, 1, 1) || set_byte('\x00'::BYTEA, 0, p_len)
+                WHEN p_len < 65536 THEN substr(p_tags, 2, 1) || substr(int4send(p_len), 3)
+                ELSE substr(p_tags, 3, 1) || int4send(p_len) END
+$$;
+CREATE OR REPLACE FUNCTION {b}_map_info(p_client_id TEXT, p_user_id TEXT, p_conn_info BYTEA, p_chan_info BYTEA)
+RETURNS BYTEA LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN num_nonnulls(p_client_id, p_user_id, p_conn_info, p_chan_info) > 0 THEN
+        '\x94'::BYTEA
+        || {b}_map_msgpack_len(octet_length(convert_to(coalesce(p_client_id, ''), 'UTF8')), 160, '\xd9dadb'::BYTEA)
+        || convert_to(coalesce(p_client_id, ''), 'UTF8')
+        || {b}_map_msgpack_len(octet_length(convert_to(coalesce(p_user_id, ''), 'UTF8')), 160, '\xd9dadb'::BYTEA)
+        || convert_to(coalesce(p_user_id, ''), 'UTF8')
+        || coalesce({b}_map_msgpack_len(octet_length(p_conn_info), 0, '\xc4c5c6'::BYTEA) || p_conn_info, '\xc0')
+        || coalesce({b}_map_msgpack_len(octet_length(p_chan_info), 0, '\xc4c5c6'::BYTEA) || p_chan_info, '\xc0')
+    END
+$$;
+
+-- A channel's stream bounds for an application's change that names none: those of its last change (written
+-- by a node, from the namespace's history options), else 100 changes kept 1 minute.
+CREATE OR REPLACE FUNCTION {b}_map_stream_size(p_channel TEXT, p_size INTEGER) RETURNS INTEGER
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(p_size, (SELECT m.stream_size FROM {b}_map_meta m WHERE m.channel = p_channel), 100)
+$$;
+CREATE OR REPLACE FUNCTION {b}_map_stream_ttl(p_channel TEXT, p_ttl INTERVAL) RETURNS INTERVAL
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(p_ttl, (SELECT m.stream_ttl FROM {b}_map_meta m WHERE m.channel = p_channel),
+                    interval '1 minute')
+$$;
+
+-- Centrifugo's functions for applications' own transactions: its names, arguments (in its order: PUBLISH_ARGS,
+-- REMOVE_ARGS) and result columns.
 CREATE OR REPLACE FUNCTION {b}_map_publish(
-    p_channel TEXT, p_key TEXT, p_data {data}, p_key_mode TEXT DEFAULT NULL, p_key_ttl INTERVAL DEFAULT NULL,
-    p_meta_ttl INTERVAL DEFAULT NULL, p_stream_size INTEGER DEFAULT 100, p_stream_ttl INTERVAL DEFAULT '1 minute',
-    p_tags JSONB DEFAULT NULL)
-RETURNS TABLE (channel_offset BIGINT, epoch TEXT, suppressed BOOLEAN, suppress_reason TEXT)
-LANGUAGE sql AS $$
-    SELECT * FROM {b}_map_apply('set', p_channel, p_key, {to_bytes}, p_key_mode, p_key_ttl, p_meta_ttl,
-                                p_stream_size, p_stream_ttl, NULL, p_tags)
+    {publish_args})
+{result} {b}_map_apply('set', p_channel, p_key, {to_bytes}, p_key_mode, p_key_ttl, p_meta_ttl,
+                       {b}_map_stream_size(p_channel, p_stream_size), {b}_map_stream_ttl(p_channel, p_stream_ttl),
+                       {b}_map_info(p_client_id, p_user_id, {conn_bytes}, {chan_bytes}), p_tags,
+                       coalesce(p_key_version, 0), coalesce(p_key_version_epoch, ''), p_idempotency_key,
+                       p_idempotency_ttl, p_use_delta, p_expected_offset, p_expected_epoch,
+                       p_refresh_ttl_on_suppress) a
 $$;
 
 CREATE OR REPLACE FUNCTION {b}_map_remove(
-    p_channel TEXT, p_key TEXT, p_meta_ttl INTERVAL DEFAULT NULL, p_stream_size INTEGER DEFAULT 100,
-    p_stream_ttl INTERVAL DEFAULT '1 minute')
-RETURNS TABLE (channel_offset BIGINT, epoch TEXT, suppressed BOOLEAN, suppress_reason TEXT)
-LANGUAGE sql AS $$
-    SELECT * FROM {b}_map_apply('remove', p_channel, p_key, 'null'::BYTEA, NULL, NULL, p_meta_ttl,
-                                p_stream_size, p_stream_ttl, NULL, NULL)
+    {remove_args})
+{result} {b}_map_apply('remove', p_channel, p_key, ''::BYTEA, NULL, NULL, p_meta_ttl,
+                       {b}_map_stream_size(p_channel, p_stream_size), {b}_map_stream_ttl(p_channel, p_stream_ttl),
+                       {b}_map_info(p_client_id, p_user_id, NULL, NULL), NULL, 0, '', p_idempotency_key,
+                       p_idempotency_ttl, FALSE, p_expected_offset, p_expected_epoch, FALSE) a
+$$;
+
+-- The _strict forms raise where the others report a suppressed write, so the application's transaction
+-- rolls back (Centrifugo's SQLSTATEs per reason).
+CREATE OR REPLACE FUNCTION {b}_map_publish_strict(
+    {publish_args})
+RETURNS TABLE (result_id BIGINT, channel_offset BIGINT, epoch TEXT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r RECORD;
+BEGIN
+    SELECT * INTO r FROM {b}_map_publish({publish_call});
+    IF r.suppressed THEN
+        CASE r.suppress_reason
+            WHEN 'key_exists' THEN
+                RAISE EXCEPTION '{b}_map_publish: key already exists: %.%', p_channel, p_key
+                    USING ERRCODE = 'unique_violation';
+            WHEN 'key_not_found' THEN
+                RAISE EXCEPTION '{b}_map_publish: key not found: %.%', p_channel, p_key
+                    USING ERRCODE = 'no_data_found';
+            WHEN 'position_mismatch' THEN
+                RAISE EXCEPTION '{b}_map_publish: CAS conflict on %.%', p_channel, p_key
+                    USING ERRCODE = 'serialization_failure', DETAIL = coalesce(r.current_data::TEXT, '');
+            WHEN 'version' THEN
+                RAISE EXCEPTION '{b}_map_publish: version conflict on %.%', p_channel, p_key
+                    USING ERRCODE = 'serialization_failure';
+            WHEN 'idempotency' THEN
+                RAISE EXCEPTION '{b}_map_publish: duplicate idempotency key: %.%', p_channel, p_key
+                    USING ERRCODE = 'unique_violation';
+            ELSE
+                RAISE EXCEPTION '{b}_map_publish: suppressed: %', r.suppress_reason;
+        END CASE;
+    END IF;
+    RETURN QUERY SELECT r.result_id, r.channel_offset, r.epoch;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION {b}_map_remove_strict(
+    {remove_args})
+RETURNS TABLE (result_id BIGINT, channel_offset BIGINT, epoch TEXT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r RECORD;
+BEGIN
+    SELECT * INTO r FROM {b}_map_remove({remove_call});
+    IF r.suppressed THEN  -- whatever the reason, as Centrifugo's
+        RAISE EXCEPTION '{b}_map_remove: key not found: %.%', p_channel, p_key USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN QUERY SELECT r.result_id, r.channel_offset, r.epoch;
+END;
 $$;
 """
 
 
+# Centrifugo's arguments of {b}_map_publish / {b}_map_remove (and their _strict forms), in its order: (name,
+# type, default; "" for none). p_num_shards is accepted and unused (the broker's num_shards is kept in
+# {b}_map_settings); p_stream_size / p_stream_ttl are Fugato's, last.
+PUBLISH_ARGS: Final = (
+    ("channel", "TEXT", ""), ("key", "TEXT", ""), ("data", "{data}", ""), ("tags", "JSONB", "NULL"),
+    ("key_ttl", "INTERVAL", "NULL"), ("meta_ttl", "INTERVAL", "NULL"), ("key_mode", "TEXT", "NULL"),
+    ("expected_offset", "BIGINT", "NULL"), ("expected_epoch", "TEXT", "NULL"), ("key_version", "BIGINT", "NULL"),
+    ("key_version_epoch", "TEXT", "NULL"), ("idempotency_key", "TEXT", "NULL"),
+    ("idempotency_ttl", "INTERVAL", "NULL"), ("use_delta", "BOOLEAN", "FALSE"), ("client_id", "TEXT", "NULL"),
+    ("user_id", "TEXT", "NULL"), ("conn_info", "{data}", "NULL"), ("chan_info", "{data}", "NULL"),
+    ("refresh_ttl_on_suppress", "BOOLEAN", "FALSE"), ("num_shards", "INTEGER", "NULL"),
+    ("stream_size", "INTEGER", "NULL"), ("stream_ttl", "INTERVAL", "NULL"))
+REMOVE_ARGS: Final = (
+    ("channel", "TEXT", ""), ("key", "TEXT", ""), ("meta_ttl", "INTERVAL", "NULL"),
+    ("expected_offset", "BIGINT", "NULL"), ("expected_epoch", "TEXT", "NULL"), ("idempotency_key", "TEXT", "NULL"),
+    ("idempotency_ttl", "INTERVAL", "NULL"), ("client_id", "TEXT", "NULL"), ("user_id", "TEXT", "NULL"),
+    ("num_shards", "INTEGER", "NULL"), ("stream_size", "INTEGER", "NULL"), ("stream_ttl", "INTERVAL", "NULL"))
+
+# What {b}_map_publish / {b}_map_remove answer (Centrifugo's columns) from {b}_map_apply's row ``a``.
+RESULT: Final = """RETURNS TABLE (result_id BIGINT, channel_offset BIGINT, epoch TEXT, suppressed BOOLEAN,
+               suppress_reason TEXT, current_data {data}, current_offset BIGINT)
+LANGUAGE sql AS $$
+    SELECT a.result_id, a.channel_offset, a.epoch, a.suppressed, nullif(a.suppress_reason, ''),
+           {from_bytes}, a.current_offset
+    FROM"""
+
+
+def _declare(args: tuple[tuple[str, str, str], ...], data: str) -> str:
+    declared = (f"p_{name} {kind.format(data=data)}" + (f" DEFAULT {default}" if default else "")
+                for name, kind, default in args)
+    return ",\n    ".join(declared)  # one a line
+
+
+def _call(args: tuple[tuple[str, str, str], ...]) -> str:
+    return textwrap.fill(", ".join(f"p_{name}" for name, _, _ in args), width=100, subsequent_indent="        ")
+
+
 def schema(base: str, *, binary: bool, num_shards: int, use_notify: bool) -> str:
     """The DDL for tables and functions named ``{base}_map_*`` (``base`` is a checked SQL identifier)."""
+    def to_bytes(arg: str) -> str:
+        return arg if binary else f"convert_to({arg}::TEXT, 'UTF8')"
+
+    data = "BYTEA" if binary else "JSONB"
+    result = RESULT.format(data=data, from_bytes="a.current_data" if binary else
+                           "convert_from(a.current_data, 'UTF8')::JSONB")
     return SCHEMA.format(b=base, num_shards=int(num_shards), use_notify="TRUE" if use_notify else "FALSE",
-                         data="BYTEA" if binary else "JSONB",
-                         to_bytes="p_data" if binary else "convert_to(p_data::TEXT, 'UTF8')")
+                         data=data, to_bytes=to_bytes("p_data"), conn_bytes=to_bytes("p_conn_info"),
+                         chan_bytes=to_bytes("p_chan_info"), result=result,
+                         publish_args=_declare(PUBLISH_ARGS, data), remove_args=_declare(REMOVE_ARGS, data),
+                         publish_call=_call(PUBLISH_ARGS), remove_call=_call(REMOVE_ARGS))

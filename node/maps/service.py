@@ -67,7 +67,7 @@ class MapService(Generic[C_contra]):
         # The state lives next to the channel's stream, in the broker that keeps map channels: in PostgreSQL
         # (the broker is its own store), in Redis, else in this process.
         self.store: MapStore = broker if isinstance(broker, PostgresMapBroker) else \
-            RedisMapStore(broker) if isinstance(broker, RedisBroker) else MemoryMapStore(node.publish)
+            RedisMapStore(broker) if isinstance(broker, RedisBroker) else MemoryMapStore(node.publish, node.history)
         self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -20,7 +20,7 @@ from node.maps.state import (
     Entry,
     MemoryMapState,
 )
-from node.models import PublishOptions, PublishResult
+from node.models import HistoryOptions, HistoryResult, PublishOptions, PublishResult
 
 
 class MapStore(Protocol):
@@ -48,8 +48,10 @@ class MapStore(Protocol):
 
 
 class MemoryMapStore:
-    def __init__(self, publish: Callable[[str, bytes, PublishOptions], Awaitable[PublishResult]]) -> None:
+    def __init__(self, publish: Callable[[str, bytes, PublishOptions], Awaitable[PublishResult]],
+                 history: Callable[[str, HistoryOptions], Awaitable[HistoryResult]]) -> None:
         self._publish = publish
+        self._history = history
         self.state = MemoryMapState()
         # (channel, idempotency key) -> (the first write's result, monotonic expiry)
         self._results: dict[tuple[str, str], tuple[PublishResult, float]] = {}
@@ -61,6 +63,12 @@ class MemoryMapStore:
         if cached is None or cached[1] <= time.monotonic():
             return None
         return dataclasses.replace(cached[0], suppressed=True, suppress_reason=SUPPRESSED_IDEMPOTENCY)
+
+    async def _unchanged(self, channel: str, opts: PublishOptions, reason: str) -> PublishResult:
+        """A suppressed write's result: the stream's current position (as Redis's, PostgreSQL's and
+        Centrifugo's) and why nothing changed."""
+        top = await self._history(channel, HistoryOptions(limit=0, history_meta_ttl=opts.history_meta_ttl))
+        return PublishResult(top.position, suppressed=True, suppress_reason=reason)
 
     def _remember(self, channel: str, opts: PublishOptions, result: PublishResult) -> None:
         if opts.idempotency_key:
@@ -76,7 +84,7 @@ class MemoryMapStore:
         current = self.state.get(channel, opts.key)
         reason = conditions.refusal(current)
         if reason:
-            return PublishResult(suppressed=True, suppress_reason=reason)
+            return await self._unchanged(channel, opts, reason)
         if opts.use_delta and current is not None:
             opts = dataclasses.replace(opts, key_base=current.data)
         result = await self._publish(channel, data, dataclasses.replace(opts, idempotency_key=""))
@@ -94,7 +102,7 @@ class MemoryMapStore:
             return seen
         entry = self.state.get(channel, opts.key)
         if entry is None or (expired_only and not (entry.expire_at and entry.expire_at <= time.monotonic())):
-            return PublishResult(suppressed=True, suppress_reason=SUPPRESSED_KEY_NOT_FOUND)
+            return await self._unchanged(channel, opts, SUPPRESSED_KEY_NOT_FOUND)
         self.state.remove(channel, opts.key)
         # The removal carries the entry's tags (as Centrifugo's does), so tags-filtered subscribers see it.
         tags = entry.tags if opts.tags is None else opts.tags

@@ -54,7 +54,7 @@ async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[NodeFactory]:
     def build() -> tuple[Broker, MapStore]:
         if request.param == "memory":
             memory = MemoryBroker()
-            return memory, MemoryMapStore(memory.publish)
+            return memory, MemoryMapStore(memory.publish, memory.history)
         if request.param.startswith("postgres"):
             notify = request.param == "postgres_notify"
             outbox = PostgresMapOutboxConfig(poll_interval=30.0 if notify else 0.1)
@@ -261,6 +261,25 @@ async def test_versions_and_idempotency_keys(node: Node) -> None:
     again = await node.store.remove(ch, removal)
     assert (again.suppressed, again.suppress_reason) == (True, "idempotency")
     assert await reason(b'"9"', 1) == "ok", "a removed key forgets its version"
+
+
+async def test_a_suppressed_write_answers_the_streams_position(node: Node) -> None:
+    """Every backend answers a write that changed nothing as Centrifugo's do: the channel's current position
+    (an idempotent replay: its first write's), and the same reason for the same condition."""
+    ch = "m:" + uuid.uuid4().hex
+    first = await node.store.set(ch, b'"a"', dataclasses.replace(keyed("k"), idempotency_key="i"), 0,
+                                 Conditions(version=5))
+    top = (await node.store.set(ch, b'"b"', keyed("j"), 0)).position
+    results = [await node.store.set(ch, b'"c"', keyed("k"), 0, Conditions(key_mode="if_exists", version=4)),
+               await node.store.set(ch, b'"c"', keyed("k"), 0, Conditions(key_mode="if_new", version=6)),
+               await node.store.set(ch, b'"c"', keyed("x"), 0, Conditions(key_mode="if_exists")),
+               await node.store.remove(ch, keyed("x", removed=True)),
+               await node.store.set(ch, b'"c"', dataclasses.replace(keyed("x"), idempotency_key="i"), 0,
+                                    Conditions(key_mode="if_exists"))]
+    assert [(r.suppressed, r.suppress_reason, r.position) for r in results] == [
+        (True, "version", top), (True, "key_exists", top), (True, "key_not_found", top),
+        (True, "key_not_found", top), (True, "idempotency", first.position)]
+    assert top.offset == first.position.offset + 1 and top.epoch == first.position.epoch
 
 
 async def test_a_keys_delta_base_is_its_own_previous_value(node: Node) -> None:

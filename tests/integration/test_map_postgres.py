@@ -42,11 +42,12 @@ async def test_an_application_transaction_changes_the_map_atomically(pg_prefix: 
         async with conn.transaction():
             await conn.execute(b"CREATE TEMP TABLE orders (id int)")  # the application's own write
             row = await (await conn.execute(publish.encode(), (ch, "b", '{"v": 2}', None))).fetchone()
-        assert row is not None and row[2] is False  # (channel_offset, epoch, suppressed, suppress_reason)
+        # (result_id, channel_offset, epoch, suppressed, suppress_reason, current_data, current_offset)
+        assert row is not None and row[3:5] == (False, None)
         exists = await (await conn.execute(publish.encode(), (ch, "a", '{"v": 9}', "if_new"))).fetchone()
-        assert exists is not None and exists[2:] == (True, "key_exists")
+        assert exists is not None and exists[3:5] == (True, "key_exists")
     update = await js.wait("map_update", channel=ch, key="b")
-    assert update["data"] == {"v": 2} and update["offset"] == row[0]
+    assert update["data"] == {"v": 2} and update["offset"] == row[1]
     state = await server.api_result("map_read_state", {"channel": ch})
     assert sorted(p["key"] for p in state["entries"]) == ["a", "b"]
     assert not [e for e in js.events("map_update") if e["key"] in ("rolled_back", "a")]
