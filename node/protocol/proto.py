@@ -103,6 +103,8 @@ def _value(field: Any, value: Any) -> Any:
         if field.is_repeated:
             return [to_dict(v) for v in value]
         return to_dict(value)
+    if field.is_repeated:
+        return list(value)  # a list, as the JSON decoder gives (shared poll's untrack keys)
     return value
 
 
