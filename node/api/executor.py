@@ -242,12 +242,15 @@ class Executor:
         data = _raw(p, "data") if value is None or isinstance(value, bytes) else orjson.dumps(value)
         if data is None:
             raise _bad()
-        return channel, data, self._checked_options(channel, data, p)
+        return channel, data, self._checked_options(channel, data, p, stream_only=True)
 
-    def _checked_options(self, channel: str, data: bytes, p: Params) -> PublishOptions:
+    def _checked_options(self, channel: str, data: bytes, p: Params, *, stream_only: bool = False) -> PublishOptions:
         """The options of a publication of ``data`` to ``channel``; 102 for an unknown namespace, then 107 for
-        bad options, then 107 for data the namespace's format refuses (Centrifugo's order)."""
+        bad options, then 107 for data the namespace's format refuses (Centrifugo's order). ``stream_only``:
+        107 for a map or shared poll namespace too, as Centrifugo's publish (not its broadcast) answers."""
         ns = self.node.policy.namespace(channel)
+        if stream_only and ns.subscription_type != "stream":
+            raise _bad()
         opts = self._publish_options(ns, p)
         check_data_format(ns, data)
         return opts

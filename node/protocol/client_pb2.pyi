@@ -115,7 +115,7 @@ class ClientInfo(_message.Message):
     def __init__(self, user: _Optional[str] = ..., client: _Optional[str] = ..., conn_info: _Optional[bytes] = ..., chan_info: _Optional[bytes] = ...) -> None: ...
 
 class Publication(_message.Message):
-    __slots__ = ("data", "info", "offset", "tags", "delta", "time", "channel", "key", "removed", "version")
+    __slots__ = ("data", "info", "offset", "tags", "delta", "time", "channel", "key", "removed", "epoch", "version")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,7 @@ class Publication(_message.Message):
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     info: ClientInfo
@@ -142,8 +143,9 @@ class Publication(_message.Message):
     channel: str
     key: str
     removed: bool
+    epoch: str
     version: int
-    def __init__(self, data: _Optional[bytes] = ..., info: _Optional[_Union[ClientInfo, _Mapping]] = ..., offset: _Optional[int] = ..., tags: _Optional[_Mapping[str, str]] = ..., delta: _Optional[bool] = ..., time: _Optional[int] = ..., channel: _Optional[str] = ..., key: _Optional[str] = ..., removed: _Optional[bool] = ..., version: _Optional[int] = ...) -> None: ...
+    def __init__(self, data: _Optional[bytes] = ..., info: _Optional[_Union[ClientInfo, _Mapping]] = ..., offset: _Optional[int] = ..., tags: _Optional[_Mapping[str, str]] = ..., delta: _Optional[bool] = ..., time: _Optional[int] = ..., channel: _Optional[str] = ..., key: _Optional[str] = ..., removed: _Optional[bool] = ..., epoch: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Join(_message.Message):
     __slots__ = ("info",)

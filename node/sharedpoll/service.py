@@ -3,7 +3,8 @@ refresh worker per channel that asks the backend for every key tracked on this n
 ``refresh_interval`` (in ``refresh_batch_size`` batches spread over the interval) and pushes what changed.
 
 As in Centrifugo OSS each node polls for the keys its own connections track: the backend sees
-O(unique keys x nodes) calls per interval, never O(clients). Nothing goes through the broker.
+O(unique keys x nodes) calls per interval, never O(clients). Only shared_poll_publish goes through the broker,
+on the channel's relay channel.
 
 Change detection: ``versioned`` mode compares the backend's versions (and sends the version this node holds, 0
 when some tracker still needs data, so a backend may leave unchanged data out); ``versionless`` mode compares a
@@ -13,7 +14,8 @@ behind it, and a reconnecting client that says it holds the current version gets
 
 A key tracked with version 0 that this node does not poll yet (or that some tracker lacks) is polled at once
 instead of at the next cycle. ``removed: true`` from the backend removes the key from every tracker, which is
-told so. Tracks whose signature expired more than ``track_expired_extra_delay`` ago are dropped silently.
+told so with centrifuge's removal publication (key and ``removed``, no data, no version). Tracks whose
+signature expired more than ``track_expired_extra_delay`` ago are dropped silently.
 
 Nothing here awaits between taking a track and queueing its reply, so no update of a key can overtake it.
 """
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# A shared_poll_publish crosses the broker as a publication of the channel with these tags.
+# A shared_poll_publish crosses the broker as a publication with these tags, on the channel's relay channel.
 TAG_KEY, TAG_VERSION, TAG_EPOCH = "sp_key", "sp_version", "sp_epoch"
 TYPE_TRACK: Final = 1
 TYPE_UNTRACK: Final = 2
@@ -121,6 +123,13 @@ class _Channel:
         return self.ns.shared_poll
 
 
+def relay_channel(channel: str) -> str:
+    """The broker channel a shared poll channel's shared_poll_publish calls cross: not the channel itself, whose
+    server-side (stream) subscribers must not get them. Centrifuge's form, ``<len>:<channel>``, less its key
+    (centrifuge has one per key)."""
+    return f"{len(channel)}:{channel}"
+
+
 def _keys(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
         raise DisconnectError(DISCONNECT_BAD_REQUEST)
@@ -184,7 +193,7 @@ class SharedPollService(Generic[C]):
         if ch.opts.publish_enabled and not ch.observed:
             ch.observed = True
             try:
-                await node.subscriptions.observe(channel, self._published)
+                await node.subscriptions.observe(relay_channel(channel), self._published)
             except Exception:
                 ch.observed = False
                 logger.warning("shared poll: %s not subscribed for shared_poll_publish (engine unavailable)",
@@ -330,7 +339,7 @@ class SharedPollService(Generic[C]):
             return
         del self._channels[ch.name]
         if ch.observed:
-            self._node.subscriptions.unobserve(ch.name, self._published)
+            self._node.subscriptions.unobserve(relay_channel(ch.name), self._published)
         if ch.task is not None:
             ch.task.cancel()
 
@@ -439,11 +448,16 @@ class SharedPollService(Generic[C]):
         for key in ch.keys.values():
             key.version, key.digest, key.behind = 0, 0, True
         for sub in list(ch.subs.values()):
+            # Its keys go now, not when the unsubscribe runs: centrifuge unsubscribes before it applies the
+            # answer that changed the epoch, so that answer reaches only the subscriptions made again.
+            self._untrack(ch, sub, list(sub.keys))
             sub.client.insufficient_state(ch.name)
 
-    def _deliver(self, ch: _Channel, name: str, key: _Key, version: int, data: bytes | None) -> None:
+    def _deliver(self, ch: _Channel, name: str, key: _Key, version: int, data: bytes | None,
+                 epoch: str = "") -> None:
         """Push the key's data (None: its removal) to each tracker behind ``version``, encoded once per kind of
-        connection."""
+        connection. ``epoch`` is set for a shared_poll_publish only: centrifuge's publications of a refresh
+        carry none."""
         frames: dict[tuple[str, bool, str], bytes] = {}
         json_ok: bool | None = None
         for sub in list(key.subs.values()):
@@ -461,7 +475,8 @@ class SharedPollService(Generic[C]):
             frame = frames.get(kind)
             if frame is None:
                 out = client.codec
-                pub = wire.publication(client.protocol, name, version, data)
+                pub = (wire.removal(client.protocol, name) if data is None
+                       else wire.publication(client.protocol, name, version, data, epoch))
                 frame = frames[kind] = client.frame(out.push(out.push_publication(ch.name, pub),
                                                              client.unidirectional))
             client.enqueue_framed(frame)
@@ -500,11 +515,11 @@ class SharedPollService(Generic[C]):
         if not ns.shared_poll.versioned:
             raise ReplyError(ERROR_INTERNAL)  # as Centrifugo: not supported in versionless mode
         tags = {TAG_KEY: key, TAG_VERSION: str(version), TAG_EPOCH: epoch}
-        await self._node.publish(channel, data, PublishOptions(tags=tags))
+        await self._node.publish(relay_channel(channel), data, PublishOptions(tags=tags))
 
-    def _published(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
+    def _published(self, relay: str, pub: Publication, sp: StreamPosition) -> None:
         """A shared_poll_publish from any node (the broker's reader: no awaits)."""
-        ch = self._channels.get(channel)
+        ch = self._channels.get(relay.partition(":")[2])
         tags = pub.tags or {}
         if ch is None or not ch.opts.versioned or TAG_KEY not in tags:
             return
@@ -516,7 +531,7 @@ class SharedPollService(Generic[C]):
         if key is None or version <= key.version:
             return  # not tracked here, or stale: dropped silently
         key.version, key.fresh, key.behind = version, True, False
-        self._deliver(ch, tags[TAG_KEY], key, version, pub.data)
+        self._deliver(ch, tags[TAG_KEY], key, version, pub.data, epoch)
 
     # --- introspection (tests, benchmark) -------------------------------------------------------------------
 

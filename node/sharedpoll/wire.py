@@ -26,21 +26,23 @@ def subscribe_result(protocol: str, epoch: str, ttl: int | None) -> bytes:
     return codec.result_object(fields)
 
 
-def publication(protocol: str, key: str, version: int, data: bytes | None) -> bytes:
-    """A key's new data at ``version``, or its removal (``data`` None)."""
+def publication(protocol: str, key: str, version: int, data: bytes, epoch: str = "") -> bytes:
+    """A key's new data at ``version`` (``epoch``: a shared_poll_publish's, which centrifuge passes on)."""
     if protocol == "protobuf":
-        pub = pb.Publication(key=key, version=version)
-        if data is None:
-            pub.removed = True
-        else:
-            pub.data = data
-        return pub.SerializeToString()
-    out = b'{"data":' + (b"null" if data is None else codec.payload(data)) + b',"key":' + orjson.dumps(key)
-    if data is None:
-        out += b',"removed":true'
+        return pb.Publication(key=key, version=version, data=data, epoch=epoch).SerializeToString()
+    out = b'{"data":' + codec.payload(data) + b',"key":' + orjson.dumps(key)
+    if epoch:
+        out += b',"epoch":' + orjson.dumps(epoch)
     if version:
         out += b',"version":%d' % version
     return out + b"}"
+
+
+def removal(protocol: str, key: str) -> bytes:
+    """A key's removal: centrifuge's Publication{Key, Removed} and nothing else (no data, no version)."""
+    if protocol == "protobuf":
+        return pb.Publication(key=key, removed=True).SerializeToString()
+    return b'{"key":%s,"removed":true}' % orjson.dumps(key)
 
 
 def track_result(protocol: str, ttl: int | None) -> bytes:

@@ -6,7 +6,9 @@ Covered: data of tracked keys arrives at once (cold key poll), then only changes
 batches every key tracked on the node whatever the number of subscribers; versioned and versionless modes;
 removals; untrack; ``max_keys_per_connection`` and other bad input with Centrifugo's codes; expired and forged
 signatures; a backend that is down, slow, answers 5xx or garbage, and recovers; two nodes over Redis Cluster,
-each polling for its own connections (Centrifugo OSS: O(unique keys x nodes))."""
+each polling for its own connections (Centrifugo OSS: O(unique keys x nodes)); removals and published data
+byte for byte as centrifuge writes them; the HTTP-streaming and SSE emulation; unidirectional transports,
+which get no shared poll."""
 
 from __future__ import annotations
 
@@ -20,15 +22,20 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
+from google.protobuf import json_format
 from harness import REPO, JsFactory, ServerFactory, ServerProcess, free_port, unique_channel, wait_until
 from jsclient import JsClient
 from proxy_backends import Call, GrpcBackend, HttpBackend
 from test_protocol_raw import raw
+from test_transports import emulated_client, uni_stream
 
 from node.api.proto import api_pb2
 from node.api.proto.api_pb2_grpc import CentrifugoApiStub
+from node.protocol import client_pb2
+from node.protocol.proto import split_delimited, varint
 
 HMAC_KEY = "shared-poll-test-secret"
 HOOK = "shared_poll_refresh"
@@ -137,6 +144,20 @@ def updates(js: JsClient, key: str) -> list[Any]:
     return [data(e["data"]) for e in js.events("sp_update") if e["key"] == key and not e.get("removed")]
 
 
+def removal_seen(event: dict[str, Any]) -> dict[str, Any]:
+    """An ``sp_update`` event as the application got it (the driver's bookkeeping left out)."""
+    return {k: v for k, v in event.items() if k not in ("event", "seq")}
+
+
+def sdk_removal(channel: str, key: str, protocol: str) -> dict[str, Any]:
+    """The update event centrifuge-js makes of centrifuge's removal, Publication{key, removed: true}: over JSON
+    no data and no version at all (an undefined ``data``, not null); the protobuf build fills in its decoder's
+    defaults, empty bytes and version 0."""
+    if protocol == "json":
+        return {"channel": channel, "key": key, "removed": True}
+    return {"channel": channel, "key": key, "removed": True, "data": {"__bytes__": ""}, "version": 0}
+
+
 def polls(backend: HttpBackend | GrpcBackend, hook: str = HOOK) -> list[Call]:
     return backend.of(hook)
 
@@ -193,15 +214,15 @@ async def test_tracked_keys_get_data_then_only_changes_in_one_call_per_cycle(
     assert updates(clients[2], "p2") == []  # not tracking it
 
 
-async def test_untrack_and_unsubscribe_shrink_the_polled_keys(server_factory: ServerFactory,
-                                                              js_factory: JsFactory, backend: HttpBackend) -> None:
+async def test_untrack_and_unsubscribe_shrink_the_polled_keys(server_factory: ServerFactory, js_factory: JsFactory,
+                                                              backend: HttpBackend, protocol: str) -> None:
     store = Store()
     wire(backend, store)
     store.set("a", 1)
     store.set("b", 2)
     srv = await server_factory(config(backend.endpoint(HOOK)))
     ch = unique_channel("votes:")
-    js = await subscriber(srv, js_factory, backend, ch)
+    js = await subscriber(srv, js_factory, backend, ch, protocol=protocol)
     other = await subscriber(srv, js_factory, backend, ch, user="bob")
     await js.call("sp_track", channel=ch, keys=["a", "b"])
     await other.call("sp_track", channel=ch, keys=["b"])
@@ -243,7 +264,7 @@ async def test_versioned_mode_sends_versions_pushes_newer_ones_and_removals(
     assert got.count(("x", 3)) == 1 and ("x", 2) not in got and got.count(("y", 1)) == 1
     store.removed.add("y")
     removal = await js.wait("sp_update", key="y", removed=True)
-    assert removal["channel"] == ch
+    assert removal_seen(removal) == sdk_removal(ch, "y", protocol)
     await wait_until(lambda: "y" not in keys_of(polls(backend)[-1]), timeout=15, what="y no longer polled")
     assert await js.call("sp_tracked", channel=ch) == ["x"]
 
@@ -556,3 +577,167 @@ async def test_shared_poll_publish_over_grpc(server_factory: ServerFactory, js_f
                                             metadata=auth)
         assert reply.error.code == 107
     await wait_until(lambda: updates(js, "g")[-1:] == [{"n": 2}], what="published over GRPC")
+
+
+class _RawPush:
+    """A bare WebSocket connection in either protocol that hands back each server message's exact bytes."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, protocol: str) -> None:
+        self.ws, self.protocol = ws, protocol
+        self.pending: list[bytes] = []
+
+    async def send(self, cmd: dict[str, Any]) -> None:
+        if self.protocol == "json":
+            await self.ws.send_str(json.dumps(cmd))
+        else:
+            body = json_format.ParseDict(cmd, client_pb2.Command()).SerializeToString()
+            await self.ws.send_bytes(varint(len(body)) + body)
+
+    async def message(self) -> bytes:
+        while not self.pending:
+            msg = await self.ws.receive(timeout=10)
+            if self.protocol == "json":
+                assert msg.type is aiohttp.WSMsgType.TEXT, msg
+                self.pending.extend(line.encode() for line in msg.data.split("\n"))
+            else:
+                assert msg.type is aiohttp.WSMsgType.BINARY, msg
+                self.pending.extend(split_delimited(msg.data))
+        return self.pending.pop(0)
+
+    async def push(self) -> bytes:
+        """The next push, skipping replies and pings."""
+        while True:
+            raw_msg = await self.message()
+            if self.protocol == "json" and raw_msg.startswith(b'{"push":'):
+                return raw_msg
+            if self.protocol == "protobuf" and client_pb2.Reply.FromString(raw_msg).HasField("push"):
+                return raw_msg
+
+
+def _pb_removal(channel: str, key: str) -> bytes:
+    """Centrifuge's Reply{Push{channel, Publication{key, removed}}}, spelled out field by field (the fields in
+    number order, as its vtproto marshaller writes them) rather than by the encoder under test."""
+
+    def field(number: int, body: bytes) -> bytes:
+        return varint(number << 3 | 2) + varint(len(body)) + body
+
+    pub = field(11, key.encode()) + varint(12 << 3) + b"\x01"
+    return field(4, field(2, channel.encode()) + field(4, pub))
+
+
+async def test_a_removal_and_a_publish_are_centrifuges_publications_byte_for_byte(
+        server_factory: ServerFactory, backend: HttpBackend, protocol: str) -> None:
+    """What centrifuge writes (keyed_hub.go broadcastRemoval: Publication{Key, Removed: true}; shared_poll.go
+    handlePublishedData: Publication{Key, Data, Version, Epoch}), in protocol v0.21.1's JSON field order."""
+    store = Store(versioned=True)
+    store.epoch = "e1"
+    wire(backend, store)
+    store.set("y", {"v": 1})
+    cfg = config(backend.endpoint(HOOK), mode="versioned")
+    cfg["channel"]["namespaces"][0]["shared_poll"]["publish_enabled"] = True
+    srv = await server_factory(cfg)
+    ch = unique_channel("votes:")
+    query = "" if protocol == "json" else "?cf_protocol=protobuf"
+    async with aiohttp.ClientSession() as http, http.ws_connect(srv.ws_url + query) as ws:
+        c = _RawPush(ws, protocol)
+        sig = make_signature(HMAC_KEY, "erin", ch, ["y"], 60)
+        await c.send({"id": 1, "connect": {"token": srv.token("erin")}})
+        for i in (2, 4):  # the backend's epoch replaces the channel's first one: 2500, subscribe again
+            await c.send({"id": i, "subscribe": {"channel": ch, "type": 4}})
+            await c.send({"id": i + 1, "subRefresh" if protocol == "protobuf" else "sub_refresh": {
+                "channel": ch, "type": 1, "track": [{"signature": sig, "items": [{"key": "y"}]}]}})
+            first = await c.push()
+            if i == 2:
+                unsub = (json.loads(first)["push"]["unsubscribe"] if protocol == "json"
+                         else json_format.MessageToDict(client_pb2.Reply.FromString(first).push.unsubscribe))
+                assert unsub["code"] == 2500, first
+        await wait_until(lambda: any(keys_of(p) == ["y"] for p in polls(backend)), what="y polled")
+        await srv.api_result("shared_poll_publish", {"channel": ch, "key": "y", "data": {"v": 5}, "version": 5,
+                                                     "epoch": "e1"})
+        published = await c.push()
+        store.removed.add("y")
+        removed = await c.push()
+    if protocol == "json":
+        head = b'{"push":{"channel":%s,"pub":{"data":' % json.dumps(ch).encode()
+        assert first.startswith(head) and first.endswith(b',"key":"y","version":1}}}'), first
+        assert json.loads(first)["push"]["pub"]["data"] == {"v": 1}
+        assert published.startswith(head) and published.endswith(b',"key":"y","epoch":"e1","version":5}}}')
+        assert json.loads(published)["push"]["pub"]["data"] == {"v": 5}
+        assert removed == b'{"push":{"channel":%s,"pub":{"key":"y","removed":true}}}' % json.dumps(ch).encode()
+    else:
+        reply = client_pb2.Reply.FromString(published)
+        assert json.loads(reply.push.pub.data) == {"v": 5}
+        expected = client_pb2.Reply(push=client_pb2.Push(channel=ch, pub=client_pb2.Publication(
+            data=reply.push.pub.data, key="y", epoch="e1", version=5)))
+        assert published == expected.SerializeToString()
+        assert client_pb2.Reply.FromString(first).push.pub.version == 1
+        assert removed == _pb_removal(ch, "y")
+
+
+@pytest.mark.parametrize(("transport", "protocol"), [("http_stream", "json"), ("sse", "json"),
+                                                     ("http_stream", "protobuf")])
+async def test_shared_poll_over_http_stream_and_sse_emulation(
+        server_factory: ServerFactory, backend: HttpBackend, transport: str, protocol: str) -> None:
+    """centrifuge-js's bidirectional emulation: pushes down the stream, subscribe/track/untrack as POSTs to
+    /emulation. Versioned mode with shared_poll_publish, so every kind of push crosses the stream."""
+    store = Store(versioned=True)
+    wire(backend, store)
+    store.set("m", {"v": 1})
+    store.set("n", {"v": 1})
+    cfg = {**config(backend.endpoint(HOOK), mode="versioned"), "http_stream": {"enabled": True},
+           "sse": {"enabled": True}}
+    cfg["channel"]["namespaces"][0]["shared_poll"]["publish_enabled"] = True
+    srv = await server_factory(cfg)
+    ch = unique_channel("votes:")
+    async with emulated_client(srv, transport, protocol) as js:
+        await js.call("connect", token=srv.token("frank"), wait=True)
+        assert (await js.wait("connected"))["transport"] == transport
+        await js.call("sp_subscribe", channel=ch, signUrl=backend.endpoint("sign"), signUser="frank", wait=True)
+        await js.call("sp_track", channel=ch, keys=["m", "n"])
+        await wait_until(lambda: updates(js, "m") == [{"v": 1}] and updates(js, "n") == [{"v": 1}],
+                         what="first data")
+        store.set("m", {"v": 2})  # a refresh answer with a newer version
+        await wait_until(lambda: updates(js, "m")[-1:] == [{"v": 2}], what="m changed")
+        await srv.api_result("shared_poll_publish", {"channel": ch, "key": "n", "data": {"v": 9}, "version": 9})
+        await wait_until(lambda: updates(js, "n")[-1:] == [{"v": 9}], what="n published")
+        store.removed.add("m")
+        removal = await js.wait("sp_update", key="m", removed=True)
+        assert removal_seen(removal) == sdk_removal(ch, "m", protocol)
+        assert await js.call("sp_tracked", channel=ch) == ["n"]
+        store.set("o", {"v": 1})
+        await js.call("sp_untrack", channel=ch, keys=["n"])
+        await js.call("sp_track", channel=ch, keys=["o"])
+        await wait_until(lambda: updates(js, "o") == [{"v": 1}], what="o tracked")
+        await wait_until(lambda: keys_of(polls(backend)[-1]) == ["o"], timeout=15, what="n no longer polled")
+        got = [(e["key"], e.get("version"), bool(e.get("removed"))) for e in js.events("sp_update")]
+        assert got.count(("m", 2, False)) == 1 and got.count(("n", 9, False)) == 1
+
+
+@pytest.mark.parametrize("kind", ["uni_sse", "uni_http_stream"])
+async def test_a_unidirectional_connection_gets_no_shared_poll_data(
+        server_factory: ServerFactory, js_factory: JsFactory, backend: HttpBackend, kind: str) -> None:
+    """Centrifugo has no shared poll for unidirectional transports: they send no commands after connect, so no
+    subscribe of type 4 and no track. A channel of a shared poll namespace in the connect token is subscribed
+    like any server-side channel (centrifuge client.go connect: subscribeCmd without a type; Centrifugo's
+    connect handler checks no subscription_type), a stream subscription nothing is ever published to: the
+    publish API refuses a shared poll channel (api.go: 107), and tracked keys' data goes to trackers only."""
+    store = Store(versioned=True)
+    wire(backend, store)
+    store.set("u", {"v": 1})
+    cfg = {**config(backend.endpoint(HOOK), mode="versioned"), "uni_sse": {"enabled": True},
+           "uni_http_stream": {"enabled": True}}
+    cfg["client"] = {"ping_interval": "1s", "pong_timeout": "500ms"}
+    cfg["channel"]["namespaces"][0]["shared_poll"]["publish_enabled"] = True
+    srv = await server_factory(cfg)
+    ch = unique_channel("votes:")
+    async with uni_stream(srv, kind, {"token": srv.token("gina", channels=[ch])}) as messages:
+        connect = (await anext(messages))["connect"]
+        assert connect["subs"] == {ch: {}}
+        js = await subscriber(srv, js_factory, backend, ch)
+        await js.call("sp_track", channel=ch, keys=["u"])
+        await wait_until(lambda: updates(js, "u") == [{"v": 1}], what="the tracker's data")
+        await srv.api_result("shared_poll_publish", {"channel": ch, "key": "u", "data": {"v": 2}, "version": 2})
+        await wait_until(lambda: updates(js, "u")[-1:] == [{"v": 2}], what="the tracker's published data")
+        assert (await srv.api("publish", {"channel": ch, "data": {"v": 3}}))["error"]["code"] == 107
+        # Two pings (a second apart) and nothing else: no shared poll push reached the stream.
+        assert [await anext(messages), await anext(messages)] == [{}, {}]

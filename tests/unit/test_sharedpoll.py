@@ -12,7 +12,9 @@ import pytest
 
 from node.config_load import load
 from node.errors import ConfigError
-from node.sharedpoll import signature
+from node.protocol import client_pb2 as pb
+from node.protocol import proto
+from node.sharedpoll import signature, wire
 from node.sharedpoll.options import SharedPollConfig, SharedPollOptions
 
 NOW = 1_800_000_000
@@ -95,3 +97,26 @@ def test_a_shared_poll_namespace_needs_the_hmac_secret_key(tmp_path: Path) -> No
     path.write_text(json.dumps({"shared_poll": {"hmac_secret_key": "k"},
                                 "channel": {"proxy": proxy, "namespaces": [ns]}}))
     assert load(str(path), {}, {}).config.channel.namespaces[0].shared_poll.mode == "versionless"
+
+
+def test_a_protobuf_track_or_untrack_decodes_to_the_json_decoders_lists() -> None:
+    cmd = pb.Command(id=7)
+    cmd.sub_refresh.channel, cmd.sub_refresh.type = "votes:1", 2
+    cmd.sub_refresh.untrack.extend(["a", "b"])
+    batch = cmd.sub_refresh.track.add(signature="s")
+    batch.items.add(key="c", version=3)
+    body = cmd.SerializeToString()
+    (decoded,) = proto.decode_frame(proto.varint(len(body)) + body)
+    assert decoded.params == {"channel": "votes:1", "type": 2, "untrack": ["a", "b"],
+                              "track": [{"signature": "s", "items": [{"key": "c", "version": 3}]}]}
+    assert type(decoded.params["untrack"]) is list
+
+
+def test_removal_and_publication_are_centrifuges_publication_fields() -> None:
+    # centrifugal/protocol v0.21.1 (client.pb_easyjson.go): zero fields left out, data key epoch version order.
+    assert wire.removal("json", "k") == b'{"key":"k","removed":true}'
+    assert wire.publication("json", "k", 3, b'{"a":1}') == b'{"data":{"a":1},"key":"k","version":3}'
+    assert wire.publication("json", "k", 3, b"1", "e") == b'{"data":1,"key":"k","epoch":"e","version":3}'
+    assert wire.removal("protobuf", "k") == b"\x5a\x01k\x60\x01"  # key = 11, removed = 12
+    assert pb.Publication.FromString(wire.publication("protobuf", "k", 3, b"1", "e")) == \
+        pb.Publication(data=b"1", key="k", epoch="e", version=3)
