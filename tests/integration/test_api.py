@@ -169,3 +169,15 @@ async def test_sigterm_disconnects_clients_with_3001_and_exits_zero(server_facto
         srv.send_signal(signal.SIGTERM)
         assert await c.closed() == (3001, "shutdown")
     assert await srv.wait_exit(timeout=10) == 0
+
+
+async def test_publish_into_a_map_namespace_is_107(server_factory: ServerFactory) -> None:
+    """Centrifugo's publish is stream-only (internal/api/api.go: map and shared poll namespaces are 107); the
+    map's own write goes through."""
+    srv = await server_factory({"channel": {"namespaces": [
+        {"name": "board", "subscription_type": "map", "map": {"mode": "persistent"}}]}})
+    ch = unique_channel("board:")
+    assert (await srv.api("publish", {"channel": ch, "data": {"n": 1}}))["error"]["code"] == 107
+    assert (await srv.api("batch", {"commands": [{"publish": {"channel": ch, "data": {}}}]}))["replies"][0][
+        "error"]["code"] == 107
+    assert (await srv.api_result("map_publish", {"channel": ch, "key": "k", "data": {"n": 1}}))["offset"] == 1
