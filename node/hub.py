@@ -16,13 +16,21 @@ from node.delta import fossil
 from node.errors import DISCONNECT_INAPPROPRIATE_PROTOCOL
 from node.models import ClientInfo, Publication, StreamPosition
 from node.protocol.codec import Codec
-from node.subscriptions import Receiver, Subscriber
+from node.subscriptions import (
+    FRAME_DELTA_FULL,
+    FRAME_DELTA_PATCH,
+    FRAME_PLAIN,
+    LANE_SEQUENCED,
+    LANE_SHARED,
+    Cursor,
+    Receiver,
+    Subscriber,
+)
 
 C = TypeVar("C", bound=Receiver)  # the node's connections: the hub hands back what it was given
 
-# Frame kinds of one broadcast; the cache key is (kind, unidirectional, framing).
-_PLAIN, _DELTA_FULL, _DELTA_PATCH = 0, 1, 2
-_FrameCache = dict[tuple[int, bool, str], bytes]
+# One broadcast's frames by ``Subscriber.frame_keys`` (frame kind, direction, framing).
+_FrameCache = dict[str, bytes]
 
 
 class Hub(Generic[C]):
@@ -93,11 +101,8 @@ class Hub(Generic[C]):
         sub = self._subs.get(channel, {}).get(client.id)
         if sub is None or sub.buffer is None:
             return
-        buffered, sub.buffer = sub.buffer, None
-        if position is not None:
-            sub.offset, sub.epoch = position.offset, position.epoch
         sub.delta_ready = delta_ready
-        for pub, sp in buffered:
+        for pub, sp in sub.go_live(position):
             if sub.accept(pub, sp, channel) and (sub.tags_filter is None or sub.tags_filter.matches(pub.tags)):
                 frame = self._frame(channel, pub, sub, {})
                 if not frame:
@@ -112,49 +117,72 @@ class Hub(Generic[C]):
         if not subs:
             return
         cache: _FrameCache = {}
-        common: bytes | None = None
+        shared: bytes | None = None  # the plain frame of the common framing
         matched: dict[str, bool] | None = None  # tags filter key -> whether this publication matches it
+        # A sequenced subscriber whose cursor is at the previous offset of this epoch takes the shared frame at
+        # once (no positioned publication has offset 0, so an unpositioned one never passes this way).
+        offset, epoch = pub.offset, sp.epoch
+        previous = offset - 1
+        moved: Cursor | None = None  # the cursor moved to this publication, which the subscribers in step share
+        shared_lane, sequenced_lane = LANE_SHARED, LANE_SEQUENCED  # locals: read per subscriber
         for sub in subs.values():
-            if sub.common and sub.buffer is None:
-                # The usual case, kept free of the lookups below.
-                if common is None:
-                    common = self._frame(channel, pub, sub, cache)
-                if common:
-                    sub.client.enqueue_framed(common)
+            if sub.lane is not shared_lane:
+                if sub.lane is sequenced_lane:
+                    cursor = sub.cursor
+                    if cursor is not moved:
+                        if cursor.offset == previous and cursor.epoch == epoch:
+                            # In step: the first such cursor moves to this publication, and every other
+                            # subscriber in step joins it, so the next publication is checked once for all of them.
+                            if moved is None:
+                                cursor.offset = offset
+                                moved = cursor
+                            else:
+                                sub.cursor = moved
+                        elif not sub.accept(pub, sp, channel):  # a duplicate, a gap, or one without offset
+                            continue
                 else:
-                    sub.client.schedule_close(DISCONNECT_INAPPROPRIATE_PROTOCOL)
-            elif sub.buffer is not None:
-                sub.buffer.append((pub, sp))
-            elif sub.accept(pub, sp, channel):
-                tf = sub.tags_filter
-                if tf is not None:
-                    # Evaluated once per distinct filter of the broadcast, however many subscribers share it.
-                    if matched is None:
-                        matched = {}
-                    hit = matched.get(tf.key)
-                    if hit is None:
-                        hit = matched[tf.key] = tf.matches(pub.tags)
-                    if not hit:
+                    if sub.buffer is not None:
+                        sub.buffer.append((pub, sp))
                         continue
-                frame = self._frame(channel, pub, sub, cache)
-                if frame:
-                    sub.client.enqueue_framed(frame)
-                else:
-                    sub.client.schedule_close(DISCONNECT_INAPPROPRIATE_PROTOCOL)
+                    if not sub.accept(pub, sp, channel):
+                        continue
+                    tf = sub.tags_filter
+                    if tf is not None:
+                        # Evaluated once per distinct filter of the broadcast, however many subscribers share it.
+                        if matched is None:
+                            matched = {}
+                        hit = matched.get(tf.key)
+                        if hit is None:
+                            hit = matched[tf.key] = tf.matches(pub.tags)
+                        if not hit:
+                            continue
+                    frame = self._frame(channel, pub, sub, cache)
+                    if frame:
+                        sub.client.enqueue_framed(frame)
+                    else:
+                        sub.client.schedule_close(DISCONNECT_INAPPROPRIATE_PROTOCOL)
+                    continue
+            # The shared and sequenced lanes: the same bytes for all of them, built for the first.
+            if shared is None:
+                shared = self._frame(channel, pub, sub, cache)
+            if shared:
+                sub.client.enqueue_framed(shared)
+            else:
+                sub.client.schedule_close(DISCONNECT_INAPPROPRIATE_PROTOCOL)
 
     def _frame(self, channel: str, pub: Publication, sub: Subscriber, cache: _FrameCache) -> bytes:
         """The subscriber's frame of ``pub``, built once per kind; b"" when a JSON client cannot be sent it."""
-        client = sub.client
-        kind = _PLAIN
+        kind = FRAME_PLAIN
         if sub.delta:
             # A map subscriber holds every key's value since its state load, so a key's patch (against the key's
             # previous value) needs no earlier publication of this subscription.
             ready = sub.delta_ready or pub.key
-            kind = _DELTA_PATCH if ready and pub.delta and pub.prev_data is not None else _DELTA_FULL
+            kind = FRAME_DELTA_PATCH if ready and pub.delta and pub.prev_data is not None else FRAME_DELTA_FULL
             sub.delta_ready = True
-        key = (kind, sub.unidirectional, client.framing)
+        key = sub.frame_keys[kind]
         frame = cache.get(key)
         if frame is None:
+            client = sub.client
             out = client.codec
             if not out.carries(pub.data):
                 # A binary payload (published by a protobuf client, with b64data or over GRPC): a JSON client
@@ -193,9 +221,9 @@ class Hub(Generic[C]):
 def _pub_object(out: Codec, pub: Publication, kind: int) -> bytes:
     """The Publication a kind of subscriber gets: delta subscribers a fossil patch against the previous payload
     when the publisher asked for delta and it is smaller, else the full payload (as a JSON string in JSON)."""
-    if kind == _PLAIN:
+    if kind == FRAME_PLAIN:
         return out.publication(pub)
-    if kind == _DELTA_PATCH and pub.prev_data is not None:
+    if kind == FRAME_DELTA_PATCH and pub.prev_data is not None:
         patch = fossil.create(pub.prev_data, pub.data)
         if len(patch) < len(pub.data):
             return out.publication(pub, data=out.delta_data(patch), delta=True)

@@ -100,6 +100,47 @@ class ChannelState:
 
 
 
+# How a live subscriber takes a broadcast, decided once where it is set up (``Subscriber.lane``): the shared
+# plain frame of the common framing with nothing to check; the same frame when the publication is the next of
+# the subscriber's position (map subscribers, positioned streams); or the general way (buffering, delta, tags
+# filter, another framing, an unidirectional client, a broken position). The fan-out tells them apart by
+# identity, the cheapest comparison there is.
+LANE_OTHER: Final = "other"
+LANE_SHARED: Final = "shared"
+LANE_SEQUENCED: Final = "sequenced"
+# The frames a publication has, per kind of subscriber: plain, and a delta subscriber's full payload or patch.
+FRAME_PLAIN: Final = 0
+FRAME_DELTA_FULL: Final = 1
+FRAME_DELTA_PATCH: Final = 2
+
+
+class Cursor:
+    """A positioned subscription's place in the channel's stream: the last offset it got, in ``epoch``. The
+    sequenced subscribers that are in step share one (the fan-out checks and moves it once per publication)."""
+
+    __slots__ = ("epoch", "offset")
+
+    def __init__(self, offset: int = 0, epoch: str = "") -> None:
+        self.offset = offset
+        self.epoch = epoch
+
+
+_NO_POSITION: Final = Cursor()  # the cursor of every unpositioned subscriber: never moved
+# (unidirectional, framing) -> the frame cache keys of that kind of subscriber, shared by all of its kind.
+_FRAME_KEYS: dict[tuple[bool, str], tuple[str, ...]] = {}
+
+
+def frame_keys(unidirectional: bool, framing: str) -> tuple[str, ...]:
+    """A broadcast's frame cache keys for a kind of subscriber, indexed by FRAME_*: strings, whose hash Python
+    keeps, so a delivery builds no key; one tuple per kind, so a subscription holds no strings of its own."""
+    keys = _FRAME_KEYS.get((unidirectional, framing))
+    if keys is None:
+        kind = f"{'uni' if unidirectional else 'bidi'}/{framing}"
+        keys = _FRAME_KEYS[unidirectional, framing] = tuple(
+            f"{frame}/{kind}" for frame in (FRAME_PLAIN, FRAME_DELTA_FULL, FRAME_DELTA_PATCH))
+    return keys
+
+
 class Subscriber:
     """One client's subscription to one channel, as the fan-out loop needs it.
 
@@ -109,8 +150,8 @@ class Subscriber:
     (the client is told "insufficient state" and recovers on resubscribe).
     """
 
-    __slots__ = ("broken", "buffer", "client", "common", "delta", "delta_ready", "epoch", "offset", "positioned",
-                 "push_join_leave", "tags_filter", "unidirectional")
+    __slots__ = ("_live_lane", "broken", "buffer", "client", "cursor", "delta", "delta_ready", "frame_keys", "lane",
+                 "positioned", "push_join_leave", "tags_filter", "unidirectional")
 
     def __init__(self, client: Receiver, *, push_join_leave: bool, positioned: bool, delta: bool,
                  tags_filter: TagsFilter | None = None) -> None:
@@ -120,17 +161,34 @@ class Subscriber:
         self.positioned = positioned
         self.delta = delta
         self.delta_ready = False  # the client holds the previous payload, so it can apply a patch
-        self.offset = 0
-        self.epoch = ""
+        self.cursor = Cursor() if positioned else _NO_POSITION
         self.broken = False
         self.buffer: list[tuple[Publication, StreamPosition]] | None = []
         # Publications it does not match are skipped (their offsets still count). A delta subscriber gets them all,
         # as centrifuge sends them: its patches build on every previous value, so a skipped one would corrupt
         # the next.
         self.tags_filter = None if delta else tags_filter
-        # Needs nothing but the shared plain frame: no position, no delta, no filter, bidirectional, common framing.
-        self.common = not (positioned or delta or tags_filter or client.unidirectional) and \
-            client.framing == COMMON_FRAMING
+        self.frame_keys = frame_keys(client.unidirectional, client.framing)
+        # The shared plain frame fits it: no delta, no filter, bidirectional, the common framing.
+        common = not (delta or tags_filter or client.unidirectional) and client.framing == COMMON_FRAMING
+        self._live_lane = (LANE_SEQUENCED if positioned else LANE_SHARED) if common else LANE_OTHER
+        self.lane = LANE_OTHER  # until it is live
+
+    def go_live(self, position: StreamPosition | None) -> list[tuple[Publication, StreamPosition]]:
+        """End buffering from ``position`` on (a positioned subscriber's last offset); returns what was held."""
+        buffered, self.buffer = self.buffer or [], None
+        if position is not None:
+            self.cursor = Cursor(position.offset, position.epoch)  # its own until the fan-out finds it in step
+        self.lane = self._live_lane
+        return buffered
+
+    @property
+    def offset(self) -> int:
+        return self.cursor.offset
+
+    @property
+    def epoch(self) -> str:
+        return self.cursor.epoch
 
     def accept(self, pub: Publication, sp: StreamPosition, channel: str) -> bool:
         """Position check for one live publication: False drops it (duplicate, or the subscription broke)."""
@@ -138,13 +196,17 @@ class Subscriber:
             return False
         if not self.positioned or not pub.offset:
             return True
-        if sp.epoch != self.epoch or pub.offset > self.offset + 1:
+        cursor = self.cursor
+        if sp.epoch != cursor.epoch or pub.offset > cursor.offset + 1:
             self.broken = True
+            self.lane = LANE_OTHER  # where ``broken`` is checked
             self.client.insufficient_state(channel)
             return False
-        if pub.offset <= self.offset:
+        if pub.offset <= cursor.offset:
             return False
-        self.offset = pub.offset
+        # The cursor is the subscriber's own here: only subscribers of the sequenced lane share cursors, and the
+        # fan-out moves theirs itself (the next publication of their epoch is the one that gets this far).
+        cursor.offset = pub.offset
         return True
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 from centrifuge.fossil import apply_delta
-from fakes import FakeTransport
+from fakes import END, FakeTransport
 from harness import wait_until
 
 from node import writer as writer_module
@@ -50,8 +50,9 @@ async def iterate_until(done: Callable[[], bool], limit: int = 1000) -> None:
     raise AssertionError(f"not done after {limit} loop iterations")
 
 
-def new_client(node: object, *, unidirectional: bool = False, user: str = "u") -> tuple[Client, FakeTransport]:
-    transport = FakeTransport(unidirectional=unidirectional)
+def new_client(node: object, *, unidirectional: bool = False, user: str = "u",
+               transport_type: type[FakeTransport] = FakeTransport) -> tuple[Client, FakeTransport]:
+    transport = transport_type(unidirectional=unidirectional)
     client = Client(node, transport, RequestInfo(transport="fake"))  # type: ignore[arg-type]
     client.user = user
     return client, transport
@@ -206,10 +207,9 @@ async def test_buffered_publications_are_released_after_the_position_without_dup
 async def test_a_gap_unsubscribes_the_positioned_client_with_2500() -> None:
     node = make_node()
     client, transport = new_client(node)
-    await node.subscribe_client(client, "ch", SubscribeOptions(), server_side=False)  # type: ignore[attr-defined]
-    node.hub.release("ch", client, None)  # type: ignore[attr-defined]
-    sub = node.subscriptions.by_channel["ch"][client.id]  # type: ignore[attr-defined]
-    sub.positioned, sub.offset, sub.epoch = True, 10, "e"
+    await node.subscribe_client(client, "ch", SubscribeOptions(enable_positioning=True),  # type: ignore[attr-defined]
+                                server_side=False)
+    node.hub.release("ch", client, StreamPosition(10, "e"))  # type: ignore[attr-defined]
     node.hub.broadcast_publication("ch", pub(11), StreamPosition(11, "e"))  # type: ignore[attr-defined]
     node.hub.broadcast_publication("ch", pub(11), StreamPosition(11, "e"))  # type: ignore[attr-defined]
     node.hub.broadcast_publication("ch", pub(13), StreamPosition(13, "e"))  # type: ignore[attr-defined]
@@ -221,6 +221,43 @@ async def test_a_gap_unsubscribes_the_positioned_client_with_2500() -> None:
     assert messages[1] == {"channel": "ch", "unsubscribe": {"code": 2500, "reason": "insufficient state"}}
     assert len(messages) == 2, "nothing after the gap"
     assert "ch" not in client.channels
+
+
+class WsTextFake(FakeTransport):
+    framing = "ws-text"  # the common framing: its plain subscribers take the fan-out's shared lanes
+
+
+async def test_positioned_subscribers_in_step_share_the_frame_and_drop_what_they_have() -> None:
+    node = make_node()
+    clients = [new_client(node, transport_type=WsTextFake) for _ in range(3)]
+    for (client, _), at in zip(clients, (10, 10, 12), strict=True):
+        await node.subscribe_client(client, "ch", SubscribeOptions(enable_positioning=True),  # type: ignore[attr-defined]
+                                    server_side=False)
+        node.hub.release("ch", client, StreamPosition(at, "e"))  # type: ignore[attr-defined]
+    writes: list[list[bytes]] = [[] for _ in clients]
+    for offset in (11, 12, 13, 13, 14):  # the third subscriber already has 11 and 12; 13 comes twice
+        node.hub.broadcast_publication("ch", pub(offset), StreamPosition(offset, "e"))  # type: ignore[attr-defined]
+        await tick()
+        for got, (_, transport) in zip(writes, clients, strict=True):
+            got.extend(transport.writes)
+            transport.writes.clear()
+    offsets = [[orjson.loads(w.removesuffix(END))["push"]["pub"]["offset"] for w in got] for got in writes]
+    assert offsets == [[11, 12, 13, 14], [11, 12, 13, 14], [13, 14]]
+    assert writes[0][3] is writes[1][3] is writes[2][1], "subscribers in step get the same framed bytes object"
+    positions = {node.subscriptions.position("ch", c) for c, _ in clients}  # type: ignore[attr-defined]
+    assert positions == {StreamPosition(14, "e")}
+    # A gap breaks every subscriber in step; a new epoch breaks a subscriber on a cursor of its own.
+    late_sub = new_client(node, transport_type=WsTextFake)
+    late = late_sub[0]
+    await node.subscribe_client(late, "ch", SubscribeOptions(enable_positioning=True),  # type: ignore[attr-defined]
+                                server_side=False)
+    node.hub.release("ch", late, StreamPosition(15, "e"))  # type: ignore[attr-defined]
+    node.hub.broadcast_publication("ch", pub(16), StreamPosition(16, "f"))  # type: ignore[attr-defined]
+    await tick()
+    for client, transport in [*clients, late_sub]:
+        messages = [orjson.loads(m) for w in transport.writes for m in w.split(END) if m]
+        assert messages == [{"push": {"channel": "ch", "unsubscribe": {"code": 2500, "reason": "insufficient state"}}}]
+        assert "ch" not in client.channels
 
 
 async def test_delta_subscribers_get_a_full_string_then_patches() -> None:
