@@ -63,6 +63,7 @@ from node.recovery import stream_start
 from node.sharedpoll.refresh import Answer
 from node.sharedpoll.service import SharedPollService
 from node.subscriptions import ChannelState, Observer, Receiver, Subscriptions
+from node.tagsfilter import select
 from node.timers import TimerWheel
 from node.user_actions import UserActions
 from node.writer import Flusher, Writable
@@ -266,7 +267,7 @@ class Node(BrokerEventHandler):
         if opts.tags_filter is not None and start.publications:
             # Recovered publications the filter does not match are left out (the reply's offset still counts them).
             start = dataclasses.replace(start, publications=tuple(
-                p for p in start.publications if opts.tags_filter.matches(p.tags)))
+                select(opts.tags_filter, start.publications, lambda p: p.tags)))
         return start
 
     async def position_valid(self, client: Connection, channel: str) -> bool:

@@ -8,9 +8,9 @@ distinct filter once however many subscribers share it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -21,6 +21,7 @@ MAX_NODES: Final = 256  # a bound on a filter's size (one subscribe command; eac
 
 Tags = Mapping[str, str] | None
 _Test = Callable[[Mapping[str, str]], bool]
+T = TypeVar("T")
 
 
 class InvalidFilter(ValueError):
@@ -124,3 +125,12 @@ class TagsFilter:
 
     def matches(self, tags: Tags) -> bool:
         return self._test(tags or {})
+
+
+def select(tags_filter: TagsFilter | None, items: Sequence[T], tags: Callable[[T], Tags]) -> Sequence[T]:
+    """What a subscriber with ``tags_filter`` is shown of stored items (recovered publications, a map's state or
+    stream page): those whose ``tags(item)`` match, in order; ``items`` itself without a filter. Live
+    publications are filtered by the fan-out instead, once per distinct filter of a broadcast."""
+    if tags_filter is None:
+        return items
+    return [item for item in items if tags_filter.matches(tags(item))]

@@ -40,6 +40,7 @@ from node.maps.store import MapStore, MemoryMapStore
 from node.models import ClientInfo, ClientState, HistoryOptions, PublishOptions, PublishResult, StreamPosition
 from node.protocol.codec import Command
 from node.protocol.codec import param as _param
+from node.tagsfilter import select
 
 # SubscribeRequest.type / phase values of the protocol.
 TYPE_STREAM: Final = 0
@@ -247,10 +248,10 @@ class MapService(Generic[C_contra]):
             # The first page freezes the position; the following ones carry it back.
             position = StreamPosition(offset, epoch) if epoch else top
             entries, cursor = await self.store.page(channel, _param(params, "cursor", str, ""), limit)
-            if opts.tags_filter is not None:  # the SDK sends its filter with every phase
-                entries = [(k, e) for k, e in entries if opts.tags_filter.matches(e.tags)]
+            # The SDK sends its filter with every phase.
+            shown = select(opts.tags_filter, entries, lambda entry: entry[1].tags)
             # A changed epoch tells the SDK to start over from the first page.
-            return wire.state_page(client.protocol, top.epoch, position.offset, entries, cursor, delta=delta)
+            return wire.state_page(client.protocol, top.epoch, position.offset, shown, cursor, delta=delta)
         since = StreamPosition(offset, epoch)
         if epoch != top.epoch or offset > top.offset:
             raise ReplyError(ERROR_UNRECOVERABLE_POSITION)
@@ -258,8 +259,9 @@ class MapService(Generic[C_contra]):
                                                                         history_meta_ttl=meta_ttl))
         if len(page.publications) > limit:
             pubs = page.publications[:limit]
-            shown = pubs if opts.tags_filter is None else [p for p in pubs if opts.tags_filter.matches(p.tags)]
-            return wire.stream_page(client.protocol, top.epoch, pubs[-1].offset, shown, delta=delta)
+            # The page's offset is its last change's, shown or not: the next page continues after it.
+            return wire.stream_page(client.protocol, top.epoch, pubs[-1].offset,
+                                    select(opts.tags_filter, pubs, lambda p: p.tags), delta=delta)
         await self._go_live(client, cmd, channel, m, dataclasses.replace(opts, delta=delta), since)
         return None  # already replied
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from node.tagsfilter import InvalidFilter, TagsFilter
+from node.tagsfilter import InvalidFilter, TagsFilter, select
 
 
 @pytest.mark.parametrize(("node", "tags", "expected"), [
@@ -47,3 +47,10 @@ def test_malformed_filters_are_refused(node: Any) -> None:
 def test_equal_filters_share_a_key() -> None:
     one, same = TagsFilter({"key": "a", "cmp": "eq", "val": "1"}), TagsFilter({"val": "1", "cmp": "eq", "key": "a"})
     assert one.key == same.key
+
+
+def test_select_keeps_the_matching_items_in_order_and_all_without_a_filter() -> None:
+    items = [("k1", {"t": "a"}), ("k2", None), ("k3", {"t": "a", "u": "1"}), ("k4", {"t": "b"})]
+    kept = select(TagsFilter({"key": "t", "cmp": "eq", "val": "a"}), items, lambda item: item[1])
+    assert [k for k, _ in kept] == ["k1", "k3"]
+    assert select(None, items, lambda item: item[1]) is items
