@@ -157,7 +157,7 @@ async def workload(config_path: str, channel: str, clients_n: int, publications:
 def pool_runner(config_path: str, clients_n: int, per_client: int) -> Any:
     with open(config_path) as f:
         endpoint = json.load(f)["channel"]["proxy"]["publish"]["endpoint"]
-    pool = HttpPool(endpoint, limit=256)
+    pool = HttpPool(endpoint, limit=256, timeout=1.0)
     headers = render_headers({"Content-Type": "application/json"})
     body = json.dumps({"client": str(uuid.uuid4()), "transport": "websocket", "protocol": "json", "encoding": "json",
                        "user": "publisher", "data": {"text": "x" * 80, "n": 1}, "channel": "px:bench"},

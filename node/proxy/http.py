@@ -2,17 +2,17 @@
 ``{"error": {code, message}}`` or ``{"disconnect": {code, reason}}`` (Centrifugo's proxy JSON).
 
 One connection pool per proxy (``http_client.HttpPool``) keeps connections to the backend alive and reuses
-them, so a connect storm does not open a TCP connection per call. The proxy's ``timeout`` bounds each call.
+them, so a connect storm does not open a TCP connection per call. The proxy's ``timeout`` bounds each call (the
+pool's one timer).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -25,6 +25,7 @@ from node.proxy.http_client import HttpCallError, HttpPool, render_headers
 
 # Connections kept per backend: enough for a connect storm without a socket per call.
 POOL_SIZE = 256
+PUBLISH_AS_SENT: Final = pt.PublishResult()
 
 
 class HttpProxy(ProxyBackend):
@@ -48,8 +49,8 @@ class HttpProxy(ProxyBackend):
             if self.config.endpoint.startswith("https://"):
                 context = client_ssl_context(tls) if tls.enabled else ssl.create_default_context()
             # Created on first use, inside the running loop that will use it.
-            pool = self._pool = HttpPool(self.config.endpoint, limit=POOL_SIZE, ssl_context=context,
-                                         server_hostname=tls.server_name or None)
+            pool = self._pool = HttpPool(self.config.endpoint, limit=POOL_SIZE, timeout=self.config.timeout,
+                                         ssl_context=context, server_hostname=tls.server_name or None)
         return pool
 
     async def close(self) -> None:
@@ -63,9 +64,8 @@ class HttpProxy(ProxyBackend):
 
     async def post(self, req: pt.ProxyRequest, body: dict[str, Any]) -> dict[str, Any] | None:
         """POST one request; the response's ``result`` (None if absent), or the backend's refusal raised."""
-        try:
-            async with asyncio.timeout(self.config.timeout):
-                status, raw = await self._client().post(orjson.dumps(body), self._headers_of(req))
+        try:  # the pool bounds the call by the proxy's timeout
+            status, raw = await self._client().post(orjson.dumps(body), self._headers_of(req))
         except TimeoutError:
             raise pt.ProxyCallError("timeout", f"no answer within {self.config.timeout}s") from None
         except HttpCallError as e:
@@ -118,7 +118,9 @@ class HttpProxy(ProxyBackend):
     async def publish(self, req: pt.PublishRequest) -> pt.PublishResult:
         body = self._body(req, req.data)
         body["channel"] = req.channel
-        r = await self.post(req, body) or {}
+        r = await self.post(req, body)
+        if not r:  # the common answer, {"result": {}}: publish as the client sent it
+            return PUBLISH_AS_SENT
         tags = _field(r, "tags", dict, None)
         return pt.PublishResult(data=payload(r, "data"), skip_history=_field(r, "skip_history", bool, False),
                              tags=tags, idempotency_key=_field(r, "idempotency_key", str, ""),

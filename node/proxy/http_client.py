@@ -112,9 +112,18 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpPool:
-    """POSTs to ``url`` over at most ``limit`` kept-alive connections."""
+    """POSTs to ``url`` over at most ``limit`` kept-alive connections, each call bounded by ``timeout`` seconds
+    (``TimeoutError``).
 
-    def __init__(self, url: str, *, limit: int, ssl_context: ssl.SSLContext | None = None,
+    The common call takes an idle connection, writes and waits for the answer without any other await: no
+    semaphore, no task, no timer of its own. Its deadline goes at the end of a FIFO (every call of the pool has
+    the same timeout, so deadlines come in order) that one timer per pool walks, armed for the oldest call still
+    waiting: it fires about once per ``timeout`` however many calls there are (as aiohttp keeps one heartbeat
+    handle per connection rather than one per message). A call that must wait for a connection slot or open a
+    connection (or retry on a new one) is the uncommon one: it is bounded by its own ``asyncio.timeout_at``.
+    """
+
+    def __init__(self, url: str, *, limit: int, timeout: float, ssl_context: ssl.SSLContext | None = None,
                  server_hostname: str | None = None) -> None:
         parts = urlsplit(url)
         self._host = parts.hostname or "localhost"
@@ -126,41 +135,112 @@ class HttpPool:
         host_header = parts.netloc.rpartition("@")[2] if not default_port else self._host
         # Everything before the per-call headers: rendered once.
         self._head = f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n".encode("latin-1")
+        self._timeout = timeout
+        self._limit = limit
+        self._busy = 0  # connections in use or being opened: at most limit
         self._idle: collections.deque[_Connection] = collections.deque()
-        self._slots = asyncio.Semaphore(limit)
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._all: set[_Connection] = set()
+        # The waiting calls of the common path, oldest first, and the one timer that expires them.
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[tuple[int, bytes]]]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def post(self, body: bytes, headers: bytes) -> tuple[int, bytes]:
         """POST ``body`` with ``headers`` (rendered lines, see ``render_headers``); (status, answer body)."""
         raw = b"".join((self._head, headers, b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body))
-        async with self._slots:
-            conn, reused = await self._acquire()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        conn = self._take_idle() if not self._slot_waiters else None  # callers waiting for a slot go first
+        if conn is not None:
+            waiter = conn.request(raw)
+            deadlines = self._deadlines
+            deadlines.append((deadline, waiter))
+            if self._timer is None:
+                self._timer = loop.call_at(deadline, self._expire)
             try:
-                status, answer = await conn.request(raw)
+                answer = await waiter
             except HttpCallError:
                 self._drop(conn)
-                if not (reused and not conn.got_bytes):
+                if conn.got_bytes:
                     raise
-                conn = await self._open()  # the backend closed an idle connection as we reused it: once more
-                try:
-                    status, answer = await conn.request(raw)
-                except BaseException:
-                    self._drop(conn)
-                    raise
+                # The backend closed an idle connection as we reused it: once more, on a new one (below).
             except BaseException:  # timeout or cancellation mid-call: the answer may still come, drop it
                 self._drop(conn)
                 raise
-            self._release(conn)
-            return status, answer
+            else:
+                self._release(conn)
+                return answer
+            finally:
+                # Calls mostly end in the order they started: forget the finished ones at the head now, so the
+                # FIFO holds about the calls in flight, not every call of the last ``timeout`` seconds.
+                while deadlines and deadlines[0][1].done():
+                    deadlines.popleft()
+        async with asyncio.timeout_at(deadline):
+            return await self._post_new(raw)
 
-    async def _acquire(self) -> tuple[_Connection, bool]:
-        now = time.monotonic()
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed and now - conn.idle_since < KEEPALIVE:
-                return conn, True
+    async def _post_new(self, raw: bytes) -> tuple[int, bytes]:
+        """The uncommon call: wait for a slot, reuse a connection freed meanwhile or open one."""
+        while True:
+            conn = self._take_idle()
+            if conn is not None:
+                reused = True
+                break
+            if self._busy < self._limit:
+                reused = False
+                self._busy += 1
+                conn = await self._open_counted()
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken and then cancelled: hand the wake-up on
+                raise
+        try:
+            answer = await conn.request(raw)
+        except HttpCallError:
+            if not (reused and not conn.got_bytes):
+                self._drop(conn)
+                raise
+            self._close(conn)  # the backend closed an idle connection as we reused it: its slot, a new one
+            conn = await self._open_counted()
+            try:
+                answer = await conn.request(raw)
+            except BaseException:
+                self._drop(conn)
+                raise
+        except BaseException:
             self._drop(conn)
-        return await self._open(), False
+            raise
+        self._release(conn)
+        return answer
+
+    def _take_idle(self) -> _Connection | None:
+        """A kept-alive connection to reuse, now counted busy; None when none is idle (or callers wait)."""
+        idle = self._idle
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < KEEPALIVE:
+                self._busy += 1
+                return conn
+            self._close(conn)
+        return None
+
+    async def _open_counted(self) -> _Connection:
+        """Open a connection in a slot already counted busy; the slot freed if that fails."""
+        try:
+            return await self._open()
+        except BaseException:
+            self._free_slot()
+            raise
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -172,22 +252,60 @@ class HttpPool:
         self._all.add(conn)
         return conn
 
+    def _expire(self) -> None:
+        """The pool's timer: fail the calls past their deadline, then wait for the oldest one still waiting."""
+        loop = self._loop
+        assert loop is not None
+        deadlines = self._deadlines
+        now = loop.time()
+        while deadlines:
+            deadline, waiter = deadlines[0]
+            if waiter.done():
+                deadlines.popleft()
+            elif deadline <= now:
+                deadlines.popleft()
+                waiter.set_exception(TimeoutError())
+            else:
+                self._timer = loop.call_at(deadline, self._expire)
+                return
+        self._timer = None
+
     def _release(self, conn: _Connection) -> None:
         if conn.closed or not conn.keep_alive:
             self._drop(conn)
             return
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
+        self._free_slot()
 
     def _drop(self, conn: _Connection) -> None:
+        self._close(conn)
+        self._free_slot()
+
+    def _close(self, conn: _Connection) -> None:
         conn.close()
         self._all.discard(conn)
+
+    def _free_slot(self) -> None:
+        self._busy -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def close(self) -> None:
         for conn in self._all:
             conn.close()
         self._all.clear()
         self._idle.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def render_headers(headers: Mapping[str, str]) -> bytes:

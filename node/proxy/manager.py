@@ -59,6 +59,25 @@ class ProxyMetrics:
                                   namespace="centrifugo", registry=registry, buckets=BUCKETS)
 
 
+class HookMetrics:
+    """One hook's series of one proxy, resolved once: ``labels()`` per call cost more than the observation."""
+
+    __slots__ = ("_counters", "_name", "_outcomes", "duration", "hook")
+
+    def __init__(self, metrics: ProxyMetrics, name: str, kind: str, hook: str) -> None:
+        self._outcomes = metrics.outcomes
+        self._name = name
+        self.hook = hook
+        self.duration = metrics.duration.labels(kind, hook, name)
+        self._counters: dict[str, Counter] = {}
+
+    def outcome(self, outcome: str) -> Counter:
+        counter = self._counters.get(outcome)
+        if counter is None:
+            counter = self._counters[outcome] = self._outcomes.labels(self._name, self.hook, outcome)
+        return counter
+
+
 class ProxyClient(Identity, Protocol):
     """What a request is built from: a connection (``client.Client``)."""
 
@@ -72,7 +91,7 @@ class ProxyClient(Identity, Protocol):
 class Proxy:
     """A backend under a name, with the settings that shape its requests."""
 
-    __slots__ = ("backend", "config", "emulated", "headers", "metrics", "name", "timeout")
+    __slots__ = ("_hooks", "backend", "config", "emulated", "headers", "metrics", "name", "timeout")
 
     def __init__(self, name: str, backend: ProxyBackend, config: ProxyConfig | None, timeout: float,
                  metrics: ProxyMetrics, headers: tuple[str, ...] = ()) -> None:
@@ -86,6 +105,7 @@ class Proxy:
         # Headers the client itself put in its connect command: forwarded only when listed here (Centrifugo
         # v6.9: they are client-controlled, never taken for transport headers of the same name).
         self.emulated = frozenset(h.lower() for h in config.emulated_headers) if config is not None else frozenset()
+        self._hooks: dict[str, HookMetrics] = {}
 
     @property
     def encoding(self) -> str:
@@ -112,7 +132,7 @@ class Proxy:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            if self.config is not None:  # a remote backend: aiohttp's / GRPC's own deadline bounds the call
+            if self.config is not None:  # a remote backend: the HTTP pool's / GRPC's own deadline bounds the call
                 return await fn(request)
             return await _bounded(fn(request), self.timeout)
         except ReplyError:
@@ -132,8 +152,11 @@ class Proxy:
             logger.error("%s proxy %r (%s) raised for client %s: %r", hook, self.name, self.backend.kind,
                          getattr(request, "client", ""), e)
         finally:
-            self.metrics.outcomes.labels(self.name, hook, outcome).inc()
-            self.metrics.duration.labels(self.backend.kind, hook, self.name).observe(time.perf_counter() - started)
+            series = self._hooks.get(hook)
+            if series is None:
+                series = self._hooks[hook] = HookMetrics(self.metrics, self.name, self.backend.kind, hook)
+            series.outcome(outcome).inc()
+            series.duration.observe(time.perf_counter() - started)
         if fallback is not None:
             return fallback()
         raise ReplyError(ERROR_INTERNAL)
