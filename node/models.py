@@ -25,6 +25,13 @@ def record(cls: type[_T]) -> type[_T]:
     return dataclass(slots=True, unsafe_hash=True)(cls)
 
 
+@dataclass_transform(frozen_default=True, kw_only_default=True)
+def kw_record(cls: type[_T]) -> type[_T]:
+    """``record`` with keyword-only fields (so a subclass may add required fields after defaulted ones): the
+    proxy hooks' requests and results, built once per proxied command."""
+    return dataclass(slots=True, unsafe_hash=True, kw_only=True)(cls)
+
+
 class Identity(Protocol):
     """Who a connection is: the base of the protocols through which lower layers name a client."""
 

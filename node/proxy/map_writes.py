@@ -15,9 +15,9 @@ a backend that cannot be reached is error 100 for the client."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
+from node.models import kw_record
 from node.proxy import types as pt
 from node.proxy.grpc import GrpcProxy, _bytes
 from node.proxy.http import HttpProxy, _field, payload
@@ -29,14 +29,14 @@ MAP_PUBLISH: Final = "map_publish"
 MAP_REMOVE: Final = "map_remove"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class MapWriteRequest(pt.ProxyRequest):
     channel: str
     key: str
     data: bytes | None = None  # None for a remove
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class MapWriteResult:
     """The backend's decision; empty fields keep what the client sent (or the default behaviour)."""
 

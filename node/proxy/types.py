@@ -10,16 +10,17 @@ as the client sent it, or any bytes with ``binary_encoding`` (base64 on the wire
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import MappingProxyType
 from typing import Final
 
 from node.auth.jwt import SubscribeOverride
+from node.models import kw_record
 
 NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class ProxyRequest:
     """What every hook is told about the connection."""
 
@@ -33,7 +34,7 @@ class ProxyRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class ConnectRequest(ProxyRequest):
     data: bytes | None = None
     name: str = ""
@@ -41,7 +42,7 @@ class ConnectRequest(ProxyRequest):
     channels: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class ConnectResult:
     user: str = ""
     expire_at: int = 0
@@ -52,12 +53,12 @@ class ConnectResult:
     meta: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class RefreshRequest(ProxyRequest):
     pass
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class RefreshResult:
     expired: bool = False
     expire_at: int = 0
@@ -65,14 +66,14 @@ class RefreshResult:
     meta: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class SubscribeRequest(ProxyRequest):
     channel: str
     token: str = ""
     data: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class SubscribeResult:
     """A subscribe proxy's answer, and each server-side subscription of a connect result (``subs``)."""
 
@@ -82,13 +83,13 @@ class SubscribeResult:
     override: SubscribeOverride | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class PublishRequest(ProxyRequest):
     channel: str
     data: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class PublishResult:
     data: bytes | None = None  # None: publish what the client sent
     skip_history: bool = False
@@ -97,23 +98,23 @@ class PublishResult:
     delta: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class RPCRequest(ProxyRequest):
     method: str
     data: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class RPCResult:
     data: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class SubRefreshRequest(ProxyRequest):
     channel: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record
 class SubRefreshResult:
     expired: bool = False
     expire_at: int = 0
