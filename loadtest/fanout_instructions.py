@@ -179,13 +179,13 @@ async def workload(kind: str, subscribers: int, publishers: int, publications: i
           f"publications of {size} bytes", file=sys.stderr)
 
 
-def callgrind(tree: Path, kind: str, subscribers: int, publishers: int, publications: int) -> int:
-    """Instructions of the measured part of one workload run under callgrind."""
+def counted(script: str, args: list[str], tree: Path) -> int:
+    """Instructions of the measured part (between ``measure_start`` and ``measure_stop``) of ``script`` run
+    with ``args`` under callgrind, importing the node from ``tree``."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
         cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/out",
-               sys.executable, __file__, "--inner", "--kind", kind, "--subscribers", str(subscribers), "--publishers",
-               str(publishers), "--publications", str(publications)]
+               sys.executable, script, *args]
         done = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"workload failed in {tree}:\n{done.stderr[-3000:]}")
@@ -196,6 +196,12 @@ def callgrind(tree: Path, kind: str, subscribers: int, publishers: int, publicat
                 if summary is not None:
                     return int(summary.group(1))
         raise SystemExit(f"no dump of the measured part in {tmp}:\n{done.stderr[-3000:]}")
+
+
+def callgrind(tree: Path, kind: str, subscribers: int, publishers: int, publications: int) -> int:
+    """Instructions of the measured part of one workload run under callgrind."""
+    return counted(__file__, ["--inner", "--kind", kind, "--subscribers", str(subscribers), "--publishers",
+                              str(publishers), "--publications", str(publications)], tree)
 
 
 def main() -> int:

@@ -33,7 +33,7 @@ from typing import Any
 import jwt
 
 # From the checkout under measurement: the workload runs with PYTHONPATH set to it.
-from loadtest.fanout_instructions import MARK, toggles
+from loadtest import fanout_instructions
 from node.client import Client
 from node.config_load import load
 from node.models import RequestInfo
@@ -78,9 +78,9 @@ async def backend_main(sock: socket.socket) -> None:
         await server.serve_forever()
 
 
-class _Raw:
-    """The asyncio transport under the WebSocket transport: takes every write at once, and wakes the publisher
-    waiting for its reply to be written (as a real client with one publish in flight would)."""
+class _Raw(fanout_instructions._Raw):
+    """The fan-out count's fake transport, waking the publisher waiting for its reply to be written (as a real
+    client with one publish in flight would)."""
 
     def __init__(self) -> None:
         self.waiter: asyncio.Future[None] | None = None
@@ -91,16 +91,6 @@ class _Raw:
 
     def writelines(self, data: Any) -> None:
         self.write(b"")
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def is_closing(self) -> bool:
-        return False
-
-
-class _Ws:
-    closed = False
 
 
 def config_file(backend_port: int, directory: str) -> str:
@@ -121,7 +111,8 @@ async def workload(config_path: str, channel: str, clients_n: int, publications:
     loop = asyncio.get_running_loop()
     for _ in range(clients_n):
         raw = _Raw()
-        client = Client(node, WebSocketTransport(_Ws(), raw), RequestInfo(transport="websocket"))  # type: ignore[arg-type]
+        transport = WebSocketTransport(fanout_instructions._Ws(), raw)  # type: ignore[arg-type]
+        client = Client(node, transport, RequestInfo(transport="websocket"))
         raw.waiter = loop.create_future()
         await client.handle_data(json.dumps({"id": 1, "connect": {"token": token}}).encode())
         await raw.waiter
@@ -149,7 +140,7 @@ async def workload(config_path: str, channel: str, clients_n: int, publications:
         prof.disable()
         pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(60)
         return
-    measure = toggles()
+    measure = fanout_instructions.toggles()
     measure.measure_start()
     await run(frames)
     measure.measure_stop()
@@ -188,21 +179,9 @@ def inner(args: argparse.Namespace) -> None:
 
 
 def callgrind(tree: Path, config: str, channel: str, clients: int, publications: int) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
-        cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/out",
-               sys.executable, __file__, "--inner", "--config", config,
-               "--channel", channel, "--clients", str(clients), "--publications", str(publications)]
-        done = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"workload failed in {tree}:\n{done.stderr[-3000:]}")
-        for dump in sorted(Path(tmp).glob("out*")):
-            text = dump.read_text()
-            if f"Client Request: {MARK}" in text:
-                summary = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
-                if summary is not None:
-                    return int(summary.group(1))
-        raise SystemExit(f"no dump of the measured part in {tmp}:\n{done.stderr[-3000:]}")
+    args = ["--inner", "--config", config, "--channel", channel, "--clients", str(clients), "--publications",
+            str(publications)]
+    return fanout_instructions.counted(__file__, args, tree)
 
 
 def main() -> int:
