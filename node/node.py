@@ -21,7 +21,7 @@ from typing import Any, Final, Protocol
 
 from node import VERSION_STRING, connections
 from node.auth.jwt import JWTVerifier
-from node.broker.base import BrokerEventHandler, Engine
+from node.broker.base import BrokerEventHandler, Engine, PublishDone
 from node.broker.routed import RoutedBroker
 from node.config import ChannelConfig, ChannelOptions, Config, TokenConfig
 from node.control import Controller
@@ -357,10 +357,11 @@ class Node(BrokerEventHandler):
         self.metrics.published("publication")
         return result
 
-    def publish_soon(self, channel: str, data: bytes, opts: PublishOptions) -> asyncio.Future[PublishResult]:
-        """``publish`` as a future, for callers that answer from a callback (the API fast path)."""
+    def publish_then(self, channel: str, data: bytes, opts: PublishOptions, done: PublishDone) -> None:
+        """``publish`` for callers that answer from a callback (the API fast path): ``done`` gets the result or
+        the exception, maybe before this returns (see ``Broker.publish_then``)."""
         self.metrics.published("publication")
-        return self._engine.broker.publish_soon(channel, data, opts)
+        self._engine.broker.publish_then(channel, data, opts, done)
 
     async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
         """Publish several (channel, data, options) together, each channel's in order (one pipelined burst per

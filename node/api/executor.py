@@ -9,7 +9,6 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -41,6 +40,7 @@ from node.protocol import codec
 Params = Mapping[str, Any]
 T = TypeVar("T")
 Method = Callable[[Params], Awaitable[bytes]]
+Answered = Callable[[bytes | BaseException], None]  # gets a call's result, or its exception (Executor.answer)
 
 logger = logging.getLogger(__name__)
 
@@ -195,35 +195,40 @@ class Executor:
             if token is not None:
                 _protocol.reset(token)
 
-    def start(self, method: str, params: Any) -> asyncio.Future[bytes]:
-        """``call`` as a future, for callers that answer from a callback (the API fast path). A publish needs
-        no task: it is validated now and carried by the engine's future (for Redis, straight from the reply)."""
+    def answer(self, method: str, params: Any, done: Answered) -> None:
+        """``call`` for callers that answer from a callback (the API fast path): ``done`` gets the result or the
+        exception (a ReplyError, or anything else as an internal failure), once, maybe before this returns. A
+        publish needs no task and no future: it is validated now and answered from the engine's callback (for
+        Redis, straight from the reply; for the memory engine, at once)."""
         if method != "publish" or type(params) is not dict:
-            return asyncio.ensure_future(self.call(method, params))
+            def settled(task: asyncio.Future[bytes]) -> None:
+                if task.cancelled():
+                    done(asyncio.CancelledError())
+                else:
+                    done(task.exception() or task.result())
+
+            asyncio.ensure_future(self.call(method, params)).add_done_callback(settled)
+            return
         started = time.perf_counter()
-        out: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         try:
-            args = self.publish_args(_str(params, "channel", required=True), params)
+            channel, data, opts = self.publish_args(_str(params, "channel", required=True), params)
         except ReplyError as e:
             self.node.metrics.api_command("publish", time.perf_counter() - started, e.error.code,
                                           protocol=_protocol.get())
-            out.set_exception(e)
-            return out
-        self.node.publish_soon(*args).add_done_callback(functools.partial(self._published, out, started))
-        return out
+            done(e)
+            return
 
-    def _published(self, out: asyncio.Future[bytes], started: float, fut: asyncio.Future[PublishResult]) -> None:
-        error = None if fut.cancelled() else fut.exception()
-        if fut.cancelled() or error is not None:
-            reply_error = error if isinstance(error, ReplyError) else ReplyError(ERROR_INTERNAL)
-            code = reply_error.error.code
-            if not out.done():
-                out.set_exception(reply_error)
-        else:
-            code = 0
-            if not out.done():
-                out.set_result(publish_reply(fut.result()))
-        self.node.metrics.api_command("publish", time.perf_counter() - started, code, protocol=_protocol.get())
+        def published(outcome: PublishResult | BaseException) -> None:
+            if isinstance(outcome, BaseException):
+                error = outcome if isinstance(outcome, ReplyError) else ReplyError(ERROR_INTERNAL)
+                self.node.metrics.api_command("publish", time.perf_counter() - started, error.error.code,
+                                              protocol=_protocol.get())
+                done(error)
+            else:
+                self.node.metrics.api_command("publish", time.perf_counter() - started, protocol=_protocol.get())
+                done(publish_reply(outcome))
+
+        self.node.publish_then(channel, data, opts, published)
 
     # --- publishing ------------------------------------------------------------------------------------
 

@@ -73,13 +73,14 @@ class FastApi:
 
 
 class FastApiProtocol(asyncio.Protocol):
-    __slots__ = ("_buf", "_busy", "_close_after", "_fast", "_last", "_loop", "_method", "_mode", "_paused",
-                 "_transport")
+    __slots__ = ("_buf", "_busy", "_close_after", "_fast", "_inline", "_last", "_loop", "_method", "_mode",
+                 "_paused", "_transport")
 
     def __init__(self, fast: FastApi) -> None:
         self._fast = fast
         self._buf = b""
         self._busy = False
+        self._inline = False  # inside _answer: a reply given now must not start the next request itself
         self._close_after = False
         self._mode = ""  # X-Centrifugo-Error-Mode of the running request
         self._method = ""  # the running request's API method
@@ -190,25 +191,28 @@ class FastApiProtocol(asyncio.Protocol):
         self._busy = True
         self._mode = headers.get(b"x-centrifugo-error-mode", b"").decode("latin-1")
         self._method = method
-        self._fast.executor.start(method, params).add_done_callback(self._done)
-        return False
+        self._inline = True
+        try:
+            self._fast.executor.answer(method, params, self._answered)
+        finally:
+            self._inline = False
+        return not self._busy  # answered at once (the memory engine's publish), or still running
 
-    def _done(self, task: asyncio.Future[bytes]) -> None:
+    def _answered(self, outcome: bytes | BaseException) -> None:
+        """The running request's result or exception: its reply goes out, then the next buffered request."""
         self._busy = False
-        if task.cancelled():
-            self._fail()
-            return
-        error = task.exception()
-        if error is None:
-            self._write(200, response_body(self._method, task.result()), _JSON)
-        elif isinstance(error, ReplyError):
-            status, body = self._fast.handler.error_reply(error.error, self._mode)
+        if isinstance(outcome, bytes):
+            self._write(200, response_body(self._method, outcome), _JSON)
+        elif isinstance(outcome, ReplyError):
+            status, body = self._fast.handler.error_reply(outcome.error, self._mode)
             self._write(status, body, _JSON)
         else:
-            logger.error("API call failed", exc_info=error)
+            if not isinstance(outcome, asyncio.CancelledError):
+                logger.error("API call failed", exc_info=outcome)
             self._fail()
             return
-        self._process()
+        if not self._inline:  # else _process, which started this request, carries on with the next one
+            self._process()
 
     def _write(self, status: int, body: bytes, content_type: bytes) -> None:
         if self._transport is None:

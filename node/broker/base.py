@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -41,6 +41,29 @@ class BrokerEventHandler(Protocol):
         """A PUB/SUB connection failed, or re-establishing it did (counted for monitoring)."""
 
 
+# Gets a publish's result or its exception (``Broker.publish_then``).
+PublishDone = Callable[[models.PublishResult | BaseException], None]
+
+
+def publish_future(broker: Broker, channel: str, data: bytes,
+                   opts: models.PublishOptions) -> asyncio.Future[models.PublishResult]:
+    """``broker.publish_then`` as a future (for callers that await; the API fast path takes the callback)."""
+    fut: asyncio.Future[models.PublishResult] = asyncio.get_running_loop().create_future()
+
+    def done(outcome: models.PublishResult | BaseException) -> None:
+        if fut.done():
+            return
+        if isinstance(outcome, asyncio.CancelledError):
+            fut.cancel()
+        elif isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
+
+    broker.publish_then(channel, data, opts, done)
+    return fut
+
+
 class Broker(Protocol):
     """Delivers every publication of a subscribed channel to ``handler`` exactly in stream order."""
 
@@ -69,12 +92,24 @@ class Broker(Protocol):
                 results.append(e)
         return results
 
+    def publish_then(self, channel: str, data: bytes, opts: models.PublishOptions, done: PublishDone) -> None:
+        """``publish`` started now, without a coroutine of the caller's: ``done`` gets its result or its
+        exception, once, maybe before this returns. Brokers whose publish completes in a callback (or at once)
+        override this to spare a task and a future per call."""
+
+        def settled(task: asyncio.Future[models.PublishResult]) -> None:
+            if task.cancelled():
+                done(asyncio.CancelledError())
+            else:
+                done(task.exception() or task.result())
+
+        asyncio.ensure_future(self.publish(channel, data, opts)).add_done_callback(settled)
+
     def publish_soon(
         self, channel: str, data: bytes, opts: models.PublishOptions
     ) -> asyncio.Future[models.PublishResult]:
-        """``publish`` started now, without a coroutine of the caller's: the future gets its result. Brokers
-        whose publish completes in a callback override this to spare a task per call."""
-        return asyncio.ensure_future(self.publish(channel, data, opts))
+        """``publish_then`` as a future."""
+        return publish_future(self, channel, data, opts)
 
     async def publish_join(self, channel: str, info: models.ClientInfo) -> None: ...
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from node.broker.base import Broker, BrokerEventHandler, PresenceManager, new_epoch
+from node.broker.base import Broker, BrokerEventHandler, PresenceManager, PublishDone, new_epoch
 from node.models import (
     ClientInfo,
     HistoryOptions,
@@ -86,10 +86,13 @@ class MemoryBroker(Broker):
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
         return self._publish(channel, data, opts)
 
-    def publish_soon(self, channel: str, data: bytes, opts: PublishOptions) -> asyncio.Future[PublishResult]:
-        fut: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
-        fut.set_result(self._publish(channel, data, opts))
-        return fut
+    def publish_then(self, channel: str, data: bytes, opts: PublishOptions, done: PublishDone) -> None:
+        try:
+            result = self._publish(channel, data, opts)
+        except Exception as e:  # a bug below, not a publish's failure: still its caller's error, not a hang
+            done(e)
+            return
+        done(result)  # at once: nothing here waits
 
     def _publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
         # No await from here to the fan-out: the append and the delivery are atomic for this channel.

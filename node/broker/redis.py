@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
 from node.broker import wire
-from node.broker.base import Broker, BrokerEventHandler, new_epoch
+from node.broker.base import Broker, BrokerEventHandler, PublishDone, new_epoch
 from node.broker.redis_pipe import encode
 from node.broker.redis_shard import Keys, RedisShard, ScriptCall
 from node.broker.sharding import shard_index
@@ -220,21 +220,19 @@ class RedisBroker(Broker):
         shard = self.shard(channel)
         return _publish_result(await shard.run(self._publish_call(shard, channel, data, opts, self._burst())))
 
-    def publish_soon(self, channel: str, data: bytes, opts: PublishOptions) -> asyncio.Future[PublishResult]:
+    def publish_then(self, channel: str, data: bytes, opts: PublishOptions, done: PublishDone) -> None:
         shard = self.shard(channel)
         call = self._publish_call(shard, channel, data, opts, self._burst())
-        fut: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
 
-        def done(reply: Any) -> None:
-            if fut.done():
-                return
-            if isinstance(reply, Exception):
-                fut.set_exception(reply)
-            else:
-                fut.set_result(_publish_result(reply))
+        def reply(value: Any) -> None:
+            # Straight from the command connection's protocol callback: a failure of the caller's must not
+            # escape into it (asyncio would close the connection, failing every other call on it).
+            try:
+                done(value if isinstance(value, BaseException) else _publish_result(value))
+            except Exception:
+                logger.exception("publish callback failed")
 
-        shard.run_then(call, done)
-        return fut
+        shard.run_then(call, reply)
 
     async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
         burst = self._burst()

@@ -220,9 +220,9 @@ class RedisShard:
         return await self.scripts[call.name](keys=call.keys, args=call.args)
 
     def run_then(self, call: ScriptCall, done: Callable[[Any], None]) -> None:
-        """``run`` without a coroutine: ``done`` gets the reply or the exception (and must ignore a second
-        call, see ``_slow``). The reply of the fast path reaches it straight from the connection's protocol
-        callback; only a call that needs redis-py (a moved slot, a lost connection) gets a task."""
+        """``run`` without a coroutine: ``done`` gets the reply or the exception, once. The reply of the fast
+        path reaches it straight from the connection's protocol callback; only a call that needs redis-py (a
+        moved slot, a lost connection) gets a task."""
         pipe = self._pipe(call.keys[0])
         if pipe is None:
             self._slow(call, done)
@@ -250,15 +250,23 @@ class RedisShard:
         done(result)
 
     def _slow(self, call: ScriptCall, done: Callable[[Any], None]) -> None:
-        """Run ``call`` through redis-py in a task of the shard's; ``done`` may be called twice (it ignores the
-        second call): once more with a PipeError if the task is cancelled, so its caller never waits for ever."""
-        task = asyncio.get_running_loop().create_task(self._run_slow(call, done))
+        """Run ``call`` through redis-py in a task of the shard's; ``done`` gets a PipeError if the task is
+        cancelled, so its caller never waits for ever (and never hears twice)."""
+        answered = False
+
+        def once(value: Any) -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                done(value)
+
+        task = asyncio.get_running_loop().create_task(self._run_slow(call, once))
         self._tasks.add(task)
 
         def finished(task: asyncio.Task[None]) -> None:
             self._tasks.discard(task)
             if task.cancelled():
-                done(PipeError("the engine is closing"))
+                once(PipeError("the engine is closing"))
 
         task.add_done_callback(finished)
 

@@ -4,10 +4,9 @@ which channels are map channels (``route``); until it does, nothing is routed to
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 
-from node.broker.base import Broker, BrokerEventHandler
+from node.broker.base import Broker, BrokerEventHandler, PublishDone
 from node.models import ClientInfo, HistoryOptions, HistoryResult, PublishOptions, PublishResult
 
 
@@ -57,8 +56,8 @@ class RoutedBroker(Broker):
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
         return await self._for(channel).publish(channel, data, opts)
 
-    def publish_soon(self, channel: str, data: bytes, opts: PublishOptions) -> asyncio.Future[PublishResult]:
-        return self._for(channel).publish_soon(channel, data, opts)
+    def publish_then(self, channel: str, data: bytes, opts: PublishOptions, done: PublishDone) -> None:
+        self._for(channel).publish_then(channel, data, opts, done)
 
     async def publish_many(self, items: Sequence[tuple[str, bytes, PublishOptions]]) -> list[PublishResult | Exception]:
         if not any(self._is_map(channel) for channel, _, _ in items):

@@ -1,0 +1,222 @@
+"""Instructions per single ``POST /api/publish`` request, counted by valgrind's callgrind, so the figure does not
+depend on how loaded the machine is (issue 18's single-publish path).
+
+    python -m loadtest.publish_instructions [--engines memory redis redis_cluster] [--requests 2000]
+                                            [--connections 64] [--tree DIR ...]
+
+One process runs the real server (``node.server.serve``: the API fast path in front of aiohttp on a loopback
+port) with the load generator of ``loadtest.engine_throughput``'s ``single`` mode: C keep-alive connections,
+each sending its next ``/api/publish`` (one of 100 channels, history 100) as soon as the previous reply is in,
+and a WebSocket subscriber of one channel, so the PUB/SUB receive side and the hub's fan-out run as there. Redis
+(standalone, and a 3-master Cluster) runs in its own processes, not counted. After a warm-up, only the
+measured requests are counted (``CALLGRIND_START_INSTRUMENTATION`` / ``CALLGRIND_DUMP_STATS`` from
+``loadtest.fanout_instructions``'s small C library). The figure includes the load generator's share (about
+the same in any tree), so compare trees with it rather than read it as the server's cost alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+
+ROOT = Path(__file__).resolve().parents[1]
+CHANNELS = 100
+MARK = "fanout"  # the dump name fanout_instructions' library gives
+SECRET = "publish-instructions-secret-of-32-bytes"
+API_KEY = "publish-instructions-key"
+PAD = b"x" * 80
+
+
+class Caller(asyncio.Protocol):
+    """One keep-alive connection: its next request goes out as soon as the previous reply is in."""
+
+    def __init__(self, port: int, state: dict[str, Any], offset: int) -> None:
+        self.head = b"POST /api/publish HTTP/1.1\r\nHost: bench\r\nX-API-Key: %s\r\nContent-Length: " % API_KEY.encode()
+        self.state, self.i = state, offset
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def send(self) -> None:
+        state = self.state
+        if state["sent"] >= state["target"]:
+            return
+        state["sent"] += 1
+        body = b'{"channel":"bench%d","data":{"t":%d,"p":"%s"}}' % (self.i % CHANNELS, self.i, PAD)
+        self.i += 1
+        assert self.transport is not None
+        self.transport.write(self.head + b"%d\r\n\r\n" % len(body) + body)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buf[:end]
+        at = head.lower().find(b"content-length:")
+        length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
+        if len(self.buf) < end + 4 + length:
+            return
+        body = self.buf[end + 4:end + 4 + length]
+        self.buf = self.buf[end + 4 + length:]
+        state = self.state
+        if not head.startswith(b"HTTP/1.1 200") or b'"error"' in body:
+            state["errors"] += 1
+        state["done"] += 1
+        if state["done"] >= state["target"]:
+            state["finished"].set()
+        self.send()
+
+
+async def subscriber(port: int, ready: asyncio.Event, received: list[int]) -> None:
+    token = jwt.encode({"sub": "probe"}, SECRET, algorithm="HS256")
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://127.0.0.1:{port}/connection/websocket") as ws:
+        await ws.send_str(json.dumps({"id": 1, "connect": {"token": token}}) + "\n"
+                          + json.dumps({"id": 2, "subscribe": {"channel": "bench0"}}))
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            if '"id":2' in msg.data:
+                ready.set()
+            received[0] += msg.data.count('"pub"')
+
+
+async def workload(engine: dict[str, Any], warmup: int, requests: int, connections: int) -> None:
+    from loadtest.fanout_instructions import toggles  # noqa: PLC0415
+    from node.config_load import load  # noqa: PLC0415
+    from node.server import serve  # noqa: PLC0415
+    from tests.redis_servers import free_port  # noqa: PLC0415
+
+    measure = toggles()
+    port = free_port()
+    config: dict[str, Any] = {
+        "client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["*"]},
+        "http_api": {"key": API_KEY}, "log": {"level": "error"},
+        "http_server": {"port": port, "address": "127.0.0.1"},
+        "channel": {"without_namespace": {"allow_subscribe_for_client": True, "history_size": 100,
+                                          "history_ttl": "300s"}}, **engine}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(config, f)
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(load(f.name, {}, {}).config, stop))
+    loop = asyncio.get_running_loop()
+    for _ in range(200):
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.05)
+    ready, received = asyncio.Event(), [0]
+    sub = asyncio.create_task(subscriber(port, ready, received))
+    await asyncio.wait_for(ready.wait(), 20)
+    state: dict[str, Any] = {"sent": 0, "done": 0, "errors": 0, "target": 0, "finished": asyncio.Event()}
+    callers = []
+    for n in range(connections):
+        caller = Caller(port, state, n * 7)
+        await loop.create_connection(lambda c=caller: c, "127.0.0.1", port)  # type: ignore[misc]
+        callers.append(caller)
+
+    async def run(count: int) -> None:
+        state["target"] += count
+        state["finished"].clear()
+        for caller in callers:
+            caller.send()
+        await asyncio.wait_for(state["finished"].wait(), 600)
+
+    await run(warmup)
+    measure.measure_start()
+    await run(requests)
+    measure.measure_stop()
+    print(f"node from {sys.modules['node'].__file__}: {requests} requests, {state['errors']} errors, "
+          f"{received[0]} deliveries to the subscriber", file=sys.stderr)
+    for caller in callers:
+        assert caller.transport is not None
+        caller.transport.close()
+    sub.cancel()
+    stop.set()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server, 10)
+    if state["errors"]:
+        raise SystemExit(f"{state['errors']} requests failed")
+
+
+def callgrind(tree: Path, engine: str, url: str, warmup: int, requests: int, connections: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT}", "PYTHONHASHSEED": "0"}
+        cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/out",
+               sys.executable, __file__, "--inner", engine, "--url", url,
+               "--warmup", str(warmup), "--requests", str(requests), "--connections", str(connections)]
+        done = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"workload failed in {tree}:\n{done.stderr[-3000:]}")
+        print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
+        for dump in sorted(Path(tmp).glob("out*")):
+            text = dump.read_text()
+            if f"Client Request: {MARK}" in text:
+                summary = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
+                if summary is not None:
+                    if os.environ.get("KEEP_CALLGRIND"):
+                        dump.replace(Path(os.environ["KEEP_CALLGRIND"]) / f"callgrind.{engine}.{tree.name}")
+                    return int(summary.group(1))
+        raise SystemExit(f"no dump of the measured part in {tmp}:\n{done.stderr[-3000:]}")
+
+
+def engine_config(engine: str, url: str) -> dict[str, Any]:
+    if engine == "memory":
+        return {}
+    return {"engine": {"type": "redis", "redis": {"address": [url]}}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tree", type=Path, action="append", help="checkout(s) to measure (default: this one)")
+    parser.add_argument("--engines", nargs="+", default=["memory", "redis", "redis_cluster"])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--inner", help=argparse.SUPPRESS)
+    parser.add_argument("--url", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner:
+        asyncio.run(workload(engine_config(args.inner, args.url), args.warmup, args.requests, args.connections))
+        return 0
+    sys.path.insert(0, str(ROOT))
+    from tests.redis_servers import RedisCluster, RedisStandalone, free_port  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="fugato-pubinstr-") as tmp, contextlib.ExitStack() as stack:
+        urls = {"memory": ""}
+        if "redis" in args.engines:
+            urls["redis"] = stack.enter_context(RedisStandalone(Path(tmp) / "standalone")).url
+        if "redis_cluster" in args.engines:
+            ports: list[int] = []
+            for _ in range(3):
+                ports.append(free_port(ports))
+            cluster = RedisCluster(Path(tmp) / "cluster", ports=ports, replicas=0).start()
+            stack.callback(cluster.stop)
+            urls["redis_cluster"] = cluster.url
+        for engine in args.engines:
+            for tree in args.tree or [ROOT]:
+                count = callgrind(tree.resolve(), engine, urls[engine], args.warmup, args.requests, args.connections)
+                print(f"{tree}: {engine}: {count / args.requests:.0f} instructions per request "
+                      f"({count} over {args.requests})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
