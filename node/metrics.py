@@ -7,7 +7,9 @@ and any worker's ``/metrics`` shows the sum over the live workers.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from bisect import bisect_left
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -38,6 +40,24 @@ def _observe_many(histogram: Histogram, amount: float, count: int) -> None:
         if amount <= bound:
             buckets[i].inc(count)
             break
+
+
+def _observe_each(histogram: Histogram, amounts: list[float]) -> None:
+    """Observations of several amounts with one update per bucket they fall in (the internals as in
+    ``_observe_many``)."""
+    try:
+        bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
+    except AttributeError:
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    total.inc(sum(amounts))
+    counts: dict[int, int] = {}
+    for amount in amounts:
+        i = bisect_left(bounds, amount)  # the first bound >= amount; the last bound is +Inf
+        counts[i] = counts.get(i, 0) + 1
+    for i, n in counts.items():
+        buckets[i].inc(n)
 
 
 def _forget_dead_workers() -> None:
@@ -89,6 +109,12 @@ class Metrics:
             self._pubsub_errors.labels(kind)
         self._api_durations: dict[tuple[str, str], Histogram] = {}
         self._sent_by_kind: dict[str, Counter] = {}
+        # What concurrent calls observed during the current event-loop iteration, applied once when it ends
+        # (``_settle``): 64 HTTP callers publishing one message each then update each series once per
+        # iteration instead of once per call, with the same values. ``render`` settles first.
+        self._durations_due: dict[tuple[str, str], list[float]] = {}
+        self._sent_due: dict[str, int] = {}
+        self._settling = False
         self._sent = Counter("node_messages_sent_count", "Messages this node sent to the broker, by type.", ["type"],
                              namespace=ns, registry=r)
         received = Counter("node_messages_received_count", "Messages this node received from the broker, by type.",
@@ -141,10 +167,12 @@ class Metrics:
         self._transport_connects.labels(transport).inc()
 
     def api_command(self, method: str, seconds: float, error_code: int = 0, *, protocol: str = "http") -> None:
-        duration = self._api_durations.get((protocol, method))
-        if duration is None:  # labels() costs about as much as the observation: once per series
-            duration = self._api_durations[(protocol, method)] = self._api_duration.labels(protocol, method)
-        duration.observe(seconds)
+        due = self._durations_due.get((protocol, method))
+        if due is None:
+            due = self._durations_due[(protocol, method)] = []
+        due.append(seconds)
+        if not self._settling:
+            self._settle_soon()
         if error_code:
             self._api_errors.labels(protocol, method, str(error_code)).inc()
 
@@ -159,10 +187,37 @@ class Metrics:
         self._recover.labels("yes" if recovered else "no").inc()
 
     def published(self, kind: str, count: int = 1) -> None:
-        sent = self._sent_by_kind.get(kind)
-        if sent is None:
-            sent = self._sent_by_kind[kind] = self._sent.labels(kind)
-        sent.inc(count)
+        sent = self._sent_due
+        sent[kind] = sent.get(kind, 0) + count
+        if not self._settling:
+            self._settle_soon()
+
+    def _settle_soon(self) -> None:
+        loop = asyncio._get_running_loop()
+        if loop is None:  # no loop to come back round: now
+            self._settle()
+            return
+        self._settling = True
+        loop.call_soon(self._settle)
+
+    def _settle(self) -> None:
+        """Apply what was observed since the last call (see ``_durations_due``)."""
+        self._settling = False
+        durations, self._durations_due = self._durations_due, {}
+        for key, amounts in durations.items():
+            duration = self._api_durations.get(key)
+            if duration is None:  # labels() costs about as much as an observation: once per series
+                duration = self._api_durations[key] = self._api_duration.labels(*key)
+            if len(amounts) == 1:
+                duration.observe(amounts[0])
+            else:
+                _observe_each(duration, amounts)
+        sent, self._sent_due = self._sent_due, {}
+        for kind, count in sent.items():
+            counter = self._sent_by_kind.get(kind)
+            if counter is None:
+                counter = self._sent_by_kind[kind] = self._sent.labels(kind)
+            counter.inc(count)
 
     def consumer_processed(self, consumer: str, n: int = 1) -> None:
         self._consumer_processed.labels(consumer).inc(n)
@@ -179,6 +234,7 @@ class Metrics:
         self._consumer_errors.labels(consumer)
 
     def render(self) -> bytes:
+        self._settle()
         if MULTIPROCESS:
             _forget_dead_workers()
             registry = CollectorRegistry()

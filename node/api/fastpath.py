@@ -32,6 +32,9 @@ SWEEP_INTERVAL: Final = 5.0  # seconds between looks for idle connections
 _HEAD: Final = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
 _JSON: Final = b"application/json; charset=utf-8"
 _PHRASES: Final = {200: b"OK"}
+_CONTENT_LENGTH: Final = b"\r\nContent-Length: "  # as clients write it (any other spelling: parsed each time)
+HEAD_CACHE_SIZE: Final = 256  # request heads (less their Content-Length) kept parsed; starts over when full
+_UNSEEN: Final[Any] = object()
 _FAILED: Final = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
@@ -46,6 +49,9 @@ class FastApi:
         self.prefix = handler.config.handler_prefix.rstrip("/").encode() + b"/"
         self.marker = b"POST " + self.prefix  # how an API request starts
         self.connections: set[FastApiProtocol] = set()  # the ones not handed to aiohttp
+        # A head less its Content-Length line → (method, headers), or None for one aiohttp gets (_parse_head).
+        # The headers are shared by every request with that head: read, never changed.
+        self.heads: dict[bytes, tuple[str, dict[bytes, bytes]] | None] = {}
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -146,7 +152,39 @@ class FastApiProtocol(asyncio.Protocol):
         return buf[:n] == marker[:n]
 
     def _parse_head(self, head: bytes) -> tuple[str, int, dict[bytes, bytes]] | None:
-        """(method, Content-Length, lower-cased headers) of a plain API request; None: aiohttp's business."""
+        """(method, Content-Length, lower-cased headers) of a plain API request; None: aiohttp's business.
+
+        A client sends the same head again and again but for its Content-Length, so the rest of the head is
+        parsed once and cached (``_parse_fields``, ~3 µs for a usual set of headers, against a lookup). Where
+        the length is not written as ``Content-Length: `` the head is parsed in full each time."""
+        at = head.find(_CONTENT_LENGTH)
+        if at < 0:
+            return self._parse_fields(head)
+        end = head.find(b"\r\n", at + 2)
+        if end < 0:
+            end = len(head)
+        heads = self._fast.heads
+        rest = head[:at] + head[end:]
+        cached = heads.get(rest, _UNSEEN)
+        if cached is _UNSEEN:
+            parsed = self._parse_fields(rest)
+            # Two Content-Length lines are left to aiohttp, as any repeated header.
+            cached = None if parsed is None or b"content-length" in parsed[2] else (parsed[0], parsed[2])
+            if len(heads) >= HEAD_CACHE_SIZE:
+                heads.clear()
+            heads[rest] = cached
+        if cached is None:
+            return None
+        raw_length = head[at + len(_CONTENT_LENGTH):end].strip()
+        if not raw_length.isdigit():
+            return None
+        length = int(raw_length)
+        if length > self._fast.max_body:
+            return None
+        return cached[0], length, cached[1]
+
+    def _parse_fields(self, head: bytes) -> tuple[str, int, dict[bytes, bytes]] | None:
+        """``_parse_head`` without the cache."""
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ")
         if len(parts) != 3 or parts[0] != b"POST" or parts[2] != b"HTTP/1.1":

@@ -4,6 +4,7 @@ internals fails here instead of silently falling back to one observation at a ti
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -40,6 +41,54 @@ def test_many_observations_at_once_equal_as_many_single_ones(amount: float) -> N
     got, want = samples(many, "h"), samples(single, "h")
     assert got == pytest.approx(want)
     assert got[("h_count", "")] == 37
+
+
+def test_different_amounts_at_once_equal_as_many_single_ones() -> None:
+    amounts = [0.0005, 0.001, 0.001, 0.0011, 0.05, 0.1, 0.5, 7.0, 0.0, 0.0002] * 3
+    many, single = CollectorRegistry(), CollectorRegistry()
+    metrics._observe_each(Histogram("h", "h", ["m"], buckets=BUCKETS, registry=many).labels("x"), amounts)
+    one_by_one = Histogram("h", "h", ["m"], buckets=BUCKETS, registry=single).labels("x")
+    for amount in amounts:
+        one_by_one.observe(amount)
+    got, want = samples(many, "h"), samples(single, "h")
+    assert got == pytest.approx(want)
+    assert got[("h_count", "")] == len(amounts)
+
+
+def exposed(m: metrics.Metrics, line: str) -> float:
+    for row in m.render().decode().splitlines():
+        if row.startswith(line + " "):
+            return float(row.rsplit(" ", 1)[1])
+    raise AssertionError(f"{line} not exposed")
+
+
+async def test_observations_of_one_loop_iteration_are_applied_together() -> None:
+    m = metrics.Metrics("test")
+    for seconds in (0.0002, 0.003, 0.003):
+        m.api_command("publish", seconds)
+    m.published("publication")
+    m.published("publication", 2)
+    m.api_command("publish", 0.001, 107)
+    count = 'centrifugo_api_command_duration_seconds_count{method="publish",protocol="http"}'
+    assert m._durations_due, "kept until the iteration ends"
+    await asyncio.sleep(0)
+    assert not m._durations_due and not m._sent_due
+    assert m._api_duration.labels("http", "publish")._sum.get() == pytest.approx(0.0072)
+    m.api_command("publish", 0.5)
+    # /metrics shows everything observed, applied or not yet.
+    assert exposed(m, count) == 5
+    assert exposed(m, 'centrifugo_api_command_duration_seconds_bucket{le="0.0025",method="publish",'
+                      'protocol="http"}') == 2
+    assert exposed(m, 'centrifugo_node_messages_sent_count_total{type="publication"}') == 3
+    assert exposed(m, 'centrifugo_api_command_errors_total{code="107",method="publish",protocol="http"}') == 1
+
+
+def test_without_a_loop_observations_apply_at_once() -> None:
+    m = metrics.Metrics("test")
+    m.api_command("info", 0.002)
+    m.published("join")
+    assert not m._durations_due and not m._sent_due
+    assert exposed(m, 'centrifugo_api_command_duration_seconds_count{method="info",protocol="http"}') == 1
 
 
 def test_multiprocess_mode_aggregates_them(tmp_path: Path) -> None:
