@@ -141,10 +141,15 @@ async def workload(engine: dict[str, Any], warmup: int, requests: int, connectio
 
     await run(warmup)
     measure.measure_start()
-    await run(requests)
+    started = loop.time()
+    if os.environ.get("IDLE_SECONDS"):  # what the server does on its own in that time (timers, pings)
+        await asyncio.sleep(float(os.environ["IDLE_SECONDS"]))
+    else:
+        await run(requests)
+    elapsed = loop.time() - started
     measure.measure_stop()
     print(f"node from {sys.modules['node'].__file__}: {requests} requests, {state['errors']} errors, "
-          f"{received[0]} deliveries to the subscriber", file=sys.stderr)
+          f"{received[0]} deliveries to the subscriber in {elapsed:.1f}s", file=sys.stderr)
     for caller in callers:
         assert caller.transport is not None
         caller.transport.close()
@@ -165,7 +170,7 @@ def callgrind(tree: Path, engine: str, url: str, warmup: int, requests: int, con
         done = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"workload failed in {tree}:\n{done.stderr[-3000:]}")
-        print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
+        print([line for line in done.stderr.splitlines() if line.startswith("node from")][-1], file=sys.stderr)
         for dump in sorted(Path(tmp).glob("out*")):
             text = dump.read_text()
             if f"Client Request: {MARK}" in text:

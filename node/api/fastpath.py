@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
+from time import monotonic
 from typing import Any, Final
 
 import orjson
@@ -38,6 +40,17 @@ _UNSEEN: Final[Any] = object()
 _FAILED: Final = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Head:
+    """A request head as the fast path uses it, decided once per distinct head (FastApi.heads)."""
+
+    method: str  # the API method
+    headers: dict[bytes, bytes]  # lower-cased names; shared by every request with this head: read only
+    authorized: bool  # it carries the API key (or none is needed)
+    close: bool  # Connection: close
+    mode: str  # X-Centrifugo-Error-Mode
+
+
 class FastApi:
     """Protocol factory for a listening socket: each connection starts on the fast path (see the module)."""
 
@@ -49,11 +62,18 @@ class FastApi:
         self.prefix = handler.config.handler_prefix.rstrip("/").encode() + b"/"
         self.marker = b"POST " + self.prefix  # how an API request starts
         self.connections: set[FastApiProtocol] = set()  # the ones not handed to aiohttp
-        # A head less its Content-Length line → (method, headers), or None for one aiohttp gets (_parse_head).
-        # The headers are shared by every request with that head: read, never changed.
-        self.heads: dict[bytes, tuple[str, dict[bytes, bytes]] | None] = {}
+        # A head less its Content-Length line → its Head, or None for one aiohttp gets (_parse_head).
+        self.heads: dict[bytes, Head | None] = {}
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def head(self, method: str, headers: dict[bytes, bytes]) -> Head:
+        """What the server needs of a parsed head (see ``Head``)."""
+        return Head(method, headers,
+                    self.handler.key_matches(header_key(headers.get(b"x-api-key"),
+                                                        headers.get(b"authorization", b""))),
+                    headers.get(b"connection", b"").lower() == b"close",
+                    headers.get(b"x-centrifugo-error-mode", b"").decode("latin-1"))
 
     def __call__(self) -> asyncio.Protocol:
         if self._sweeper is None:
@@ -64,7 +84,7 @@ class FastApi:
         """Close connections idle for IDLE_TIMEOUT. One timer for all: a per-connection one would outlive the
         hand-over of every WebSocket connection as a cancelled handle in the loop's heap."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() - IDLE_TIMEOUT
+        deadline = monotonic() - IDLE_TIMEOUT
         for conn in list(self.connections):
             conn.close_if_idle_since(deadline)
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
@@ -79,8 +99,8 @@ class FastApi:
 
 
 class FastApiProtocol(asyncio.Protocol):
-    __slots__ = ("_buf", "_busy", "_close_after", "_fast", "_inline", "_last", "_loop", "_method", "_mode",
-                 "_paused", "_transport")
+    __slots__ = ("_buf", "_busy", "_close_after", "_fast", "_inline", "_last", "_method", "_mode", "_paused",
+                 "_transport")
 
     def __init__(self, fast: FastApi) -> None:
         self._fast = fast
@@ -92,8 +112,7 @@ class FastApiProtocol(asyncio.Protocol):
         self._method = ""  # the running request's API method
         self._paused = False
         self._transport: asyncio.Transport | None = None
-        self._loop = asyncio.get_running_loop()
-        self._last = self._loop.time()  # when the connection opened or last had a request answered
+        self._last = monotonic()  # when the connection opened or last had a request answered
 
     # --- asyncio.Protocol --------------------------------------------------------------------------------
 
@@ -131,16 +150,16 @@ class FastApiProtocol(asyncio.Protocol):
             if request is None:
                 self._hand_over()
                 return
-            method, length, headers = request
+            head, length = request
             start = end + 4
             if len(buf) < start + length:
                 return  # the body is still coming
             body = buf[start:start + length]
             self._buf = buf[start + length:]
-            self._last = self._loop.time()
-            self._close_after = headers.get(b"connection", b"").lower() == b"close"
-            if not self._answer(method, body, headers):
-                return  # a request is running; it carries on from _done
+            self._last = monotonic()
+            self._close_after = head.close
+            if not self._answer(head, body):
+                return  # a request is running; it carries on from _answered
         if self._paused and self._transport is not None:
             self._paused = False
             self._transport.resume_reading()
@@ -151,15 +170,16 @@ class FastApiProtocol(asyncio.Protocol):
         n = min(len(buf), len(marker))
         return buf[:n] == marker[:n]
 
-    def _parse_head(self, head: bytes) -> tuple[str, int, dict[bytes, bytes]] | None:
-        """(method, Content-Length, lower-cased headers) of a plain API request; None: aiohttp's business.
+    def _parse_head(self, head: bytes) -> tuple[Head, int] | None:
+        """A plain API request's head and Content-Length; None: aiohttp's business.
 
         A client sends the same head again and again but for its Content-Length, so the rest of the head is
-        parsed once and cached (``_parse_fields``, ~3 µs for a usual set of headers, against a lookup). Where
-        the length is not written as ``Content-Length: `` the head is parsed in full each time."""
+        parsed (and its API key checked) once and cached: ~3 µs for a usual set of headers against a lookup.
+        Where the length is not written as ``Content-Length: `` the head is parsed in full each time."""
         at = head.find(_CONTENT_LENGTH)
         if at < 0:
-            return self._parse_fields(head)
+            fields = self._parse_fields(head)
+            return None if fields is None else (self._fast.head(fields[0], fields[2]), fields[1])
         end = head.find(b"\r\n", at + 2)
         if end < 0:
             end = len(head)
@@ -169,7 +189,8 @@ class FastApiProtocol(asyncio.Protocol):
         if cached is _UNSEEN:
             parsed = self._parse_fields(rest)
             # Two Content-Length lines are left to aiohttp, as any repeated header.
-            cached = None if parsed is None or b"content-length" in parsed[2] else (parsed[0], parsed[2])
+            cached = None if parsed is None or b"content-length" in parsed[2] else self._fast.head(parsed[0],
+                                                                                                   parsed[2])
             if len(heads) >= HEAD_CACHE_SIZE:
                 heads.clear()
             heads[rest] = cached
@@ -181,10 +202,10 @@ class FastApiProtocol(asyncio.Protocol):
         length = int(raw_length)
         if length > self._fast.max_body:
             return None
-        return cached[0], length, cached[1]
+        return cached, length
 
     def _parse_fields(self, head: bytes) -> tuple[str, int, dict[bytes, bytes]] | None:
-        """``_parse_head`` without the cache."""
+        """(method, Content-Length, lower-cased headers) of a plain API request, parsed in full."""
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ")
         if len(parts) != 3 or parts[0] != b"POST" or parts[2] != b"HTTP/1.1":
@@ -215,10 +236,9 @@ class FastApiProtocol(asyncio.Protocol):
             return None
         return method, length, headers
 
-    def _answer(self, method: str, body: bytes, headers: dict[bytes, bytes]) -> bool:
+    def _answer(self, head: Head, body: bytes) -> bool:
         """Reply to one request; False while its call is still running (the reply is written when it ends)."""
-        handler = self._fast.handler
-        if not handler.key_matches(header_key(headers.get(b"x-api-key"), headers.get(b"authorization", b""))):
+        if not head.authorized:
             self._write(401, b"", b"application/octet-stream")
             return True
         try:
@@ -227,11 +247,11 @@ class FastApiProtocol(asyncio.Protocol):
             self._write(400, b"Bad Request", b"text/plain; charset=utf-8")
             return True
         self._busy = True
-        self._mode = headers.get(b"x-centrifugo-error-mode", b"").decode("latin-1")
-        self._method = method
+        self._mode = head.mode
+        self._method = head.method
         self._inline = True
         try:
-            self._fast.executor.answer(method, params, self._answered)
+            self._fast.executor.answer(head.method, params, self._answered)
         finally:
             self._inline = False
         return not self._busy  # answered at once (the memory engine's publish), or still running
@@ -255,7 +275,7 @@ class FastApiProtocol(asyncio.Protocol):
     def _write(self, status: int, body: bytes, content_type: bytes) -> None:
         if self._transport is None:
             return
-        self._last = self._loop.time()
+        self._last = monotonic()
         phrase = _PHRASES.get(status) or HTTPStatus(status).phrase.encode()
         self._transport.write(_HEAD % (status, phrase, content_type, len(body)) + body)
         if self._close_after or self._fast.closing:

@@ -33,22 +33,33 @@ HEADS = [
 ]
 
 
+def decided(fast: fastpath.FastApi, parsed: tuple[fastpath.Head, int] | None) -> object:
+    """A parse's outcome as plain values (its headers less Content-Length, which only the length carries)."""
+    if parsed is None:
+        return None
+    head, length = parsed
+    return (head.method, length, {k: v for k, v in head.headers.items() if k != b"content-length"},
+            head.authorized, head.close, head.mode)
+
+
 async def test_cached_heads_parse_as_full_parses() -> None:
     handler = ApiHandler(Executor(build_node(Config())), HttpApiConfig(handler_prefix="/api", key="k"))
     fast = fastpath.FastApi(asyncio.Protocol, handler, 1024)
     conn = fastpath.FastApiProtocol(fast)
     for _ in range(2):  # the second round from the cache
-        for head in HEADS:
-            full = conn._parse_fields(head)
-            expected = None if full is None else (full[0], full[1],
-                                                  {k: v for k, v in full[2].items() if k != b"content-length"})
-            got = conn._parse_head(head)
-            if got is not None and b"content-length" in got[2]:  # parsed in full: the length is among them
-                got = (got[0], got[1], {k: v for k, v in got[2].items() if k != b"content-length"})
-            assert got == expected, head
+        for raw in HEADS:
+            full = conn._parse_fields(raw)
+            expected = None if full is None else decided(fast, (fast.head(full[0], full[2]), full[1]))
+            assert decided(fast, conn._parse_head(raw)) == expected, raw
     assert len(fast.heads) < len(HEADS), "heads that differ only in their length share an entry"
-    assert conn._parse_head(HEADS[0]) == ("publish", 12, {b"host": b"x", b"x-api-key": b"k"})
+    assert decided(fast, conn._parse_head(HEADS[0])) == ("publish", 12, {b"host": b"x", b"x-api-key": b"k"}, True,
+                                                         False, "")
+    assert decided(fast, conn._parse_head(HEADS[-1]))[3:] == (True, True, "transport")
     assert conn._parse_head(HEADS[4]) is None
+    wrong_key = b"POST /api/publish HTTP/1.1\r\nX-API-Key: K\r\nContent-Length: 2"
+    for _ in range(2):
+        parsed = conn._parse_head(wrong_key)
+        assert parsed is not None and not parsed[0].authorized
 
 
 async def test_the_cache_is_bounded() -> None:
