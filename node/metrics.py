@@ -111,18 +111,17 @@ class Metrics:
         self._sent_by_kind: dict[str, Counter] = {}
         # What concurrent calls observed during the current event-loop iteration, applied once when it ends
         # (``_settle``): 64 HTTP callers publishing one message each then update each series once per
-        # iteration instead of once per call, with the same values. ``render`` settles first.
-        self._durations_due: dict[tuple[str, str], list[float]] = {}
+        # iteration instead of once per call (a locked update per bucket and sum), with the same values.
+        # ``render`` settles first.
+        self._observed_due: dict[Histogram, list[float]] = {}
         self._sent_due: dict[str, int] = {}
+        self._received_due: dict[str, int] = {}
         self._settling = False
         self._sent = Counter("node_messages_sent_count", "Messages this node sent to the broker, by type.", ["type"],
                              namespace=ns, registry=r)
         received = Counter("node_messages_received_count", "Messages this node received from the broker, by type.",
                            ["type"], namespace=ns, registry=r)
-        self.received_publication = received.labels("publication")
-        self.received_join = received.labels("join")
-        self.received_leave = received.labels("leave")
-        self.received_control = received.labels("control")
+        self._received_by_kind = {kind: received.labels(kind) for kind in ("publication", "join", "leave", "control")}
         self.broadcast_duration = Histogram("node_broadcast_duration_seconds",
                                             "Time to fan a publication out to local subscribers.", namespace=ns,
                                             registry=r, buckets=FAST_BUCKETS)
@@ -167,12 +166,10 @@ class Metrics:
         self._transport_connects.labels(transport).inc()
 
     def api_command(self, method: str, seconds: float, error_code: int = 0, *, protocol: str = "http") -> None:
-        due = self._durations_due.get((protocol, method))
-        if due is None:
-            due = self._durations_due[(protocol, method)] = []
-        due.append(seconds)
-        if not self._settling:
-            self._settle_soon()
+        duration = self._api_durations.get((protocol, method))
+        if duration is None:  # labels() costs about as much as the observation: once per series
+            duration = self._api_durations[(protocol, method)] = self._api_duration.labels(protocol, method)
+        self.observe(duration, seconds)
         if error_code:
             self._api_errors.labels(protocol, method, str(error_code)).inc()
 
@@ -187,8 +184,25 @@ class Metrics:
         self._recover.labels("yes" if recovered else "no").inc()
 
     def published(self, kind: str, count: int = 1) -> None:
+        """Messages of ``kind`` sent to the broker."""
         sent = self._sent_due
         sent[kind] = sent.get(kind, 0) + count
+        if not self._settling:
+            self._settle_soon()
+
+    def received(self, kind: str, count: int = 1) -> None:
+        """Messages of ``kind`` (publication, join, leave, control) received from the broker."""
+        received = self._received_due
+        received[kind] = received.get(kind, 0) + count
+        if not self._settling:
+            self._settle_soon()
+
+    def observe(self, histogram: Histogram, amount: float) -> None:
+        """``histogram.observe(amount)``, applied when the event-loop iteration ends (see ``_observed_due``)."""
+        due = self._observed_due.get(histogram)
+        if due is None:
+            due = self._observed_due[histogram] = []
+        due.append(amount)
         if not self._settling:
             self._settle_soon()
 
@@ -201,23 +215,23 @@ class Metrics:
         loop.call_soon(self._settle)
 
     def _settle(self) -> None:
-        """Apply what was observed since the last call (see ``_durations_due``)."""
+        """Apply what was observed since the last call (see ``_observed_due``)."""
         self._settling = False
-        durations, self._durations_due = self._durations_due, {}
-        for key, amounts in durations.items():
-            duration = self._api_durations.get(key)
-            if duration is None:  # labels() costs about as much as an observation: once per series
-                duration = self._api_durations[key] = self._api_duration.labels(*key)
+        observed, self._observed_due = self._observed_due, {}
+        for histogram, amounts in observed.items():
             if len(amounts) == 1:
-                duration.observe(amounts[0])
+                histogram.observe(amounts[0])
             else:
-                _observe_each(duration, amounts)
+                _observe_each(histogram, amounts)
         sent, self._sent_due = self._sent_due, {}
         for kind, count in sent.items():
             counter = self._sent_by_kind.get(kind)
             if counter is None:
                 counter = self._sent_by_kind[kind] = self._sent.labels(kind)
             counter.inc(count)
+        received, self._received_due = self._received_due, {}
+        for kind, count in received.items():
+            self._received_by_kind[kind].inc(count)
 
     def consumer_processed(self, consumer: str, n: int = 1) -> None:
         self._consumer_processed.labels(consumer).inc(n)

@@ -410,11 +410,11 @@ class Node(BrokerEventHandler):
     # --- BrokerEventHandler (hot path: synchronous) ----------------------------------------------------
 
     def handle_publication(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
-        self.metrics.received_publication.inc()
+        self.metrics.received("publication")
         self._deliver(channel, pub, sp)
 
     def handle_publications(self, items: Sequence[tuple[str, Publication, StreamPosition]]) -> None:
-        self.metrics.received_publication.inc(len(items))
+        self.metrics.received("publication", len(items))
         deliver, by_channel, observers = self._deliver, self.subscriptions.by_channel, self.subscriptions.observers
         for channel, pub, sp in items:
             if pub.time_ms or channel in by_channel or observers:  # else nothing to time or fan out
@@ -423,26 +423,26 @@ class Node(BrokerEventHandler):
     def _deliver(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
         metrics = self.metrics
         if pub.time_ms:
-            metrics.pub_sub_lag.observe(max(time.time() - pub.time_ms / 1000, 0.0))
+            metrics.observe(metrics.pub_sub_lag, max(time.time() - pub.time_ms / 1000, 0.0))
         if channel in self.subscriptions.by_channel:  # else nothing to fan out or time (a memory-engine publish)
             self.flusher.activity += 1
             started = time.perf_counter()
             self.hub.broadcast_publication(channel, pub, sp)
-            metrics.broadcast_duration.observe(time.perf_counter() - started)
+            metrics.observe(metrics.broadcast_duration, time.perf_counter() - started)
         if self.subscriptions.observers:  # one check per publication: free while nobody observes
             for observer in self.subscriptions.observers.get(channel, ()):
                 observer(channel, pub, sp)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
-        self.metrics.received_join.inc()
+        self.metrics.received("join")
         self.hub.broadcast_join(channel, info)
 
     def handle_leave(self, channel: str, info: ClientInfo) -> None:
-        self.metrics.received_leave.inc()
+        self.metrics.received("leave")
         self.hub.broadcast_leave(channel, info)
 
     def handle_control(self, data: bytes) -> None:
-        self.metrics.received_control.inc()
+        self.metrics.received("control")
         self.controller.handle(data)
 
     def handle_resubscribed(self, channels: list[str]) -> None:

@@ -70,9 +70,9 @@ async def test_observations_of_one_loop_iteration_are_applied_together() -> None
     m.published("publication", 2)
     m.api_command("publish", 0.001, 107)
     count = 'centrifugo_api_command_duration_seconds_count{method="publish",protocol="http"}'
-    assert m._durations_due, "kept until the iteration ends"
+    assert m._observed_due, "kept until the iteration ends"
     await asyncio.sleep(0)
-    assert not m._durations_due and not m._sent_due
+    assert not m._observed_due and not m._sent_due
     assert m._api_duration.labels("http", "publish")._sum.get() == pytest.approx(0.0072)
     m.api_command("publish", 0.5)
     # /metrics shows everything observed, applied or not yet.
@@ -81,13 +81,22 @@ async def test_observations_of_one_loop_iteration_are_applied_together() -> None
                       'protocol="http"}') == 2
     assert exposed(m, 'centrifugo_node_messages_sent_count_total{type="publication"}') == 3
     assert exposed(m, 'centrifugo_api_command_errors_total{code="107",method="publish",protocol="http"}') == 1
+    m.received("publication", 4)
+    m.received("join")
+    m.observe(m.pub_sub_lag, 0.02)
+    m.observe(m.pub_sub_lag, 0.0003)
+    assert exposed(m, 'centrifugo_node_messages_received_count_total{type="publication"}') == 4
+    assert exposed(m, 'centrifugo_node_messages_received_count_total{type="join"}') == 1
+    assert exposed(m, "centrifugo_node_pub_sub_lag_seconds_count") == 2
+    assert exposed(m, 'centrifugo_node_pub_sub_lag_seconds_bucket{le="0.0005"}') == 1
 
 
 def test_without_a_loop_observations_apply_at_once() -> None:
     m = metrics.Metrics("test")
     m.api_command("info", 0.002)
     m.published("join")
-    assert not m._durations_due and not m._sent_due
+    m.received("control")
+    assert not m._observed_due and not m._sent_due and not m._received_due
     assert exposed(m, 'centrifugo_api_command_duration_seconds_count{method="info",protocol="http"}') == 1
 
 
