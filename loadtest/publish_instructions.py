@@ -31,56 +31,41 @@ from typing import Any
 import aiohttp
 import jwt
 
+from loadtest import bench
+from loadtest.engine_throughput import Caller, Counts, single_request
+
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS = 100
 MARK = "fanout"  # the dump name fanout_instructions' library gives
 SECRET = "publish-instructions-secret-of-32-bytes"
-API_KEY = "publish-instructions-key"
-PAD = b"x" * 80
 
 
-class Caller(asyncio.Protocol):
-    """One keep-alive connection: its next request goes out as soon as the previous reply is in."""
+class Measured(Caller):
+    """engine_throughput's caller, sending while the run's target is not reached; ``finished`` is set once every
+    request sent has been answered."""
 
-    def __init__(self, port: int, state: dict[str, Any], offset: int) -> None:
-        self.head = b"POST /api/publish HTTP/1.1\r\nHost: bench\r\nX-API-Key: %s\r\nContent-Length: " % API_KEY.encode()
-        self.state, self.i = state, offset
-        self.buf = b""
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, counts: Counts, offset: int, target: list[int], finished: asyncio.Event) -> None:
+        super().__init__(b"/api/publish", single_request, counts, offset, asyncio.get_running_loop().create_future())
+        self.target, self.finished = target, finished
+        self.busy = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # the first request goes out with the run, not now
 
     def send(self) -> None:
-        state = self.state
-        if state["sent"] >= state["target"]:
-            return
-        state["sent"] += 1
-        body = b'{"channel":"bench%d","data":{"t":%d,"p":"%s"}}' % (self.i % CHANNELS, self.i, PAD)
-        self.i += 1
-        assert self.transport is not None
-        self.transport.write(self.head + b"%d\r\n\r\n" % len(body) + body)
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = self.buf[:end]
-        at = head.lower().find(b"content-length:")
-        length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
-        if len(self.buf) < end + 4 + length:
-            return
-        body = self.buf[end + 4:end + 4 + length]
-        self.buf = self.buf[end + 4 + length:]
-        state = self.state
-        if not head.startswith(b"HTTP/1.1 200") or b'"error"' in body:
-            state["errors"] += 1
-        state["done"] += 1
-        if state["done"] >= state["target"]:
-            state["finished"].set()
-        self.send()
+        """Called by the run, and after each reply (then this caller's request is answered)."""
+        target = self.target
+        if self.busy:
+            self.busy = False
+            target[1] -= 1
+        answered = self.counts.publications + self.counts.errors
+        if answered >= target[0]:
+            self.finished.set()
+        if answered + target[1] < target[0]:  # no more in flight than the target still needs
+            self.busy = True
+            target[1] += 1
+            super().send()
 
 
 async def subscriber(port: int, ready: asyncio.Event, received: list[int]) -> None:
@@ -106,7 +91,7 @@ async def workload(engine: dict[str, Any], warmup: int, requests: int, connectio
     port = free_port()
     config: dict[str, Any] = {
         "client": {"token": {"hmac_secret_key": SECRET}, "allowed_origins": ["*"]},
-        "http_api": {"key": API_KEY}, "log": {"level": "error"},
+        "http_api": {"key": bench.API_KEY}, "log": {"level": "error"},
         "http_server": {"port": port, "address": "127.0.0.1"},
         "channel": {"without_namespace": {"allow_subscribe_for_client": True, "history_size": 100,
                                           "history_ttl": "300s"}}, **engine}
@@ -125,19 +110,20 @@ async def workload(engine: dict[str, Any], warmup: int, requests: int, connectio
     ready, received = asyncio.Event(), [0]
     sub = asyncio.create_task(subscriber(port, ready, received))
     await asyncio.wait_for(ready.wait(), 20)
-    state: dict[str, Any] = {"sent": 0, "done": 0, "errors": 0, "target": 0, "finished": asyncio.Event()}
+    counts, finished = Counts(), asyncio.Event()
+    target = [0, 0]  # requests to have answered in all, requests in flight
     callers = []
     for n in range(connections):
-        caller = Caller(port, state, n * 7)
+        caller = Measured(counts, n * 7, target, finished)
         await loop.create_connection(lambda c=caller: c, "127.0.0.1", port)  # type: ignore[misc]
         callers.append(caller)
 
     async def run(count: int) -> None:
-        state["target"] += count
-        state["finished"].clear()
+        target[0] += count
+        finished.clear()
         for caller in callers:
             caller.send()
-        await asyncio.wait_for(state["finished"].wait(), 600)
+        await asyncio.wait_for(finished.wait(), 600)
 
     await run(warmup)
     measure.measure_start()
@@ -148,8 +134,8 @@ async def workload(engine: dict[str, Any], warmup: int, requests: int, connectio
         await run(requests)
     elapsed = loop.time() - started
     measure.measure_stop()
-    print(f"node from {sys.modules['node'].__file__}: {requests} requests, {state['errors']} errors, "
-          f"{received[0]} deliveries to the subscriber in {elapsed:.1f}s", file=sys.stderr)
+    print(f"node from {sys.modules['node'].__file__}: {requests} requests, {counts.errors} errors, "
+          f"{received[0]} deliveries to the subscriber in {elapsed:.1f}s ({counts.publications} answered in all)", file=sys.stderr)
     for caller in callers:
         assert caller.transport is not None
         caller.transport.close()
@@ -157,8 +143,8 @@ async def workload(engine: dict[str, Any], warmup: int, requests: int, connectio
     stop.set()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(server, 10)
-    if state["errors"]:
-        raise SystemExit(f"{state['errors']} requests failed")
+    if counts.errors:
+        raise SystemExit(f"{counts.errors} requests failed")
 
 
 def callgrind(tree: Path, engine: str, url: str, warmup: int, requests: int, connections: int) -> int:
