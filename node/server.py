@@ -7,6 +7,7 @@ address when ``http_server.internal_port`` is set (as in Centrifugo), else on th
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import uuid
@@ -180,6 +181,11 @@ async def serve(config: Config, stop: asyncio.Event, *, reuse_port: bool = False
         if config.uni_grpc.enabled:
             grpc_servers.append(await start_uni_grpc_server(apps.node, config.uni_grpc, reuse_port=reuse_port))
         heartbeat = start_heartbeat()  # a worker under supervisord tells it that its loop runs
+        # Everything built so far (modules, the node, the engine's clients) lives as long as the process: out of
+        # the collector's sight, a full collection only walks what came since. Under load the publications
+        # waiting for Redis's reply survive the youngest generation, and then full collections of the whole
+        # heap cost ~12% of a single publish's CPU (callgrind, loadtest.publish_instructions).
+        gc.freeze()
         await stop.wait()
         logger.info("shutting down")
     finally:
