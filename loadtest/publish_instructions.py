@@ -135,7 +135,8 @@ async def workload(engine: dict[str, Any], warmup: int, requests: int, connectio
     elapsed = loop.time() - started
     measure.measure_stop()
     print(f"node from {sys.modules['node'].__file__}: {requests} requests, {counts.errors} errors, "
-          f"{received[0]} deliveries to the subscriber in {elapsed:.1f}s ({counts.publications} answered in all)", file=sys.stderr)
+          f"{received[0]} deliveries to the subscriber in {elapsed:.1f}s ({counts.publications} answered in all)",
+          file=sys.stderr)
     for caller in callers:
         assert caller.transport is not None
         caller.transport.close()
