@@ -264,6 +264,30 @@ async def test_subscribe_and_publish_faults(server_factory: ServerFactory, py_fa
         assert await metric(srv, "centrifugo_proxy_call_outcomes_total", type="publish") >= 1
 
 
+async def test_a_backend_that_stalls_on_a_kept_alive_connection_gives_error_100(
+        server_factory: ServerFactory, py_factory: PyFactory) -> None:
+    """The common call reuses a kept-alive connection and is bounded by the pool's one timer (not a timer of its
+    own): a backend that answered and then stops answering gives error 100 and a ``timeout`` outcome."""
+    async with HttpBackend() as backend:
+        cfg = proxy_config(backend, timeout="1s")  # the calls that should succeed get time on a loaded machine
+        cfg["client"]["proxy"] = {}
+        srv = await server_factory(cfg)
+        py = await py_factory(srv)
+        channel = unique_channel("px:")
+        for i in range(3):  # the connection to the backend opened, then reused
+            await py.client.publish(channel, {"n": i})
+        backend.faults["publish"] = "slow"
+        for _ in range(2):  # and the timer goes on working after it fired once
+            with pytest.raises(centrifuge.ReplyError) as refused:
+                await py.client.publish(channel, {"x": 1})
+            assert refused.value.code == 100
+        assert await metric(srv, "centrifugo_proxy_call_outcomes_total", type="publish", outcome="timeout") == 2
+        assert await metric(srv, "centrifugo_proxy_call_outcomes_total", type="publish", outcome="ok") == 3
+        del backend.faults["publish"]
+        await py.client.publish(channel, {"n": 3})  # a new connection replaces the dropped one
+        assert [c.body["data"] for c in backend.of("publish")][-1] == {"n": 3}
+
+
 async def test_sub_refresh_proxy_prolongs_subscriptions(server_factory: ServerFactory,
                                                         py_factory: PyFactory) -> None:
     async with HttpBackend() as backend:
