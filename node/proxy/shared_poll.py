@@ -2,8 +2,8 @@
 (``channel.proxy.shared_poll_refresh``, or the named proxy of the namespace's ``shared_poll.proxy_name``).
 
 HTTP: POST ``{"channel", "items": [{"key"[, "version"]}]}``, answered ``{"result": {"items": [{"key", "data",
-"version", "removed"}], "epoch"}}`` or ``{"error": …}``. GRPC: ``CentrifugoProxy.SharedPollRefresh``. In-process
-(``Handlers.on_shared_poll_refresh``): the handler takes a ``SharedPollRefreshRequest`` and answers an
+"version", "removed", "prev_data"}], "epoch"}}`` or ``{"error": …}``. GRPC: ``CentrifugoProxy.SharedPollRefresh``.
+In-process (``Handlers.on_shared_poll_refresh``): the handler takes a ``SharedPollRefreshRequest`` and answers an
 ``Answer``. Versions are sent in versioned mode only, as Centrifugo does. A garbled answer is a failed call like
 a down backend: the refresh cycle is skipped and the next one tries again.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from node.proxy import types as pt
 from node.proxy.grpc import GrpcProxy
-from node.proxy.http import HttpProxy, payload
+from node.proxy.http import HttpProxy, payload, raw_json
 from node.proxy.manager import SHARED_POLL_REFRESH, Proxy
 from node.proxy.proto import proxy_pb2 as pb
 from node.proxy.python import PythonProxy
@@ -75,7 +75,8 @@ def _json_item(obj: Any) -> Item:
             or version < 0 or not isinstance(removed, bool):
         raise pt.ProxyCallError("bad_response", "an item needs a key, a version >= 0 and a boolean removed")
     data = payload(obj, "data")
-    return Item(key, data, version, removed)
+    # prev_data is raw JSON only, as in Centrifugo's proxy protocol (no b64 form).
+    return Item(key, data, version, removed, raw_json(obj, "prev_data"))
 
 
 async def _grpc(backend: GrpcProxy, req: SharedPollRefreshRequest) -> Answer:
@@ -83,5 +84,5 @@ async def _grpc(backend: GrpcProxy, req: SharedPollRefreshRequest) -> Answer:
         pb.SharedPollRefreshItem(key=k, version=v if req.versioned else 0) for k, v in req.items])
     resp = await backend._call(backend._client().SharedPollRefresh, _NO_CLIENT, msg)
     r = resp.result
-    return Answer([Item(it.key, None if it.removed or not it.data else it.data, it.version, it.removed)
-                   for it in r.items], r.epoch)
+    return Answer([Item(it.key, None if it.removed or not it.data else it.data, it.version, it.removed,
+                        it.prev_data or None) for it in r.items], r.epoch)

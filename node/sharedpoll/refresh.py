@@ -9,12 +9,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One key of the backend's answer. ``data`` None: unchanged (versioned mode) or a removal."""
+    """One key of the backend's answer. ``data`` None: unchanged (versioned mode) or a removal. ``prev_data``:
+    the data of the version the node holds, which the backend may add so that delta subscribers get a fossil
+    patch against it (centrifuge's ``SharedPollRefreshItem.PrevData``)."""
 
     key: str
     data: bytes | None = None
     version: int = 0
     removed: bool = False
+    prev_data: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

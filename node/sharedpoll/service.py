@@ -17,6 +17,10 @@ instead of at the next cycle. ``removed: true`` from the backend removes the key
 told so with centrifuge's removal publication (key and ``removed``, no data, no version). Tracks whose
 signature expired more than ``track_expired_extra_delay`` ago are dropped silently.
 
+Fossil delta (a subscribe's ``delta`` that the namespace's ``allowed_delta_types`` allows) is per key, as in
+centrifuge: a connection's first data of a key is full, later data a patch against the backend's ``prev_data``
+for the trackers that hold the version it belongs to; the patch is made once per update.
+
 Nothing here awaits between taking a track and queueing its reply, so no update of a key can overtake it.
 """
 
@@ -31,6 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from node.config import ChannelOptions
+from node.delta import fossil
 from node.errors import (
     DISCONNECT_BAD_REQUEST,
     ERROR_BAD_REQUEST,
@@ -59,6 +64,7 @@ logger = logging.getLogger(__name__)
 # A shared_poll_publish crosses the broker as a publication with these tags, on the channel's relay channel.
 TAG_KEY, TAG_VERSION, TAG_EPOCH = "sp_key", "sp_version", "sp_epoch"
 TYPE_TRACK: Final = 1
+_PLAIN, _FULL, _PATCH = 0, 1, 2  # a publication's form: raw payload; a delta subscriber's full one; a patch
 TYPE_UNTRACK: Final = 2
 MAX_KEY_LENGTH: Final = 1024
 
@@ -68,22 +74,25 @@ C = TypeVar("C", bound=PollClient)  # the node's connections
 
 
 class _Tracker:
-    """One connection's interest in one key: the version it was sent last (or said it holds)."""
+    """One connection's interest in one key: the version it was sent last (or said it holds), and whether it
+    holds that version's data, so that a fossil patch against it can be applied (delta subscriptions)."""
 
-    __slots__ = ("expire_at", "version")
+    __slots__ = ("delta_ready", "expire_at", "version")
 
     def __init__(self, version: int, expire_at: int) -> None:
         self.version = version
         self.expire_at = expire_at
+        self.delta_ready = False  # centrifuge's keyedKeyState.deltaReady: set by the first delivery to it
 
 
 class _Sub:
     """One connection's subscription to a shared poll channel."""
 
-    __slots__ = ("client", "keys", "min_expire")
+    __slots__ = ("client", "delta", "keys", "min_expire")
 
-    def __init__(self, client: PollClient) -> None:
+    def __init__(self, client: PollClient, delta: bool) -> None:
         self.client = client
+        self.delta = delta  # fossil delta negotiated: payloads per key as patches against the previous one
         self.keys: dict[str, _Tracker] = {}
         self.min_expire = 0  # the earliest signature expiry among keys (0: none expires)
 
@@ -189,7 +198,10 @@ class SharedPollService(Generic[C]):
         client.channels[channel] = ChannelState(opts=opts, server_side=False, expire_at=opts.expire_at, info=info)
         node.metrics.subscriptions.inc()
         ch = self._channel(channel, ns)
-        ch.subs[client.id] = _Sub(client)
+        # Delta as centrifuge negotiates it for a shared poll subscribe: asked for and among the namespace's
+        # allowed_delta_types, else simply not negotiated (no error for an unknown type, unlike streams).
+        delta = cmd.params.get("delta") == "fossil" and "fossil" in ns.allowed_delta_types
+        ch.subs[client.id] = _Sub(client, delta)
         if ch.opts.publish_enabled and not ch.observed:
             ch.observed = True
             try:
@@ -199,7 +211,8 @@ class SharedPollService(Generic[C]):
                 logger.warning("shared poll: %s not subscribed for shared_poll_publish (engine unavailable)",
                                channel)
         ttl = max(int(opts.expire_at - time.time()), 0) if opts.expire_at else None
-        client.enqueue(client.codec.reply(cmd.id, "subscribe", wire.subscribe_result(client.protocol, ch.epoch, ttl)))
+        client.enqueue(client.codec.reply(cmd.id, "subscribe",
+                                          wire.subscribe_result(client.protocol, ch.epoch, ttl, delta)))
         await node.after_subscribe(client, channel, opts)
         return None
 
@@ -297,8 +310,8 @@ class SharedPollService(Generic[C]):
         tracker = sub.keys.get(name)
         if tracker is None:
             tracker = sub.keys[name] = _Tracker(version, expire_at)
-        else:
-            tracker.version, tracker.expire_at = version, expire_at
+        else:  # a track replaces the key's state, as centrifuge's does: its next data comes in full
+            tracker.version, tracker.expire_at, tracker.delta_ready = version, expire_at, False
         if expire_at and (not sub.min_expire or expire_at < sub.min_expire):
             sub.min_expire = expire_at
         key = ch.keys.get(name)
@@ -427,6 +440,7 @@ class SharedPollService(Generic[C]):
                 continue
             if item.data is None:
                 continue  # unchanged (versioned mode may leave data out)
+            prev: tuple[int, bytes] | None = None
             if versionless and item.version == 0:
                 digest = hash(item.data)
                 if key.version == 0 or digest != key.digest:
@@ -435,11 +449,13 @@ class SharedPollService(Generic[C]):
                 elif not key.behind:
                     continue
             elif item.version > key.version:
+                if item.prev_data:  # the data of the version held so far: the base of delta subscribers' patches
+                    prev = (key.version, item.prev_data)
                 key.version = item.version
             elif item.version < key.version or not key.behind:
                 continue  # stale, or unchanged with every tracker up to date
             key.behind = False
-            self._deliver(ch, item.key, key, key.version, item.data)
+            self._deliver(ch, item.key, key, key.version, item.data, prev=prev)
 
     def _new_epoch(self, ch: _Channel, epoch: str) -> None:
         """The publisher restarted (versioned mode): versions held so far mean nothing. Subscribers are
@@ -454,12 +470,15 @@ class SharedPollService(Generic[C]):
             sub.client.insufficient_state(ch.name)
 
     def _deliver(self, ch: _Channel, name: str, key: _Key, version: int, data: bytes | None,
-                 epoch: str = "") -> None:
+                 epoch: str = "", prev: tuple[int, bytes] | None = None) -> None:
         """Push the key's data (None: its removal) to each tracker behind ``version``, encoded once per kind of
         connection. ``epoch`` is set for a shared_poll_publish only: centrifuge's publications of a refresh
-        carry none."""
-        frames: dict[tuple[str, bool, str], bytes] = {}
+        carry none. ``prev`` (version, data): the previous data the backend gave; a delta subscriber that got
+        data of the key before and holds exactly that version is sent a fossil patch against it, computed once,
+        when it is smaller than the data (centrifuge's keyedWritePublication); every other one the full data."""
+        frames: dict[tuple[str, bool, str, int], bytes] = {}
         json_ok: bool | None = None
+        patch: bytes | None = None  # b"": computed, not smaller than the data
         for sub in list(key.subs.values()):
             tracker = sub.keys.get(name)
             if tracker is None or (data is not None and tracker.version >= version):
@@ -470,13 +489,29 @@ class SharedPollService(Generic[C]):
                     json_ok = is_json(data)
                 if not json_ok:
                     continue  # binary data from a GRPC backend: a JSON connection cannot be sent it
+            form = _PLAIN
+            if sub.delta and data is not None:
+                form = _FULL
+                if prev is not None and tracker.delta_ready and tracker.version == prev[0]:
+                    if patch is None:
+                        patch = fossil.create(prev[1], data)
+                        patch = patch if len(patch) < len(data) else b""
+                    if patch:
+                        form = _PATCH
+                tracker.delta_ready = True
+            if form == _FULL and client.protocol == "protobuf":
+                form = _PLAIN  # bytes as they are: the same message as a non-delta subscriber's
             tracker.version = version
-            kind = (client.protocol, client.unidirectional, client.framing)
+            kind = (client.protocol, client.unidirectional, client.framing, form)
             frame = frames.get(kind)
             if frame is None:
                 out = client.codec
-                pub = (wire.removal(client.protocol, name) if data is None
-                       else wire.publication(client.protocol, name, version, data, epoch))
+                if data is None:
+                    pub = wire.removal(client.protocol, name)
+                elif form == _PATCH:
+                    pub = wire.publication(client.protocol, name, version, patch or b"", epoch, patch=True)
+                else:
+                    pub = wire.publication(client.protocol, name, version, data, epoch, as_string=form == _FULL)
                 frame = frames[kind] = client.frame(out.push(out.push_publication(ch.name, pub),
                                                              client.unidirectional))
             client.enqueue_framed(frame)

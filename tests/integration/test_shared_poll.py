@@ -52,19 +52,25 @@ def make_signature(secret: str, user: str, channel: str, keys: list[str], ttl: i
 
 
 class Store:
-    """The application's data: key -> (data, version). ``answer`` is the refresh proxy handler."""
+    """The application's data: key -> (data, version). ``answer`` is the refresh proxy handler. ``prev_data``:
+    a versioned answer also carries the data of the version the node asked with (the base of fossil deltas)."""
 
-    def __init__(self, *, versioned: bool = False, grpc: bool = False) -> None:
+    def __init__(self, *, versioned: bool = False, grpc: bool = False, prev_data: bool = False) -> None:
         self.items: dict[str, tuple[Any, int]] = {}
+        self.history: dict[tuple[str, int], Any] = {}  # (key, version) -> data
         self.removed: set[str] = set()
         self.versioned = versioned
         self.grpc = grpc
+        self.prev_data = prev_data
         self.sign_ttl = 3600
         self.epoch = ""
 
-    def set(self, key: str, data: Any) -> None:
+    def set(self, key: str, data: Any, version: int | None = None) -> None:
+        """``version``: the key's version from now on (a publisher that restarted counts from 1 again)."""
         old = self.items.get(key)
-        self.items[key] = (data, (old[1] if old else 0) + 1)
+        version = (old[1] if old else 0) + 1 if version is None else version
+        self.items[key] = (data, version)
+        self.history[(key, version)] = data
 
     def answer(self, body: dict[str, Any]) -> dict[str, Any]:
         out = []
@@ -75,9 +81,13 @@ class Store:
             elif key in self.items:
                 data, version = self.items[key]
                 entry: dict[str, Any] = {"key": key}
-                if not self.versioned or int(item.get("version", 0)) < version:  # unchanged data left out
+                asked = int(item.get("version", 0))
+                if not self.versioned or asked < version:  # unchanged data left out
                     raw_data = json.dumps(data)
                     entry["data"] = base64.b64encode(raw_data.encode()).decode() if self.grpc else data
+                    if self.prev_data and asked and (key, asked) in self.history:
+                        prev = self.history[(key, asked)]
+                        entry["prev_data"] = base64.b64encode(json.dumps(prev).encode()).decode() if self.grpc else prev
                 if self.versioned:
                     entry["version"] = version
                 out.append(entry)
@@ -126,10 +136,12 @@ def wire(backend: HttpBackend, store: Store) -> None:
 
 
 async def subscriber(server: ServerProcess, js_factory: JsFactory, backend: HttpBackend, channel: str,
-                     user: str = "alice", protocol: str = "json") -> JsClient:
+                     user: str = "alice", protocol: str = "json", delta: str | None = None) -> JsClient:
     js = await js_factory(server, {"protocol": protocol, "trace": protocol == "json"})
     await js.call("connect", token=server.token(user), wait=True)
-    await js.call("sp_subscribe", channel=channel, signUrl=backend.endpoint("sign"), signUser=user, wait=True)
+    extra = {} if delta is None else {"delta": delta}
+    await js.call("sp_subscribe", channel=channel, signUrl=backend.endpoint("sign"), signUser=user, wait=True,
+                  **extra)
     return js
 
 

@@ -59,12 +59,12 @@
 //             map_update {channel,key,data,removed,offset} | map_unsubscribed {channel,code,reason} |
 //             map_error {channel,type,error}   (subscribing events are the stream ones: subscribing)
 //   map_unsubscribe channel | map_publish channel key data [via: "sub"|"client"] | map_remove channel key [via]
-//   sp_subscribe channel [signUrl] [signUser] [token] [wait]   a shared poll subscription; getSignature POSTs
+//   sp_subscribe channel [signUrl] [signUser] [token] [delta: "fossil"] [wait]   a shared poll subscription; getSignature POSTs
 //             {channel, user: signUser, keys} to signUrl (the application backend) and returns its JSON. Events:
 //             sp_subscribed {channel} | sp_update {channel,key,data,version,removed} |
 //             sp_unsubscribed {channel,code,reason} | sp_error {channel,type,error}   (and subscribing)
 //   sp_track channel keys | sp_track channel items signature   | sp_untrack channel keys
-//   sp_unsubscribe channel | sp_tracked channel (-> the tracked keys)
+//   sp_unsubscribe channel | sp_tracked channel (-> the tracked keys) | sp_delta_stats channel (its deltaStats())
 //   map_delta_stats channel    the subscription's deltaStats() (numFullPayloads, numDeltaPayloads, bytes...)
 
 import { createInterface } from 'node:readline';
@@ -413,6 +413,7 @@ const ops = {
     if (sub === null) {
       const options = {};
       if (cmd.token !== undefined) options.token = cmd.token;
+      if (cmd.delta !== undefined) options.delta = cmd.delta;
       if (cmd.signUrl !== undefined) {
         options.getSignature = async (ctx) => {
           const resp = await fetch(cmd.signUrl, {
@@ -456,6 +457,11 @@ const ops = {
     const sub = getClient().getSharedPollSubscription(need(cmd, 'channel'));
     if (sub === null) throw new DriverError(`no shared poll subscription to ${cmd.channel}`);
     return [...sub.trackedKeys()].sort();
+  },
+  async sp_delta_stats(cmd) {
+    const sub = getClient().getSharedPollSubscription(need(cmd, 'channel'));
+    if (sub === null) throw new DriverError(`no shared poll subscription to ${cmd.channel}`);
+    return sub.deltaStats();
   },
   async map_delta_stats(cmd) {
     const sub = getClient().getMapSubscription(need(cmd, 'channel'));

@@ -14,6 +14,7 @@ from node.config_load import load
 from node.errors import ConfigError
 from node.protocol import client_pb2 as pb
 from node.protocol import proto
+from node.proxy.shared_poll import _json_item
 from node.sharedpoll import signature, wire
 from node.sharedpoll.options import SharedPollConfig, SharedPollOptions
 
@@ -120,3 +121,23 @@ def test_removal_and_publication_are_centrifuges_publication_fields() -> None:
     assert wire.removal("protobuf", "k") == b"\x5a\x01k\x60\x01"  # key = 11, removed = 12
     assert pb.Publication.FromString(wire.publication("protobuf", "k", 3, b"1", "e")) == \
         pb.Publication(data=b"1", key="k", epoch="e", version=3)
+
+
+def test_a_delta_subscribers_publications_and_the_negotiated_subscribe_result() -> None:
+    # client_keyed.go keyedWritePublication: on a JSON delta subscription the data is a JSON string (full) or a
+    # fossil patch as a JSON string with delta set; protobuf carries the bytes as they are.
+    assert wire.publication("json", "k", 3, b'{"a":1}', as_string=True) == \
+        b'{"data":"{\\"a\\":1}","key":"k","version":3}'
+    assert wire.publication("json", "k", 4, b"7\n3@0,4:1}];", patch=True) == \
+        b'{"data":"7\\n3@0,4:1}];","delta":true,"key":"k","version":4}'
+    assert pb.Publication.FromString(wire.publication("protobuf", "k", 4, b"p", patch=True)) == \
+        pb.Publication(data=b"p", delta=True, key="k", version=4)
+    assert json.loads(wire.subscribe_result("json", "e", None, delta=True)) == {"type": 4, "epoch": "e", "delta": True}
+    assert "delta" not in json.loads(wire.subscribe_result("json", "e", None))
+    assert pb.SubscribeResult.FromString(wire.subscribe_result("protobuf", "e", None, delta=True)).delta
+
+
+def test_a_refresh_answer_item_keeps_prev_data_as_raw_json() -> None:
+    item = _json_item({"key": "k", "data": {"v": 2}, "version": 2, "prev_data": {"v": 1}})
+    assert (item.data, item.prev_data) == (b'{"v":2}', b'{"v":1}')
+    assert _json_item({"key": "k", "data": {"v": 2}, "version": 2}).prev_data is None
