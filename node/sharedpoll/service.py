@@ -491,16 +491,15 @@ class SharedPollService(Generic[C]):
                     continue  # binary data from a GRPC backend: a JSON connection cannot be sent it
             form = _PLAIN
             if sub.delta and data is not None:
-                form = _FULL
                 if prev is not None and tracker.delta_ready and tracker.version == prev[0]:
                     if patch is None:
                         patch = fossil.create(prev[1], data)
                         patch = patch if len(patch) < len(data) else b""
                     if patch:
                         form = _PATCH
+                if form == _PLAIN and client.protocol == "json":
+                    form = _FULL  # protobuf's full data is the same message as a non-delta subscriber's
                 tracker.delta_ready = True
-            if form == _FULL and client.protocol == "protobuf":
-                form = _PLAIN  # bytes as they are: the same message as a non-delta subscriber's
             tracker.version = version
             kind = (client.protocol, client.unidirectional, client.framing, form)
             frame = frames.get(kind)
