@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -133,6 +134,15 @@ async def backend() -> AsyncIterator[HttpBackend]:
 def wire(backend: HttpBackend, store: Store) -> None:
     backend.answers[HOOK] = store.answer
     backend.answers["sign"] = store.sign
+
+
+@contextlib.asynccontextmanager
+async def grpc_refresh(backend: HttpBackend, store: Store) -> AsyncIterator[GrpcBackend]:
+    """A GRPC refresh proxy answering from ``store``; the HTTP ``backend`` still signs tracks."""
+    backend.answers["sign"] = store.sign
+    async with GrpcBackend() as grpc_backend:
+        grpc_backend.answers[HOOK] = store.answer
+        yield grpc_backend
 
 
 async def subscriber(server: ServerProcess, js_factory: JsFactory, backend: HttpBackend, channel: str,
@@ -284,10 +294,8 @@ async def test_versioned_mode_sends_versions_pushes_newer_ones_and_removals(
 async def test_grpc_refresh_proxy_named_in_the_namespace(server_factory: ServerFactory, js_factory: JsFactory,
                                                          backend: HttpBackend) -> None:
     store = Store(grpc=True)
-    backend.answers["sign"] = store.sign
     store.set("g1", {"price": 10})
-    async with GrpcBackend() as grpc_backend:
-        grpc_backend.answers[HOOK] = store.answer
+    async with grpc_refresh(backend, store) as grpc_backend:
         srv = await server_factory(config(grpc_backend.endpoint, grpc=True))
         ch = unique_channel("votes:")
         js = await subscriber(srv, js_factory, backend, ch, protocol="protobuf")

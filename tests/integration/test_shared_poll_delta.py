@@ -19,8 +19,19 @@ import pytest
 from centrifuge.fossil import apply_delta
 from harness import JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
 from jsclient import JsClient
-from proxy_backends import GrpcBackend, HttpBackend
-from test_shared_poll import HMAC_KEY, HOOK, Store, _RawPush, config, make_signature, subscriber, updates, wire
+from proxy_backends import HttpBackend
+from test_shared_poll import (
+    HMAC_KEY,
+    HOOK,
+    Store,
+    _RawPush,
+    config,
+    grpc_refresh,
+    make_signature,
+    subscriber,
+    updates,
+    wire,
+)
 
 # A value much larger than what changes in it, so a patch is worth sending.
 TEXT = "a long post body that does not change between polls; " * 6
@@ -163,10 +174,8 @@ async def test_the_wire_carries_one_fossil_patch_per_update_to_connections_that_
 async def test_prev_data_from_a_grpc_refresh_proxy(server_factory: ServerFactory, js_factory: JsFactory,
                                                    backend: HttpBackend) -> None:
     store = Store(versioned=True, prev_data=True, grpc=True)
-    backend.answers["sign"] = store.sign
     store.set("g", post("g", 0))
-    async with GrpcBackend() as grpc_backend:
-        grpc_backend.answers[HOOK] = store.answer
+    async with grpc_refresh(backend, store) as grpc_backend:
         srv = await server_factory(delta_config(grpc_backend.endpoint, grpc=True))
         ch = unique_channel("votes:")
         js = await subscriber(srv, js_factory, backend, ch, delta="fossil")
