@@ -2,7 +2,7 @@
 ``tagsFilter`` option, on stream and map subscriptions, memory engine and Redis Cluster: each subscriber gets
 only the publications whose tags match its filter, recovery and map state pages are filtered the same way,
 skipped offsets do not break a positioned subscription, and filters where none is allowed, or malformed, get
-107."""
+107. Delta with a tags filter: the SDK refuses the pair, and a raw client gets what centrifuge sends it."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ import base64
 import json
 from typing import Any
 
+import aiohttp
 import pytest
+from centrifuge.fossil import apply_delta
 from harness import JsFactory, ServerFactory, ServerProcess, unique_channel, wait_until
-from jsclient import JsClient
+from jsclient import JsCallError, JsClient
 
 FILTERS: dict[str, Any] = {
     "channel": {"namespaces": [
         {"name": "ticks", "allow_subscribe_for_client": True, "allow_tags_filter": True,
-         "history_size": 100, "history_ttl": "300s", "allow_recovery": True, "allow_positioning": True},
+         "history_size": 100, "history_ttl": "300s", "allow_recovery": True, "allow_positioning": True,
+         "allowed_delta_types": ["fossil"]},
         {"name": "stocks", "subscription_type": "map", "allow_subscribe_for_client": True,
          "allow_tags_filter": True, "map": {"mode": "persistent", "min_page_size": 1}},
         {"name": "chat", "allow_subscribe_for_client": True},
@@ -126,3 +129,82 @@ async def test_filters_where_not_allowed_or_malformed_get_107(server: ServerProc
     # The connection stays usable.
     ok = unique_channel("ticks:")
     await js.call("subscribe", channel=ok, tagsFilter=TECH, wait=True)
+
+
+# -- delta with a tags filter -------------------------------------------------------------------------------
+# Centrifugo documents the two as mutually exclusive, and centrifuge-js refuses the pair when the subscription is
+# made; centrifuge itself (client.go subscribe) takes it: a delta subscriber's live publications are not filtered
+# (its patches chain through every value), the publications recovered on subscribe are.
+
+
+async def test_the_sdk_refuses_delta_with_a_tags_filter(server: ServerProcess, js_factory: JsFactory) -> None:
+    js = await _client(server, js_factory)
+    ch = unique_channel("ticks:")
+    with pytest.raises(JsCallError) as refused:
+        await js.call("subscribe", channel=ch, tagsFilter=TECH, delta="fossil", recoverable=True)
+    assert "cannot use delta and tagsFilter together" in refused.value.message
+    assert not [e for e in js.events() if e.get("channel") == ch], "nothing was sent for that subscription"
+    # Either one alone is fine on the same connection.
+    await js.call("subscribe", channel=ch, tagsFilter=TECH, wait=True)
+    other = unique_channel("ticks:")
+    await js.call("subscribe", channel=other, delta="fossil", positioned=True, wait=True)
+
+
+class _Raw:
+    """A bare JSON protocol connection: what a client that does not use centrifuge-js may send."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.pending: list[dict[str, Any]] = []
+        self.next_id = 0
+
+    async def recv(self) -> dict[str, Any]:
+        while not self.pending:
+            msg = await self.ws.receive(5)
+            assert msg.type is aiohttp.WSMsgType.TEXT, msg
+            self.pending.extend(json.loads(line) for line in msg.data.split("\n") if line)
+        return self.pending.pop(0)
+
+    async def command(self, **cmd: Any) -> dict[str, Any]:
+        self.next_id += 1
+        await self.ws.send_str(json.dumps({"id": self.next_id, **cmd}))
+        while (msg := await self.recv()).get("id") != self.next_id:
+            self.pending.append(msg)  # a push that came first: keep it for pub()
+        return msg
+
+    async def pub(self) -> dict[str, Any]:
+        while not (msg := await self.recv()).get("push", {}).get("pub"):
+            pass
+        return msg["push"]["pub"]
+
+
+async def test_a_raw_delta_subscriber_gets_every_live_publication_and_filtered_recovery(
+        server: ServerProcess) -> None:
+    ch = unique_channel("ticks:")
+    sub = {"channel": ch, "tf": TECH, "delta": "fossil", "recoverable": True}
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(server.ws_url) as ws:
+            c = _Raw(ws)
+            await c.command(connect={"token": server.token("raw")})
+            result = (await c.command(subscribe=sub))["subscribe"]
+            assert result["delta"] is True and result["recoverable"] is True
+            value = b""
+            docs = [{"i": i, "sector": s, "pad": "x" * 200} for i, s in enumerate(["tech", "energy", "tech"])]
+            for doc in docs:
+                await server.api_result("publish", {"channel": ch, "data": doc, "delta": True,
+                                                    "tags": {"sector": doc["sector"]}})
+            for doc in docs:  # the energy one too, and each patch applies to the value before it
+                pub = await c.pub()
+                data = pub["data"].encode()
+                value = bytes(apply_delta(value, data)) if pub.get("delta") else data
+                assert json.loads(value) == doc
+            epoch = result["epoch"]
+        for i, sector in [(3, "energy"), (4, "tech"), (5, "energy")]:
+            await server.api_result("publish", {"channel": ch, "data": {"i": i}, "tags": {"sector": sector}})
+        async with session.ws_connect(server.ws_url) as ws:
+            c = _Raw(ws)
+            await c.command(connect={"token": server.token("raw")})
+            result = (await c.command(subscribe={**sub, "recover": True, "offset": 3, "epoch": epoch}))["subscribe"]
+    assert result["recovered"] is True and result["delta"] is True
+    # Recovered: only what the filter matches, each a full value (a JSON string, as for any delta subscriber).
+    assert [(p["offset"], json.loads(p["data"])) for p in result["publications"]] == [(5, {"i": 4})]

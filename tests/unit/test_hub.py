@@ -21,6 +21,7 @@ from node.models import ClientInfo, Publication, RequestInfo, StreamPosition, Su
 from node.protocol import client_pb2, proto
 from node.protocol.proto import split_delimited
 from node.server import build_node
+from node.tagsfilter import TagsFilter
 from node.writer import FLUSH_HOPS
 
 
@@ -442,3 +443,40 @@ async def test_a_transport_that_raises_is_closed_and_the_others_still_get_the_ro
     await tick()
     for _, t in (clients[0], clients[2]):
         assert [orjson.loads(m)["push"]["pub"]["data"]["n"] for m in t.messages] == [1, 2], "later flushes go on"
+
+
+async def test_a_delta_subscriber_with_a_tags_filter_gets_every_live_publication_as_centrifuge_sends_them() -> None:
+    """centrifuge skips a filtered publication only for a subscriber without delta (client.go writePublication:
+    ``wasFiltered && !deltaSub``): a delta subscriber's patches chain through every value, in either protocol."""
+    node = make_node()
+    tech = TagsFilter({"key": "sector", "cmp": "eq", "val": "tech"})
+    json_delta, jt = new_client(node)
+    pb_transport = ProtobufFake()
+    pb_delta = Client(node, pb_transport, RequestInfo(transport="fake"))  # type: ignore[arg-type]
+    filtered, ft = new_client(node)
+    for c, delta in ((json_delta, True), (pb_delta, True), (filtered, False)):
+        node.subscriptions.add("ch", c, positioned=True, delta=delta, tags_filter=tech)  # type: ignore[attr-defined]
+        node.hub.release("ch", c, StreamPosition(0, "e"))  # type: ignore[attr-defined]
+    docs = [b'{"n":%d,"pad":"%s"}' % (n, b"x" * 300) for n in range(3)]
+    for offset, (doc, sector) in enumerate(zip(docs, ["tech", "energy", "tech"], strict=True), start=1):
+        prev = docs[offset - 2] if offset > 1 else None
+        p = dataclasses.replace(pub(offset, doc, prev=prev), tags={"sector": sector})
+        node.hub.broadcast_publication("ch", p, StreamPosition(offset, "e"))  # type: ignore[attr-defined]
+    await tick()
+    assert [orjson.loads(m)["push"]["pub"]["offset"] for m in ft.messages] == [1, 3], "no delta: filtered"
+    json_pubs = [orjson.loads(m)["push"]["pub"] for m in jt.messages]
+    pb_pubs = []
+    for chunk in split_delimited(b"".join(pb_transport.writes)):
+        reply = client_pb2.Reply()
+        reply.ParseFromString(chunk)
+        pb_pubs.append(reply.push.pub)
+    for got in ([(p["offset"], p.get("delta", False), p["data"].encode()) for p in json_pubs],
+                [(p.offset, p.delta, p.data) for p in pb_pubs]):
+        assert [offset for offset, _, _ in got] == [1, 2, 3]
+        assert [delta for _, delta, _ in got] == [False, True, True]
+        value = b""
+        values = []
+        for _, delta, data in got:
+            value = bytes(apply_delta(value, data)) if delta else data
+            values.append(value)
+        assert values == docs
