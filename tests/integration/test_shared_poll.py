@@ -733,19 +733,21 @@ async def test_shared_poll_over_http_stream_and_sse_emulation(
         assert got.count(("m", 2, False)) == 1 and got.count(("n", 9, False)) == 1
 
 
-@pytest.mark.parametrize("kind", ["uni_sse", "uni_http_stream"])
+@pytest.mark.parametrize("kind", ["uni_sse", "uni_http_stream", "uni_websocket", "uni_grpc"])
 async def test_a_unidirectional_connection_gets_no_shared_poll_data(
         server_factory: ServerFactory, js_factory: JsFactory, backend: HttpBackend, kind: str) -> None:
     """Centrifugo has no shared poll for unidirectional transports: they send no commands after connect, so no
     subscribe of type 4 and no track. A channel of a shared poll namespace in the connect token is subscribed
-    like any server-side channel (centrifuge client.go connect: subscribeCmd without a type; Centrifugo's
-    connect handler checks no subscription_type), a stream subscription nothing is ever published to: the
-    publish API refuses a shared poll channel (api.go: 107), and tracked keys' data goes to trackers only."""
+    like any server-side channel (Centrifugo 6.8 internal/client/handler.go OnClientConnecting: SubscribeOptions
+    without a Type; centrifuge client.go connect), a stream subscription: tracked keys' data goes to trackers only
+    (centrifuge shared_poll.go: per-key broker channels), the publish API refuses the channel (api.go Publish:
+    107), and only the broadcast API, which checks no subscription type (api.go Broadcast), reaches it."""
     store = Store(versioned=True)
     wire(backend, store)
     store.set("u", {"v": 1})
     cfg = {**config(backend.endpoint(HOOK), mode="versioned"), "uni_sse": {"enabled": True},
-           "uni_http_stream": {"enabled": True}}
+           "uni_http_stream": {"enabled": True}, "uni_websocket": {"enabled": True},
+           "uni_grpc": {"enabled": True, "address": "127.0.0.1", "port": free_port()}}
     cfg["client"] = {"ping_interval": "1s", "pong_timeout": "500ms"}
     cfg["channel"]["namespaces"][0]["shared_poll"]["publish_enabled"] = True
     srv = await server_factory(cfg)
@@ -759,5 +761,12 @@ async def test_a_unidirectional_connection_gets_no_shared_poll_data(
         await srv.api_result("shared_poll_publish", {"channel": ch, "key": "u", "data": {"v": 2}, "version": 2})
         await wait_until(lambda: updates(js, "u")[-1:] == [{"v": 2}], what="the tracker's published data")
         assert (await srv.api("publish", {"channel": ch, "data": {"v": 3}}))["error"]["code"] == 107
-        # Two pings (a second apart) and nothing else: no shared poll push reached the stream.
+        assert (await srv.api_result("broadcast", {"channels": [ch], "data": {"v": 4}})) == {
+            "responses": [{"result": {}}]}
+        # Pings, then the broadcast: no shared poll push came before it.
+        while not (message := await anext(messages)):
+            pass
+        assert message == {"channel": ch, "pub": {"data": {"v": 4}}}
+        # Two pings (a second apart) and nothing else after it.
         assert [await anext(messages), await anext(messages)] == [{}, {}]
+        assert updates(js, "u") == [{"v": 1}, {"v": 2}], "the broadcast is not the tracker's data"

@@ -15,12 +15,15 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import grpc
 import pytest
+from google.protobuf import json_format
 from harness import ServerFactory, ServerProcess, unique_channel, wait_until
 from jsclient import JsClient
 
 from node.protocol import client_pb2 as pb
 from node.protocol.proto import split_delimited, varint
+from node.protocol.unistream_pb2_grpc import CentrifugoUniStreamStub
 
 GOOD_ORIGIN = "http://good.example"
 TRANSPORTS_CONFIG: dict[str, Any] = {
@@ -222,10 +225,44 @@ async def _lines(resp: aiohttp.ClientResponse, sse: bool) -> AsyncIterator[dict[
             yield json.loads(line)
 
 
+async def _ws_messages(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[dict[str, Any]]:
+    """The messages of a unidirectional WebSocket: JSON text frames (lines, if several share a frame)."""
+    while True:
+        msg = await ws.receive(timeout=15)
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            return
+        for line in msg.data.split("\n"):
+            if line:
+                yield json.loads(line)
+
+
+async def _grpc_messages(stream: Any) -> AsyncIterator[dict[str, Any]]:
+    """The pushes of a unidirectional GRPC stream as the JSON transports spell them: a publication's JSON
+    payload decoded, default fields left out (so a ping is ``{}``)."""
+    while (push := await asyncio.wait_for(stream.read(), 15)) is not grpc.aio.EOF:
+        message = json_format.MessageToDict(push, preserving_proto_field_name=True)
+        if "pub" in message and "data" in message["pub"]:
+            message["pub"]["data"] = json.loads(push.pub.data)
+        yield message
+
+
 @asynccontextmanager
 async def uni_stream(server: ServerProcess, kind: str, request: dict[str, Any]) -> AsyncIterator[
         AsyncIterator[dict[str, Any]]]:
+    """A unidirectional connection of ``kind`` (uni_sse, uni_http_stream, uni_websocket, uni_grpc) made with
+    the connect ``request``; yields its messages as JSON objects."""
+    if kind == "uni_grpc":
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.config['uni_grpc']['port']}") as channel:
+            stream = CentrifugoUniStreamStub(channel).Consume(json_format.ParseDict(request, pb.ConnectRequest()))
+            yield _grpc_messages(stream).__aiter__()
+            stream.cancel()
+        return
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        if kind == "uni_websocket":
+            async with session.ws_connect(f"ws://{server.host}:{server.port}/connection/uni_websocket") as ws:
+                await ws.send_str(json.dumps(request))
+                yield _ws_messages(ws).__aiter__()
+            return
         if kind == "uni_sse":
             url = f"{server.http_url}/connection/uni_sse?cf_connect={quote(json.dumps(request))}"
             ctx = session.get(url)
