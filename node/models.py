@@ -116,12 +116,15 @@ class PublishResult:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HistoryOptions:
-    """A history read. ``limit`` 0 returns only the top position, -1 returns everything kept."""
+    """A history read. ``limit`` 0 returns only the top position, -1 returns everything kept. A read starts a
+    stream that does not exist (a new epoch), unless ``create`` is false: then its position is (0, "") (honoured
+    by the memory broker, which the memory map store runs on)."""
 
     since: StreamPosition | None = None
     limit: int = 0
     reverse: bool = False
     history_meta_ttl: float = 0.0
+    create: bool = True
 
 
 @dataclass(frozen=True, slots=True)

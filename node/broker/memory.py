@@ -173,8 +173,9 @@ class MemoryBroker(Broker):
     async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult:
         now = time.monotonic()
         # Reading creates the stream so that a positioned subscriber gets a stable epoch (spec §4.1).
-        stream = self._stream(channel, now, create=True)
-        assert stream is not None
+        stream = self._stream(channel, now, create=opts.create)
+        if stream is None:
+            return HistoryResult((), StreamPosition(0, ""))
         stream.meta_expire_at = max(stream.meta_expire_at, now + self._meta_ttl(opts.history_meta_ttl))
         position = StreamPosition(stream.top, stream.epoch)
         if opts.limit == 0:

@@ -326,6 +326,8 @@ class PostgresMapBroker(Broker):
             await conn.execute(f"UPDATE {self.base}_map_meta SET removed_to = top WHERE channel = %s", (channel,))
 
     # --- map state (MapStore) ----------------------------------------------------------------------------
+    # A key past its TTL is listed, counted and touched until the cleanup round announces its removal
+    # (node/maps/store.py), as Centrifugo's reads do.
 
     async def _rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         async with self._conn() as conn:
@@ -334,18 +336,18 @@ class PostgresMapBroker(Broker):
     async def page(self, channel: str, cursor: str, limit: int) -> tuple[list[tuple[str, Entry]], str]:
         rows = await self._rows(
             f"SELECT key, data, stream_offset, info, tags FROM {self.base}_map_state WHERE channel = %s AND key > %s "
-            f"AND (expires_at IS NULL OR expires_at > now()) ORDER BY key LIMIT %s", (channel, cursor, limit + 1))
+            f"ORDER BY key LIMIT %s", (channel, cursor, limit + 1))
         more = len(rows) > limit
         out = [(key, Entry(bytes(data), int(offset), _info(info), tags)) for key, data, offset, info, tags
                in rows[:limit]]
         return out, (out[-1][0] if more and out else "")
 
     async def touch(self, channel: str, key: str, key_ttl: float) -> bool:
-        """Prolong a live key's TTL (map presence refreshes): no stream entry; False if it is not there."""
+        """Prolong a key's TTL (map presence refreshes): no stream entry; False if it is not there."""
         async with self._conn() as conn:
             cursor = await conn.execute(
                 f"UPDATE {self.base}_map_state SET expires_at = CASE WHEN %s > interval '0' THEN now() + %s END "
-                f"WHERE channel = %s AND key = %s AND (expires_at IS NULL OR expires_at > now())",
+                f"WHERE channel = %s AND key = %s",
                 (_interval(key_ttl), _interval(key_ttl), channel, key))
             return bool(cursor.rowcount > 0)
 
@@ -355,8 +357,7 @@ class PostgresMapBroker(Broker):
         return [(channel, key) for channel, key in rows]
 
     async def count(self, channel: str) -> int:
-        rows = await self._rows(f"SELECT count(*) FROM {self.base}_map_state WHERE channel = %s "
-                                f"AND (expires_at IS NULL OR expires_at > now())", (channel,))
+        rows = await self._rows(f"SELECT count(*) FROM {self.base}_map_state WHERE channel = %s", (channel,))
         return int(rows[0][0])
 
     async def clear(self, channel: str) -> None:

@@ -133,6 +133,7 @@ DECLARE
     v_key_expires TIMESTAMPTZ;
     v_key_offset BIGINT;
     v_found BOOLEAN;
+    v_live BOOLEAN;
     v_version BIGINT;
     v_version_epoch TEXT;
     v_prev_data BYTEA;
@@ -141,11 +142,20 @@ DECLARE
     v_seq BIGINT;
     v_settings {b}_map_settings%ROWTYPE;
 BEGIN
-    INSERT INTO {b}_map_meta AS m (channel, epoch, expires_at)
-        VALUES (p_channel, {b}_map_epoch(), now() + coalesce(p_meta_ttl, interval '720 hours'))
-        ON CONFLICT (channel) DO NOTHING;
+    -- A removal does not start a channel's stream: on a channel never written to it answers offset 0 and no
+    -- epoch (Centrifugo's remove does); any other change, even a refused one, starts it with a new epoch.
+    IF p_op NOT IN ('remove', 'expire') THEN
+        INSERT INTO {b}_map_meta AS m (channel, epoch, expires_at)
+            VALUES (p_channel, {b}_map_epoch(), now() + coalesce(p_meta_ttl, interval '720 hours'))
+            ON CONFLICT (channel) DO NOTHING;
+    END IF;
     SELECT m.epoch, m.top, m.expires_at INTO v_epoch, v_top, v_meta_expires
         FROM {b}_map_meta m WHERE m.channel = p_channel FOR UPDATE;
+    IF NOT FOUND THEN  -- a removal on a channel without a stream: no key can be there
+        RETURN QUERY SELECT NULL::BIGINT, 0::BIGINT, ''::TEXT, TRUE, 'key_not_found'::TEXT, NULL::BYTEA,
+                            NULL::BIGINT;
+        RETURN;
+    END IF;
     IF v_meta_expires <= now() THEN  -- the stream's meta expired: a new epoch starts from offset 0
         v_epoch := {b}_map_epoch();
         v_top := 0;
@@ -162,7 +172,11 @@ BEGIN
         SELECT TRUE, s.expires_at, s.version, s.version_epoch, s.data, s.tags, s.stream_offset
             INTO v_found, v_key_expires, v_version, v_version_epoch, v_prev_data, v_prev_tags, v_key_offset
             FROM {b}_map_state s WHERE s.channel = p_channel AND s.key = p_key FOR UPDATE;
-        v_found := coalesce(v_found, FALSE) AND (v_key_expires IS NULL OR v_key_expires > now() OR p_op = 'expire');
+        -- A key past its TTL is there until its removal is in the stream (the cleanup round's 'expire'): it
+        -- counts for versions, key modes, the expected position and delta bases, as Centrifugo's physical
+        -- existence check. Only a plain removal treats it as gone (as Centrifugo's remove).
+        v_found := coalesce(v_found, FALSE);
+        v_live := v_found AND (v_key_expires IS NULL OR v_key_expires > now());
         IF p_op = 'set' AND v_found AND p_version > 0 AND v_version > 0
                 AND p_version_epoch IN ('', v_version_epoch) AND p_version <= v_version THEN
             RETURN QUERY SELECT NULL::BIGINT, v_top, v_epoch, TRUE, 'version'::TEXT, NULL::BYTEA, NULL::BIGINT;
@@ -188,7 +202,7 @@ BEGIN
             RETURN QUERY SELECT NULL::BIGINT, v_top, v_epoch, TRUE, 'position_mismatch'::TEXT,
                                 CASE WHEN v_found THEN v_prev_data END, CASE WHEN v_found THEN v_key_offset END;
             RETURN;
-        ELSIF p_op = 'remove' AND NOT v_found THEN
+        ELSIF p_op = 'remove' AND NOT v_live THEN
             RETURN QUERY SELECT NULL::BIGINT, v_top, v_epoch, TRUE, 'key_not_found'::TEXT, NULL::BYTEA,
                                 NULL::BIGINT;
             RETURN;
@@ -206,7 +220,7 @@ BEGIN
         stream_expires_at = now() + coalesce(p_stream_ttl, interval '0')
         WHERE m.channel = p_channel;
     IF p_op = 'set' THEN
-        -- An unversioned write keeps the key's version; an expired entry's counts as gone.
+        -- An unversioned write keeps the key's version.
         INSERT INTO {b}_map_state AS s (channel, key, data, info, tags, stream_offset, expires_at, version,
                                         version_epoch)
             VALUES (p_channel, p_key, p_data, p_info, p_tags, v_top,
@@ -276,11 +290,27 @@ LANGUAGE sql STABLE AS $$
                     interval '1 minute')
 $$;
 
+-- An application's p_meta_ttl, refused (SQLSTATE P0001, raise_exception) unless the channel's meta outlives its
+-- keys, as Centrifugo's publish refuses it: not shorter than p_key_ttl, and none (permanent) for permanent keys.
+-- IMMUTABLE: it depends on its arguments only (raising is allowed).
+CREATE OR REPLACE FUNCTION {b}_map_meta_ttl(p_key_ttl INTERVAL, p_meta_ttl INTERVAL) RETURNS INTERVAL
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_meta_ttl IS NOT NULL AND p_key_ttl IS NULL THEN
+        RAISE EXCEPTION '{b}_map_publish: p_meta_ttl must be NULL (permanent) when p_key_ttl is NULL';
+    ELSIF p_meta_ttl < p_key_ttl THEN
+        RAISE EXCEPTION '{b}_map_publish: p_meta_ttl (%) is shorter than p_key_ttl (%)', p_meta_ttl, p_key_ttl;
+    END IF;
+    RETURN p_meta_ttl;
+END;
+$$;
+
 -- Centrifugo's functions for applications' own transactions: its names, arguments (in its order: PUBLISH_ARGS,
 -- REMOVE_ARGS) and result columns.
 CREATE OR REPLACE FUNCTION {b}_map_publish(
     {publish_args})
-{result} {b}_map_apply('set', p_channel, p_key, {to_bytes}, p_key_mode, p_key_ttl, p_meta_ttl,
+{result} {b}_map_apply('set', p_channel, p_key, {to_bytes}, p_key_mode, p_key_ttl,
+                       {b}_map_meta_ttl(p_key_ttl, p_meta_ttl),
                        {b}_map_stream_size(p_channel, p_stream_size), {b}_map_stream_ttl(p_channel, p_stream_ttl),
                        {b}_map_info(p_client_id, p_user_id, {conn_bytes}, {chan_bytes}), p_tags,
                        coalesce(p_key_version, 0), coalesce(p_key_version_epoch, ''), p_idempotency_key,

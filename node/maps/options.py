@@ -85,6 +85,13 @@ class MapOptions:
             raise ConfigError(f"{where}: map.client_key must be \"client_id\" or \"user_id\"")
         if self.stream_size < 0 or self.stream_ttl < 0 or self.key_ttl < 0 or self.meta_ttl < 0:
             raise ConfigError(f"{where}: map sizes and durations must not be negative")
+        # Centrifugo refuses these on every map operation (its channel options' check; the API answers internal
+        # error 100), so such a namespace could never be written to: refused here at load.
+        if self.meta_ttl > 0 and self.key_ttl <= 0:
+            raise ConfigError(f"{where}: map.meta_ttl must be 0 (permanent) when map.key_ttl is 0 (permanent keys)")
+        if 0 < self.meta_ttl < self.key_ttl:
+            raise ConfigError(f"{where}: map.meta_ttl must be >= map.key_ttl (the channel's meta must outlive its "
+                              "keys)")
         if not 0 < self.min_page_size <= self.max_page_size or self.default_page_size <= 0:
             raise ConfigError(f"{where}: map page sizes must be positive, min_page_size <= max_page_size")
         if self.client_key and (self.publish_proxy_enabled or self.remove_proxy_enabled):

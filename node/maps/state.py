@@ -4,7 +4,6 @@ channel's ordinary history stream in the engine's broker (publications carrying 
 from __future__ import annotations
 
 import bisect
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -78,25 +77,18 @@ class MemoryMapState:
         return len(self._channels.get(channel, ()))
 
     def page(self, channel: str, cursor: str, limit: int) -> tuple[list[tuple[str, Entry]], str]:
-        """Up to ``limit`` live entries after key ``cursor`` in key order, and the cursor of the next page ("" at
-        the end). Keys are the cursor, so a page is stable while others publish (a key set meanwhile is caught
-        up from the stream)."""
+        """Up to ``limit`` entries after key ``cursor`` in key order, and the cursor of the next page ("" at the
+        end). Keys are the cursor, so a page is stable while others publish (a key set meanwhile is caught up
+        from the stream). A key past its TTL is listed until the cleanup round announces its removal, as
+        Centrifugo's brokers list it: a subscriber's state and the stream stay consistent."""
         entries = self._channels.get(channel)
         if not entries:
             return [], ""
         keys = sorted(entries)
         start = bisect.bisect_right(keys, cursor) if cursor else 0
-        now = time.monotonic()
-        out: list[tuple[str, Entry]] = []
-        pos = start
-        while pos < len(keys) and len(out) < limit:
-            entry = entries[keys[pos]]
-            if not entry.expire_at or entry.expire_at > now:
-                out.append((keys[pos], entry))
-            pos += 1
-        if pos >= len(keys):
-            return out, ""
-        return out, keys[pos - 1] if pos > start else cursor
+        names = keys[start:start + limit]
+        more = start + limit < len(keys)
+        return [(k, entries[k]) for k in names], names[-1] if more and names else ""
 
     def expired(self, now: float, batch: int) -> list[tuple[str, str]]:
         """Up to ``batch`` expired (channel, key) pairs per channel; the caller removes and announces them."""

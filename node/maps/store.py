@@ -3,7 +3,12 @@ the Redis store (node/broker/redis_map.py) keeps it in Redis next to the channel
 change as a publication of the channel's stream (``key``/``removed`` set), so delivery is the node's own.
 
 A write that changes nothing (an idempotency key seen before, a key condition that does not hold, a remove of a
-key that is not there) is suppressed: nothing is stored or announced, and the result says why."""
+key that is not there) is suppressed: nothing is stored or announced, and the result says why.
+
+A key past its TTL stays until the cleanup round (``expired`` then ``remove(expired_only=True)``) announces its
+removal: until then it counts as there for key modes, versions, touches and state pages, as in Centrifugo's
+brokers (whose state and stream would otherwise disagree). A plain removal of it is the exception on PostgreSQL,
+where, as Centrifugo's, it answers key_not_found and leaves the removal to the cleanup round."""
 
 from __future__ import annotations
 
@@ -64,10 +69,12 @@ class MemoryMapStore:
             return None
         return dataclasses.replace(cached[0], suppressed=True, suppress_reason=SUPPRESSED_IDEMPOTENCY)
 
-    async def _unchanged(self, channel: str, opts: PublishOptions, reason: str) -> PublishResult:
-        """A suppressed write's result: the stream's current position (as Redis's, PostgreSQL's and
-        Centrifugo's) and why nothing changed."""
-        top = await self._history(channel, HistoryOptions(limit=0, history_meta_ttl=opts.history_meta_ttl))
+    async def _unchanged(self, channel: str, opts: PublishOptions, reason: str, *, create: bool) -> PublishResult:
+        """A suppressed write's result: the stream's current position and why nothing changed. On a channel
+        never written to, a refused publish starts its stream (a new epoch at offset 0) and a refused removal
+        does not (offset 0, no epoch), as Centrifugo's memory and PostgreSQL brokers answer."""
+        top = await self._history(channel, HistoryOptions(limit=0, history_meta_ttl=opts.history_meta_ttl,
+                                                          create=create))
         return PublishResult(top.position, suppressed=True, suppress_reason=reason)
 
     def _remember(self, channel: str, opts: PublishOptions, result: PublishResult) -> None:
@@ -84,7 +91,7 @@ class MemoryMapStore:
         current = self.state.get(channel, opts.key)
         reason = conditions.refusal(current)
         if reason:
-            return await self._unchanged(channel, opts, reason)
+            return await self._unchanged(channel, opts, reason, create=True)
         if opts.use_delta and current is not None:
             opts = dataclasses.replace(opts, key_base=current.data)
         result = await self._publish(channel, data, dataclasses.replace(opts, idempotency_key=""))
@@ -102,7 +109,7 @@ class MemoryMapStore:
             return seen
         entry = self.state.get(channel, opts.key)
         if entry is None or (expired_only and not (entry.expire_at and entry.expire_at <= time.monotonic())):
-            return await self._unchanged(channel, opts, SUPPRESSED_KEY_NOT_FOUND)
+            return await self._unchanged(channel, opts, SUPPRESSED_KEY_NOT_FOUND, create=False)
         self.state.remove(channel, opts.key)
         # The removal carries the entry's tags (as Centrifugo's does), so tags-filtered subscribers see it.
         tags = entry.tags if opts.tags is None else opts.tags
@@ -111,8 +118,9 @@ class MemoryMapStore:
         return result
 
     async def touch(self, channel: str, key: str, key_ttl: float) -> bool:
+        # A key past its TTL whose removal is not announced yet is still there (see the module's docstring).
         entry, now = self.state.get(channel, key), time.monotonic()
-        if entry is None or (entry.expire_at and entry.expire_at <= now):
+        if entry is None:
             return False
         self.state.set(channel, key, dataclasses.replace(entry, expire_at=now + key_ttl if key_ttl > 0 else 0.0))
         return True

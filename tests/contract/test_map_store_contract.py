@@ -308,3 +308,47 @@ async def test_a_removal_carries_the_entrys_tags(node: Node) -> None:
     await wait_until(lambda: len([1 for c, _, _ in node.recorder.publications if c == ch]) >= 2)
     assert [(p.removed, p.tags) for c, p, _ in node.recorder.publications if c == ch] == [
         (False, {"team": "eng"}), (True, {"team": "eng"})]
+
+
+async def test_a_refused_write_on_a_new_channel_starts_its_stream_and_a_refused_removal_does_not(node: Node) -> None:
+    """As Centrifugo's brokers: a refused publish on a channel never written to creates its stream meta (a new
+    epoch at offset 0, which the next write continues); its memory and PostgreSQL brokers answer a refused
+    removal there with offset 0 and no epoch, creating nothing."""
+    ch = "m:" + uuid.uuid4().hex
+    refused = await node.store.set(ch, b'"a"', keyed("k"), 0, Conditions(key_mode="if_exists"))
+    assert (refused.suppressed, refused.suppress_reason, refused.position.offset) == (True, "key_not_found", 0)
+    assert refused.position.epoch, "a refused publish starts the stream: a new epoch"
+    written = await node.store.set(ch, b'"a"', keyed("k"), 0)
+    assert written.position == StreamPosition(1, refused.position.epoch)
+    other = "m:" + uuid.uuid4().hex
+    for expired_only in (False, True):
+        removal = await node.store.remove(other, keyed("k", removed=True), expired_only=expired_only)
+        assert (removal.suppressed, removal.suppress_reason, removal.position) == \
+            (True, "key_not_found", StreamPosition(0, "")), expired_only
+
+
+async def test_a_key_past_its_ttl_is_there_until_its_removal_is_announced(node: Node) -> None:
+    """Until the cleanup round announces its removal, an expired key is still there (Centrifugo's memory, Redis
+    and PostgreSQL brokers check physical existence): key modes and versions see it, state pages list it, and a
+    touch keeps it (no removal announced)."""
+    ch = "m:" + uuid.uuid4().hex
+    await node.broker.subscribe(ch)
+    await node.store.set(ch, b'"a"', keyed("k"), 0.2, Conditions(version=5))
+
+    async def expired() -> bool:
+        return (ch, "k") in await node.store.expired(100)
+
+    await wait_until(expired, timeout=5, what="the key past its TTL")
+    taken = await node.store.set(ch, b'"b"', keyed("k"), 60, Conditions(key_mode="if_new"))
+    stale = await node.store.set(ch, b'"b"', keyed("k"), 60, Conditions(version=5))
+    assert [(r.suppressed, r.suppress_reason) for r in (taken, stale)] == [(True, "key_exists"), (True, "version")]
+    assert [(k, e.data) for k, e in (await node.store.page(ch, "", 10))[0]] == [("k", b'"a"')]
+    assert await node.store.count(ch) == 1
+    assert await node.store.touch(ch, "k", 60)
+    assert (ch, "k") not in await node.store.expired(100)
+    assert (await node.store.remove(ch, keyed("k", removed=True), expired_only=True)).suppressed
+    updated = await node.store.set(ch, b'"c"', keyed("k"), 60, Conditions(key_mode="if_exists"))
+    assert not updated.suppressed
+    await wait_until(lambda: len([1 for c, _, _ in node.recorder.publications if c == ch]) >= 2)
+    assert [(p.data, p.removed) for c, p, _ in node.recorder.publications if c == ch] == [
+        (b'"a"', False), (b'"c"', False)]

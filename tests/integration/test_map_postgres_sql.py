@@ -153,6 +153,23 @@ async def test_if_new_keepalive_refreshes_the_key_ttl(pg: tuple[str, PostgresMap
     assert key_left > timedelta(minutes=30) and meta_left > timedelta(hours=12) and data == b'"a"'
 
 
+async def test_publish_refuses_a_meta_ttl_that_keys_outlive(pg: tuple[str, PostgresMapBroker, Deliveries]) -> None:
+    """As Centrifugo's cf_map_publish: an exception (SQLSTATE P0001) when p_meta_ttl is shorter than p_key_ttl,
+    or set for permanent keys (no p_key_ttl); nothing is written."""
+    prefix, _, _ = pg
+    ch = "m:" + uuid.uuid4().hex
+    minute, hour = timedelta(minutes=1), timedelta(hours=1)
+    for fn, named in [("publish", {"key_ttl": hour, "meta_ttl": minute}), ("publish", {"meta_ttl": hour}),
+                      ("publish_strict", {"key_ttl": hour, "meta_ttl": minute})]:
+        with pytest.raises(psycopg.errors.RaiseException):
+            _call(prefix, fn, ch, "k", '"a"', **named)
+    with psycopg.connect(LOCAL_PG) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {prefix}_map_meta WHERE channel = %s".encode(), (ch,)).fetchone()
+    assert row == (0,), "a refused call writes nothing"
+    assert _reason(_call(prefix, "publish", ch, "k", '"a"', key_ttl=hour, meta_ttl=hour)) == "ok"
+    assert _reason(_call(prefix, "publish", ch, "j", '"a"', key_ttl=minute)) == "ok", "no meta_ttl: the default"
+
+
 OLD_FUNCTIONS = """
 CREATE FUNCTION {b}_map_apply(TEXT, TEXT, TEXT, BYTEA, TEXT, INTERVAL, INTERVAL, INTEGER, INTERVAL, BYTEA, JSONB,
     BIGINT, TEXT, TEXT, INTERVAL, BOOLEAN)

@@ -1,5 +1,6 @@
 """Config checks of map presence and the namespace options next to it, as Centrifugo makes them at load:
-prefixes lead to a namespace of the matching presence type, presence maps need a key TTL."""
+prefixes lead to a namespace of the matching presence type, presence maps need a key TTL, a map's meta TTL is
+not shorter than its key TTL."""
 
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ def test_the_documented_presence_example_loads(tmp_path: Path) -> None:
     (({**CLIENTS, "map": {"mode": "persistent"}},), "not allowed with subscription_type 'map_clients'"),
     (({**USERS, "map": {"mode": "recoverable"}},), "key_ttl is required"),
     (({"name": "chat", "client_publish_debounce_interval": "-1s"},), "must not be negative"),
+    (({**USERS, "map": {"mode": "ephemeral", "key_ttl": "60s", "meta_ttl": "30s"}},),
+     "meta_ttl must be >= map.key_ttl"),
+    (({"name": "kept", "subscription_type": "map", "map": {"mode": "persistent", "meta_ttl": "1h"}},),
+     "meta_ttl must be 0"),
     (({"name": "cur", "subscription_type": "map", "map": {"mode": "ephemeral", "key_ttl": "9s",
                                                           "client_key": "client_id", "publish_proxy_enabled": True}},),
      "client_key is not compatible"),

@@ -37,11 +37,12 @@ def _load(data: dict[str, Any]) -> Config:
     return load_data(data).config
 
 
-def test_pages_walk_every_live_key_once_in_key_order() -> None:
+def test_pages_walk_every_key_once_in_key_order() -> None:
     state = MemoryMapState()
     for i in range(23):
         state.set("c", f"k{i:02d}", Entry(b"{}", i + 1))
-    state.set("c", "k05", Entry(b"{}", 99, expire_at=time.monotonic() - 1))  # expired: skipped
+    # Past its TTL, but listed until the expiry round announces its removal (as Centrifugo's brokers list it).
+    state.set("c", "k05", Entry(b"{}", 99, expire_at=time.monotonic() - 1))
     seen: list[str] = []
     cursor = ""
     while True:
@@ -49,7 +50,7 @@ def test_pages_walk_every_live_key_once_in_key_order() -> None:
         seen.extend(k for k, _ in page)
         if not cursor:
             break
-    assert seen == [f"k{i:02d}" for i in range(23) if i != 5]
+    assert seen == [f"k{i:02d}" for i in range(23)]
     assert state.expired(time.monotonic(), 10) == [("c", "k05")]
     assert state.remove("c", "k05") and not state.remove("c", "k05")
 

@@ -8,8 +8,18 @@
 --       0 = never), 13 now (unix ms), 14 "1" to attach the key's previous value (its fossil delta base),
 --       15 key mode ("", "if_new", "if_exists"), 16 version (0 = none), 17 version epoch.
 -- A write that changes nothing returns the stream's position and Centrifugo's suppress reason, announcing nothing.
+-- On a channel never written to, a refused set starts the stream's meta (a new epoch at offset 0, as Centrifugo's
+-- brokers do); a refused removal leaves it absent and answers offset 0 with no epoch (as Centrifugo's memory and
+-- PostgreSQL brokers do).
 local function unchanged(reason)
   local meta = redis.call('hmget', KEYS[2], 's', 'e')
+  if not meta[2] and ARGV[10] == 'set' then
+    meta[2] = ARGV[5]
+    redis.call('hset', KEYS[2], 'e', meta[2])
+    if tonumber(ARGV[4]) > 0 then
+      redis.call('expire', KEYS[2], tonumber(ARGV[4]))
+    end
+  end
   return {tonumber(meta[1]) or 0, meta[2] or '', reason}
 end
 local exists = redis.call('hexists', KEYS[4], ARGV[11]) == 1
