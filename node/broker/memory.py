@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -81,7 +82,8 @@ class MemoryBroker(Broker):
         return stream
 
     def _meta_ttl(self, ttl: float) -> float:
-        return ttl if ttl > 0 else self._default_meta_ttl
+        # A negative TTL is a permanent meta (a persistent map's, node/maps/options.py PERMANENT).
+        return ttl if ttl > 0 else math.inf if ttl < 0 else self._default_meta_ttl
 
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
         return self._publish(channel, data, opts)

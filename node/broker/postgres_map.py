@@ -105,7 +105,8 @@ class PostgresMapBroker(Broker):
             f"CROSS JOIN LATERAL (SELECT * FROM {b}_map_stream t WHERE t.shard = c.shard AND t.seq > c.last "
             f"ORDER BY t.seq LIMIT %s) s ORDER BY s.shard, s.seq")
         self._meta_sql = (
-            f"INSERT INTO {b}_map_meta AS m (channel, epoch, expires_at) VALUES (%s, {b}_map_epoch(), now() + %s) "
+            f"INSERT INTO {b}_map_meta AS m (channel, epoch, expires_at) VALUES (%s, {b}_map_epoch(), "
+            f"coalesce(now() + %s::INTERVAL, 'infinity')) "
             f"ON CONFLICT (channel) DO UPDATE SET "
             f"epoch = CASE WHEN m.expires_at <= now() THEN EXCLUDED.epoch ELSE m.epoch END, "
             f"top = CASE WHEN m.expires_at <= now() THEN 0 ELSE m.top END, "
@@ -294,7 +295,7 @@ class PostgresMapBroker(Broker):
     # --- reads -------------------------------------------------------------------------------------------
 
     async def history(self, channel: str, opts: models.HistoryOptions) -> models.HistoryResult:
-        meta_ttl = timedelta(seconds=opts.history_meta_ttl or self._default_meta_ttl)
+        meta_ttl = _interval(opts.history_meta_ttl or self._default_meta_ttl)  # None (negative): permanent
         async with self._conn() as conn:
             row = await (await conn.execute(self._meta_sql, (channel, meta_ttl))).fetchone()
             assert row is not None

@@ -146,7 +146,8 @@ BEGIN
     -- epoch (Centrifugo's remove does); any other change, even a refused one, starts it with a new epoch.
     IF p_op NOT IN ('remove', 'expire') THEN
         INSERT INTO {b}_map_meta AS m (channel, epoch, expires_at)
-            VALUES (p_channel, {b}_map_epoch(), now() + coalesce(p_meta_ttl, interval '720 hours'))
+            -- No p_meta_ttl: a permanent meta, as Centrifugo's NULL p_meta_ttl (its persistent maps).
+            VALUES (p_channel, {b}_map_epoch(), coalesce(now() + p_meta_ttl, 'infinity'))
             ON CONFLICT (channel) DO NOTHING;
     END IF;
     SELECT m.epoch, m.top, m.expires_at INTO v_epoch, v_top, v_meta_expires
@@ -215,7 +216,9 @@ BEGIN
     v_top := v_top + 1;
     UPDATE {b}_map_meta m SET removed_to = CASE WHEN m.epoch = v_epoch THEN m.removed_to ELSE 0 END,
         epoch = v_epoch, top = v_top,
-        expires_at = now() + coalesce(p_meta_ttl, interval '720 hours'),
+        -- No p_meta_ttl (Centrifugo's NULL): the meta keeps its expiry, permanent for a channel it starts anew.
+        expires_at = coalesce(now() + p_meta_ttl, CASE WHEN m.expires_at > now() THEN m.expires_at END,
+                              'infinity'),
         stream_size = coalesce(p_stream_size, 0), stream_ttl = p_stream_ttl,
         stream_expires_at = now() + coalesce(p_stream_ttl, interval '0')
         WHERE m.channel = p_channel;

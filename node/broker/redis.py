@@ -175,7 +175,8 @@ class RedisBroker(Broker):
     # --- publishing --------------------------------------------------------------------------------------
 
     def _meta_ttl(self, ttl: float) -> int:
-        return int(ttl if ttl > 0 else self._default_meta_ttl)
+        # A negative TTL is a permanent meta (a persistent map's): 0 tells the scripts to set no expiry.
+        return int(ttl if ttl > 0 else 0 if ttl < 0 else self._default_meta_ttl)
 
     def _channel_keys(self, channel: str) -> _ChannelKeys:
         """A channel's publish keys and their encoding, built once: most publishers reuse few channels."""

@@ -50,7 +50,7 @@ class RedisMapStore:
         body = wire.encode_body(data, opts.client_info, opts.tags, now_ms, opts.key, opts.removed)
         result_ttl = max(int(opts.idempotent_result_ttl), 1) if opts.idempotency_key else 0
         args = [self._broker.keys.client_channel(channel), opts.history_size, max(int(opts.history_ttl), 1),
-                int(opts.history_meta_ttl), new_epoch(), shard.publish_command, result_ttl, b"0", body,
+                max(int(opts.history_meta_ttl), 0), new_epoch(), shard.publish_command, result_ttl, b"0", body,
                 op, opts.key, expire_at_ms, now_ms, b"1" if opts.use_delta else b"0", conditions.key_mode,
                 conditions.version, conditions.version_epoch]
         top, epoch, suppressed = await shard.script("map_publish", self._keys(channel, opts.idempotency_key), args)

@@ -19,7 +19,9 @@ MODES: Final = ("ephemeral", "recoverable", "durable", "persistent")
 # for clients, but Fugato still keeps a short one internally to hand a subscriber over from state to live.
 DEFAULT_STREAM_SIZE: Final = 100
 DEFAULT_STREAM_TTL: Final = 60.0
-DEFAULT_META_TTL: Final = 720 * 3600.0
+# A meta TTL that never runs out (the brokers keep the channel's epoch and top for good): Centrifugo's default for
+# persistent maps, whose keys never expire either.
+PERMANENT: Final = -1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,38 +66,65 @@ class MapOptions:
 
     @property
     def effective_meta_ttl(self) -> float:
-        return self.meta_ttl or DEFAULT_META_TTL
+        """Centrifugo's derivation (centrifuge map_broker.go, ResolveAndValidateMapChannelOptions): an unset
+        meta_ttl is ten stream TTLs, at least key_ttl, for maps whose keys expire, and permanent otherwise."""
+        if self.meta_ttl > 0:
+            return self.meta_ttl
+        if self.mode == "persistent":
+            return PERMANENT
+        return max(self.effective_stream_ttl * 10, self.key_ttl)
+
+    def run_time_error(self) -> str:
+        """Why Centrifugo fails every operation on this map (internal error 100) although its config loaded: the
+        channel option checks it makes per operation, not at load (centrifuge ResolveAndValidateMapChannelOptions).
+        Empty when the options are usable."""
+        if self.mode == "ephemeral" or self.meta_ttl <= 0:
+            return ""
+        if self.key_ttl <= 0:
+            return "map.meta_ttl must be 0 (permanent) when map.key_ttl is 0 (permanent keys)"
+        if self.meta_ttl < self.key_ttl:
+            return "map.meta_ttl must be >= map.key_ttl (metadata must outlive keys)"
+        return ""
 
     def validate(self, where: str, subscription_type: str) -> None:
+        """Centrifugo's load-time checks of a namespace's map options (internal/config/validate.go); the rest of
+        its checks fail operations at run time instead (run_time_error)."""
         if subscription_type not in SUBSCRIPTION_TYPES:
             raise ConfigError(f"{where}: unknown subscription_type {subscription_type!r}")
-        if subscription_type in ("stream", "shared_poll"):
-            return
+        is_map = subscription_type in MAP_SUBSCRIPTION_TYPES
+        if self.remove_client_on_unsubscribe and not is_map:
+            raise ConfigError(f"{where}: map.remove_client_on_unsubscribe requires subscription_type to be a map "
+                              "type")
+        if not is_map and not self.mode:
+            return  # Centrifugo checks a map section's mode and TTLs wherever it is set, map type or not
         if self.mode not in MODES:
             raise ConfigError(f"{where}: map.mode must be one of {', '.join(MODES)} for subscription_type "
                               f"{subscription_type!r}")
         if self.mode in ("ephemeral", "recoverable", "durable") and self.key_ttl <= 0:
             raise ConfigError(f"{where}: map.key_ttl is required for {self.mode} mode")
+        if self.mode == "persistent" and self.key_ttl != 0:
+            raise ConfigError(f"{where}: map.key_ttl must not be set when map.mode is \"persistent\" (entries don't "
+                              "expire)")
         if self.mode == "persistent" and subscription_type in PRESENCE_TYPES:
             # Presence entries are cleaned up by their TTL when a remove fails (map_users: only by it).
             raise ConfigError(f"{where}: map.mode \"persistent\" is not allowed with subscription_type "
                               f"{subscription_type!r} (presence entries need a key_ttl: use \"ephemeral\" or "
                               "\"recoverable\")")
+        if self.mode == "ephemeral":
+            # No stream for clients: nothing of one to size or keep.
+            for name in ("stream_size", "stream_ttl", "meta_ttl"):
+                if getattr(self, name) != 0:
+                    raise ConfigError(f"{where}: map.{name} must be 0 for map.mode \"ephemeral\"")
+        if self.stream_size < 0 or self.stream_ttl < 0 or self.meta_ttl < 0:
+            raise ConfigError(f"{where}: map sizes and durations must not be negative")
+        if 0 < self.meta_ttl < self.effective_stream_ttl:
+            raise ConfigError(f"{where}: map.meta_ttl ({self.meta_ttl:g}s) must be >= map.stream_ttl "
+                              f"({self.effective_stream_ttl:g}s) (metadata must outlive stream)")
         if self.client_key not in ("", "client_id", "user_id"):
             raise ConfigError(f"{where}: map.client_key must be \"client_id\" or \"user_id\"")
-        if self.stream_size < 0 or self.stream_ttl < 0 or self.key_ttl < 0 or self.meta_ttl < 0:
-            raise ConfigError(f"{where}: map sizes and durations must not be negative")
-        # Centrifugo refuses these on every map operation (its channel options' check; the API answers internal
-        # error 100), so such a namespace could never be written to: refused here at load.
-        if self.meta_ttl > 0 and self.key_ttl <= 0:
-            raise ConfigError(f"{where}: map.meta_ttl must be 0 (permanent) when map.key_ttl is 0 (permanent keys)")
-        if 0 < self.meta_ttl < self.key_ttl:
-            raise ConfigError(f"{where}: map.meta_ttl must be >= map.key_ttl (the channel's meta must outlive its "
-                              "keys)")
         if not 0 < self.min_page_size <= self.max_page_size or self.default_page_size <= 0:
             raise ConfigError(f"{where}: map page sizes must be positive, min_page_size <= max_page_size")
         if self.client_key and (self.publish_proxy_enabled or self.remove_proxy_enabled):
             # Two ways of keying a client's writes: the proxy, when enabled, is the one (Centrifugo refuses both).
             raise ConfigError(f"{where}: map.client_key is not compatible with map.publish_proxy_enabled / "
                               "map.remove_proxy_enabled (the proxy picks the key: return it as result.key)")
-

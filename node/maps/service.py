@@ -92,6 +92,11 @@ class MapService(Generic[C_contra]):
         ns = self._node.policy.namespace(channel)
         if ns.subscription_type not in MAP_SUBSCRIPTION_TYPES:
             raise ReplyError(ERROR_BAD_REQUEST)
+        error = ns.map.run_time_error()
+        if error:
+            # Centrifugo loads such a config and fails each operation on the map in its broker (internal error).
+            logger.error("map channel %s: %s", channel, error)
+            raise ReplyError(ERROR_INTERNAL)
         return ns
 
     @staticmethod
