@@ -2,17 +2,22 @@
 with the committed stubs), as Centrifugo 6.8's internal/api/api.go answers them: ``publish`` (alone or in a
 batch) is stream-only, 107 for a map or shared poll namespace; ``broadcast`` checks no subscription type, so
 each such channel gets its publish result in the broadcast reply, and the publication goes to the channel's
-subscribers like any other (centrifuge's memory broker hands it to the hub, where map subscribers are)."""
+subscribers like any other (centrifuge's memory broker hands it to the hub, where map subscribers are). On
+Redis, centrifuge's Redis broker and Redis map broker name a channel's PUB/SUB channel alike (prefix + ".client."
++ channel, both with Centrifugo's default prefix), so a broadcast published on one node reaches the map
+subscribers of every node through Redis."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from harness import JsFactory, ServerFactory, ServerProcess, free_port, unique_channel, wait_until
+from redis_servers import RedisStandalone
 
 from node.api.proto import api_pb2 as pb
 from node.api.proto.api_pb2_grpc import CentrifugoApiStub
@@ -109,3 +114,34 @@ async def test_publish_is_stream_only_and_broadcast_answers_per_channel(
     assert (await server.api_result("map_publish", {"channel": board, "key": "k", "data": {"n": 4}}))["offset"] == 2
     await wait_until(lambda: [e["data"] for e in js.events("map_update")] == [{"n": 1}, {"n": 3}, {"n": 4}],
                      what="the map's next write after the broadcast")
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    redis = RedisStandalone(tmp_path / "redis").start()
+    yield redis.url
+    redis.stop()
+
+
+async def test_broadcast_reaches_map_subscribers_of_another_node_over_redis(
+        redis_url: str, server_factory: ServerFactory, js_factory: JsFactory, redis_prefix: str) -> None:
+    redis = {"address": redis_url, "prefix": redis_prefix}
+    config: dict[str, Any] = {
+        "engine": {"type": "redis", "redis": redis}, "map_broker": {"type": "redis", "redis": redis},
+        "channel": {"namespaces": [
+            {"name": "board", "subscription_type": "map", "allow_subscribe_for_client": True,
+             "map": {"mode": "recoverable", "key_ttl": "60s"}}]}}
+    a = await server_factory(config, name="node-a")
+    b = await server_factory(config, name="node-b")
+    board = unique_channel("board:")
+    js = await js_factory(b, {"protocol": "json"})
+    await js.call("connect", token=b.token("alice"), wait=True)
+    await js.call("map_subscribe", channel=board, wait=True)
+    assert (await a.api_result("map_publish", {"channel": board, "key": "k", "data": {"n": 1}}))["offset"] == 1
+    body = await a.api_result("broadcast", {"channels": [board], "data": {"n": 2}})
+    assert body["responses"] == [{"result": {}}], body
+    seen = await js.wait("map_update", channel=board, key="")
+    assert seen["data"] == {"n": 2} and "offset" not in seen
+    assert (await a.api_result("map_publish", {"channel": board, "key": "k", "data": {"n": 3}}))["offset"] == 2
+    await wait_until(lambda: [e["data"] for e in js.events("map_update")] == [{"n": 1}, {"n": 2}, {"n": 3}],
+                     what="the map's next write after the broadcast, in order")

@@ -19,7 +19,8 @@ from test_map_postgres import Deliveries
 
 from node.broker.postgres_map import PostgresMapBroker
 from node.maps.broker_config import PostgresMapBrokerConfig
-from node.models import ClientInfo, PublishOptions
+from node.maps.options import PERMANENT
+from node.models import ClientInfo, HistoryOptions, PublishOptions
 
 COLUMNS = ("result_id", "channel_offset", "epoch", "suppressed", "suppress_reason", "current_data", "current_offset")
 
@@ -168,6 +169,37 @@ async def test_publish_refuses_a_meta_ttl_that_keys_outlive(pg: tuple[str, Postg
     assert row == (0,), "a refused call writes nothing"
     assert _reason(_call(prefix, "publish", ch, "k", '"a"', key_ttl=hour, meta_ttl=hour)) == "ok"
     assert _reason(_call(prefix, "publish", ch, "j", '"a"', key_ttl=minute)) == "ok", "no meta_ttl: the default"
+
+
+def _meta_expiry(prefix: str, ch: str) -> Any:
+    with psycopg.connect(LOCAL_PG) as conn:
+        row = conn.execute(f"SELECT expires_at = 'infinity', CASE WHEN expires_at < 'infinity' THEN "
+                           f"expires_at - now() END FROM {prefix}_map_meta WHERE channel = %s".encode(),
+                           (ch,)).fetchone()
+    assert row is not None
+    return "permanent" if row[0] else row[1]
+
+
+async def test_a_null_meta_ttl_is_a_permanent_meta(pg: tuple[str, PostgresMapBroker, Deliveries]) -> None:
+    """As Centrifugo's functions: without p_meta_ttl a channel's meta never expires; a change without it keeps
+    the expiry a channel already has. The node's persistent maps (no map.meta_ttl) ask for a permanent one."""
+    prefix, broker, _ = pg
+    hour = timedelta(hours=1)
+    ch = "m:" + uuid.uuid4().hex
+    assert _reason(_call(prefix, "publish", ch, "k", '"a"')) == "ok"
+    assert _meta_expiry(prefix, ch) == "permanent"
+    assert _reason(_call(prefix, "publish", ch, "k", '"b"', key_ttl=hour, meta_ttl=hour)) == "ok"
+    assert timedelta(minutes=59) < _meta_expiry(prefix, ch) <= hour
+    assert _reason(_call(prefix, "remove", ch, "k")) == "ok"
+    assert timedelta(minutes=59) < _meta_expiry(prefix, ch) <= hour, "no p_meta_ttl: the expiry it had"
+    # The node's own writes and reads: a negative history_meta_ttl (PERMANENT) is a permanent meta.
+    mine = "m:" + uuid.uuid4().hex
+    opts = PublishOptions(history_size=10, history_ttl=60, history_meta_ttl=PERMANENT, key="k")
+    assert not (await broker.set(mine, b'"a"', opts, 0.0)).suppressed
+    assert _meta_expiry(prefix, mine) == "permanent"
+    read = "m:" + uuid.uuid4().hex
+    top = await broker.history(read, HistoryOptions(limit=0, history_meta_ttl=PERMANENT))
+    assert top.position.epoch and _meta_expiry(prefix, read) == "permanent"
 
 
 OLD_FUNCTIONS = """

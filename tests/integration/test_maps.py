@@ -33,6 +33,11 @@ MAP_NAMESPACES: dict[str, Any] = {
                      "remove_client_on_unsubscribe": True}},
             {"name": "polls", "subscription_type": "map", "allow_subscribe_for_client": True,
              "map": {"mode": "durable", "key_ttl": "60s"}},
+            # Loaded as Centrifugo loads them, then every operation on them fails (a meta TTL its keys outlive).
+            {"name": "stale", "subscription_type": "map", "allow_subscribe_for_client": True,
+             "map": {"mode": "recoverable", "key_ttl": "2h", "meta_ttl": "1h", "allow_publish_for_client": True}},
+            {"name": "frozen", "subscription_type": "map", "allow_subscribe_for_client": True,
+             "map": {"mode": "persistent", "meta_ttl": "1h", "allow_publish_for_client": True}},
         ],
     },
 }
@@ -286,6 +291,31 @@ async def test_bad_map_requests_get_centrifugo_errors(server: ServerProcess, js_
     other = unique_channel("board:")
     await js.call("map_subscribe", channel=other, wait=True)
     await js.wait("map_sync", channel=other)
+
+
+async def test_map_options_centrifugo_refuses_per_operation_answer_internal_errors(
+        server: ServerProcess, js_factory: JsFactory) -> None:
+    """As centrifuge's map brokers (ResolveAndValidateMapChannelOptions on every operation): internal error 100
+    for the server API's map methods, a client's map publish and its map subscribe; other maps work on."""
+    js = await _connected(server, js_factory)
+    for ns in ("stale:", "frozen:"):
+        ch = unique_channel(ns)
+        for method, payload in (("map_publish", {"key": "k", "data": {}}), ("map_remove", {"key": "k"}),
+                                ("map_read_state", {}), ("map_read_stream", {}), ("map_stats", {}),
+                                ("map_clear", {})):
+            reply = await server.api(method, {"channel": ch, **payload})
+            assert reply.get("error", {}).get("code") == 100, (method, ch, reply)
+        with pytest.raises(JsCallError) as failed:
+            await js.call("map_publish", channel=ch, key="x", data={"n": 1}, via="client")
+        assert failed.value.code == 100
+        await js.call("map_subscribe", channel=ch)
+        error = await js.wait("map_error", channel=ch)
+        assert error["error"]["code"] == 100, error
+        await js.call("map_unsubscribe", channel=ch)
+    ok = unique_channel("polls:")
+    assert (await server.api_result("map_publish", {"channel": ok, "key": "k", "data": {"n": 1}}))["offset"] == 1
+    await js.call("map_subscribe", channel=ok, wait=True)
+    assert _entries(await js.wait("map_sync", channel=ok)) == {"k": {"n": 1}}
 
 
 async def test_nodes_share_map_state_and_expire_a_key_once(two_nodes: tuple[ServerProcess, ...],
