@@ -1,8 +1,13 @@
-"""Instructions per single ``POST /api/publish`` request, counted by valgrind's callgrind, so the figure does not
-depend on how loaded the machine is (issue 18's single-publish path).
+"""Instructions per single ``POST /api/publish`` (or, ``--mode map``, ``/api/map_publish``) request, counted by
+valgrind's callgrind, so the figure does not depend on how loaded the machine is (issue 18's single-publish path).
 
-    python -m loadtest.publish_instructions [--engines memory redis redis_cluster] [--requests 2000]
-                                            [--connections 64] [--tree DIR ...]
+    python -m loadtest.publish_instructions [--mode publish|map] [--engines memory redis redis_cluster redis_map]
+                                            [--requests 2000] [--connections 64] [--tree DIR ...]
+
+``--mode map`` sets one of 1000 keys of one of 100 channels of a persistent map namespace (stream 1000) per
+request; ``redis_map`` is the memory engine with a Redis ``map_broker`` (``redis`` also keeps map state in
+Redis, as the engine's broker). The WebSocket subscriber (of the stream channel ``bench0``) then receives
+nothing: the figure is the request path, publish against map_publish, not the fan-out.
 
 One process runs the real server (``node.server.serve``: the API fast path in front of aiohttp on a loopback
 port) with the load generator of ``loadtest.engine_throughput``'s ``single`` mode: C keep-alive connections,
@@ -25,6 +30,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +38,7 @@ import aiohttp
 import jwt
 
 from loadtest import bench
-from loadtest.engine_throughput import Caller, Counts, single_request
+from loadtest.engine_throughput import PAD, Caller, Counts, single_request
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS = 100
@@ -40,12 +46,19 @@ MARK = "fanout"  # the dump name fanout_instructions' library gives
 SECRET = "publish-instructions-secret-of-32-bytes"
 
 
+def map_request(i: int) -> tuple[bytes, int]:
+    body = b'{"channel":"maps:bench%d","key":"k%d","data":{"t":%d,"p":"%s"}}' % (
+        i % CHANNELS, i % 1000, time.time_ns(), PAD)
+    return body, 1
+
+
 class Measured(Caller):
     """engine_throughput's caller, sending while the run's target is not reached; ``finished`` is set once every
     request sent has been answered."""
 
-    def __init__(self, counts: Counts, offset: int, target: list[int], finished: asyncio.Event) -> None:
-        super().__init__(b"/api/publish", single_request, counts, offset, asyncio.get_running_loop().create_future())
+    def __init__(self, counts: Counts, offset: int, target: list[int], finished: asyncio.Event, mode: str) -> None:
+        path, make = (b"/api/map_publish", map_request) if mode == "map" else (b"/api/publish", single_request)
+        super().__init__(path, make, counts, offset, asyncio.get_running_loop().create_future())
         self.target, self.finished = target, finished
         self.busy = False
 
@@ -81,7 +94,7 @@ async def subscriber(port: int, ready: asyncio.Event, received: list[int]) -> No
             received[0] += msg.data.count('"pub"')
 
 
-async def workload(engine: dict[str, Any], warmup: int, requests: int, connections: int) -> None:
+async def workload(engine: dict[str, Any], warmup: int, requests: int, connections: int, mode: str) -> None:
     from loadtest.fanout_instructions import toggles  # noqa: PLC0415
     from node.config_load import load  # noqa: PLC0415
     from node.server import serve  # noqa: PLC0415
@@ -94,7 +107,10 @@ async def workload(engine: dict[str, Any], warmup: int, requests: int, connectio
         "http_api": {"key": bench.API_KEY}, "log": {"level": "error"},
         "http_server": {"port": port, "address": "127.0.0.1"},
         "channel": {"without_namespace": {"allow_subscribe_for_client": True, "history_size": 100,
-                                          "history_ttl": "300s"}}, **engine}
+                                          "history_ttl": "300s"},
+                    "namespaces": [{"name": "maps", "subscription_type": "map",
+                                    "map": {"mode": "persistent", "stream_size": 1000, "stream_ttl": "5m"}}]},
+        **engine}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(config, f)
     stop = asyncio.Event()
@@ -114,7 +130,7 @@ async def workload(engine: dict[str, Any], warmup: int, requests: int, connectio
     target = [0, 0]  # requests to have answered in all, requests in flight
     callers = []
     for n in range(connections):
-        caller = Measured(counts, n * 7, target, finished)
+        caller = Measured(counts, n * 7, target, finished, mode)
         await loop.create_connection(lambda c=caller: c, "127.0.0.1", port)  # type: ignore[misc]
         callers.append(caller)
 
@@ -148,12 +164,13 @@ async def workload(engine: dict[str, Any], warmup: int, requests: int, connectio
         raise SystemExit(f"{counts.errors} requests failed")
 
 
-def callgrind(tree: Path, engine: str, url: str, warmup: int, requests: int, connections: int) -> int:
+def callgrind(tree: Path, engine: str, url: str, warmup: int, requests: int, connections: int, mode: str) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT}", "PYTHONHASHSEED": "0"}
         cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/out",
                sys.executable, __file__, "--inner", engine, "--url", url,
-               "--warmup", str(warmup), "--requests", str(requests), "--connections", str(connections)]
+               "--warmup", str(warmup), "--requests", str(requests), "--connections", str(connections),
+               "--mode", mode]
         done = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"workload failed in {tree}:\n{done.stderr[-3000:]}")
@@ -164,7 +181,7 @@ def callgrind(tree: Path, engine: str, url: str, warmup: int, requests: int, con
                 summary = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
                 if summary is not None:
                     if os.environ.get("KEEP_CALLGRIND"):
-                        dump.replace(Path(os.environ["KEEP_CALLGRIND"]) / f"callgrind.{engine}.{tree.name}")
+                        dump.replace(Path(os.environ["KEEP_CALLGRIND"]) / f"callgrind.{mode}.{engine}.{tree.name}")
                     return int(summary.group(1))
         raise SystemExit(f"no dump of the measured part in {tmp}:\n{done.stderr[-3000:]}")
 
@@ -172,12 +189,15 @@ def callgrind(tree: Path, engine: str, url: str, warmup: int, requests: int, con
 def engine_config(engine: str, url: str) -> dict[str, Any]:
     if engine == "memory":
         return {}
+    if engine == "redis_map":
+        return {"map_broker": {"type": "redis", "redis": {"address": url}}}
     return {"engine": {"type": "redis", "redis": {"address": [url]}}}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", type=Path, action="append", help="checkout(s) to measure (default: this one)")
+    parser.add_argument("--mode", choices=["publish", "map"], default="publish")
     parser.add_argument("--engines", nargs="+", default=["memory", "redis", "redis_cluster"])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=500)
@@ -186,15 +206,16 @@ def main() -> int:
     parser.add_argument("--url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
-        asyncio.run(workload(engine_config(args.inner, args.url), args.warmup, args.requests, args.connections))
+        asyncio.run(workload(engine_config(args.inner, args.url), args.warmup, args.requests, args.connections,
+                             args.mode))
         return 0
     sys.path.insert(0, str(ROOT))
     from tests.redis_servers import RedisCluster, RedisStandalone, free_port  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="fugato-pubinstr-") as tmp, contextlib.ExitStack() as stack:
         urls = {"memory": ""}
-        if "redis" in args.engines:
-            urls["redis"] = stack.enter_context(RedisStandalone(Path(tmp) / "standalone")).url
+        if "redis" in args.engines or "redis_map" in args.engines:
+            urls["redis"] = urls["redis_map"] = stack.enter_context(RedisStandalone(Path(tmp) / "standalone")).url
         if "redis_cluster" in args.engines:
             ports: list[int] = []
             for _ in range(3):
@@ -204,8 +225,9 @@ def main() -> int:
             urls["redis_cluster"] = cluster.url
         for engine in args.engines:
             for tree in args.tree or [ROOT]:
-                count = callgrind(tree.resolve(), engine, urls[engine], args.warmup, args.requests, args.connections)
-                print(f"{tree}: {engine}: {count / args.requests:.0f} instructions per request "
+                count = callgrind(tree.resolve(), engine, urls[engine], args.warmup, args.requests, args.connections,
+                                  args.mode)
+                print(f"{tree}: {args.mode}: {engine}: {count / args.requests:.0f} instructions per request "
                       f"({count} over {args.requests})", flush=True)
     return 0
 

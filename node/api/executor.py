@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -43,6 +43,9 @@ Method = Callable[[Params], Awaitable[bytes]]
 Answered = Callable[[bytes | BaseException], None]  # gets a call's result, or its exception (Executor.answer)
 
 logger = logging.getLogger(__name__)
+
+# map_publish parameters that make a write conditional or idempotent: such a call keeps the general path.
+_CONDITIONAL: Final = frozenset(("key_mode", "version", "version_epoch", "idempotency_key"))
 
 
 # The ``protocol`` label of the API metrics ("http", "grpc"); a batch's commands inherit the batch's.
@@ -200,6 +203,9 @@ class Executor:
         exception (a ReplyError, or anything else as an internal failure), once, maybe before this returns. A
         publish needs no task and no future: it is validated now and answered from the engine's callback (for
         Redis, straight from the reply; for the memory engine, at once)."""
+        if type(params) is dict and method == "map_publish" and _CONDITIONAL.isdisjoint(params):
+            self._map_publish_then(params, done)
+            return
         if method != "publish" or type(params) is not dict:
             def settled(task: asyncio.Future[bytes]) -> None:
                 if task.cancelled():
@@ -229,6 +235,34 @@ class Executor:
                 done(publish_reply(outcome))
 
         self.node.publish_then(channel, data, opts, published)
+
+    def _map_publish_then(self, p: Params, done: Answered) -> None:
+        """``answer`` for an unconditional ``map_publish`` without an idempotency key: ``map_publish``'s checks
+        in its order, then the map store answers from a callback (the memory store at once)."""
+        started = time.perf_counter()
+
+        def finished(outcome: PublishResult | BaseException) -> None:
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, ReplyError):  # as _run answers (and logs) an engine's failure
+                    logger.warning("API map_publish: %s: %s", type(outcome).__name__, outcome)
+                error = outcome if isinstance(outcome, ReplyError) else ReplyError(ERROR_INTERNAL)
+                self.node.metrics.api_command("map_publish", time.perf_counter() - started, error.error.code,
+                                              protocol=_protocol.get())
+                done(error)
+            else:
+                self.node.metrics.api_command("map_publish", time.perf_counter() - started,
+                                              protocol=_protocol.get())
+                done(_map_reply(outcome))
+
+        try:
+            channel, key, data = _str(p, "channel", required=True), _str(p, "key", required=True), _raw(p, "data")
+            if data is None:
+                raise _bad()
+            tags, delta = _tags(p), _bool(p, "delta")
+        except Exception as e:  # a ReplyError, or anything else as _run answers it
+            finished(e)
+            return
+        self.node.maps.publish_then(channel, key, data, tags, delta, finished)
 
     # --- publishing ------------------------------------------------------------------------------------
 

@@ -26,10 +26,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from node import models
 from node.broker import wire
-from node.broker.base import Broker, BrokerEventHandler
+from node.broker.base import Broker, BrokerEventHandler, PublishDone
 from node.broker.postgres_map_schema import schema
 from node.maps.broker_config import PostgresMapBrokerConfig
 from node.maps.state import UNCONDITIONAL, Conditions, Entry
+from node.maps.store import set_in_task
 from node.models import Publication, StreamPosition
 
 logger = logging.getLogger(__name__)
@@ -278,6 +279,10 @@ class PostgresMapBroker(Broker):
     async def set(self, channel: str, data: bytes, opts: models.PublishOptions, key_ttl: float,
                   conditions: Conditions = UNCONDITIONAL) -> models.PublishResult:
         return await self._apply("set", channel, data, opts, key_ttl, conditions)
+
+    def set_then(self, channel: str, data: bytes, opts: models.PublishOptions, key_ttl: float,
+                 done: PublishDone) -> None:
+        set_in_task(self, channel, data, opts, key_ttl, done)  # a transaction: a task in any case
 
     async def remove(self, channel: str, opts: models.PublishOptions, *,
                      expired_only: bool = False) -> models.PublishResult:

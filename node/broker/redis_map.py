@@ -8,17 +8,21 @@ cleanup round reads. Map idempotency results use the stream publishes' result ke
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any
 
 import msgpack
 
 from node.broker import wire
-from node.broker.base import new_epoch
+from node.broker.base import PublishDone, new_epoch
 from node.broker.redis import RedisBroker, _publish_result
-from node.broker.redis_shard import hash_tagged
+from node.broker.redis_shard import RedisShard, ScriptCall, hash_tagged
 from node.maps.state import SUPPRESSED_IDEMPOTENCY, UNCONDITIONAL, Conditions, Entry
+from node.maps.store import set_in_task
 from node.models import PublishOptions, PublishResult
+
+logger = logging.getLogger(__name__)
 
 
 def _entry(value: bytes | str) -> Entry:
@@ -28,6 +32,16 @@ def _entry(value: bytes | str) -> Entry:
     offset = unpacker.unpack()
     pub = wire.decode_body(unpacker.unpack(), offset)
     return Entry(pub.data, offset, pub.info, pub.tags)
+
+
+def _write_result(reply: Any) -> PublishResult:
+    """map_publish.lua's reply; its third element: 0, 1 (publish.lua's idempotency hit) or the prologue's
+    suppress reason."""
+    top, epoch, suppressed = reply
+    reason = SUPPRESSED_IDEMPOTENCY if suppressed == 1 else \
+        suppressed.decode() if isinstance(suppressed, bytes) else ""
+    result = _publish_result((top, epoch, bool(reason)))
+    return dataclasses.replace(result, suppress_reason=reason) if reason else result
 
 
 class RedisMapStore:
@@ -46,6 +60,10 @@ class RedisMapStore:
     async def _write(self, channel: str, data: bytes, opts: PublishOptions, op: str, expire_at_ms: int,
                      conditions: Conditions = UNCONDITIONAL) -> PublishResult:
         shard = self._broker.shard(channel)
+        return _write_result(await shard.run(self._call(shard, channel, data, opts, op, expire_at_ms, conditions)))
+
+    def _call(self, shard: RedisShard, channel: str, data: bytes, opts: PublishOptions, op: str,
+              expire_at_ms: int, conditions: Conditions) -> ScriptCall:
         now_ms = int(time.time() * 1000)
         body = wire.encode_body(data, opts.client_info, opts.tags, now_ms, opts.key, opts.removed)
         result_ttl = max(int(opts.idempotent_result_ttl), 1) if opts.idempotency_key else 0
@@ -53,12 +71,7 @@ class RedisMapStore:
                 max(int(opts.history_meta_ttl), 0), new_epoch(), shard.publish_command, result_ttl, b"0", body,
                 op, opts.key, expire_at_ms, now_ms, b"1" if opts.use_delta else b"0", conditions.key_mode,
                 conditions.version, conditions.version_epoch]
-        top, epoch, suppressed = await shard.script("map_publish", self._keys(channel, opts.idempotency_key), args)
-        # The third element: 0, 1 (publish.lua's idempotency hit) or the prologue's suppress reason.
-        reason = SUPPRESSED_IDEMPOTENCY if suppressed == 1 else \
-            suppressed.decode() if isinstance(suppressed, bytes) else ""
-        result = _publish_result((top, epoch, bool(reason)))
-        return dataclasses.replace(result, suppress_reason=reason) if reason else result
+        return shard.call("map_publish", self._keys(channel, opts.idempotency_key), args)
 
     async def set(self, channel: str, data: bytes, opts: PublishOptions, key_ttl: float,
                   conditions: Conditions = UNCONDITIONAL) -> PublishResult:
@@ -67,6 +80,23 @@ class RedisMapStore:
         if expire_at_ms and not result.suppressed:
             await self._broker.shards[0].client.sadd(self._expiring, channel)
         return result
+
+    def set_then(self, channel: str, data: bytes, opts: PublishOptions, key_ttl: float, done: PublishDone) -> None:
+        """``set`` answered straight from the script's reply (no task), unless the key expires: then the
+        channel is also listed for the cleanup round after the write, as ``set`` does, in a task."""
+        if key_ttl > 0:
+            set_in_task(self, channel, data, opts, key_ttl, done)
+            return
+        shard = self._broker.shard(channel)
+
+        def reply(value: Any) -> None:
+            # From the command connection's protocol callback: a failure of the caller's must not escape into it.
+            try:
+                done(value if isinstance(value, BaseException) else _write_result(value))
+            except Exception:
+                logger.exception("map publish callback failed")
+
+        shard.run_then(self._call(shard, channel, data, opts, "set", 0, UNCONDITIONAL), reply)
 
     async def remove(self, channel: str, opts: PublishOptions, *, expired_only: bool = False) -> PublishResult:
         if opts.tags is None:

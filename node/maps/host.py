@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
+from node.broker.base import PublishDone
 from node.config import ChannelOptions
 from node.models import (
     ClientInfo,
@@ -48,6 +49,8 @@ class MapHost(ServiceHost[MapPolicy], SubscribeSteps[C_contra], Protocol[C_contr
     type, which the subscribe steps take back."""
 
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult: ...
+
+    def publish_then(self, channel: str, data: bytes, opts: PublishOptions, done: PublishDone) -> None: ...
 
     async def history(self, channel: str, opts: HistoryOptions) -> HistoryResult: ...
 

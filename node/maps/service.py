@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final, Generic
 
-from node.broker.base import Broker
+from node.broker.base import Broker, PublishDone
 from node.broker.postgres_map import PostgresMapBroker
 from node.broker.redis import RedisBroker
 from node.broker.redis_map import RedisMapStore
@@ -68,7 +68,11 @@ class MapService(Generic[C_contra]):
         # The state lives next to the channel's stream, in the broker that keeps map channels: in PostgreSQL
         # (the broker is its own store), in Redis, else in this process.
         self.store: MapStore = broker if isinstance(broker, PostgresMapBroker) else \
-            RedisMapStore(broker) if isinstance(broker, RedisBroker) else MemoryMapStore(node.publish, node.history)
+            RedisMapStore(broker) if isinstance(broker, RedisBroker) else MemoryMapStore(node.publish, node.history,
+                                                                          node.publish_then)
+        # (namespace, use_delta) -> the namespace, and the fixed options of its API fast path's publications
+        # (the namespace object is kept, so a reloaded config, with new objects, never matches an old entry).
+        self._fast_options: dict[tuple[int, bool], tuple[ChannelOptions, dict[str, Any]]] = {}
         self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -127,6 +131,41 @@ class MapService(Generic[C_contra]):
         if not result.suppressed:
             self._node.metrics.published("publication")
         return await self._positioned(channel, m, result)
+
+    def publish_then(self, channel: str, key: str, data: bytes, tags: Mapping[str, str] | None, delta: bool,
+                     done: PublishDone) -> None:
+        """``publish`` of an unconditional write without client info or idempotency key (the server API's fast
+        path): the same checks, then the store answers ``done`` from a callback, or at once, without a task."""
+        try:
+            ns = self._namespace(channel)
+            _check_key(key)
+            use_delta = delta or ns.delta_publish
+            cached = self._fast_options.get((id(ns), use_delta))
+            if cached is None or cached[0] is not ns:
+                m = ns.map
+                fixed = {"history_size": m.effective_stream_size, "history_ttl": m.effective_stream_ttl,
+                         "history_meta_ttl": m.effective_meta_ttl, "use_delta": use_delta,
+                         "idempotent_result_ttl": self._node.config.map_broker.idempotent_result_ttl}
+                cached = self._fast_options[(id(ns), use_delta)] = (ns, fixed)
+            opts = PublishOptions(**cached[1], tags=tags, key=key)
+        except Exception as e:  # a ReplyError, or a failure that is the caller's internal error
+            done(e)
+            return
+
+        def stored(outcome: PublishResult | BaseException) -> None:
+            if isinstance(outcome, BaseException):
+                done(outcome)
+                return
+            if not outcome.suppressed:
+                self._node.metrics.published("publication")
+            elif not outcome.position.epoch:  # not expected of an unconditional write; as ``publish`` does
+                positioned = asyncio.ensure_future(self._positioned(channel, ns.map, outcome))
+                positioned.add_done_callback(
+                    lambda t: done(asyncio.CancelledError() if t.cancelled() else t.exception() or t.result()))
+                return
+            done(outcome)
+
+        self.store.set_then(channel, data, opts, ns.map.key_ttl, stored)
 
     async def remove(self, channel: str, key: str, *, info: ClientInfo | None = None, expired_only: bool = False,
                      idempotency_key: str = "", tags: Mapping[str, str] | None = None) -> PublishResult:
