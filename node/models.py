@@ -85,7 +85,7 @@ class Publication:
     removed: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@kw_record  # built once per map publication (its key differs): a frozen dataclass's __init__ costs ~2x
 class PublishOptions:
     """How the broker stores and announces a publication."""
 

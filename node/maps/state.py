@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from node.models import ClientInfo
+from node.models import ClientInfo, record
 
 # Why a map publish or remove changed nothing (Centrifugo's suppress_reason values).
 SUPPRESSED_IDEMPOTENCY: Final = "idempotency"
@@ -44,7 +44,7 @@ class Conditions:
 UNCONDITIONAL: Final = Conditions()
 
 
-@dataclass(frozen=True, slots=True)
+@record  # one per map publication (see models.record)
 class Entry:
     data: bytes
     offset: int  # the stream offset of the change that set this value
