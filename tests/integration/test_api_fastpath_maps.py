@@ -21,7 +21,10 @@ NAMESPACES: dict[str, Any] = {"channel": {"namespaces": [
     {"name": "mdelta", "subscription_type": "map", "delta_publish": True, "allowed_delta_types": ["fossil"],
      "map": {"mode": "persistent"}},
     {"name": "eph", "subscription_type": "map", "map": {"mode": "ephemeral", "key_ttl": "60s"}},
-    {"name": "ttl", "subscription_type": "map", "map": {"mode": "persistent", "key_ttl": "60s"}},
+    {"name": "ttl", "subscription_type": "map", "map": {"mode": "durable", "key_ttl": "60s"}},
+    # Loads, and fails every operation (as Centrifugo's brokers do): internal error 100.
+    {"name": "badmeta", "subscription_type": "map", "map": {"mode": "durable", "key_ttl": "60s", "stream_ttl": "10s",
+                                                             "meta_ttl": "30s"}},
     {"name": "st"},
 ]}}
 
@@ -99,6 +102,7 @@ async def test_map_publish_fast_path_answers_as_aiohttp(server_factory: ServerFa
         ({"channel": "mp:", "key": "a", "data": 1, "key_mode": "bogus"}, 107),
         ({"channel": "mp:", "key": "a", "data": 1, "version": False}, 107),
         ({"channel": "eph:", "key": "a", "data": 1, "version": 2}, 100),  # versions need a stream
+        ({"channel": "badmeta:", "key": "a", "data": 1}, 100),
     ]
     for params, code in errors:
         for extra in ("", "X-Centrifugo-Error-Mode: transport\r\n"):
