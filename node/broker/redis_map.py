@@ -16,7 +16,7 @@ import msgpack
 
 from node.broker import wire
 from node.broker.base import PublishDone, new_epoch
-from node.broker.redis import RedisBroker, _publish_result
+from node.broker.redis import CHANNEL_CACHE_SIZE, RedisBroker, _bulks, _publish_result
 from node.broker.redis_shard import RedisShard, ScriptCall, hash_tagged
 from node.maps.state import SUPPRESSED_IDEMPOTENCY, UNCONDITIONAL, Conditions, Entry
 from node.maps.store import set_in_task
@@ -50,6 +50,8 @@ class RedisMapStore:
         prefix = broker.keys.prefix
         self._prefix = prefix
         self._expiring = f"{prefix}.map.expiring"
+        # channel -> its keys (no idempotency key), PUB/SUB channel, and their RESP encoding (see _call)
+        self._channels: dict[str, tuple[list[str], bytes, bytes]] = {}
 
     def _keys(self, channel: str, idempotency_key: str = "") -> list[str]:
         keys, tag = self._broker.keys, hash_tagged(channel)
@@ -67,11 +69,23 @@ class RedisMapStore:
         now_ms = int(time.time() * 1000)
         body = wire.encode_body(data, opts.client_info, opts.tags, now_ms, opts.key, opts.removed)
         result_ttl = max(int(opts.idempotent_result_ttl), 1) if opts.idempotency_key else 0
-        args = [self._broker.keys.client_channel(channel), opts.history_size, max(int(opts.history_ttl), 1),
+        rest = [opts.history_size, max(int(opts.history_ttl), 1),
                 max(int(opts.history_meta_ttl), 0), new_epoch(), shard.publish_command, result_ttl, b"0", body,
                 op, opts.key, expire_at_ms, now_ms, b"1" if opts.use_delta else b"0", conditions.key_mode,
                 conditions.version, conditions.version_epoch]
-        return shard.call("map_publish", self._keys(channel, opts.idempotency_key), args)
+        if opts.idempotency_key:
+            return shard.call("map_publish", self._keys(channel, opts.idempotency_key),
+                              [self._broker.keys.client_channel(channel), *rest])
+        # The channel's keys and PUB/SUB channel (ARGV 1), encoded once: what shard.call would encode.
+        cached = self._channels.get(channel)
+        if cached is None:
+            if len(self._channels) >= CHANNEL_CACHE_SIZE:
+                self._channels.clear()
+            names, channel_name = self._keys(channel), self._broker.keys.client_channel(channel)
+            cached = self._channels[channel] = (names, channel_name, _bulks((len(names), *names, channel_name)))
+        keys, pubsub, encoded = cached
+        command = shard.head("map_publish", len(keys) + 2 + len(rest)) + encoded + _bulks(rest)
+        return ScriptCall("map_publish", command, keys, [pubsub, *rest])
 
     async def set(self, channel: str, data: bytes, opts: PublishOptions, key_ttl: float,
                   conditions: Conditions = UNCONDITIONAL) -> PublishResult:
