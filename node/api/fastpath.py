@@ -32,7 +32,7 @@ MAX_HEAD: Final = 8192  # a request head longer than this goes to aiohttp (which
 IDLE_TIMEOUT: Final = 75.0  # seconds an idle keep-alive connection stays open, as aiohttp's default
 SWEEP_INTERVAL: Final = 5.0  # seconds between looks for idle connections
 _HEAD: Final = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
-_JSON: Final = b"application/json; charset=utf-8"
+_JSON: Final = b"application/json"  # as Centrifugo's API handler (internal/api/handler.go) and aiohttp's path send
 _PHRASES: Final = {200: b"OK"}
 _CONTENT_LENGTH: Final = b"\r\nContent-Length: "  # as clients write it (any other spelling: parsed each time)
 HEAD_CACHE_SIZE: Final = 256  # request heads (less their Content-Length) kept parsed; starts over when full

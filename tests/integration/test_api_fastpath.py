@@ -49,9 +49,11 @@ async def test_pipelined_requests_are_answered_in_order(module_server: ServerPro
                  + post("/api/info", b"{not json", server.api_key) + post("/api/info", b"{}", ""))
     statuses = []
     bodies = []
-    for _ in range(4):
+    for i in range(4):
         status, headers, body = await read_response(reader)
         assert "server" not in headers, "the fast path answered (aiohttp would name itself)"
+        if i < 2:
+            assert headers["content-type"] == "application/json"  # Centrifugo's, byte for byte
         statuses.append(status)
         bodies.append(body)
     assert statuses == [200, 200, 400, 401]
@@ -91,6 +93,7 @@ async def test_other_requests_hand_the_connection_to_aiohttp(module_server: Serv
     status, headers, body = await read_response(reader)
     assert status == 200 and "nodes" in json.loads(body)["result"]
     assert "server" in headers, "aiohttp answered (it names itself)"
+    assert headers["content-type"] == "application/json"  # the same as the fast path's
     writer.close()
 
 
