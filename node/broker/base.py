@@ -45,6 +45,25 @@ class BrokerEventHandler(Protocol):
 PublishDone = Callable[[models.PublishResult | BaseException], None]
 
 
+def publish_future(broker: Broker, channel: str, data: bytes,
+                   opts: models.PublishOptions) -> asyncio.Future[models.PublishResult]:
+    """``broker.publish_then`` as a future (for callers that await; the API fast path takes the callback)."""
+    fut: asyncio.Future[models.PublishResult] = asyncio.get_running_loop().create_future()
+
+    def done(outcome: models.PublishResult | BaseException) -> None:
+        if fut.done():
+            return
+        if isinstance(outcome, asyncio.CancelledError):
+            fut.cancel()
+        elif isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
+
+    broker.publish_then(channel, data, opts, done)
+    return fut
+
+
 class Broker(Protocol):
     """Delivers every publication of a subscribed channel to ``handler`` exactly in stream order."""
 
@@ -85,6 +104,12 @@ class Broker(Protocol):
                 done(task.exception() or task.result())
 
         asyncio.ensure_future(self.publish(channel, data, opts)).add_done_callback(settled)
+
+    def publish_soon(
+        self, channel: str, data: bytes, opts: models.PublishOptions
+    ) -> asyncio.Future[models.PublishResult]:
+        """``publish_then`` as a future."""
+        return publish_future(self, channel, data, opts)
 
     async def publish_join(self, channel: str, info: models.ClientInfo) -> None: ...
 
