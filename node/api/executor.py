@@ -217,45 +217,18 @@ class Executor:
 
             asyncio.ensure_future(self.call(method, params)).add_done_callback(settled)
             return
-        started = time.perf_counter()
+        published = self._answering("publish", publish_reply, done)
         try:
             channel, data, opts = self.publish_args(_str(params, "channel", required=True), params)
-        except ReplyError as e:
-            self.node.metrics.api_command("publish", time.perf_counter() - started, e.error.code,
-                                          protocol=_protocol.get())
-            done(e)
+        except Exception as e:  # a ReplyError, or anything else as _run answers it
+            published(e)
             return
-
-        def published(outcome: PublishResult | BaseException) -> None:
-            if isinstance(outcome, BaseException):
-                error = outcome if isinstance(outcome, ReplyError) else ReplyError(ERROR_INTERNAL)
-                self.node.metrics.api_command("publish", time.perf_counter() - started, error.error.code,
-                                              protocol=_protocol.get())
-                done(error)
-            else:
-                self.node.metrics.api_command("publish", time.perf_counter() - started, protocol=_protocol.get())
-                done(publish_reply(outcome))
-
         self.node.publish_then(channel, data, opts, published)
 
     def _map_publish_then(self, p: Params, done: Answered) -> None:
         """``answer`` for an unconditional ``map_publish`` without an idempotency key: ``map_publish``'s checks
         in its order, then the map store answers from a callback (the memory store at once)."""
-        started = time.perf_counter()
-
-        def finished(outcome: PublishResult | BaseException) -> None:
-            if isinstance(outcome, BaseException):
-                if not isinstance(outcome, ReplyError):  # as _run answers (and logs) an engine's failure
-                    logger.warning("API map_publish: %s: %s", type(outcome).__name__, outcome)
-                error = outcome if isinstance(outcome, ReplyError) else ReplyError(ERROR_INTERNAL)
-                self.node.metrics.api_command("map_publish", time.perf_counter() - started, error.error.code,
-                                              protocol=_protocol.get())
-                done(error)
-            else:
-                self.node.metrics.api_command("map_publish", time.perf_counter() - started,
-                                              protocol=_protocol.get())
-                done(_map_reply(outcome))
-
+        finished = self._answering("map_publish", _map_reply, done)
         try:
             channel, key, data = _str(p, "channel", required=True), _str(p, "key", required=True), _raw(p, "data")
             if data is None:
@@ -265,6 +238,29 @@ class Executor:
             finished(e)
             return
         self.node.maps.publish_then(channel, key, data, tags, delta, finished)
+
+    def _answering(self, method: str, reply: Callable[[PublishResult], bytes],
+                   done: Answered) -> Callable[[PublishResult | BaseException], None]:
+        """The callback that ends a call of ``method`` answered through ``answer``: ``done`` gets ``reply`` of
+        the result, or the error as ``_run`` answers it (an engine's failure logged, then 100), and the call's
+        duration and error code go to the metrics, timed from now."""
+        started = time.perf_counter()
+
+        def finished(outcome: PublishResult | BaseException) -> None:
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, ReplyError):
+                    error = outcome
+                else:
+                    logger.warning("API %s: %s: %s", method, type(outcome).__name__, outcome)
+                    error = ReplyError(ERROR_INTERNAL)
+                self.node.metrics.api_command(method, time.perf_counter() - started, error.error.code,
+                                              protocol=_protocol.get())
+                done(error)
+            else:
+                self.node.metrics.api_command(method, time.perf_counter() - started, protocol=_protocol.get())
+                done(reply(outcome))
+
+        return finished
 
     # --- publishing ------------------------------------------------------------------------------------
 
