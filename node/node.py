@@ -415,10 +415,9 @@ class Node(BrokerEventHandler):
 
     def handle_publications(self, items: Sequence[tuple[str, Publication, StreamPosition]]) -> None:
         self.metrics.received("publication", len(items))
-        deliver, by_channel, observers = self._deliver, self.subscriptions.by_channel, self.subscriptions.observers
+        deliver = self._deliver
         for channel, pub, sp in items:
-            if pub.time_ms or channel in by_channel or observers:  # else nothing to time or fan out
-                deliver(channel, pub, sp)
+            deliver(channel, pub, sp)
 
     def _deliver(self, channel: str, pub: Publication, sp: StreamPosition) -> None:
         metrics = self.metrics
