@@ -179,21 +179,28 @@ async def workload(kind: str, subscribers: int, publishers: int, publications: i
           f"publications of {size} bytes", file=sys.stderr)
 
 
-def counted(script: str, args: list[str], tree: Path) -> int:
+def counted(script: str, args: list[str], tree: Path, *, also: Path | None = None, keep_as: str = "") -> int:
     """Instructions of the measured part (between ``measure_start`` and ``measure_stop``) of ``script`` run
-    with ``args`` under callgrind, importing the node from ``tree``."""
+    with ``args`` under callgrind, importing the node from ``tree`` (then from ``also``, for what only the
+    measuring checkout has); the workload's ``node from`` line is echoed on stderr. With ``$KEEP_CALLGRIND`` set
+    and a ``keep_as`` name, the measured part's dump is kept there under that name."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
+        path = str(tree) if also is None else f"{tree}{os.pathsep}{also}"
+        env = {**os.environ, "PYTHONPATH": path, "PYTHONHASHSEED": "0"}
         cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/out",
                sys.executable, script, *args]
         done = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"workload failed in {tree}:\n{done.stderr[-3000:]}")
+        for line in [line for line in done.stderr.splitlines() if line.startswith("node from")][-1:]:
+            print(line, file=sys.stderr)
         for dump in sorted(Path(tmp).glob("out*")):
             text = dump.read_text()
             if f"Client Request: {MARK}" in text:
                 summary = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
                 if summary is not None:
+                    if keep_as and os.environ.get("KEEP_CALLGRIND"):
+                        dump.replace(Path(os.environ["KEEP_CALLGRIND"]) / keep_as)
                     return int(summary.group(1))
         raise SystemExit(f"no dump of the measured part in {tmp}:\n{done.stderr[-3000:]}")
 

@@ -26,8 +26,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +40,6 @@ from loadtest.engine_throughput import PAD, Caller, Counts, single_request
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS = 100
-MARK = "fanout"  # the dump name fanout_instructions' library gives
 SECRET = "publish-instructions-secret-of-32-bytes"
 
 
@@ -165,25 +162,11 @@ async def workload(engine: dict[str, Any], warmup: int, requests: int, connectio
 
 
 def callgrind(tree: Path, engine: str, url: str, warmup: int, requests: int, connections: int, mode: str) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT}", "PYTHONHASHSEED": "0"}
-        cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/out",
-               sys.executable, __file__, "--inner", engine, "--url", url,
-               "--warmup", str(warmup), "--requests", str(requests), "--connections", str(connections),
-               "--mode", mode]
-        done = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"workload failed in {tree}:\n{done.stderr[-3000:]}")
-        print([line for line in done.stderr.splitlines() if line.startswith("node from")][-1], file=sys.stderr)
-        for dump in sorted(Path(tmp).glob("out*")):
-            text = dump.read_text()
-            if f"Client Request: {MARK}" in text:
-                summary = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
-                if summary is not None:
-                    if os.environ.get("KEEP_CALLGRIND"):
-                        dump.replace(Path(os.environ["KEEP_CALLGRIND"]) / f"callgrind.{mode}.{engine}.{tree.name}")
-                    return int(summary.group(1))
-        raise SystemExit(f"no dump of the measured part in {tmp}:\n{done.stderr[-3000:]}")
+    from loadtest.fanout_instructions import counted  # noqa: PLC0415 (the measuring process only)
+
+    args = ["--inner", engine, "--url", url, "--warmup", str(warmup), "--requests", str(requests),
+            "--connections", str(connections), "--mode", mode]
+    return counted(__file__, args, tree, also=ROOT, keep_as=f"callgrind.{mode}.{engine}.{tree.name}")
 
 
 def engine_config(engine: str, url: str) -> dict[str, Any]:
