@@ -409,6 +409,14 @@ def percentile(values: list[int], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] / 1e6
 
 
+async def drain(swarm: Swarm, expected: int, timeout: float) -> dict[str, Any]:
+    """The swarm's report once it has received ``expected`` messages, or at ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (report := await swarm.report())["messages"] < expected and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)  # the swarm is another process: it can only be asked
+    return report
+
+
 async def run_fanout(target: Target, args: argparse.Namespace, subscribers: int, channels: int) -> dict[str, Any]:
     names = [f"bench{i}" for i in range(channels)]
     rss_before = rss_kb(target.pid)
@@ -421,9 +429,7 @@ async def run_fanout(target: Target, args: argparse.Namespace, subscribers: int,
         split0, swarm_cpu0, own_cpu0, t0 = cpu_split(target.pid), swarm.cpu(), own_cpu(), time.monotonic()
         sent = await publish_loop(target, names, args.publishers, args.rate, args.duration)
         expected = sent * subscribers // channels
-        drain_until = time.monotonic() + 10
-        while (report := await swarm.report())["messages"] < expected and time.monotonic() < drain_until:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)  # the swarm is another process: it can only be asked
+        report = await drain(swarm, expected, 10.0)
         elapsed = time.monotonic() - t0
         split1 = cpu_split(target.pid)
         machine1 = machine_ticks()

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench import Spawned, Target, cpu_split, make_swarm, publish_loop, raise_fd_limit, start_redis
+from loadtest.bench import Spawned, Target, cpu_split, drain, make_swarm, publish_loop, raise_fd_limit, start_redis
 
 WORKERS = (1, 2)
 
@@ -55,13 +55,6 @@ def switches(pids: list[int]) -> tuple[int, int]:
     return vol, invol
 
 
-async def _drain(swarm: Any, expected: int, timeout: float = 15.0) -> int:
-    deadline = time.monotonic() + timeout
-    while (got := (await swarm.report())["messages"]) < expected and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)  # the swarm is another process: it can only be asked
-    return int(got)
-
-
 async def measure(server: Spawned, pids: list[int], args: argparse.Namespace) -> dict[str, float]:
     """One measurement: subscribers connect, a warm-up is published and drained, then the measured part."""
     target = Target("fugato", "127.0.0.1", server.port, pids)
@@ -69,13 +62,13 @@ async def measure(server: Spawned, pids: list[int], args: argparse.Namespace) ->
     try:
         await swarm.start()
         sent = await publish_loop(target, ["bench0"], args.publishers, args.rate, args.warmup, stagger=True)
-        await _drain(swarm, sent * args.subscribers)
+        await drain(swarm, sent * args.subscribers, 15.0)
         await swarm.reset()
         user0, sys0 = cpu_split(pids)
         switches0 = switches(pids)
         started = time.monotonic()
         sent = await publish_loop(target, ["bench0"], args.publishers, args.rate, args.duration, stagger=True)
-        got = await _drain(swarm, sent * args.subscribers)
+        got = int((await drain(swarm, sent * args.subscribers, 15.0))["messages"])
         elapsed = time.monotonic() - started
         user1, sys1 = cpu_split(pids)
         switches1 = switches(pids)
