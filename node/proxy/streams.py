@@ -87,7 +87,7 @@ class Streams:
         """Open the stream of a subscription being made and return the backend's subscribe answer; publications
         flow once ``start`` is called (after the subscribe reply is queued)."""
         backend = proxy.backend
-        if not isinstance(backend, GrpcProxy | PythonProxy):  # refused at start too: only GRPC endpoints stream
+        if not isinstance(backend, GrpcProxy | PythonProxy):  # HTTP ones are refused at start too
             raise ReplyError(ERROR_NOT_AVAILABLE)
         req = pt.SubscribeRequest(**proxy.request_fields(client), channel=channel, token=token(params),
                                   data=payload(params))
