@@ -33,6 +33,7 @@ from loadtest.bench import (
     Swarm,
     Target,
     cpu_split,
+    drain,
     percentile,
     pin_cpus,
     raise_fd_limit,
@@ -81,9 +82,7 @@ async def fanout(target: Target, kind: str, args: argparse.Namespace, round_no: 
         (user0, sys0), t0 = cpu_split(target.pid), time.monotonic()
         sent = await publish(target, kind, channel, args.publishers, args.keys, args.duration)
         expected = sent * args.subscribers
-        drain_until = time.monotonic() + 10
-        while (got := await swarm.report())["messages"] < expected and time.monotonic() < drain_until:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)  # the swarm is another process: it can only be asked
+        got = await drain(swarm, expected, 10)
         elapsed = time.monotonic() - t0
         user1, sys1 = cpu_split(target.pid)
     finally:
