@@ -5,7 +5,6 @@ Each method takes the decoded request object and returns the encoded ``result`` 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
@@ -19,6 +18,7 @@ import orjson
 
 from node.api.batch import publish_reply, run_batch
 from node.auth.jwt import SubscribeOverride
+from node.broker.base import settle_then
 from node.config import ChannelOptions
 from node.errors import (
     API_ERROR_NOT_FOUND,
@@ -209,13 +209,7 @@ class Executor:
             self._map_publish_then(params, done)
             return
         if method != "publish" or type(params) is not dict:
-            def settled(task: asyncio.Future[bytes]) -> None:
-                if task.cancelled():
-                    done(asyncio.CancelledError())
-                else:
-                    done(task.exception() or task.result())
-
-            asyncio.ensure_future(self.call(method, params)).add_done_callback(settled)
+            settle_then(self.call(method, params), done)
             return
         published = self._answering("publish", publish_reply, done)
         try:

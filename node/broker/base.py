@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import random
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from node import models
 
@@ -43,6 +43,21 @@ class BrokerEventHandler(Protocol):
 
 # Gets a publish's result or its exception (``Broker.publish_then``).
 PublishDone = Callable[[models.PublishResult | BaseException], None]
+
+_T = TypeVar("_T")
+
+
+def settle_then(aw: Awaitable[_T], done: Callable[[_T | BaseException], None]) -> None:
+    """Run ``aw`` in a task; ``done`` gets its result or its exception (a CancelledError if the task is
+    cancelled): the callback form of a call that has no cheaper one."""
+
+    def settled(task: asyncio.Future[_T]) -> None:
+        if task.cancelled():
+            done(asyncio.CancelledError())
+        else:
+            done(task.exception() or task.result())
+
+    asyncio.ensure_future(aw).add_done_callback(settled)
 
 
 def publish_future(broker: Broker, channel: str, data: bytes,
@@ -96,14 +111,7 @@ class Broker(Protocol):
         """``publish`` started now, without a coroutine of the caller's: ``done`` gets its result or its
         exception, once, maybe before this returns. Brokers whose publish completes in a callback (or at once)
         override this to spare a task and a future per call."""
-
-        def settled(task: asyncio.Future[models.PublishResult]) -> None:
-            if task.cancelled():
-                done(asyncio.CancelledError())
-            else:
-                done(task.exception() or task.result())
-
-        asyncio.ensure_future(self.publish(channel, data, opts)).add_done_callback(settled)
+        settle_then(self.publish(channel, data, opts), done)
 
     def publish_soon(
         self, channel: str, data: bytes, opts: models.PublishOptions

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final, Generic
 
-from node.broker.base import Broker, PublishDone
+from node.broker.base import Broker, PublishDone, settle_then
 from node.broker.postgres_map import PostgresMapBroker
 from node.broker.redis import RedisBroker
 from node.broker.redis_map import RedisMapStore
@@ -159,9 +159,7 @@ class MapService(Generic[C_contra]):
             if not outcome.suppressed:
                 self._node.metrics.published("publication")
             elif not outcome.position.epoch:  # not expected of an unconditional write; as ``publish`` does
-                positioned = asyncio.ensure_future(self._positioned(channel, ns.map, outcome))
-                positioned.add_done_callback(
-                    lambda t: done(asyncio.CancelledError() if t.cancelled() else t.exception() or t.result()))
+                settle_then(self._positioned(channel, ns.map, outcome), done)
                 return
             done(outcome)
 

@@ -12,13 +12,12 @@ where, as Centrifugo's, it answers key_not_found and leaves the removal to the c
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from node.broker.base import PublishDone
+from node.broker.base import PublishDone, settle_then
 from node.maps.state import (
     SUPPRESSED_IDEMPOTENCY,
     SUPPRESSED_KEY_NOT_FOUND,
@@ -188,11 +187,4 @@ def set_in_task(store: MapStore, channel: str, data: bytes, opts: PublishOptions
                  done: PublishDone) -> None:
     """``store.set`` (unconditional) in a task, its outcome to ``done``: a store's ``set_then`` where it cannot
     answer from a callback."""
-
-    def settled(task: asyncio.Future[PublishResult]) -> None:
-        if task.cancelled():
-            done(asyncio.CancelledError())
-        else:
-            done(task.exception() or task.result())
-
-    asyncio.ensure_future(store.set(channel, data, opts, key_ttl)).add_done_callback(settled)
+    settle_then(store.set(channel, data, opts, key_ttl), done)
