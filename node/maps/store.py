@@ -104,16 +104,20 @@ class MemoryMapStore:
         reason = conditions.refusal(current)
         if reason:
             return await self._unchanged(channel, opts, reason, create=True)
-        if opts.use_delta and current is not None:
-            opts = dataclasses.replace(opts, key_base=current.data)
-        result = await self._publish(channel, data, dataclasses.replace(opts, idempotency_key=""))
+        result = await self._publish(channel, data, dataclasses.replace(_delta_base(opts, current), idempotency_key=""))
+        self._keep(channel, data, result.position.offset, opts, key_ttl, current, conditions)
+        self._remember(channel, opts, result)
+        return result
+
+    def _keep(self, channel: str, data: bytes, offset: int, opts: PublishOptions, key_ttl: float,
+              current: Entry | None, conditions: Conditions) -> None:
+        """Store the key's new entry once its change is in the stream at ``offset``. An unversioned write keeps
+        the key's stored version."""
         version, version_epoch = (conditions.version, conditions.version_epoch) if conditions.version or \
             current is None else (current.version, current.version_epoch)
         expire_at = time.monotonic() + key_ttl if key_ttl > 0 else 0.0
-        self.state.set(channel, opts.key, Entry(data, result.position.offset, opts.client_info, opts.tags, expire_at,
-                                                version, version_epoch))
-        self._remember(channel, opts, result)
-        return result
+        self.state.set(channel, opts.key, Entry(data, offset, opts.client_info, opts.tags, expire_at, version,
+                                                version_epoch))
 
     def set_then(self, channel: str, data: bytes, opts: PublishOptions, key_ttl: float, done: PublishDone) -> None:
         """``set`` of an unconditional write without an idempotency key (the API fast path's), answered from the
@@ -124,21 +128,13 @@ class MemoryMapStore:
             set_in_task(self, channel, data, opts, key_ttl, done)
             return
         current = self.state.get(channel, opts.key)
-        if opts.use_delta and current is not None:
-            opts = dataclasses.replace(opts, key_base=current.data)
 
         def published(outcome: PublishResult | BaseException) -> None:
-            if isinstance(outcome, BaseException):
-                done(outcome)
-                return
-            # Unversioned: the key keeps its stored version (Conditions.version 0, as in ``set``).
-            version, version_epoch = (0, "") if current is None else (current.version, current.version_epoch)
-            expire_at = time.monotonic() + key_ttl if key_ttl > 0 else 0.0
-            self.state.set(channel, opts.key, Entry(data, outcome.position.offset, opts.client_info, opts.tags,
-                                                    expire_at, version, version_epoch))
+            if not isinstance(outcome, BaseException):
+                self._keep(channel, data, outcome.position.offset, opts, key_ttl, current, UNCONDITIONAL)
             done(outcome)
 
-        publish_then(channel, data, opts, published)
+        publish_then(channel, data, _delta_base(opts, current), published)
 
     async def remove(self, channel: str, opts: PublishOptions, *, expired_only: bool = False) -> PublishResult:
         seen = self._seen(channel, opts)
@@ -181,6 +177,11 @@ class MemoryMapStore:
     async def close(self) -> None:
         self.state.clear()
         self._results.clear()
+
+
+def _delta_base(opts: PublishOptions, current: Entry | None) -> PublishOptions:
+    """``opts`` with the key's current value as its fossil delta base, when the write offers a delta."""
+    return dataclasses.replace(opts, key_base=current.data) if opts.use_delta and current is not None else opts
 
 
 def set_in_task(store: MapStore, channel: str, data: bytes, opts: PublishOptions, key_ttl: float,
