@@ -69,8 +69,8 @@ class RedisMapStore:
         now_ms = int(time.time() * 1000)
         body = wire.encode_body(data, opts.client_info, opts.tags, now_ms, opts.key, opts.removed)
         result_ttl = max(int(opts.idempotent_result_ttl), 1) if opts.idempotency_key else 0
-        rest = [opts.history_size, max(int(opts.history_ttl), 1),
-                max(int(opts.history_meta_ttl), 0), new_epoch(), shard.publish_command, result_ttl, b"0", body,
+        rest = [opts.history_size, max(int(opts.history_ttl), 1), self._broker._meta_ttl(opts.history_meta_ttl),
+                new_epoch(), shard.publish_command, result_ttl, b"0", body,
                 op, opts.key, expire_at_ms, now_ms, b"1" if opts.use_delta else b"0", conditions.key_mode,
                 conditions.version, conditions.version_epoch]
         if opts.idempotency_key:
