@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final, Generic
 
-from node.broker.base import Broker, PublishDone, settle_then
+from node.broker.base import Broker, PublishDone
 from node.broker.postgres_map import PostgresMapBroker
 from node.broker.redis import RedisBroker
 from node.broker.redis_map import RedisMapStore
@@ -130,7 +130,7 @@ class MapService(Generic[C_contra]):
         result = await self.store.set(channel, data, opts, m.key_ttl, conditions)
         if not result.suppressed:
             self._node.metrics.published("publication")
-        return await self._positioned(channel, m, result)
+        return result
 
     def publish_then(self, channel: str, key: str, data: bytes, tags: Mapping[str, str] | None, delta: bool,
                      done: PublishDone) -> None:
@@ -158,9 +158,6 @@ class MapService(Generic[C_contra]):
                 return
             if not outcome.suppressed:
                 self._node.metrics.published("publication")
-            elif not outcome.position.epoch:  # not expected of an unconditional write; as ``publish`` does
-                settle_then(self._positioned(channel, ns.map, outcome), done)
-                return
             done(outcome)
 
         self.store.set_then(channel, data, opts, ns.map.key_ttl, stored)
@@ -174,15 +171,7 @@ class MapService(Generic[C_contra]):
         opts = self._stream_options(m, client_info=info, key=key, removed=True, idempotency_key=idempotency_key,
                                     tags=tags,
                                     idempotent_result_ttl=self._node.config.map_broker.idempotent_result_ttl)
-        return await self._positioned(channel, m, await self.store.remove(channel, opts, expired_only=expired_only))
-
-    async def _positioned(self, channel: str, m: MapOptions, result: PublishResult) -> PublishResult:
-        """A suppressed write's result carries the stream's current position, as Centrifugo's does (the memory
-        store leaves it to this)."""
-        if not result.suppressed or result.position.epoch:
-            return result
-        top = await self._node.history(channel, HistoryOptions(limit=0, history_meta_ttl=m.effective_meta_ttl))
-        return dataclasses.replace(result, position=top.position)
+        return await self.store.remove(channel, opts, expired_only=expired_only)
 
     # --- reads and administration (server API) ------------------------------------------------------------
 
